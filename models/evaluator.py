@@ -1,0 +1,414 @@
+"""The evaluator: a decider over the ordered event log of each action type (DESIGN.md §6).
+
+    initial_state(policy)            -> State, every catalog type at its starting tier
+    initial_decisions(policy)        -> the `initial` decision of each type, in name order
+    step(state, event, policy)       -> Step(state, decisions, outcome, reason)
+    fold(events, policy[, state])    -> (state, decisions)
+
+`step` owns the state it is given and returns it advanced (it is mutated in place: copying per event
+would cost more than the fold itself). Callers that need the state before a step keep a snapshot with
+`KeyState.to_dict()`. Nothing here reads a clock: time is the `ts` of events, ticks included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, NamedTuple
+
+from . import windows
+from .decisions import Decision, TierRecord
+from .policy import METRIC_INDEX, Policy, TypePolicy, format_duration
+from .stats import Evidence, Verdict, judge_keep, judge_promote
+from .wire import TIER_INDEX, TIERS, Action, Outcome, Override, Tick, format_ts
+
+Event = Action | Outcome | Override | Tick
+RUN = TIER_INDEX["run"]
+
+
+class Result(str, Enum):
+    """What became of one event; metrics and logs of the runtimes derive from it."""
+
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+    REJECTED = "rejected"
+
+
+class Step(NamedTuple):
+    state: State
+    decisions: tuple[Decision, ...]
+    result: Result
+    reason: str | None = None
+
+
+@dataclass(slots=True)
+class KeyState:
+    """Everything the fold remembers about one action type: bounded by the lookback, not the history."""
+
+    action_type: str
+    tier: int
+    lookback: windows.Lookback
+    version: int = 0
+    seq: int = 1  # the initial decision is seq 0
+    since: int | None = None
+    changed_by: int = 0  # seq of the decision that set the current tier
+    last_demotion: int | None = None
+    passing_since: int | None = None
+    pinned: int | None = None
+    cap: int | None = None
+    max_ts: int | None = None
+    next_close: int | None = None  # index of the oldest open window
+    open: dict[int, windows.Counters] = field(default_factory=dict)
+    open_ids: dict[int, set[str]] = field(default_factory=dict)
+    override_ids: set[str] = field(default_factory=set)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot (sets sorted, so equal states serialise equally)."""
+        return {
+            "action_type": self.action_type,
+            "tier": self.tier,
+            "version": self.version,
+            "seq": self.seq,
+            "since": self.since,
+            "changed_by": self.changed_by,
+            "last_demotion": self.last_demotion,
+            "passing_since": self.passing_since,
+            "pinned": self.pinned,
+            "cap": self.cap,
+            "max_ts": self.max_ts,
+            "next_close": self.next_close,
+            "open": {str(k): v for k, v in sorted(self.open.items())},
+            "open_ids": {str(k): sorted(v) for k, v in sorted(self.open_ids.items())},
+            "override_ids": sorted(self.override_ids),
+            "lookback_length": self.lookback.length,
+            "closed": [[k, c] for k, c in self.lookback.windows],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> KeyState:
+        lookback = windows.Lookback(data["lookback_length"])
+        for index, counters in data["closed"]:
+            lookback.push(index, counters)
+        return cls(
+            action_type=data["action_type"],
+            tier=data["tier"],
+            lookback=lookback,
+            version=data["version"],
+            seq=data["seq"],
+            since=data["since"],
+            changed_by=data["changed_by"],
+            last_demotion=data["last_demotion"],
+            passing_since=data["passing_since"],
+            pinned=data["pinned"],
+            cap=data["cap"],
+            max_ts=data["max_ts"],
+            next_close=data["next_close"],
+            open={int(k): list(v) for k, v in data["open"].items()},
+            open_ids={int(k): set(v) for k, v in data["open_ids"].items()},
+            override_ids=set(data["override_ids"]),
+        )
+
+
+@dataclass(slots=True)
+class State:
+    keys: dict[str, KeyState]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: key.to_dict() for name, key in sorted(self.keys.items())}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> State:
+        return cls({name: KeyState.from_dict(value) for name, value in data.items()})
+
+
+def starting_tier(policy: TypePolicy) -> int:
+    return RUN if policy.read_only else 0
+
+
+def initial_key(policy: Policy, name: str) -> KeyState:
+    return KeyState(name, starting_tier(policy.types[name]), windows.Lookback(policy.lookback // policy.window))
+
+
+def initial_state(policy: Policy) -> State:
+    return State({name: initial_key(policy, name) for name in policy.catalog})
+
+
+def initial_decisions(policy: Policy) -> list[Decision]:
+    """Every catalog type starts at Crawl, except a read-only one, which is Run and never evaluated."""
+    decisions = []
+    for name in policy.catalog:
+        read_only = policy.types[name].read_only
+        reason = (
+            "read_only: a bad action harms no one, so it is Run from the start and never evaluated"
+            if read_only
+            else "every action type starts at crawl"
+        )
+        tier = starting_tier(policy.types[name])
+        decisions.append(_decision(policy, name, 0, "initial", tier, tier, 0, None, reason))
+    return decisions
+
+
+def _decision(
+    policy: Policy, name: str, seq: int, kind: Any, from_tier: int, to_tier: int, version: int,
+    at: int | None, reason: str, **extra: Any,
+) -> Decision:
+    window = None if at is None else _window_of(at, policy.window)
+    return Decision(
+        action_type=name, seq=seq, kind=kind, from_tier=from_tier, to_tier=to_tier, version=version,
+        at=at, window=extra.pop("window", window), reason=reason, policy_version=policy.version,
+        policy_sha256=policy.sha256, evidence=extra.pop("evidence", ()), hold=extra.pop("hold", None),
+        details=extra,
+    )
+
+
+def _window_of(ts: int, size: int) -> tuple[int, int]:
+    start = windows.window_for(ts, size) * size
+    return start, start + size
+
+
+# (kind, result, edit, minor edits accepted) -> (metric index, success)
+def _score(outcome: Outcome, minor_edits_accepted: bool) -> tuple[int, int]:
+    if outcome.kind == "review":
+        accepted = outcome.result == "accepted" or (
+            outcome.result == "edited" and minor_edits_accepted and outcome.edit == "minor"
+        )
+        return METRIC_INDEX["acceptance_rate"], int(accepted)
+    if outcome.kind == "internal":
+        return METRIC_INDEX["completion_rate"], int(outcome.result == "completed")
+    return METRIC_INDEX["customer_success_rate"], int(outcome.result == "success")
+
+
+class _Fold:
+    """One step's view of a key: the policy and the decisions it emits."""
+
+    __slots__ = ("policy", "type_policy", "key", "out")
+
+    def __init__(self, policy: Policy, key: KeyState, out: list[Decision]) -> None:
+        self.policy = policy
+        self.type_policy = policy.types[key.action_type]
+        self.key = key
+        self.out = out
+
+    # -- windows -------------------------------------------------------------------------------------
+
+    def advance(self, ts: int) -> None:
+        """Raise the watermark to `ts − allowed_lateness` and close every window it reaches."""
+        key, size = self.key, self.policy.window
+        if key.max_ts is not None and ts <= key.max_ts:
+            return
+        key.max_ts = ts
+        watermark = ts - self.policy.allowed_lateness
+        if key.next_close is None:
+            key.next_close = windows.window_for(watermark, size)
+        while (key.next_close + 1) * size <= watermark:
+            self.close(key.next_close)
+
+    def close(self, index: int) -> None:
+        key = self.key
+        key.open_ids.pop(index, None)
+        key.lookback.push(index, key.open.pop(index, None))
+        key.next_close = index + 1
+        self.decide((index + 1) * self.policy.window)
+
+    # -- decisions at a close ------------------------------------------------------------------------
+
+    def evidence(self, bars: tuple[Any, ...], judge: Any) -> list[Evidence]:
+        key, z = self.key, self.policy.z
+        return [judge(bar, *reversed(key.lookback.pair(key.tier, bar.metric_index)), z) for bar in bars]
+
+    def decide(self, end: int) -> None:
+        """At the close of the window ending at `end`: demotion first, then the promote streak and hold."""
+        key, tp = self.key, self.type_policy
+        if key.pinned is None and tp.keep_bars[key.tier]:
+            kept = self.evidence(tp.keep_bars[key.tier], judge_keep)
+            failing = [e for e in kept if e.verdict is Verdict.FAIL]
+            if failing:
+                reason = "; ".join(e.message("keep") for e in failing)
+                self.move("demote", key.tier - 1, end, reason, evidence=tuple(e.record() for e in kept))
+                return
+        gate = tp.promote_bars[key.tier]
+        if not gate:
+            return
+        judged = self.evidence(gate, judge_promote)
+        if any(e.verdict is not Verdict.PASS for e in judged):
+            key.passing_since = None
+            return
+        if key.passing_since is None:
+            key.passing_since = end
+        if self.may_promote(end):
+            hold = {"passing_since": format_ts(key.passing_since), "required": format_duration(tp.hold[key.tier])}
+            reason = "; ".join(e.message("promote") for e in judged)
+            reason += f"; held {format_duration(end - key.passing_since)} (hold {hold['required']})"
+            self.move("promote", key.tier + 1, end, reason, evidence=tuple(e.record() for e in judged), hold=hold)
+
+    def ceiling(self) -> int:
+        key = self.key
+        return min(self.type_policy.max_tier, RUN if key.cap is None else key.cap)
+
+    def may_promote(self, end: int) -> bool:
+        key, tp = self.key, self.type_policy
+        assert key.passing_since is not None
+        return (
+            end - key.passing_since >= tp.hold[key.tier]
+            and (key.last_demotion is None or end >= key.last_demotion + tp.cooldown)
+            and key.pinned is None
+            and key.tier + 1 <= self.ceiling()
+        )
+
+    def move(self, kind: str, to: int, at: int, reason: str, **extra: Any) -> None:
+        """A tier change: new `since`, streak reset, evidence restarts; downward ones start the cooldown."""
+        key = self.key
+        if kind == "demote" or to < key.tier:
+            key.last_demotion = at
+        if kind in ("promote", "demote"):
+            extra.setdefault("window", (at - self.policy.window, at))
+        self.note(kind, to, at, reason, version=key.version + 1, **extra)
+        key.changed_by = key.seq - 1
+        key.tier, key.version, key.since, key.passing_since = to, key.version + 1, at, None
+        key.lookback.clear()
+
+    def note(self, kind: str, to: int, at: int, reason: str, version: int | None = None, **extra: Any) -> None:
+        key = self.key
+        decided = _decision(
+            self.policy, key.action_type, key.seq, kind, key.tier, to,
+            key.version if version is None else version, at, reason, **extra,
+        )
+        key.seq += 1
+        self.out.append(decided)
+
+    # -- events --------------------------------------------------------------------------------------
+
+    def seen(self, event: Event) -> bool:
+        key = self.key
+        if isinstance(event, Override):
+            return event.event_id in key.override_ids
+        return any(event.event_id in ids for ids in key.open_ids.values())
+
+    def apply(self, event: Event) -> tuple[Result, str | None]:
+        if self.seen(event):
+            return Result.DUPLICATE, None
+        self.advance(event.ts)
+        if isinstance(event, Override):
+            self.key.override_ids.add(event.event_id)
+            return self.override(event)
+        key, size = self.key, self.policy.window
+        index = windows.window_for(event.ts, size)
+        assert key.next_close is not None
+        if index < key.next_close:
+            return Result.LATE, f"window ending {format_ts((index + 1) * size)} closed at watermark {format_ts(key.max_ts - self.policy.allowed_lateness)}"  # type: ignore[operator]
+        key.open_ids.setdefault(index, set()).add(event.event_id)
+        if isinstance(event, Outcome):
+            metric, success = _score(event, self.policy.minor_edits_accepted)
+            counters = key.open.get(index)
+            if counters is None:
+                counters = key.open[index] = windows.empty()
+            windows.add(counters, TIER_INDEX[event.tier], metric, success)
+        elif isinstance(event, Action) and TIER_INDEX[event.tier] > key.tier:
+            reason = f"action {event.action_id} ran at {event.tier} while the tier map held {TIERS[key.tier]}"
+            self.note("violation", key.tier, event.ts, reason, action_id=event.action_id, agent=event.agent)
+        return Result.APPLIED, None
+
+    # -- overrides -----------------------------------------------------------------------------------
+
+    def override(self, event: Override) -> tuple[Result, str | None]:
+        key = self.key
+        assert key.next_close is not None
+        at = max(event.ts, key.next_close * self.policy.window)
+        refusal = self.refusal(event)
+        if refusal is not None:
+            return Result.REJECTED, f"override {event.op} rejected: {refusal}"
+        target = self.override_target(event)
+        details = {"op": event.op, "actor": event.actor}
+        if event.op == "pin":
+            key.pinned = target
+        elif event.op == "unpin":
+            key.pinned = None
+        elif event.op == "cap":
+            key.cap = target
+            if key.pinned is not None and key.pinned > target:
+                key.pinned = target
+        elif event.op == "uncap":
+            key.cap = None
+        elif key.pinned is not None:  # a human promote/demote carries the pin along
+            key.pinned = target
+        if target != key.tier:
+            self.move("override", target, at, event.reason, **details)
+        else:
+            self.note("override", target, at, event.reason, **details)
+        return Result.APPLIED, None
+
+    def override_target(self, event: Override) -> int:
+        key = self.key
+        tier = None if event.tier is None else TIER_INDEX[event.tier]
+        if event.op == "pin":
+            assert tier is not None
+            return tier
+        if event.op == "cap":
+            assert tier is not None
+            return min(key.tier, tier)
+        if event.op == "demote":
+            return key.tier - 1 if tier is None else tier
+        if event.op == "promote":
+            return key.tier + 1
+        return key.tier
+
+    def refusal(self, event: Override) -> str | None:
+        """Why an override cannot apply, or None."""
+        key, tier = self.key, None if event.tier is None else TIER_INDEX[event.tier]
+        current, ceiling = TIERS[key.tier], TIERS[self.ceiling()]
+        if event.op == "pin":
+            assert tier is not None
+            if tier > self.ceiling():
+                return f"pin {event.tier} is above the ceiling {ceiling} (max_tier or cap): uncap first"
+            if tier not in (key.tier, key.tier + 1):
+                return f"pin {event.tier} must be the current tier ({current}) or one above: demote first to go lower"
+        elif event.op == "unpin" and key.pinned is None:
+            return "the action type is not pinned"
+        elif event.op == "uncap" and key.cap is None:
+            return "the action type is not capped"
+        elif event.op == "demote":
+            if key.tier == 0:
+                return "already at crawl"
+            if tier is not None and tier >= key.tier:
+                return f"demote to {event.tier} is not below the current tier {current}: name a lower tier or omit it"
+        elif event.op == "promote" and key.tier + 1 > self.ceiling():
+            return f"already at the ceiling {ceiling} (max_tier or cap): uncap first"
+        return None
+
+
+def step(state: State, event: Event, policy: Policy) -> Step:
+    """Apply one event of the log: close the windows its `ts` closes, then aggregate it (or count it late)."""
+    key = state.keys.get(event.action_type)
+    if key is None:
+        return Step(state, (), Result.REJECTED,
+                    f"unknown action_type {event.action_type!r}: add it to the policy's action_types or fix the producer")
+    if policy.types[event.action_type].read_only:
+        if isinstance(event, Override):
+            return Step(state, (), Result.REJECTED,
+                        f"override rejected: {event.action_type} is read_only and never evaluated; remove read_only from the catalog to gate it")
+        return Step(state, (), Result.APPLIED)
+    out: list[Decision] = []
+    result, reason = _Fold(policy, key, out).apply(event)
+    return Step(state, tuple(out), result, reason)
+
+
+def fold(events: Iterable[Event], policy: Policy, state: State | None = None) -> tuple[State, list[Decision]]:
+    """Fold a log from the start (initial decisions included) or onward from a saved `state`."""
+    decisions = initial_decisions(policy) if state is None else []
+    state = initial_state(policy) if state is None else state
+    for event in events:
+        decisions.extend(step(state, event, policy).decisions)
+    return state, decisions
+
+
+def tier_records(state: State, policy: Policy) -> list[TierRecord]:
+    """The live tier map as records, in action type order."""
+    return [
+        TierRecord(
+            action_type=name, tier=key.tier, version=key.version, since=key.since,
+            decision_id=f"{name}/{key.changed_by}", policy_version=policy.version, policy_sha256=policy.sha256,
+        )
+        for name, key in sorted(state.keys.items())
+    ]

@@ -1,0 +1,94 @@
+"""Bars judged on evidence: Wilson score bounds and PASS / INCONCLUSIVE / FAIL verdicts with their figures."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from .policy import BarRule
+
+
+def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
+    """Two-sided Wilson score interval of successes/n; (0, 1) when there is no evidence."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    z2n = z * z / n
+    centre = (p + z2n / 2) / (1 + z2n)
+    half = z * math.sqrt(p * (1 - p) / n + z2n / (4 * n)) / (1 + z2n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+class Verdict(IntEnum):
+    """Ordered so that `worst()` is `min()`: one failing bar fails the gate, one thin bar holds it."""
+
+    FAIL = 0
+    INCONCLUSIVE = 1
+    PASS = 2
+
+
+def worst(verdicts: list[Verdict]) -> Verdict:
+    return min(verdicts, default=Verdict.INCONCLUSIVE)
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """One bar against the evidence at one close, with the verdict and the figures behind it."""
+
+    bar: BarRule
+    n: int
+    successes: int
+    verdict: Verdict
+    lower: float
+    upper: float
+
+    @property
+    def rate(self) -> float | None:
+        return self.successes / self.n if self.n else None
+
+    def message(self, rule: str) -> str:
+        bar, n = self.bar, self.n
+        if self.verdict is Verdict.INCONCLUSIVE:
+            return f"{bar.metric} inconclusive: n={n} < min_samples {bar.min_samples}"
+        if rule == "keep":
+            relation = "<" if self.verdict is Verdict.FAIL else "≥"
+            return f"{bar.metric} rate {self.successes}/{n} {relation} target − margin {float(bar.keep_below):g}"
+        relation = "≥" if self.verdict is Verdict.PASS else "<"
+        return f"{bar.metric} lower bound {self.lower:.4f} {relation} target {bar.target:g} (n={n})"
+
+    def record(self) -> dict[str, Any]:
+        rate = self.rate
+        return {
+            "metric": self.bar.metric,
+            "n": self.n,
+            "successes": self.successes,
+            "rate": None if rate is None else round(rate, 6),
+            "lower": round(self.lower, 6),
+            "upper": round(self.upper, 6),
+            "target": self.bar.target,
+            "min_samples": self.bar.min_samples,
+            "passed": self.verdict is Verdict.PASS,
+        }
+
+
+def judge_promote(bar: BarRule, successes: int, n: int, z: float) -> Evidence:
+    """PASS when n ≥ min_samples and the Wilson lower bound reaches the target."""
+    lower, upper = wilson(successes, n, z)
+    if n < bar.min_samples:
+        verdict = Verdict.INCONCLUSIVE
+    else:
+        verdict = Verdict.PASS if lower >= bar.target else Verdict.FAIL
+    return Evidence(bar, n, successes, verdict, lower, upper)
+
+
+def judge_keep(bar: BarRule, successes: int, n: int, z: float) -> Evidence:
+    """FAIL when n ≥ min_samples and the point rate is below target − margin, compared exactly."""
+    lower, upper = wilson(successes, n, z)
+    if n < bar.min_samples:
+        verdict = Verdict.INCONCLUSIVE
+    else:
+        below = successes * bar.keep_below.denominator < bar.keep_below.numerator * n
+        verdict = Verdict.FAIL if below else Verdict.PASS
+    return Evidence(bar, n, successes, verdict, lower, upper)

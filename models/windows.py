@@ -1,0 +1,75 @@
+"""Event-time windows and their integer aggregates.
+
+Window *k* is `[k·size, (k+1)·size)` in Unix seconds. A window's aggregate is a flat list of integer
+counters, one (n, successes) pair per (tier, metric): outcomes are counted under the tier their action
+ran at, because evidence only ever counts outcomes of actions that ran at the current tier.
+No raw event is kept.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from .policy import METRICS
+from .wire import TIERS
+
+Counters = list[int]
+WIDTH = len(TIERS) * len(METRICS) * 2
+
+
+def window_for(ts: int, size: int) -> int:
+    """The index of the window holding `ts`."""
+    return ts // size
+
+
+def slot(tier: int, metric: int) -> int:
+    """Where the (n, successes) pair of one tier and metric starts in a `Counters` list."""
+    return (tier * len(METRICS) + metric) * 2
+
+
+def empty() -> Counters:
+    return [0] * WIDTH
+
+
+def add(counters: Counters, tier: int, metric: int, success: int) -> None:
+    i = slot(tier, metric)
+    counters[i] += 1
+    counters[i + 1] += success
+
+
+def merge(a: Counters, b: Counters) -> Counters:
+    return [x + y for x, y in zip(a, b)]
+
+
+class Lookback:
+    """The closed windows inside the lookback, oldest first, with their running total.
+
+    Pushing a window beyond `length` drops the oldest; the total is kept exact by integer subtraction,
+    so judging a bar at a close costs the same whatever the lookback.
+    """
+
+    __slots__ = ("length", "windows", "totals")
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.windows: deque[tuple[int, Counters | None]] = deque()
+        self.totals: Counters = empty()
+
+    def push(self, index: int, counters: Counters | None) -> None:
+        self.windows.append((index, counters))
+        if counters is not None:
+            self.totals = merge(self.totals, counters)
+        if len(self.windows) > self.length:
+            _, dropped = self.windows.popleft()
+            if dropped is not None:
+                self.totals = [x - y for x, y in zip(self.totals, dropped)]
+
+    def clear(self) -> None:
+        """Forget every closed window: evidence restarts at the window that holds a tier change."""
+        self.windows.clear()
+        self.totals = empty()
+
+    def pair(self, tier: int, metric: int) -> tuple[int, int]:
+        """(n, successes) over the lookback for one tier and metric."""
+        i = slot(tier, metric)
+        return self.totals[i], self.totals[i + 1]

@@ -1,0 +1,180 @@
+"""Input events, wire version 1 (DESIGN.md §4).
+
+This module is a storage format: every event ever accepted is kept in this shape, in the input log, for
+good. Change it only by adding optional fields; a field that changes meaning needs a new wire version.
+
+Timestamps are RFC 3339 with an offset and become UTC whole seconds (an ``int``) at the boundary, so the
+fold only ever does integer arithmetic on time.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+WIRE_VERSION = 1
+MAX_EVENT_BYTES = 64 * 1024
+
+Tier = Literal["crawl", "walk", "run"]
+TIERS: tuple[Tier, ...] = ("crawl", "walk", "run")
+TIER_INDEX: dict[str, int] = {name: i for i, name in enumerate(TIERS)}
+
+ACTION_TYPE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+OutcomeKind = Literal["review", "internal", "customer"]
+RESULTS: dict[str, tuple[str, ...]] = {
+    "review": ("accepted", "edited", "rejected"),
+    "internal": ("completed", "corrected", "failed"),
+    "customer": ("success", "failure"),
+}
+
+
+def parse_ts(value: object) -> int:
+    """RFC 3339 text with an offset -> Unix seconds (UTC, fractions dropped)."""
+    if not isinstance(value, str):
+        raise ValueError("must be an RFC 3339 string with an offset, e.g. 2026-11-02T10:00:00Z")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not RFC 3339; write it like 2026-11-02T10:00:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{value!r} has no UTC offset; add one, e.g. Z or +02:00")
+    return math.floor(moment.timestamp())
+
+
+def format_ts(seconds: int) -> str:
+    """Unix seconds -> RFC 3339 in UTC with a Z, the one form tiergate writes."""
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+Timestamp = Annotated[int, PlainValidator(parse_ts), PlainSerializer(format_ts, return_type=str)]
+EventId = Annotated[str, Field(min_length=1, max_length=256)]
+ActionType = Annotated[str, Field(pattern=ACTION_TYPE_PATTERN)]
+
+
+class _Event(BaseModel):
+    """Fields every event carries, ticks included. Unknown extra fields are ignored here and kept by
+    the runtimes, which store each event's original bytes."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    event_id: EventId
+    ts: Timestamp
+    action_type: ActionType
+
+
+class Action(_Event):
+    """The agent did (or, at Crawl, suggested) one action of `action_type` at `tier`."""
+
+    type: Literal["action"]
+    action_id: EventId
+    tier: Tier
+    agent: str | None = None
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class Outcome(_Event):
+    """What one action led to: a human review, an internal result or a customer outcome."""
+
+    type: Literal["outcome"]
+    action_id: EventId
+    tier: Tier
+    kind: OutcomeKind
+    result: str
+    edit: Literal["minor", "major"] | None = None
+    reason: str | None = None
+
+    @model_validator(mode="after")
+    def _result_fits_kind(self) -> Outcome:
+        allowed = RESULTS[self.kind]
+        if self.result not in allowed:
+            raise ValueError(
+                f"result {self.result!r} is not valid for kind {self.kind!r}: use one of {', '.join(allowed)}"
+            )
+        if self.edit is not None and self.result != "edited":
+            raise ValueError("edit is only allowed with result 'edited': remove it or set result to 'edited'")
+        return self
+
+
+class Override(_Event):
+    """An operator's instruction: pin, unpin, cap, uncap, demote or promote one action type."""
+
+    type: Literal["override"]
+    op: Literal["pin", "unpin", "cap", "uncap", "demote", "promote"]
+    tier: Tier | None = None
+    actor: Annotated[str, Field(min_length=1)]
+    reason: Annotated[str, Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _tier_fits_op(self) -> Override:
+        if self.op in ("pin", "cap") and self.tier is None:
+            raise ValueError(f"op {self.op!r} needs a tier: add tier crawl, walk or run")
+        if self.op in ("unpin", "uncap", "promote") and self.tier is not None:
+            raise ValueError(f"op {self.op!r} takes no tier: remove the tier field")
+        return self
+
+
+class Tick(_Event):
+    """The runtime's clock, recorded in the log so that replay sees the same time."""
+
+    type: Literal["tick"]
+
+
+Event = Annotated[Union[Action, Outcome, Override, Tick], Field(discriminator="type")]
+EVENT_ADAPTER: TypeAdapter[Action | Outcome | Override | Tick] = TypeAdapter(Event)
+
+
+class EventError(ValueError):
+    """An input event that cannot be accepted; `reason` names the field and the fix."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Pydantic's errors as one line: `field: problem` pairs joined by '; '."""
+    parts = []
+    for item in error.errors(include_url=False):
+        field = ".".join(str(p) for p in item["loc"][1:]) or "event"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "missing":
+            message = "is required"
+        elif item["type"] == "union_tag_invalid" or item["type"] == "union_tag_not_found":
+            field, message = "type", "must be one of action, outcome, override, tick"
+        parts.append(f"{field}: {message}")
+    return "; ".join(parts)
+
+
+def parse_event(raw: bytes | str) -> Action | Outcome | Override | Tick:
+    """One JSON object of wire version 1 -> its event model, or EventError with the reason."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventError(f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte limit: split or trim it")
+    try:
+        return EVENT_ADAPTER.validate_json(raw)
+    except ValidationError as error:
+        if error.errors()[0]["type"] == "json_invalid":
+            raise EventError(f"malformed JSON: {error.errors()[0]['msg']}") from None
+        raise EventError(describe_validation_error(error)) from None
+
+
+def event_from_dict(data: dict[str, Any]) -> Action | Outcome | Override | Tick:
+    """An already-decoded JSON object -> its event model, or EventError with the reason."""
+    try:
+        return EVENT_ADAPTER.validate_python(data)
+    except ValidationError as error:
+        raise EventError(describe_validation_error(error)) from None

@@ -1,0 +1,1 @@
+"""Everything that moves events: runtimes, replay, CLI, SDK, metrics."""

@@ -1,0 +1,50 @@
+"""The one mapping between wire bytes and models: events in, decisions and tier records out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+import orjson
+
+from tiergate.models.evaluator import Event
+from tiergate.models.wire import EventError, parse_event
+
+__all__ = ["Event", "EventError", "Kept", "decode", "encode", "iter_lines"]
+
+
+def decode(raw: bytes) -> Event:
+    """One event's JSON -> its model, or EventError naming the field and the fix."""
+    return parse_event(raw)
+
+
+def encode(event: Event) -> bytes:
+    """An event model -> its wire JSON (what the SDK and the runtimes' ticks write)."""
+    return orjson.dumps(event.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS)
+
+
+@dataclass(frozen=True, slots=True)
+class Kept:
+    """An event that was not aggregated (rejected or late), kept with why and where it came from."""
+
+    origin: str
+    result: str
+    reason: str
+    raw: bytes
+
+    def record(self) -> dict[str, Any]:
+        return {"origin": self.origin, "result": self.result, "reason": self.reason,
+                "event": self.raw.decode("utf-8", errors="replace")}
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.record(), option=orjson.OPT_SORT_KEYS)
+
+
+def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) for every non-blank line of a JSONL stream, newline stripped."""
+    for number, line in enumerate(stream, start=1):
+        line = line.rstrip(b"\r\n")
+        if line.strip():
+            yield number, line
+

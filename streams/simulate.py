@@ -1,0 +1,177 @@
+"""A simulated agent fleet: realistic event histories for the demo, the example data and the benchmarks.
+
+Each action type has a `Profile` of how good the agent is at it (per outcome kind, possibly changing over
+time). The fleet acts at the tier the tier map holds for the type at that moment (it asks `tier_of`),
+humans review suggestions at Crawl, staff complete or correct work at Walk, customers succeed or fail
+at Walk and Run. Delivery is imperfect on purpose: some events arrive out of order within the allowed
+lateness, some arrive late, some twice. Seeded, so a history is reproducible.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tiergate.models.evaluator import initial_state, step
+from tiergate.models.policy import Policy
+from tiergate.models.wire import TIERS, event_from_dict, format_ts, parse_ts
+
+HOUR = 3600
+TierOf = Callable[[str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Quality:
+    """Success probabilities for each kind of outcome."""
+
+    acceptance: float = 0.97
+    completion: float = 0.98
+    customer: float = 0.995
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """How often an action type happens and how good the agent is at it; `after` changes it at a time."""
+
+    actions_per_hour: float = 6.0
+    quality: Quality = Quality()
+    after: tuple[int, Quality] | None = None  # (unix seconds, quality from then on)
+
+    def at(self, ts: int) -> Quality:
+        return self.after[1] if self.after is not None and ts >= self.after[0] else self.quality
+
+
+@dataclass(slots=True)
+class Delivery:
+    """Imperfect delivery: shares of events that arrive out of order, late, or twice."""
+
+    jitter: float = 0.05  # arrive up to `jitter_seconds` after their ts, out of order
+    jitter_seconds: int = 300
+    late: float = 0.012  # arrive `late_seconds` after their ts: after their window closed
+    late_seconds: int = 3 * HOUR
+    duplicate: float = 0.002
+
+
+@dataclass
+class Fleet:
+    """Generates the event stream of a fleet hour by hour, in arrival order."""
+
+    profiles: dict[str, Profile]
+    seed: int = 7
+    delivery: Delivery = field(default_factory=Delivery)
+    overrides: list[dict[str, Any]] = field(default_factory=list)  # operator events, delivered at their ts
+    _rng: random.Random = field(init=False)
+    _pending: list[tuple[int, int, dict[str, Any]]] = field(init=False, default_factory=list)
+    _counter: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+        for override in self.overrides:
+            self._push(parse_ts(override["ts"]), override)
+
+    def _push(self, arrival: int, event: dict[str, Any]) -> None:
+        self._counter += 1
+        heapq.heappush(self._pending, (arrival, self._counter, event))
+
+    def _deliver(self, event: dict[str, Any], ts: int) -> None:
+        roll, delivery = self._rng.random(), self.delivery
+        if roll < delivery.late:
+            arrival = ts + delivery.late_seconds
+        elif roll < delivery.late + delivery.jitter:
+            arrival = ts + self._rng.randrange(delivery.jitter_seconds)
+        else:
+            arrival = ts
+        self._push(arrival, event)
+        if self._rng.random() < delivery.duplicate:
+            self._push(arrival + self._rng.randrange(60, 600), event)
+
+    def _act(self, name: str, tier: str, ts: int) -> None:
+        rng, quality = self._rng, self.profiles[name].at(ts)
+        self._counter += 1
+        action_id = f"{name}-{ts}-{self._counter}"
+        base = {"ts": format_ts(ts), "action_type": name, "action_id": action_id, "tier": tier}
+        self._deliver({"type": "action", "event_id": f"{action_id}/action", **base, "agent": "sim-bot"}, ts)
+
+        def outcome(kind: str, result: str, delay: int, **extra: Any) -> None:
+            moment = ts + delay
+            event = {"type": "outcome", "event_id": f"{action_id}/{kind}", **base, "ts": format_ts(moment),
+                     "kind": kind, "result": result, **extra}
+            self._deliver(event, moment)
+
+        if tier == "crawl":
+            accepted = rng.random() < quality.acceptance
+            outcome("review", "accepted" if accepted else rng.choice(("edited", "rejected")), rng.randrange(60, 900))
+        if tier == "walk":
+            done = rng.random() < quality.completion
+            outcome("internal", "completed" if done else rng.choice(("corrected", "failed")), rng.randrange(60, 1800))
+        if tier in ("walk", "run"):
+            ok = rng.random() < quality.customer
+            outcome("customer", "success" if ok else "failure", rng.randrange(600, 2 * HOUR),
+                    **({} if ok else {"reason": rng.choice(("reopened", "chargeback", "flagged"))}))
+
+    def hour(self, start: int, tier_of: TierOf) -> Iterator[dict[str, Any]]:
+        """Act for one hour of event time from `start`, then yield everything that arrives in it."""
+        for name in sorted(self.profiles):
+            expected = self.profiles[name].actions_per_hour
+            count = int(expected) + (self._rng.random() < expected - int(expected))
+            tier = tier_of(name)
+            for offset in sorted(self._rng.randrange(HOUR) for _ in range(count)):
+                self._act(name, tier, start + offset)
+        end = start + HOUR
+        while self._pending and self._pending[0][0] < end:
+            yield heapq.heappop(self._pending)[2]
+
+
+def history(fleet: Fleet, policy: Policy, start: int, hours: int) -> Iterator[dict[str, Any]]:
+    """A fleet's events over `hours` from `start`, acting at the tiers a fold of its own output decides."""
+    state = initial_state(policy)
+
+    def tier_of(name: str) -> str:
+        return TIERS[state.keys[name].tier]
+
+    for hour in range(hours):
+        for event in fleet.hour(start + hour * HOUR, tier_of):
+            step(state, event_from_dict(event), policy)
+            yield event
+
+
+def override(ts: int, action_type: str, op: str, reason: str, tier: str | None = None) -> dict[str, Any]:
+    """An operator's override event, as an operations console would send it."""
+    event = {"type": "override", "event_id": f"override-{action_type}-{ts}-{op}", "ts": format_ts(ts),
+             "action_type": action_type, "op": op, "actor": "ops@example.com", "reason": reason}
+    return event if tier is None else {**event, "tier": tier}
+
+
+def story_fleet(start: int, seed: int = 7, days: int = 40) -> Fleet:
+    """The four stories of the demo and the example history (examples/policy.yaml's catalog):
+
+    reply_to_ticket climbs to Run; refund_up_to_50 is held at Walk by its customer outcomes although
+    staff complete nearly all of it; refund_over_50 is capped at Crawl by an operator; escalate_to_human
+    reaches Walk, then regresses and is demoted.
+    """
+    day = 24 * HOUR
+    return Fleet(
+        profiles={
+            "reply_to_ticket": Profile(8, Quality(acceptance=0.98, completion=0.99, customer=0.998)),
+            "refund_up_to_50": Profile(8, Quality(acceptance=0.97, completion=0.995, customer=0.93)),
+            "refund_over_50": Profile(3, Quality(acceptance=0.96, completion=0.97, customer=0.97)),
+            "escalate_to_human": Profile(
+                8, Quality(acceptance=0.98, completion=0.98, customer=0.99),
+                after=(start + days * day // 2, Quality(acceptance=0.8, completion=0.75, customer=0.9)),
+            ),
+            "lookup_order": Profile(4),
+        },
+        seed=seed,
+        overrides=[override(start + 5 * day, "refund_over_50", "cap", "finance review pending", tier="crawl")],
+    )
+
+
+def catalog_fleet(names: list[str], seed: int = 11) -> Fleet:
+    """A large, varied fleet for benchmarks: each type drawn good, mediocre or poor at random."""
+    rng = random.Random(seed)
+    grades = (Quality(), Quality(0.93, 0.96, 0.975), Quality(0.85, 0.9, 0.95))
+    profiles = {name: Profile(rng.choice((2.0, 4.0, 8.0)), rng.choice(grades)) for name in names}
+    return Fleet(profiles=profiles, seed=seed)

@@ -1,0 +1,319 @@
+"""Given/when/then tests for each rule of the decision semantics (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+from tiergate.models import fold, tier_records
+from tiergate.models.wire import TIERS
+
+from .builders import Log, at, climb_to_walk, end_of_hour, moves, policy, results, run
+
+# -- 1. windows, watermark, lateness -----------------------------------------------------------------
+
+
+def test_a_window_closes_only_when_the_watermark_reaches_its_end() -> None:
+    """Passing evidence in hour 0 is judged at its close, which the first event of hour 1 triggers."""
+    log = Log().reviews(0.5, accepted=10)
+    state, _ = run(log)
+    assert state.keys["t"].passing_since is None
+    state, _ = run(log.tick(1.0))
+    assert state.keys["t"].passing_since is not None
+
+
+def test_allowed_lateness_holds_a_window_open() -> None:
+    """With 10m lateness an event at 00:55 still counts after one at 01:05 arrived."""
+    pol = policy(allowed_lateness="10m")
+    log = Log().reviews(0.5, accepted=1).tick(1 + 5 / 60).reviews(55 / 60, accepted=1)
+    assert [r for r, _ in results(log, pol)] == ["applied", "applied", "applied"]
+
+
+def test_an_event_in_a_closed_window_is_late_and_kept_with_its_reason() -> None:
+    """Once hour 0 is closed, an outcome dated in it is late: not aggregated, reported with why."""
+    log = Log().reviews(0.5, accepted=1).tick(1.5).reviews(0.7, accepted=1)
+    outcome, reason = results(log)[-1]
+    assert outcome == "late"
+    assert reason is not None and "closed at watermark" in reason
+
+
+def test_windows_before_the_first_watermark_count_as_closed() -> None:
+    """A key's windows begin with the one holding its first watermark; anything earlier is late."""
+    log = Log().tick(5.5).reviews(2.5, accepted=1)
+    assert results(log)[-1][0] == "late"
+
+
+def test_empty_windows_close_in_order_and_hold_time_runs_on_ticks() -> None:
+    """Ticks alone close windows, so a type whose evidence keeps passing is promoted with no new traffic."""
+    log = Log().reviews(0.5, accepted=10).tick(1.1).tick(2.1)
+    _, decisions = run(log)
+    assert decisions == []
+    _, decisions = run(log.tick(3.1))
+    assert moves(decisions) == [("promote", "crawl", "walk", end_of_hour(2))]
+
+
+# -- 2. evidence ---------------------------------------------------------------------------------------
+
+
+def test_evidence_counts_only_outcomes_of_actions_at_the_current_tier() -> None:
+    """Reviews of actions that ran at another tier are no evidence for Crawl."""
+    log = Log().reviews(0.5, accepted=10, tier="walk").tick(1.1).tick(2.1).tick(3.1)
+    assert run(log)[1] == []
+
+
+def test_evidence_older_than_the_lookback_drops_out() -> None:
+    """With a 1d lookback the passing streak breaks once the only evidence is a day old."""
+    pol = policy(tiers={"crawl": {"promote": {"hold": "2d"}}})
+    log = Log().reviews(0.5, accepted=10)
+    for hour in range(1, 26):
+        log.tick(hour + 0.1)
+    state, decisions = run(log, pol)
+    assert decisions == [] and state.keys["t"].passing_since is None
+
+
+def test_evidence_restarts_at_a_tier_change() -> None:
+    """After a promotion the new tier's bars see nothing from before it."""
+    log = Log()
+    hour = climb_to_walk(log)
+    log.internal(hour + 0.5, completed=10).customer(hour + 0.5, success=10, tier="crawl").tick(hour + 1.1)
+    state, _ = run(log)
+    key = state.keys["t"]
+    assert TIERS[key.tier] == "walk"
+    assert key.passing_since is None  # the customer outcomes were of crawl actions: not walk evidence
+
+
+# -- 3. bars ---------------------------------------------------------------------------------------------
+
+
+def test_fewer_samples_than_min_samples_never_promote() -> None:
+    """Perfect reviews that never reach min_samples inside the lookback are inconclusive: no promotion."""
+    pol = policy(tiers={"crawl": {"promote": {"bars": [{"metric": "acceptance_rate", "target": 0.5, "min_samples": 500}]}}})
+    log = Log()
+    for hour in range(20):
+        log.reviews(hour + 0.5, accepted=10)
+    log.tick(21)
+    assert run(log, pol)[1] == []
+
+
+def test_a_bar_fails_when_the_wilson_lower_bound_is_below_target() -> None:
+    """Six of ten accepted is a 0.6 rate but a 0.31 lower bound: below 0.5, no streak."""
+    log = Log().reviews(0.5, accepted=6, rejected=4).tick(1.1)
+    state, _ = run(log)
+    assert state.keys["t"].passing_since is None
+
+
+def test_minor_edits_count_as_accepted_only_when_the_policy_says_so() -> None:
+    """An `edited` review with `edit: minor` passes the bar only under minor_edits_accepted."""
+    log = Log()
+    for hour in range(3):
+        for _ in range(10):
+            log.outcome(hour + 0.5, "review", "edited", edit="minor")
+    log.tick(3.1)
+    assert run(log)[1] == []
+    lenient = policy(acceptance={"minor_edits_accepted": True})
+    assert moves(run(log, lenient)[1]) == [("promote", "crawl", "walk", end_of_hour(2))]
+
+
+# -- 4. promotion and hold ----------------------------------------------------------------------------
+
+
+def test_promotion_waits_for_the_hold_and_moves_one_tier() -> None:
+    """Passing from the close at 01:00, a 2h hold promotes at 03:00, not at 02:00."""
+    log = Log()
+    climb_to_walk(log)
+    _, decisions = run(log)
+    assert moves(decisions) == [("promote", "crawl", "walk", end_of_hour(2))]
+    promoted = decisions[0]
+    assert promoted.hold == {"passing_since": end_of_hour(0), "required": "2h"}
+    assert promoted.evidence[0]["n"] == 30 and promoted.evidence[0]["passed"]
+
+
+def test_a_failing_close_breaks_the_streak() -> None:
+    """One bad hour in the middle restarts the hold."""
+    log = Log().reviews(0.5, accepted=10).reviews(1.5, accepted=0, rejected=30).tick(2.1)
+    state, _ = run(log)
+    assert state.keys["t"].passing_since is None
+
+
+def test_max_tier_blocks_the_move_but_not_the_streak() -> None:
+    """A type whose ceiling is walk keeps passing at walk and stays there."""
+    log = Log(action_type="capped")
+    hour = climb_to_walk(log)
+    for h in range(hour, hour + 4):
+        log.internal(h + 0.5, completed=10).customer(h + 0.5, success=10)
+    log.tick(hour + 4.1)
+    state, decisions = run(log)
+    assert [d[2] for d in moves(decisions)] == ["walk"]
+    assert state.keys["capped"].passing_since is not None
+
+
+def test_cooldown_blocks_automatic_promotion_only() -> None:
+    """After a demotion, a passing type waits out the cooldown before it climbs again."""
+    pol = policy(demotion={"cooldown": "10h"})
+    log = Log().override(0.1, "promote").internal(0.5, completed=0, failed=10).tick(1.1)
+    log.reviews(1.5, accepted=10).reviews(2.5, accepted=10).reviews(3.5, accepted=10).tick(4.1)
+    _, decisions = run(log, pol)
+    assert [d[0] for d in moves(decisions)] == ["override", "demote"]
+    for hour in range(5, 12):
+        log.tick(hour + 0.1)
+    _, decisions = run(log, pol)
+    assert moves(decisions)[-1] == ("promote", "crawl", "walk", end_of_hour(10))
+
+
+# -- 5. demotion ---------------------------------------------------------------------------------------
+
+
+def test_demotion_compares_the_point_rate_with_target_minus_margin_exactly() -> None:
+    """With target 0.9 and margin 0.05, 17/20 (0.85) stays and 16/20 is demoted."""
+    pol = policy(tiers={"walk": {"keep": [{"metric": "completion_rate", "target": 0.9, "min_samples": 20}],
+                                 "promote": {"bars": [{"metric": "completion_rate", "target": 0.9, "min_samples": 10},
+                                                      {"metric": "customer_success_rate", "target": 0.5, "min_samples": 10}]}}},
+                 action_types={"t": {}})
+    stays = Log().override(0.1, "promote").internal(0.5, completed=17, failed=3).tick(1.1)
+    assert [d[0] for d in moves(run(stays, pol)[1])] == ["override"]
+    drops = Log().override(0.1, "promote").internal(0.5, completed=16, failed=4).tick(1.1)
+    assert moves(run(drops, pol)[1])[-1] == ("demote", "walk", "crawl", end_of_hour(0))
+
+
+def test_thin_evidence_never_demotes() -> None:
+    """Nine failures are fewer than demotion.min_samples (10): inconclusive, no move."""
+    log = Log().override(0.1, "promote").internal(0.5, completed=0, failed=9).tick(1.1)
+    assert [d[0] for d in moves(run(log)[1])] == ["override"]
+
+
+def test_a_pinned_type_is_not_demoted() -> None:
+    """A pin suspends automatic moves, downward ones included."""
+    log = Log().override(0.1, "pin", tier="walk").internal(0.5, completed=0, failed=20).tick(1.1)
+    state, decisions = run(log)
+    assert [d[0] for d in moves(decisions)] == ["override"] and TIERS[state.keys["t"].tier] == "walk"
+
+
+def test_demotion_sets_since_and_last_demotion_and_resets_the_streak() -> None:
+    """A demotion at close W records W as the new `since` and as the start of the cooldown."""
+    log = Log().override(0.1, "promote").internal(0.5, completed=0, failed=20).tick(1.1)
+    state, _ = run(log)
+    key = state.keys["t"]
+    assert key.since == key.last_demotion == state.keys["t"].since
+    assert key.passing_since is None and key.version == 2
+
+
+def test_inside_the_margin_band_the_tier_does_not_flap() -> None:
+    """A walk type whose completion sits between target − margin and target for a day neither moves nor bounces."""
+    pol = policy(tiers={"walk": {"keep": [{"metric": "completion_rate", "target": 0.5}]}})
+    log = Log().override(0.1, "promote")
+    for hour in range(24):
+        log.internal(hour + 0.5, completed=47, failed=53)  # 0.47: below 0.5, above 0.45
+    log.tick(24.5)
+    assert [d[0] for d in moves(run(log, pol)[1])] == ["override"]
+
+
+# -- 6. overrides ----------------------------------------------------------------------------------------
+
+
+def test_an_override_takes_effect_no_earlier_than_the_last_closed_window() -> None:
+    """An override dated in a closed window is not late: it applies at that window's end."""
+    log = Log().tick(2.5).override(0.2, "promote")
+    _, decisions = run(log)
+    assert moves(decisions) == [("override", "crawl", "walk", end_of_hour(1))]
+
+
+def test_pin_holds_and_moves_up_one_tier_at_most() -> None:
+    """A pin one above the current tier moves there; two above is rejected with the reason."""
+    log = Log().override(0.1, "pin", tier="run")
+    assert results(log)[0][0] == "rejected"
+    log = Log().override(0.1, "pin", tier="walk")
+    assert moves(run(log)[1]) == [("override", "crawl", "walk", at(0.1))]
+
+
+def test_a_pin_suspends_promotion_but_the_streak_counts() -> None:
+    """Pinned at crawl a passing type stays; unpinned after the hold it climbs at the next close."""
+    log = Log().override(0.1, "pin", tier="crawl")
+    climb_to_walk(log)
+    state, decisions = run(log)
+    assert [d[0] for d in moves(decisions)] == ["override"] and state.keys["t"].passing_since is not None
+    log.override(3.2, "unpin").reviews(3.5, accepted=10).tick(4.1)
+    assert moves(run(log)[1])[-1] == ("promote", "crawl", "walk", end_of_hour(3))
+
+
+def test_cap_demotes_at_once_and_blocks_promotion() -> None:
+    """A cap below the current tier is a downward move now; later passing evidence cannot lift it."""
+    log = Log().override(0.1, "promote").override(0.2, "cap", tier="crawl")
+    climb_to_walk(log)
+    state, decisions = run(log)
+    assert [m[2] for m in moves(decisions)] == ["walk", "crawl"]
+    assert state.keys["t"].last_demotion is not None and TIERS[state.keys["t"].tier] == "crawl"
+
+
+def test_pin_above_a_cap_and_promote_at_the_ceiling_are_rejected() -> None:
+    """Overrides that cannot apply are rejected with their reason and change nothing."""
+    log = Log().override(0.1, "cap", tier="crawl").override(0.2, "pin", tier="walk").override(0.3, "promote")
+    outcomes = results(log)
+    assert [o for o, _ in outcomes] == ["applied", "rejected", "rejected"]
+    assert "ceiling" in (outcomes[1][1] or "") and "ceiling" in (outcomes[2][1] or "")
+
+
+def test_unpin_and_uncap_need_a_pin_and_a_cap() -> None:
+    """Lifting what is not there is rejected, not silently accepted."""
+    assert [o for o, _ in results(Log().override(0.1, "unpin").override(0.2, "uncap"))] == ["rejected", "rejected"]
+
+
+def test_human_demote_to_a_named_tier_and_promote_ignore_cooldown() -> None:
+    """`demote` may skip tiers downward; `promote` right after it is not held by the cooldown."""
+    pol = policy(demotion={"cooldown": "5d"})
+    log = Log().override(0.1, "promote").override(0.2, "promote").override(0.3, "demote", tier="crawl").override(0.4, "promote")
+    assert [m[1:3] for m in moves(run(log, pol)[1])] == [("crawl", "walk"), ("walk", "run"), ("run", "crawl"), ("crawl", "walk")]
+
+
+def test_overrides_on_a_read_only_type_are_rejected() -> None:
+    """A read-only type is never evaluated, so there is nothing to override."""
+    assert results(Log(action_type="ro").override(0.1, "cap", tier="crawl"))[0][0] == "rejected"
+
+
+def test_overrides_carry_actor_and_reason() -> None:
+    """The promotion log says who moved a type and why."""
+    record = run(Log().override(0.1, "promote"))[1][0].record()
+    assert record["actor"] == "ops@example.com" and record["reason"] == "test promote" and record["op"] == "promote"
+
+
+# -- violations, duplicates, bad input ----------------------------------------------------------------
+
+
+def test_an_action_above_the_tier_map_is_a_violation() -> None:
+    """An agent acting at walk while the map holds crawl is logged as a violation; the tier does not move."""
+    _, decisions = run(Log().action(0.5, tier="walk").action(0.6, tier="crawl"))
+    assert moves(decisions) == [("violation", "crawl", "crawl", at(0.5))]
+    assert decisions[0].details["action_id"] == "a0"
+
+
+def test_a_duplicate_event_id_changes_nothing() -> None:
+    """The first event with an id wins, whatever a second one says."""
+    log = Log().reviews(0.5, accepted=10)
+    log.add(type="outcome", event_id="e1", ts=at(0.6), action_id="x", tier="crawl", kind="review", result="rejected")
+    assert results(log)[-1][0] == "duplicate"
+
+
+def test_a_duplicate_override_is_not_applied_twice() -> None:
+    """Overrides are never late, so their ids are remembered: a redelivered promote does nothing."""
+    log = Log().override(0.1, "promote", event_id="o1").tick(5).override(0.1, "promote", event_id="o1")
+    assert [d[0] for d in moves(run(log)[1])] == ["override"]
+
+
+def test_an_unknown_action_type_is_rejected_with_the_fix() -> None:
+    """Unknown types are bad input: rejected and kept, with what to do about it."""
+    outcome, reason = results(Log(action_type="nope").tick(0.1))[0]
+    assert outcome == "rejected" and reason is not None and "add it to the policy's action_types" in reason
+
+
+# -- records ---------------------------------------------------------------------------------------------
+
+
+def test_initial_decisions_cover_the_catalog_in_name_order() -> None:
+    """Every catalog type starts at Crawl except the read-only one, which is Run and says why."""
+    _, decisions = fold([], policy())
+    assert [(d.action_type, TIERS[d.to_tier]) for d in decisions] == [("capped", "crawl"), ("ro", "run"), ("t", "crawl")]
+    assert "read_only" in decisions[1].reason and decisions[0].record()["from_tier"] is None
+
+
+def test_the_tier_map_is_the_last_tier_change_with_its_version() -> None:
+    """decision_id counts every decision of the key; version counts only tier changes."""
+    log = Log().action(0.2, tier="walk").override(0.3, "promote")
+    state, _ = run(log)
+    record = next(r for r in tier_records(state, policy()) if r.action_type == "t").record()
+    assert (record["tier"], record["version"], record["decision_id"], record["since"]) == ("walk", 1, "t/2", at(0.3))

@@ -1,0 +1,150 @@
+"""The core's laws, for any event log (hypothesis)."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tiergate.models import State, fold
+from tiergate.models.policy import parse_duration
+from tiergate.models.wire import TIER_INDEX, event_from_dict, format_ts, parse_ts
+
+from .builders import T0, policy
+
+# A short lookback so that the log's bad spells (see `build`) really demote.
+POLICY = policy(allowed_lateness="10m", lookback="3h", demotion={"cooldown": "3h"})
+TYPES = ("t", "capped", "ro", "t")  # "t" twice: most traffic goes to the fully evaluated type
+KINDS = ("review",) * 6 + ("internal",) * 4 + ("customer",) * 4 + ("action", "action", "tick", "tick", "override")
+OPS = ("promote",) * 3 + ("demote",) * 2 + ("pin", "unpin", "unpin", "cap") + ("uncap",) * 3
+
+step_strategy = st.tuples(
+    st.integers(0, 12),  # minutes since the previous event
+    st.sampled_from((0, 0, 0, 0, -5, -30, -200)),  # arrival skew: in order, jittered, or late
+    st.sampled_from(KINDS),
+    st.integers(0, 9),  # the outcome is good below a threshold that depends on the hour
+    st.sampled_from(("crawl", "crawl", "walk", "run")),
+    st.sampled_from(TYPES),
+    st.sampled_from(OPS),
+    st.integers(1, 12),  # outcomes: how many alike in a burst
+)
+
+
+def build(steps: list[tuple[int, int, str, int, str, str, str, int]]) -> list[dict[str, Any]]:
+    """Turn drawn steps into wire events with unique ids and mostly increasing time.
+
+    Outcomes are good nine times in ten, except in a bad spell of two hours in every six."""
+    minutes, events = 0, []
+    good_results = {"review": ("accepted", "rejected"), "internal": ("completed", "failed"), "customer": ("success", "failure")}
+    for i, (gap, skew, kind, quality, tier, action_type, op, burst) in enumerate(steps):
+        minutes += gap
+        ts = T0 + 60 * max(0, minutes + skew)
+        event: dict[str, Any] = {"event_id": f"e{i}", "ts": format_ts(ts), "action_type": action_type}
+        if kind == "action":
+            event |= {"type": "action", "action_id": f"a{i}", "tier": tier}
+        elif kind == "tick":
+            event |= {"type": "tick"}
+        elif kind == "override":
+            event |= {"type": "override", "op": op, "actor": "ops", "reason": "property"}
+            if op in ("pin", "cap") or (op == "demote" and quality > 7):
+                event["tier"] = tier
+        else:
+            pair = good_results[kind]
+            good = quality < (2 if minutes // 60 % 6 >= 4 else 9)
+            event |= {"type": "outcome", "tier": tier, "kind": kind, "result": pair[0] if good else pair[1]}
+            events.extend(event | {"event_id": f"e{i}.{n}", "action_id": f"a{i}.{n}"} for n in range(burst))
+            continue
+        events.append(event)
+    return events
+
+
+def models(events: list[dict[str, Any]]) -> list[Any]:
+    return [event_from_dict(e) for e in events]
+
+
+def lines(events: list[dict[str, Any]], state: State | None = None) -> list[str]:
+    return [d.to_json() for d in fold(models(events), POLICY, state)[1]]
+
+
+# Long logs on purpose: promotions need tens of outcomes over several hours of event time.
+logs = st.one_of(st.lists(step_strategy, max_size=20), st.lists(step_strategy, min_size=80, max_size=300)).map(build)
+fast = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@fast
+@given(logs)
+def test_the_same_log_gives_byte_identical_decisions(events: list[dict[str, Any]]) -> None:
+    """Determinism: folding one log twice writes the same bytes."""
+    assert lines(events) == lines(events)
+
+
+@fast
+@given(logs, st.data())
+def test_duplicated_events_change_nothing(events: list[dict[str, Any]], data: st.DataObject) -> None:
+    """Redelivering any events, anywhere after the original, leaves the decision log and the state unchanged."""
+    redelivered = list(events)
+    for _ in range(data.draw(st.integers(0, 20)) if events else 0):
+        original = data.draw(st.integers(0, len(events) - 1))
+        position = redelivered.index(events[original])
+        redelivered.insert(data.draw(st.integers(position + 1, len(redelivered))), events[original])
+    assert lines(redelivered) == lines(events)
+    assert fold(models(redelivered), POLICY)[0].to_dict() == fold(models(events), POLICY)[0].to_dict()
+
+
+@fast
+@given(logs, st.data())
+def test_folding_a_prefix_then_the_rest_from_the_saved_state_equals_folding_the_whole(
+    events: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """fold(a + b) == fold(b, from=fold(a)), with the state saved to JSON and restored in between."""
+    cut = data.draw(st.integers(0, len(events)))
+    state, head = fold(models(events[:cut]), POLICY)
+    restored = State.from_dict(json.loads(json.dumps(state.to_dict())))
+    whole_state, whole = fold(models(events), POLICY)
+    tail_state, tail = fold(models(events[cut:]), POLICY, restored)
+    assert [d.to_json() for d in head + tail] == [d.to_json() for d in whole]
+    assert tail_state.to_dict() == whole_state.to_dict()
+
+
+@fast
+@given(logs)
+def test_automatic_moves_are_one_tier_and_only_on_conclusive_evidence(events: list[dict[str, Any]]) -> None:
+    """No tier is skipped upward; nothing is promoted on fewer than min_samples or before the hold;
+    nothing is demoted unless a keep bar with enough samples is below target − margin."""
+    margin = Fraction("0.05")
+    for decision in fold(models(events), POLICY)[1]:
+        record = decision.record()
+        if decision.kind == "promote":
+            assert decision.to_tier == decision.from_tier + 1
+            assert all(bar["passed"] and bar["n"] >= bar["min_samples"] for bar in record["evidence"])
+            hold = record["hold"]
+            assert parse_ts(record["at"]) - parse_ts(hold["passing_since"]) >= parse_duration(hold["required"])
+        if decision.kind == "demote":
+            assert decision.to_tier == decision.from_tier - 1
+            assert any(
+                bar["n"] >= bar["min_samples"] and Fraction(bar["successes"], bar["n"]) < Fraction(str(bar["target"])) - margin
+                for bar in record["evidence"]
+            )
+
+
+@fast
+@given(logs)
+def test_versions_count_tier_changes_and_tiers_stay_within_ceilings(events: list[dict[str, Any]]) -> None:
+    """Each key's version rises by one exactly when its tier changes; a max_tier walk type never reaches run;
+    a violation never moves a tier."""
+    last: dict[str, tuple[int, int]] = {}
+    for decision in fold(models(events), POLICY)[1]:
+        tier, version = last.get(decision.action_type, (decision.from_tier, decision.version))
+        if decision.kind != "initial":
+            assert decision.from_tier == tier
+            assert decision.version == version + (decision.to_tier != decision.from_tier)
+        if decision.kind == "violation":
+            assert decision.to_tier == decision.from_tier
+        if decision.action_type == "capped":
+            assert decision.to_tier <= TIER_INDEX["walk"]
+        if decision.action_type == "ro":
+            assert decision.kind == "initial"
+        last[decision.action_type] = (decision.to_tier, decision.version)
