@@ -14,32 +14,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from . import windows
 from .decisions import Decision, TierRecord
 from .policy import METRIC_INDEX, Policy, TypePolicy, format_duration
-from .stats import Evidence, Verdict, judge_keep, judge_promote
+from .stats import Evidence, Verdict, falls, judge_keep, judge_promote, passes
 from .wire import TIER_INDEX, TIERS, Action, Outcome, Override, Tick, format_ts
 
 Event = Action | Outcome | Override | Tick
 RUN = TIER_INDEX["run"]
 
 
-class Result(str, Enum):
-    """What became of one event; metrics and logs of the runtimes derive from it."""
+class Result:
+    """What became of one event; metrics and logs of the runtimes derive from it. Plain strings, not an
+    Enum: the result of every event is counted, and str hashing is several times cheaper."""
 
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    LATE = "late"
-    REJECTED = "rejected"
+    APPLIED: Final = "applied"
+    DUPLICATE: Final = "duplicate"
+    LATE: Final = "late"
+    REJECTED: Final = "rejected"
+    ALL: Final = ("applied", "duplicate", "late", "rejected")
 
 
 class Step(NamedTuple):
     state: State
     decisions: tuple[Decision, ...]
-    result: Result
+    result: str  # one of Result.ALL
     reason: str | None = None
 
 
@@ -50,6 +51,7 @@ class KeyState:
     action_type: str
     tier: int
     lookback: windows.Lookback
+    read_only: bool = False  # Run from the start and never evaluated
     version: int = 0
     seq: int = 1  # the initial decision is seq 0
     since: int | None = None
@@ -63,12 +65,15 @@ class KeyState:
     open: dict[int, windows.Counters] = field(default_factory=dict)
     open_ids: dict[int, set[str]] = field(default_factory=dict)
     override_ids: set[str] = field(default_factory=set)
+    # derived, never serialised: (lookback revision, tier, a keep bar falls, the gate passes)
+    verdicts: tuple[int, int, bool, bool] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot (sets sorted, so equal states serialise equally)."""
         return {
             "action_type": self.action_type,
             "tier": self.tier,
+            "read_only": self.read_only,
             "version": self.version,
             "seq": self.seq,
             "since": self.since,
@@ -95,6 +100,7 @@ class KeyState:
             action_type=data["action_type"],
             tier=data["tier"],
             lookback=lookback,
+            read_only=data["read_only"],
             version=data["version"],
             seq=data["seq"],
             since=data["since"],
@@ -128,7 +134,9 @@ def starting_tier(policy: TypePolicy) -> int:
 
 
 def initial_key(policy: Policy, name: str) -> KeyState:
-    return KeyState(name, starting_tier(policy.types[name]), windows.Lookback(policy.lookback // policy.window))
+    type_policy = policy.types[name]
+    lookback = windows.Lookback(policy.lookback // policy.window)
+    return KeyState(name, starting_tier(type_policy), lookback, read_only=type_policy.read_only)
 
 
 def initial_state(policy: Policy) -> State:
@@ -168,16 +176,24 @@ def _window_of(ts: int, size: int) -> tuple[int, int]:
     return start, start + size
 
 
-# (kind, result, edit, minor edits accepted) -> (metric index, success)
-def _score(outcome: Outcome, minor_edits_accepted: bool) -> tuple[int, int]:
-    if outcome.kind == "review":
-        accepted = outcome.result == "accepted" or (
-            outcome.result == "edited" and minor_edits_accepted and outcome.edit == "minor"
-        )
-        return METRIC_INDEX["acceptance_rate"], int(accepted)
-    if outcome.kind == "internal":
-        return METRIC_INDEX["completion_rate"], int(outcome.result == "completed")
-    return METRIC_INDEX["customer_success_rate"], int(outcome.result == "success")
+def _scores(minor_edits_accepted: bool) -> dict[tuple[str, str, str | None], tuple[int, int]]:
+    """(kind, result, edit) -> (metric index, 1 for a success): how each outcome counts (DESIGN.md §5)."""
+    review, internal, customer = (METRIC_INDEX[m] for m in ("acceptance_rate", "completion_rate", "customer_success_rate"))
+    return {
+        ("review", "accepted", None): (review, 1),
+        ("review", "rejected", None): (review, 0),
+        ("review", "edited", None): (review, 0),  # an edit of unknown size counts as major
+        ("review", "edited", "major"): (review, 0),
+        ("review", "edited", "minor"): (review, int(minor_edits_accepted)),
+        ("internal", "completed", None): (internal, 1),
+        ("internal", "corrected", None): (internal, 0),
+        ("internal", "failed", None): (internal, 0),
+        ("customer", "success", None): (customer, 1),
+        ("customer", "failure", None): (customer, 0),
+    }
+
+
+SCORES = {False: _scores(False), True: _scores(True)}
 
 
 class _Fold:
@@ -218,26 +234,44 @@ class _Fold:
         key, z = self.key, self.policy.z
         return [judge(bar, *reversed(key.lookback.pair(key.tier, bar.metric_index)), z) for bar in bars]
 
+    def verdicts(self) -> tuple[bool, bool]:
+        """(a keep bar of the current tier falls, every promote bar passes), judged again only when the
+        evidence or the tier changed since the last close: most closes see the same totals."""
+        key, tp, z = self.key, self.type_policy, self.policy.z
+        lookback, tier = key.lookback, key.tier
+        cached = key.verdicts
+        if cached is not None and cached[0] == lookback.revision and cached[1] == tier:
+            return cached[2], cached[3]
+        totals, falling, passing = lookback.totals, False, bool(tp.promote_bars[tier])
+        for bar in tp.keep_bars[tier]:
+            at = windows.slot(tier, bar.metric_index)
+            if falls(bar, totals[at + 1], totals[at]):
+                falling = True
+                break
+        for bar in tp.promote_bars[tier]:
+            at = windows.slot(tier, bar.metric_index)
+            if not passes(bar, totals[at + 1], totals[at], z):
+                passing = False
+                break
+        key.verdicts = (lookback.revision, tier, falling, passing)
+        return falling, passing
+
     def decide(self, end: int) -> None:
         """At the close of the window ending at `end`: demotion first, then the promote streak and hold."""
         key, tp = self.key, self.type_policy
-        if key.pinned is None and tp.keep_bars[key.tier]:
+        falling, passing = self.verdicts()
+        if falling and key.pinned is None:
             kept = self.evidence(tp.keep_bars[key.tier], judge_keep)
-            failing = [e for e in kept if e.verdict is Verdict.FAIL]
-            if failing:
-                reason = "; ".join(e.message("keep") for e in failing)
-                self.move("demote", key.tier - 1, end, reason, evidence=tuple(e.record() for e in kept))
-                return
-        gate = tp.promote_bars[key.tier]
-        if not gate:
+            reason = "; ".join(e.message("keep") for e in kept if e.verdict is Verdict.FAIL)
+            self.move("demote", key.tier - 1, end, reason, evidence=tuple(e.record() for e in kept))
             return
-        judged = self.evidence(gate, judge_promote)
-        if any(e.verdict is not Verdict.PASS for e in judged):
+        if not passing:
             key.passing_since = None
             return
         if key.passing_since is None:
             key.passing_since = end
         if self.may_promote(end):
+            judged = self.evidence(tp.promote_bars[key.tier], judge_promote)
             hold = {"passing_since": format_ts(key.passing_since), "required": format_duration(tp.hold[key.tier])}
             reason = "; ".join(e.message("promote") for e in judged)
             reason += f"; held {format_duration(end - key.passing_since)} (hold {hold['required']})"
@@ -280,40 +314,26 @@ class _Fold:
 
     # -- events --------------------------------------------------------------------------------------
 
-    def seen(self, event: Event) -> bool:
-        key = self.key
-        if isinstance(event, Override):
-            return event.event_id in key.override_ids
-        return any(event.event_id in ids for ids in key.open_ids.values())
-
-    def apply(self, event: Event) -> tuple[Result, str | None]:
-        if self.seen(event):
-            return Result.DUPLICATE, None
-        self.advance(event.ts)
-        if isinstance(event, Override):
-            self.key.override_ids.add(event.event_id)
-            return self.override(event)
+    def late(self, index: int) -> str:
         key, size = self.key, self.policy.window
-        index = windows.window_for(event.ts, size)
-        assert key.next_close is not None
-        if index < key.next_close:
-            return Result.LATE, f"window ending {format_ts((index + 1) * size)} closed at watermark {format_ts(key.max_ts - self.policy.allowed_lateness)}"  # type: ignore[operator]
-        key.open_ids.setdefault(index, set()).add(event.event_id)
-        if isinstance(event, Outcome):
-            metric, success = _score(event, self.policy.minor_edits_accepted)
-            counters = key.open.get(index)
-            if counters is None:
-                counters = key.open[index] = windows.empty()
-            windows.add(counters, TIER_INDEX[event.tier], metric, success)
-        elif isinstance(event, Action) and TIER_INDEX[event.tier] > key.tier:
-            reason = f"action {event.action_id} ran at {event.tier} while the tier map held {TIERS[key.tier]}"
-            self.note("violation", key.tier, event.ts, reason, action_id=event.action_id, agent=event.agent)
-        return Result.APPLIED, None
+        assert key.max_ts is not None
+        watermark = key.max_ts - self.policy.allowed_lateness
+        return f"window ending {format_ts((index + 1) * size)} closed at watermark {format_ts(watermark)}"
+
+    def violation(self, event: Action) -> None:
+        key = self.key
+        reason = f"action {event.action_id} ran at {event.tier} while the tier map held {TIERS[key.tier]}"
+        self.note("violation", key.tier, event.ts, reason, action_id=event.action_id, agent=event.agent)
 
     # -- overrides -----------------------------------------------------------------------------------
 
-    def override(self, event: Override) -> tuple[Result, str | None]:
+    def override(self, event: Override) -> tuple[str, str | None]:
+        """Overrides are never late: one applies at its ts, or at the end of the last closed window."""
         key = self.key
+        if event.event_id in key.override_ids:
+            return Result.DUPLICATE, None
+        key.override_ids.add(event.event_id)
+        self.advance(event.ts)
         assert key.next_close is not None
         at = max(event.ts, key.next_close * self.policy.window)
         refusal = self.refusal(event)
@@ -379,19 +399,56 @@ class _Fold:
 
 
 def step(state: State, event: Event, policy: Policy) -> Step:
-    """Apply one event of the log: close the windows its `ts` closes, then aggregate it (or count it late)."""
-    key = state.keys.get(event.action_type)
+    """Apply one event of the log: close the windows its `ts` closes, then aggregate it (or count it late).
+
+    The common case (an action or outcome in an open window that closes nothing) stays on a short path:
+    this runs once per event of every history."""
+    name = event.action_type
+    key = state.keys.get(name)
     if key is None:
         return Step(state, (), Result.REJECTED,
-                    f"unknown action_type {event.action_type!r}: add it to the policy's action_types or fix the producer")
-    if policy.types[event.action_type].read_only:
+                    f"unknown action_type {name!r}: add it to the policy's action_types or fix the producer")
+    if key.read_only:
         if isinstance(event, Override):
             return Step(state, (), Result.REJECTED,
-                        f"override rejected: {event.action_type} is read_only and never evaluated; remove read_only from the catalog to gate it")
+                        f"override rejected: {name} is read_only and never evaluated; remove read_only from the catalog to gate it")
         return Step(state, (), Result.APPLIED)
     out: list[Decision] = []
-    result, reason = _Fold(policy, key, out).apply(event)
-    return Step(state, tuple(out), result, reason)
+    if isinstance(event, Override):
+        result, reason = _Fold(policy, key, out).override(event)
+        return Step(state, tuple(out), result, reason)
+    decided: tuple[Decision, ...] = ()
+    event_id = event.event_id
+    for ids in key.open_ids.values():
+        if event_id in ids:
+            return Step(state, (), Result.DUPLICATE)
+    ts, size = event.ts, policy.window
+    if key.max_ts is None or ts > key.max_ts:
+        if key.next_close is not None and ts - policy.allowed_lateness < (key.next_close + 1) * size:
+            key.max_ts = ts  # the watermark rises but reaches no window's end
+        else:
+            _Fold(policy, key, out).advance(ts)
+            decided = tuple(out)
+    index = ts // size
+    if index < key.next_close:  # type: ignore[operator]  # advance() has set it
+        return Step(state, decided, Result.LATE, _Fold(policy, key, out).late(index))
+    ids = key.open_ids.get(index)
+    if ids is None:
+        key.open_ids[index] = {event_id}
+    else:
+        ids.add(event_id)
+    if isinstance(event, Outcome):
+        metric, success = SCORES[policy.minor_edits_accepted][event.kind, event.result, event.edit]
+        counters = key.open.get(index)
+        if counters is None:
+            counters = key.open[index] = windows.empty()
+        at = windows.slot(TIER_INDEX[event.tier], metric)
+        counters[at] += 1
+        counters[at + 1] += success
+    elif isinstance(event, Action) and TIER_INDEX[event.tier] > key.tier:
+        _Fold(policy, key, out).violation(event)
+        decided = tuple(out)
+    return Step(state, decided, Result.APPLIED)
 
 
 def fold(events: Iterable[Event], policy: Policy, state: State | None = None) -> tuple[State, list[Decision]]:

@@ -222,7 +222,10 @@ def _validate(model: type[_M], raw: dict[str, Any], where: tuple[str | int, ...]
 def _check_tiers(tiers: Tiers, where: tuple[str | int, ...]) -> list[tuple[tuple[str | int, ...], str]]:
     """The method's rules for a (merged) set of tiers, each broken rule as (path, message)."""
     problems: list[tuple[tuple[str | int, ...], str]] = []
-    add = problems.append
+
+    def add(path: tuple[str | int, ...], message: str) -> None:
+        problems.append((path, message))
+
     if tiers.run.promote is not None:
         add((*where, "run", "promote"), "run is the top tier and has no promote gate: remove it")
     if tiers.crawl.keep:

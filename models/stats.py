@@ -73,13 +73,25 @@ class Evidence:
         }
 
 
+def passes(bar: BarRule, successes: int, n: int, z: float) -> bool:
+    """The promote rule alone, without the figures: the fold's hot path at every close. The lower bound
+    never exceeds the point rate, so a rate below target fails without computing it."""
+    return n >= bar.min_samples and successes >= bar.target * n and wilson(successes, n, z)[0] >= bar.target
+
+
+def falls(bar: BarRule, successes: int, n: int) -> bool:
+    """The keep rule alone: enough samples and a point rate below target − margin, exactly."""
+    below = bar.keep_below
+    return n >= bar.min_samples and successes * below.denominator < below.numerator * n
+
+
 def judge_promote(bar: BarRule, successes: int, n: int, z: float) -> Evidence:
     """PASS when n ≥ min_samples and the Wilson lower bound reaches the target."""
     lower, upper = wilson(successes, n, z)
     if n < bar.min_samples:
         verdict = Verdict.INCONCLUSIVE
     else:
-        verdict = Verdict.PASS if lower >= bar.target else Verdict.FAIL
+        verdict = Verdict.PASS if passes(bar, successes, n, z) else Verdict.FAIL
     return Evidence(bar, n, successes, verdict, lower, upper)
 
 
@@ -89,6 +101,5 @@ def judge_keep(bar: BarRule, successes: int, n: int, z: float) -> Evidence:
     if n < bar.min_samples:
         verdict = Verdict.INCONCLUSIVE
     else:
-        below = successes * bar.keep_below.denominator < bar.keep_below.numerator * n
-        verdict = Verdict.FAIL if below else Verdict.PASS
+        verdict = Verdict.FAIL if falls(bar, successes, n) else Verdict.PASS
     return Evidence(bar, n, successes, verdict, lower, upper)

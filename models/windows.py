@@ -9,6 +9,7 @@ No raw event is kept.
 from __future__ import annotations
 
 from collections import deque
+from operator import add, sub
 
 from .policy import METRICS
 from .wire import TIERS
@@ -31,14 +32,14 @@ def empty() -> Counters:
     return [0] * WIDTH
 
 
-def add(counters: Counters, tier: int, metric: int, success: int) -> None:
+def count(counters: Counters, tier: int, metric: int, success: int) -> None:
     i = slot(tier, metric)
     counters[i] += 1
     counters[i + 1] += success
 
 
 def merge(a: Counters, b: Counters) -> Counters:
-    return [x + y for x, y in zip(a, b)]
+    return list(map(add, a, b))
 
 
 class Lookback:
@@ -48,26 +49,31 @@ class Lookback:
     so judging a bar at a close costs the same whatever the lookback.
     """
 
-    __slots__ = ("length", "windows", "totals")
+    __slots__ = ("length", "revision", "totals", "windows")
 
     def __init__(self, length: int) -> None:
         self.length = length
         self.windows: deque[tuple[int, Counters | None]] = deque()
         self.totals: Counters = empty()
+        self.revision = 0  # changes whenever the totals may have: verdicts on equal revisions are equal
 
     def push(self, index: int, counters: Counters | None) -> None:
+        """Add a closed window (None: it was empty) and drop the one that left the lookback."""
         self.windows.append((index, counters))
         if counters is not None:
-            self.totals = merge(self.totals, counters)
+            self.totals = list(map(add, self.totals, counters))
+            self.revision += 1
         if len(self.windows) > self.length:
             _, dropped = self.windows.popleft()
             if dropped is not None:
-                self.totals = [x - y for x, y in zip(self.totals, dropped)]
+                self.totals = list(map(sub, self.totals, dropped))
+                self.revision += 1
 
     def clear(self) -> None:
         """Forget every closed window: evidence restarts at the window that holds a tier change."""
         self.windows.clear()
         self.totals = empty()
+        self.revision += 1
 
     def pair(self, tier: int, metric: int) -> tuple[int, int]:
         """(n, successes) over the lookback for one tier and metric."""

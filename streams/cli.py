@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from collections.abc import Sequence
@@ -12,7 +13,8 @@ from rich.console import Console
 
 from .explain import ExplainError, decisions_for, explain
 from .policy_file import PolicyFileError, read_policy
-from .replay import replay_file, write_lines
+from .codec import Kept
+from .replay import line_writer, replay_file
 
 err = Console(stderr=True, highlight=False)
 
@@ -23,20 +25,30 @@ def _replay(args: argparse.Namespace) -> int:
     if not events.is_file():
         err.print(f"[red]error:[/] {events}: no such file; give a JSONL event history (one JSON object a line)")
         return 2
-    result = replay_file(events, policy, progress=args.progress)
-    write_lines(result.decision_lines(), Path(args.output) if args.output else sys.stdout)
-    if args.tiers:
-        write_lines(result.tier_lines(), Path(args.tiers))
-    counts = ", ".join(f"{n} {name}" for name, n in sorted(result.results.items())) or "no events"
-    err.print(f"replayed {events}: {counts}; {len(result.decisions)} decisions")
-    if result.kept:
-        rejects = Path(args.rejects) if args.rejects else events.with_name(events.name + ".rejects.jsonl")
-        write_lines((kept.to_json() for kept in result.kept), rejects)
-        for kept in result.kept[: args.show_rejects]:
+    gc.freeze()  # what exists now lives all run long: keep the collector from rescanning it per batch
+    rejects = Path(args.rejects) if args.rejects else events.with_name(events.name + ".rejects.jsonl")
+    shown = 0
+
+    def show(kept: Kept) -> None:
+        nonlocal shown
+        shown += 1
+        if shown <= args.show_rejects:
             err.print(f"  {kept.origin}: {kept.result}: {kept.reason}", soft_wrap=True)
-        more = len(result.kept) - args.show_rejects
-        err.print(f"{len(result.kept)} events set aside (rejected or late){f', {more} more not shown' if more > 0 else ''}"
-                  f"; kept in {rejects}")
+
+    with line_writer(Path(args.output) if args.output else sys.stdout) as write_decision, \
+            line_writer(rejects, lazy=True) as write_kept:
+        result = replay_file(events, policy, lambda d: write_decision(d.to_json()),
+                             lambda k: (show(k), write_kept(k.to_json().decode())), progress=args.progress)
+    if args.tiers:
+        with line_writer(Path(args.tiers)) as write_tier:
+            for line in result.tier_lines():
+                write_tier(line)
+    counts = ", ".join(f"{n} {name}" for name, n in sorted(result.results.items())) or "no events"
+    err.print(f"replayed {events}: {counts}; {result.decisions} decisions", soft_wrap=True)
+    if result.kept:
+        more = result.kept - args.show_rejects
+        err.print(f"{result.kept} events set aside (rejected or late){f', {more} more not shown' if more > 0 else ''}"
+                  f"; kept in {rejects}", soft_wrap=True)
     return 0
 
 

@@ -1,4 +1,8 @@
-"""`tiergate replay`: fold a JSONL event history into the decision log and the final tier map."""
+"""`tiergate replay`: fold a JSONL event history into the decision log and the final tier map.
+
+Decisions and set-aside events stream to their sinks as the fold produces them, so replaying a history
+of any length takes memory bounded by the catalog and the lookback, not by the history.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
@@ -19,81 +24,125 @@ from tiergate.models.policy import Policy
 from .codec import EventError, Kept, decode, iter_lines
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
+PROGRESS_EVERY = 4096  # lines between progress bar updates
+
+DecisionSink = Callable[[Decision], object]
+KeptSink = Callable[[Kept], object]
 
 
 @dataclass(slots=True)
 class Replay:
-    """The outcome of folding a history: state, decisions in fold order, counts, and what was kept aside."""
+    """The outcome of folding a history: the state, and counts of what became of the events."""
 
     policy: Policy
     state: State
-    decisions: list[Decision] = field(default_factory=list)
     results: Counter[str] = field(default_factory=Counter)
-    kept: list[Kept] = field(default_factory=list)
-
-    def decision_lines(self) -> Iterator[str]:
-        for decision in self.decisions:
-            yield decision.to_json()
+    decisions: int = 0
+    kept: int = 0
 
     def tier_lines(self) -> Iterator[str]:
         for record in tier_records(self.state, self.policy):
             yield record.to_json()
 
 
-def parse_lines(lines: Iterable[tuple[str, bytes]], replay: Replay) -> Iterator[tuple[str, bytes, Event]]:
-    """Decode each (origin, raw) pair; undecodable ones are kept as rejected and skipped."""
-    for origin, raw in lines:
-        try:
-            yield origin, raw, decode(raw)
-        except EventError as error:
-            replay.results[Result.REJECTED.value] += 1
-            replay.kept.append(Kept(origin, Result.REJECTED.value, error.reason, raw))
+def fold_lines(
+    lines: Iterable[tuple[int, bytes]], policy: Policy, on_decision: DecisionSink, on_kept: KeptSink,
+    source: str = "", state: State | None = None,
+) -> Replay:
+    """The fold over numbered raw lines: what `replay` does, and what the runtimes' checks compare with.
 
-
-def fold_lines(lines: Iterable[tuple[str, bytes]], policy: Policy, state: State | None = None) -> Replay:
-    """The fold over raw lines: what `replay` does, and what the runtimes' consistency checks compare with."""
+    Undecodable lines and events the fold sets aside go to `on_kept` with origin `source:number`."""
     replay = Replay(policy, initial_state(policy) if state is None else state)
+    results, current = replay.results, replay.state
     if state is None:
-        replay.decisions.extend(initial_decisions(policy))
-    current, decisions, results = replay.state, replay.decisions, replay.results
-    for origin, raw, event in parse_lines(lines, replay):
-        _, decided, result, reason = step(current, event, policy)
-        if decided:
-            decisions.extend(decided)
-        results[result.value] += 1
+        for decision in initial_decisions(policy):
+            on_decision(decision)
+        replay.decisions += len(policy.catalog)
+    for number, raw in lines:
+        try:
+            event = decode(raw)
+        except EventError as error:
+            results[Result.REJECTED] += 1
+            replay.kept += 1
+            on_kept(Kept(f"{source}:{number}", Result.REJECTED, error.reason, raw))
+            continue
+        _, decisions, result, reason = step(current, event, policy)
+        results[result] += 1
+        for decision in decisions:
+            replay.decisions += 1
+            on_decision(decision)
         if reason is not None:
-            replay.kept.append(Kept(origin, result.value, reason, raw))
+            replay.kept += 1
+            on_kept(Kept(f"{source}:{number}", result, reason, raw))
     return replay
 
 
-def file_lines(stream: BinaryIO, name: str, advance: Callable[[int], object] | None = None) -> Iterator[tuple[str, bytes]]:
+def file_lines(stream: BinaryIO, advance: Callable[[int], object] | None = None) -> Iterator[tuple[int, bytes]]:
+    """(number, line) for each event line of a file; `advance` hears the bytes read now and then."""
+    if advance is None:
+        yield from iter_lines(stream)
+        return
+    done = 0
     for number, line in iter_lines(stream):
-        if advance is not None:
-            advance(len(line) + 1)
-        yield f"{name}:{number}", line
+        done += len(line) + 1
+        if number % PROGRESS_EVERY == 0:
+            advance(done)
+            done = 0
+        yield number, line
 
 
-def replay_file(path: Path, policy: Policy, progress: bool | None = None) -> Replay:
+@contextmanager
+def progress_bar(name: str, size: int, show: bool) -> Iterator[Callable[[int], object] | None]:
+    if not show:
+        yield None
+        return
+    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())
+    with Progress(*columns, transient=True) as bar:
+        task = bar.add_task(f"replaying {name}", total=size)
+        yield lambda n: bar.advance(task, n)
+
+
+def replay_file(path: Path, policy: Policy, on_decision: DecisionSink, on_kept: KeptSink,
+                progress: bool | None = None) -> Replay:
     """Fold a JSONL file; a progress bar on stderr when the file is large and stderr is a terminal."""
     size = path.stat().st_size
     show = sys.stderr.isatty() and size >= PROGRESS_MIN_BYTES if progress is None else progress
-    with open(path, "rb") as stream:
-        if not show:
-            return fold_lines(file_lines(stream, path.name), policy)
-        columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), TimeRemainingColumn())
-        with Progress(*columns, transient=True) as bar:
-            task = bar.add_task(f"replaying {path.name}", total=size)
-            return fold_lines(file_lines(stream, path.name, lambda n: bar.advance(task, n)), policy)
+    with open(path, "rb") as stream, progress_bar(path.name, size, show) as advance:
+        return fold_lines(file_lines(stream, advance), policy, on_decision, on_kept, source=path.name)
 
 
-def write_lines(lines: Iterable[str | bytes], target: IO[str] | Path) -> None:
-    """Write one record a line, to a path (atomically: temp file, then rename) or an open text stream."""
+@contextmanager
+def line_writer(target: Path | IO[str] | None, lazy: bool = False) -> Iterator[Callable[[str], object]]:
+    """A sink for one record a line: to a file path (written to a temporary file, renamed at the end, so
+    a reader never sees half a log), to a device path, to an open text stream, or nowhere (None).
+    `lazy`: a file path is only created if a line is written (and a stale one from before is removed)."""
+    if target is None:
+        yield lambda line: None
+        return
     if not isinstance(target, Path):
-        for line in lines:
-            target.write((line.decode() if isinstance(line, bytes) else line) + "\n")
+        yield lambda line: target.write(line + "\n")
+        return
+    if target.exists() and not target.is_file():  # a device or a pipe (/dev/null, /dev/stdout): write through
+        with open(target, "w", encoding="utf-8") as out:
+            yield lambda line: out.write(line + "\n")
         return
     temporary = target.with_name(f".{target.name}.tmp")
-    with open(temporary, "w", encoding="utf-8") as out:
-        write_lines(lines, out)
-    os.replace(temporary, target)
+    out: IO[str] | None = None
+
+    def write(line: str) -> None:
+        nonlocal out
+        if out is None:
+            out = open(temporary, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        out.write(line + "\n")
+
+    if not lazy:
+        out = open(temporary, "w", encoding="utf-8")  # noqa: SIM115
+    try:
+        yield write
+    finally:
+        if out is not None:
+            out.close()
+            os.replace(temporary, target)
+        else:
+            target.unlink(missing_ok=True)

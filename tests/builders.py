@@ -116,7 +116,7 @@ def results(log: Log, pol: Policy | None = None) -> list[tuple[str, str | None]]
     """What became of each event of the log, in order."""
     pol = pol or policy()
     state, _ = fold([], pol)
-    return [(r.result.value, r.reason) for r in (step(state, e, pol) for e in log.models())]
+    return [(r.result, r.reason) for r in (step(state, e, pol) for e in log.models())]
 
 
 def moves(decisions: list[Decision]) -> list[tuple[str, str, str, str | None]]:

@@ -1,0 +1,180 @@
+"""Benchmark: `tiergate replay` against the rate of replay's own parse path, and memory at 1× and 10× history.
+
+    python bench/replay.py                 # 1M events, 60 action types, 90 days (the issue's target)
+    python bench/replay.py --events 200000 # a quick look
+
+Reports events/s of the full replay (parse + fold + decision log written) and, in the same run, of
+the parse path alone (the file's lines decoded into the event models); the target is a ratio of at
+least 0.5. Then peak resident memory of `tiergate replay` (a child process) on the history and on ten
+times the history (the same fleet carried on for ten times as long); the target is within 10%.
+Generated histories are cached under bench/.data/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from tiergate.models.policy import load_policy
+from tiergate.models.wire import format_ts, parse_ts
+from tiergate.streams.codec import decode, iter_lines
+from tiergate.streams.replay import replay_file
+from tiergate.streams.simulate import HOUR, Delivery, Fleet, Profile, Quality, history, override
+
+ROOT = Path(__file__).parent.parent
+DATA = ROOT / "bench" / ".data"
+START = parse_ts("2026-01-01T00:00:00Z")
+DAY = 24 * HOUR
+
+
+def bench_policy(types: int) -> dict[str, Any]:
+    """The example policy's tiers (1h windows, 7d lookback) over a catalog of `types` action types."""
+    policy = yaml.safe_load((ROOT / "examples" / "policy.yaml").read_text())
+    catalog: dict[str, Any] = {f"action_{i:03d}": {} for i in range(types)}
+    catalog["action_000"] = {"read_only": True}
+    for i in range(1, types, 10):
+        catalog[f"action_{i:03d}"] = {"max_tier": "walk"}
+    policy["action_types"] = catalog
+    return policy
+
+
+def bench_fleet(names: list[str], events: int, days: int, seed: int = 11) -> Fleet:
+    """A varied fleet sized to produce about `events` events in `days`, with some operator overrides."""
+    import random
+
+    rng = random.Random(seed)
+    per_hour = events / (len(names) * days * 24) / 2.15  # an action brings ~1.2 outcomes on average
+    grades = (Quality(), Quality(0.95, 0.97, 0.985), Quality(0.85, 0.9, 0.95))
+    profiles = {n: Profile(per_hour * rng.uniform(0.5, 1.5), rng.choice(grades)) for n in names}
+    overrides = [override(START + rng.randrange(days * DAY), rng.choice(names[1:]), op, "bench", tier=tier)
+                 for op, tier in (("cap", "crawl"), ("uncap", None), ("promote", None), ("pin", "walk"), ("demote", None))
+                 for _ in range(6)]
+    return Fleet(profiles, seed=seed, delivery=Delivery(late=0.012, duplicate=0.002), overrides=overrides)
+
+
+def generate(events: int, types: int, days: int) -> tuple[Path, Path]:
+    """The history file and its policy, generated once per size and cached."""
+    DATA.mkdir(parents=True, exist_ok=True)
+    path = DATA / f"history-{events}-{types}-{days}.jsonl"
+    policy_path = DATA / f"policy-{types}.yaml"
+    raw = bench_policy(types)
+    policy_path.write_text(yaml.safe_dump(raw))
+    if not path.exists():
+        policy = load_policy(raw)
+        fleet = bench_fleet(sorted(raw["action_types"]), events, days)
+        started = time.perf_counter()
+        with open(path.with_suffix(".tmp"), "wb") as out:
+            for n, event in enumerate(history(fleet, policy, START, days * 24), 1):
+                out.write(orjson.dumps(event) + b"\n")
+        os.replace(path.with_suffix(".tmp"), path)
+        print(f"generated {n:,} events in {time.perf_counter() - started:.0f}s: {path}", file=sys.stderr)
+    return path, policy_path
+
+
+def extend(path: Path, times: int, days: int) -> Path:
+    """The same fleet carried on: the history repeated `times` times, each copy shifted by its span."""
+    longer = path.with_name(path.stem + f"-x{times}.jsonl")
+    if longer.exists():
+        return longer
+    with open(longer.with_suffix(".tmp"), "wb") as out:
+        for copy in range(times):
+            shift = copy * days * DAY
+            with open(path, "rb") as source:
+                for _, line in iter_lines(source):
+                    event = orjson.loads(line)
+                    event["ts"] = format_ts(parse_ts(event["ts"]) + shift)
+                    event["event_id"] += f"~{copy}"
+                    if "action_id" in event:
+                        event["action_id"] += f"~{copy}"
+                    out.write(orjson.dumps(event) + b"\n")
+    os.replace(longer.with_suffix(".tmp"), longer)
+    return longer
+
+
+def parse_rate(path: Path) -> tuple[float, int]:
+    """Events/s of replay's parse path alone: read the lines, decode each into its model."""
+    started, count = time.perf_counter(), 0
+    gc.freeze()  # as the replay command does
+    with open(path, "rb") as stream:
+        for _, line in iter_lines(stream):
+            try:
+                decode(line)
+            except ValueError:
+                pass
+            count += 1
+    return count / (time.perf_counter() - started), count
+
+
+def replay_rate(path: Path, policy_path: Path) -> tuple[float, dict[str, int]]:
+    """Events/s of the full replay: parse, fold, and the decision log and kept events written to files."""
+    from tiergate.streams.policy_file import read_policy
+
+    policy = read_policy(policy_path)
+    gc.freeze()  # as the replay command does
+    started = time.perf_counter()
+    with open(os.devnull, "w") as sink:
+        result = replay_file(path, policy, lambda d: sink.write(d.to_json() + "\n"),
+                             lambda k: sink.write(k.to_json().decode() + "\n"), progress=False)
+    elapsed = time.perf_counter() - started
+    counts = dict(result.results) | {"decisions": result.decisions}
+    return sum(result.results.values()) / elapsed, counts
+
+
+def peak_rss_mib(path: Path, policy_path: Path) -> float:
+    """Peak resident memory of `tiergate replay` on a file, in a child process of its own."""
+    command = [sys.executable, "-m", "tiergate.streams.cli", "replay", str(path), "--policy", str(policy_path),
+               "-o", os.devnull, "--rejects", os.devnull, "--no-progress"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0:
+        raise SystemExit(f"replay failed: {' '.join(command)}")
+    return usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    args = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    args.add_argument("--events", type=int, default=1_000_000)
+    args.add_argument("--types", type=int, default=60)
+    args.add_argument("--days", type=int, default=90)
+    args.add_argument("--scale", type=int, default=10, help="memory run at this many times the history")
+    args.add_argument("--rounds", type=int, default=3, help="alternating parse/replay rounds; the best of each counts")
+    options = args.parse_args()
+    path, policy_path = generate(options.events, options.types, options.days)
+    parses, replays, counts = [], [], {}
+    for _ in range(options.rounds):
+        parses.append(parse_rate(path)[0])
+        rate, counts = replay_rate(path, policy_path)
+        replays.append(rate)
+    total = sum(v for k, v in counts.items() if k != "decisions")
+    results = {
+        "events": total,
+        "action_types": options.types,
+        "days": options.days,
+        "late_share": round(counts.get("late", 0) / total, 4),
+        "duplicate_share": round(counts.get("duplicate", 0) / total, 4),
+        "decisions": counts["decisions"],
+        "parse_events_per_s": round(max(parses)),
+        "replay_events_per_s": round(max(replays)),
+        "ratio": round(max(replays) / max(parses), 3),
+        "target_ratio": 0.5,
+    }
+    print(json.dumps(results, indent=2), flush=True)
+    longer = extend(path, options.scale, options.days)
+    one, many = peak_rss_mib(path, policy_path), peak_rss_mib(longer, policy_path)
+    memory = {"peak_rss_mib_1x": round(one, 1), f"peak_rss_mib_{options.scale}x": round(many, 1),
+              "growth": round(many / one - 1, 3), "target_growth": 0.10}
+    print(json.dumps(memory, indent=2))
+
+
+if __name__ == "__main__":
+    main()

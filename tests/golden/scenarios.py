@@ -1,0 +1,140 @@
+"""The golden scenarios, written as stories. `python -m tests.golden.scenarios` rewrites each scenario's
+events.jsonl from these stories and its expected decision log from a fold (review the diff before
+committing: the expected log is the reviewed record of what the policy decides).
+
+All times are hours from 2026-11-02T00:00Z; `end_of_hour(h)` is where the close of hour h is dated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+from tests.builders import Log
+
+HERE = Path(__file__).parent
+
+
+def climb_to_walk(log: Log, per_hour: int = 10) -> None:
+    """Reviews for hours 0-3: inconclusive at 01:00 (n=10), passing from 02:00 (n=20), promoted at 04:00."""
+    for hour in range(4):
+        log.reviews(hour + 0.5, accepted=per_hour)
+
+
+def clean_climb() -> Log:
+    """reply_to_ticket climbs Crawl → Walk at 04:00 and Walk → Run at 09:00, then keeps Run."""
+    log = Log("reply_to_ticket")
+    climb_to_walk(log)
+    for hour in range(4, 9):  # at walk: perfect internal and customer outcomes, 20 of each an hour
+        log.internal(hour + 0.5, completed=20).customer(hour + 0.5, success=20)
+    for hour in range(9, 11):  # at run: customers keep succeeding
+        log.customer(hour + 0.5, success=20, tier="run")
+    return log.tick(11.25)
+
+
+def customer_blocks_run() -> Log:
+    """refund_up_to_50 reaches Walk; staff complete all of it but 4 in 20 refunds fail for the customer,
+    so the Walk → Run gate (customer_success_rate ≥ 0.9) never passes and it stays at Walk."""
+    log = Log("refund_up_to_50")
+    climb_to_walk(log)
+    for hour in range(4, 11):
+        log.internal(hour + 0.5, completed=20).customer(hour + 0.5, success=16, failure=4)
+    return log.tick(11.25)
+
+
+def regression_and_cooldown() -> Log:
+    """reply_to_ticket reaches Walk at 04:00, regresses (12 of 20 completed: 0.6 < 0.8 − 0.05) and is
+    demoted at 05:00. Its reviews pass again from 07:00 and the hold is met at 09:00, but the 6h
+    cooldown holds the climb until 11:00."""
+    log = Log("reply_to_ticket")
+    climb_to_walk(log)
+    log.internal(4.5, completed=12, failed=8).tick(5.25)
+    for hour in range(5, 11):
+        log.reviews(hour + 0.5, accepted=10)
+    return log.tick(11.25)
+
+
+def cap_and_pin() -> Log:
+    """An operator pins reply_to_ticket at Crawl: its evidence passes but it stays until unpinned at 04:12,
+    then climbs at the next close (05:00). refund_over_50 reaches Walk and stops there (max_tier walk);
+    finance caps it at Crawl at 09:12 (a demotion at once) and a human promote after that is rejected."""
+    log = Log("reply_to_ticket").override(0.1, "pin", tier="crawl")
+    climb_to_walk(log)
+    log.override(4.2, "unpin").tick(5.25)
+    capped = Log("refund_over_50")
+    climb_to_walk(capped)
+    for hour in range(4, 9):
+        capped.internal(hour + 0.5, completed=20).customer(hour + 0.5, success=20)
+    capped.tick(9.25).override(9.2, "cap", tier="crawl").override(9.3, "promote")
+    return _interleave(log, capped)
+
+
+def late_and_out_of_order() -> Log:
+    """With 10m allowed lateness, a review of 01:58 that arrives after one of 02:05 still counts; a review
+    of 00:30 that arrives at 01:20 is late (kept aside), and a redelivered review is a duplicate. Hour 0
+    has 9 timely reviews, so 02:00 is inconclusive (n=19 < 20): the streak starts at 03:00 and the climb
+    comes at 05:00, an hour later than the clean climb."""
+    log = Log("reply_to_ticket").reviews(0.5, accepted=9)
+    log.reviews(1 + 20 / 60, accepted=1).outcome(0.5, "review", "accepted")  # arrives at 01:20: late
+    log.reviews(1.5, accepted=8).reviews(2 + 5 / 60, accepted=1).reviews(1 + 58 / 60, accepted=1)  # out of order
+    log.reviews(2.5, accepted=9)
+    log.events.append(log.events[-1])  # redelivered
+    log.reviews(3.5, accepted=10).reviews(4.5, accepted=10)
+    return log.tick(5.25)
+
+
+def thin_evidence() -> Log:
+    """refund_up_to_50 gets three perfect reviews an hour: after six hours n=18 < min_samples 20, so its
+    bars stay inconclusive and it stays at Crawl, however good the rate looks."""
+    log = Log("refund_up_to_50")
+    for hour in range(6):
+        log.reviews(hour + 0.5, accepted=3)
+    return log.tick(6.25)
+
+
+def _interleave(*logs: Log) -> Log:
+    """Several action types' logs as one, ordered by event time (each key's own order is kept)."""
+    merged = Log()
+    merged.events = sorted((e for log in logs for e in log.events), key=lambda e: e["ts"])
+    for n, event in enumerate(merged.events):
+        event["event_id"] = f"{event['action_type']}-{n}" if event["type"] != "outcome" else event["event_id"]
+    return merged
+
+
+SCENARIOS: dict[str, Callable[[], Log]] = {
+    "clean_climb": clean_climb,
+    "customer_blocks_run": customer_blocks_run,
+    "regression_and_cooldown": regression_and_cooldown,
+    "cap_and_pin": cap_and_pin,
+    "late_and_out_of_order": late_and_out_of_order,
+    "thin_evidence": thin_evidence,
+}
+
+
+def events_jsonl(log: Log) -> bytes:
+    return b"".join(orjson.dumps(event) + b"\n" for event in log.events)
+
+
+def main() -> None:
+    from tiergate.streams.policy_file import read_policy
+    from tiergate.streams.replay import fold_lines
+
+    policy = read_policy(HERE / "policy.yaml")
+    for name, story in SCENARIOS.items():
+        folder = HERE / name
+        folder.mkdir(exist_ok=True)
+        data = events_jsonl(story())
+        (folder / "events.jsonl").write_bytes(data)
+        lines = list(enumerate(data.splitlines(), 1))
+        decisions: list[str] = []
+        kept: list[bytes] = []
+        fold_lines(lines, policy, lambda d: decisions.append(d.to_json() + "\n"), lambda k: kept.append(k.to_json() + b"\n"), source="events.jsonl")
+        (folder / "expected.jsonl").write_text("".join(decisions))
+        (folder / "expected.kept.jsonl").write_bytes(b"".join(kept))
+        print(f"{name}: {len(lines)} events, {len(decisions)} decisions, {len(kept)} kept aside")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Golden scenarios: readable event histories whose decision logs were reviewed once and must not drift.
+
+Each folder of tests/golden holds events.jsonl, the expected decision log and what is kept aside; the
+stories are told in tests/golden/scenarios.py. Besides the byte-for-byte comparison, each scenario's
+plot is asserted here in a reader's terms, so a regenerated golden file cannot silently change the story.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tiergate.streams.cli import main
+
+from .golden.scenarios import SCENARIOS, events_jsonl
+
+GOLDEN = Path(__file__).parent / "golden"
+
+# scenario -> the moves of its promotion log (kind, action type, from, to, at), initial decisions left out
+STORIES = {
+    "clean_climb": [
+        ("promote", "reply_to_ticket", "crawl", "walk", "2026-11-02T04:00:00Z"),
+        ("promote", "reply_to_ticket", "walk", "run", "2026-11-02T09:00:00Z"),
+    ],
+    "customer_blocks_run": [("promote", "refund_up_to_50", "crawl", "walk", "2026-11-02T04:00:00Z")],
+    "regression_and_cooldown": [
+        ("promote", "reply_to_ticket", "crawl", "walk", "2026-11-02T04:00:00Z"),
+        ("demote", "reply_to_ticket", "walk", "crawl", "2026-11-02T05:00:00Z"),
+        ("promote", "reply_to_ticket", "crawl", "walk", "2026-11-02T11:00:00Z"),  # 09:00 + the 6h cooldown's end
+    ],
+    "cap_and_pin": [
+        ("override", "reply_to_ticket", "crawl", "crawl", "2026-11-02T00:06:00Z"),  # pin
+        ("override", "reply_to_ticket", "crawl", "crawl", "2026-11-02T04:12:00Z"),  # unpin
+        ("promote", "refund_over_50", "crawl", "walk", "2026-11-02T04:00:00Z"),
+        ("promote", "reply_to_ticket", "crawl", "walk", "2026-11-02T05:00:00Z"),
+        ("override", "refund_over_50", "walk", "crawl", "2026-11-02T09:12:00Z"),  # cap
+    ],
+    "late_and_out_of_order": [("promote", "reply_to_ticket", "crawl", "walk", "2026-11-02T05:00:00Z")],
+    "thin_evidence": [],
+}
+
+
+def replay(folder: Path, tmp_path: Path) -> tuple[bytes, bytes]:
+    out, kept = tmp_path / "decisions.jsonl", tmp_path / "kept.jsonl"
+    code = main(["replay", str(folder / "events.jsonl"), "--policy", str(GOLDEN / "policy.yaml"),
+                 "-o", str(out), "--rejects", str(kept)])
+    assert code == 0
+    return out.read_bytes(), kept.read_bytes() if kept.exists() else b""
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_a_golden_scenario_replays_to_its_reviewed_decision_log(name: str, tmp_path: Path) -> None:
+    """`tiergate replay` reproduces the reviewed decision log and kept-aside events byte for byte."""
+    folder = GOLDEN / name
+    decisions, kept = replay(folder, tmp_path)
+    assert decisions == (folder / "expected.jsonl").read_bytes()
+    expected_kept = (folder / "expected.kept.jsonl").read_bytes()
+    assert [orjson.loads(k)["reason"] for k in kept.splitlines()] == [orjson.loads(k)["reason"] for k in expected_kept.splitlines()]
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_a_golden_scenario_tells_its_story(name: str) -> None:
+    """The expected log has the moves the story describes, and the events file is what the story writes."""
+    folder = GOLDEN / name
+    records = [orjson.loads(line) for line in (folder / "expected.jsonl").read_bytes().splitlines()]
+    moves = [(r["kind"], r["action_type"], r["from_tier"], r["to_tier"], r["at"]) for r in records if r["kind"] != "initial"]
+    assert moves == STORIES[name]
+    assert (folder / "events.jsonl").read_bytes() == events_jsonl(SCENARIOS[name]())
