@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 import yaml
-
 from tiergate.models.policy import load_policy
 from tiergate.models.wire import format_ts, parse_ts
 from tiergate.streams.codec import decode, iter_lines
@@ -56,9 +55,11 @@ def bench_fleet(names: list[str], events: int, days: int, seed: int = 11) -> Fle
     per_hour = events / (len(names) * days * 24) / 2.15  # an action brings ~1.2 outcomes on average
     grades = (Quality(), Quality(0.95, 0.97, 0.985), Quality(0.85, 0.9, 0.95))
     profiles = {n: Profile(per_hour * rng.uniform(0.5, 1.5), rng.choice(grades)) for n in names}
-    overrides = [override(START + rng.randrange(days * DAY), rng.choice(names[1:]), op, "bench", tier=tier)
-                 for op, tier in (("cap", "crawl"), ("uncap", None), ("promote", None), ("pin", "walk"), ("demote", None))
-                 for _ in range(6)]
+    overrides = [
+        override(START + rng.randrange(days * DAY), rng.choice(names[1:]), op, "bench", tier=tier)
+        for op, tier in (("cap", "crawl"), ("uncap", None), ("promote", None), ("pin", "walk"), ("demote", None))
+        for _ in range(6)
+    ]
     return Fleet(profiles, seed=seed, delivery=Delivery(late=0.012, duplicate=0.002), overrides=overrides)
 
 
@@ -73,11 +74,13 @@ def generate(events: int, types: int, days: int) -> tuple[Path, Path]:
         policy = load_policy(raw)
         fleet = bench_fleet(sorted(raw["action_types"]), events, days)
         started = time.perf_counter()
+        count = 0
         with open(path.with_suffix(".tmp"), "wb") as out:
-            for n, event in enumerate(history(fleet, policy, START, days * 24), 1):
+            for event in history(fleet, policy, START, days * 24):
                 out.write(orjson.dumps(event) + b"\n")
+                count += 1
         os.replace(path.with_suffix(".tmp"), path)
-        print(f"generated {n:,} events in {time.perf_counter() - started:.0f}s: {path}", file=sys.stderr)
+        print(f"generated {count:,} events in {time.perf_counter() - started:.0f}s: {path}", file=sys.stderr)
     return path, policy_path
 
 
@@ -107,7 +110,7 @@ def parse_rate(path: Path) -> tuple[float, int]:
     gc.freeze()  # as the replay command does
     with open(path, "rb") as stream:
         for _, line in iter_lines(stream):
-            try:
+            try:  # noqa: SIM105 - try/except costs less than contextlib.suppress in this loop
                 decode(line)
             except ValueError:
                 pass
@@ -123,8 +126,13 @@ def replay_rate(path: Path, policy_path: Path) -> tuple[float, dict[str, int]]:
     gc.freeze()  # as the replay command does
     started = time.perf_counter()
     with open(os.devnull, "w") as sink:
-        result = replay_file(path, policy, lambda d: sink.write(d.to_json() + "\n"),
-                             lambda k: sink.write(k.to_json().decode() + "\n"), progress=False)
+        result = replay_file(
+            path,
+            policy,
+            lambda d: sink.write(d.to_json() + "\n"),
+            lambda k: sink.write(k.to_json().decode() + "\n"),
+            progress=False,
+        )
     elapsed = time.perf_counter() - started
     counts = dict(result.results) | {"decisions": result.decisions}
     return sum(result.results.values()) / elapsed, counts
@@ -132,8 +140,20 @@ def replay_rate(path: Path, policy_path: Path) -> tuple[float, dict[str, int]]:
 
 def peak_rss_mib(path: Path, policy_path: Path) -> float:
     """Peak resident memory of `tiergate replay` on a file, in a child process of its own."""
-    command = [sys.executable, "-m", "tiergate.streams.cli", "replay", str(path), "--policy", str(policy_path),
-               "-o", os.devnull, "--rejects", os.devnull, "--no-progress"]
+    command = [
+        sys.executable,
+        "-m",
+        "tiergate.streams.cli",
+        "replay",
+        str(path),
+        "--policy",
+        str(policy_path),
+        "-o",
+        os.devnull,
+        "--rejects",
+        os.devnull,
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
@@ -171,8 +191,12 @@ def main() -> None:
     print(json.dumps(results, indent=2), flush=True)
     longer = extend(path, options.scale, options.days)
     one, many = peak_rss_mib(path, policy_path), peak_rss_mib(longer, policy_path)
-    memory = {"peak_rss_mib_1x": round(one, 1), f"peak_rss_mib_{options.scale}x": round(many, 1),
-              "growth": round(many / one - 1, 3), "target_growth": 0.10}
+    memory = {
+        "peak_rss_mib_1x": round(one, 1),
+        f"peak_rss_mib_{options.scale}x": round(many, 1),
+        "growth": round(many / one - 1, 3),
+        "target_growth": 0.10,
+    }
     print(json.dumps(memory, indent=2))
 
 

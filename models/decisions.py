@@ -52,7 +52,9 @@ class Decision:
             "to_tier": TIERS[self.to_tier],
             "version": self.version,
             "at": None if self.at is None else format_ts(self.at),
-            "window": None if self.window is None else {"start": format_ts(self.window[0]), "end": format_ts(self.window[1])},
+            "window": None
+            if self.window is None
+            else {"start": format_ts(self.window[0]), "end": format_ts(self.window[1])},
             "evidence": list(self.evidence),
             "hold": self.hold,
             "reason": self.reason,

@@ -2,7 +2,7 @@
 
     initial_state(policy)            -> State, every catalog type at its starting tier
     initial_decisions(policy)        -> the `initial` decision of each type, in name order
-    step(state, event, policy)       -> Step(state, decisions, outcome, reason)
+    step(state, event, policy)       -> (state, decisions, result, reason)
     fold(events, policy[, state])    -> (state, decisions)
 
 `step` owns the state it is given and returns it advanced (it is mutated in place: copying per event
@@ -12,13 +12,13 @@ would cost more than the fold itself). Callers that need the state before a step
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
 from . import windows
 from .decisions import Decision, TierRecord
-from .policy import METRIC_INDEX, Policy, TypePolicy, format_duration
+from .policy import METRIC_INDEX, BarRule, Policy, TypePolicy, format_duration
 from .stats import Evidence, Verdict, falls, judge_keep, judge_promote, passes
 from .wire import TIER_INDEX, TIERS, Action, Outcome, Override, Tick, format_ts
 
@@ -35,13 +35,6 @@ class Result:
     LATE: Final = "late"
     REJECTED: Final = "rejected"
     ALL: Final = ("applied", "duplicate", "late", "rejected")
-
-
-class Step(NamedTuple):
-    state: State
-    decisions: tuple[Decision, ...]
-    result: str  # one of Result.ALL
-    reason: str | None = None
 
 
 @dataclass(slots=True)
@@ -129,6 +122,10 @@ class State:
         return cls({name: KeyState.from_dict(value) for name, value in data.items()})
 
 
+# (state, decisions, result, reason): a plain tuple, built once per event of every history
+Step = tuple[State, tuple[Decision, ...], str, str | None]
+
+
 def starting_tier(policy: TypePolicy) -> int:
     return RUN if policy.read_only else 0
 
@@ -159,16 +156,46 @@ def initial_decisions(policy: Policy) -> list[Decision]:
 
 
 def _decision(
-    policy: Policy, name: str, seq: int, kind: Any, from_tier: int, to_tier: int, version: int,
-    at: int | None, reason: str, **extra: Any,
+    policy: Policy,
+    name: str,
+    seq: int,
+    kind: Any,
+    from_tier: int,
+    to_tier: int,
+    version: int,
+    at: int | None,
+    reason: str,
+    **extra: Any,
 ) -> Decision:
     window = None if at is None else _window_of(at, policy.window)
     return Decision(
-        action_type=name, seq=seq, kind=kind, from_tier=from_tier, to_tier=to_tier, version=version,
-        at=at, window=extra.pop("window", window), reason=reason, policy_version=policy.version,
-        policy_sha256=policy.sha256, evidence=extra.pop("evidence", ()), hold=extra.pop("hold", None),
+        action_type=name,
+        seq=seq,
+        kind=kind,
+        from_tier=from_tier,
+        to_tier=to_tier,
+        version=version,
+        at=at,
+        window=extra.pop("window", window),
+        reason=reason,
+        policy_version=policy.version,
+        policy_sha256=policy.sha256,
+        evidence=extra.pop("evidence", ()),
+        hold=extra.pop("hold", None),
         details=extra,
     )
+
+
+Judge = Callable[[BarRule, int, int, float], Evidence]
+
+
+def judge_bars(key: KeyState, bars: tuple[BarRule, ...], judge: Judge, z: float) -> tuple[Evidence, ...]:
+    """Each bar judged on the key's evidence: the lookback's outcomes of actions at the current tier."""
+    judged = []
+    for bar in bars:
+        n, successes = key.lookback.pair(key.tier, bar.metric_index)
+        judged.append(judge(bar, successes, n, z))
+    return tuple(judged)
 
 
 def _window_of(ts: int, size: int) -> tuple[int, int]:
@@ -176,20 +203,25 @@ def _window_of(ts: int, size: int) -> tuple[int, int]:
     return start, start + size
 
 
-def _scores(minor_edits_accepted: bool) -> dict[tuple[str, str, str | None], tuple[int, int]]:
-    """(kind, result, edit) -> (metric index, 1 for a success): how each outcome counts (DESIGN.md §5)."""
-    review, internal, customer = (METRIC_INDEX[m] for m in ("acceptance_rate", "completion_rate", "customer_success_rate"))
+def _scores(minor_edits_accepted: bool) -> dict[tuple[str, str, str | None, str], tuple[int, int]]:
+    """(kind, result, edit, tier) -> (counter slot, 1 for a success): where each outcome counts (§5)."""
+    metrics = {"review": "acceptance_rate", "internal": "completion_rate", "customer": "customer_success_rate"}
+    successes: dict[tuple[str, str, str | None], int] = {
+        ("review", "accepted", None): 1,
+        ("review", "rejected", None): 0,
+        ("review", "edited", None): 0,  # an edit of unknown size counts as major
+        ("review", "edited", "major"): 0,
+        ("review", "edited", "minor"): int(minor_edits_accepted),
+        ("internal", "completed", None): 1,
+        ("internal", "corrected", None): 0,
+        ("internal", "failed", None): 0,
+        ("customer", "success", None): 1,
+        ("customer", "failure", None): 0,
+    }
     return {
-        ("review", "accepted", None): (review, 1),
-        ("review", "rejected", None): (review, 0),
-        ("review", "edited", None): (review, 0),  # an edit of unknown size counts as major
-        ("review", "edited", "major"): (review, 0),
-        ("review", "edited", "minor"): (review, int(minor_edits_accepted)),
-        ("internal", "completed", None): (internal, 1),
-        ("internal", "corrected", None): (internal, 0),
-        ("internal", "failed", None): (internal, 0),
-        ("customer", "success", None): (customer, 1),
-        ("customer", "failure", None): (customer, 0),
+        (kind, result, edit, tier): (windows.slot(TIER_INDEX[tier], METRIC_INDEX[metrics[kind]]), success)
+        for (kind, result, edit), success in successes.items()
+        for tier in TIERS
     }
 
 
@@ -199,7 +231,7 @@ SCORES = {False: _scores(False), True: _scores(True)}
 class _Fold:
     """One step's view of a key: the policy and the decisions it emits."""
 
-    __slots__ = ("policy", "type_policy", "key", "out")
+    __slots__ = ("key", "out", "policy", "type_policy")
 
     def __init__(self, policy: Policy, key: KeyState, out: list[Decision]) -> None:
         self.policy = policy
@@ -230,9 +262,8 @@ class _Fold:
 
     # -- decisions at a close ------------------------------------------------------------------------
 
-    def evidence(self, bars: tuple[Any, ...], judge: Any) -> list[Evidence]:
-        key, z = self.key, self.policy.z
-        return [judge(bar, *reversed(key.lookback.pair(key.tier, bar.metric_index)), z) for bar in bars]
+    def evidence(self, bars: tuple[BarRule, ...], judge: Judge) -> tuple[Evidence, ...]:
+        return judge_bars(self.key, bars, judge, self.policy.z)
 
     def verdicts(self) -> tuple[bool, bool]:
         """(a keep bar of the current tier falls, every promote bar passes), judged again only when the
@@ -306,8 +337,16 @@ class _Fold:
     def note(self, kind: str, to: int, at: int, reason: str, version: int | None = None, **extra: Any) -> None:
         key = self.key
         decided = _decision(
-            self.policy, key.action_type, key.seq, kind, key.tier, to,
-            key.version if version is None else version, at, reason, **extra,
+            self.policy,
+            key.action_type,
+            key.seq,
+            kind,
+            key.tier,
+            to,
+            key.version if version is None else version,
+            at,
+            reason,
+            **extra,
         )
         key.seq += 1
         self.out.append(decided)
@@ -340,7 +379,7 @@ class _Fold:
         if refusal is not None:
             return Result.REJECTED, f"override {event.op} rejected: {refusal}"
         target = self.override_target(event)
-        details = {"op": event.op, "actor": event.actor}
+        details: dict[str, Any] = {"op": event.op, "actor": event.actor}
         if event.op == "pin":
             key.pinned = target
         elif event.op == "unpin":
@@ -406,22 +445,31 @@ def step(state: State, event: Event, policy: Policy) -> Step:
     name = event.action_type
     key = state.keys.get(name)
     if key is None:
-        return Step(state, (), Result.REJECTED,
-                    f"unknown action_type {name!r}: add it to the policy's action_types or fix the producer")
+        return (
+            state,
+            (),
+            Result.REJECTED,
+            f"unknown action_type {name!r}: add it to the policy's action_types or fix the producer",
+        )
     if key.read_only:
         if isinstance(event, Override):
-            return Step(state, (), Result.REJECTED,
-                        f"override rejected: {name} is read_only and never evaluated; remove read_only from the catalog to gate it")
-        return Step(state, (), Result.APPLIED)
+            return (
+                state,
+                (),
+                Result.REJECTED,
+                f"override rejected: {name} is read_only and never evaluated; "
+                "remove read_only from the catalog to gate it",
+            )
+        return state, (), Result.APPLIED, None
     out: list[Decision] = []
     if isinstance(event, Override):
         result, reason = _Fold(policy, key, out).override(event)
-        return Step(state, tuple(out), result, reason)
+        return state, tuple(out), result, reason
     decided: tuple[Decision, ...] = ()
     event_id = event.event_id
     for ids in key.open_ids.values():
         if event_id in ids:
-            return Step(state, (), Result.DUPLICATE)
+            return state, (), Result.DUPLICATE, None
     ts, size = event.ts, policy.window
     if key.max_ts is None or ts > key.max_ts:
         if key.next_close is not None and ts - policy.allowed_lateness < (key.next_close + 1) * size:
@@ -431,24 +479,23 @@ def step(state: State, event: Event, policy: Policy) -> Step:
             decided = tuple(out)
     index = ts // size
     if index < key.next_close:  # type: ignore[operator]  # advance() has set it
-        return Step(state, decided, Result.LATE, _Fold(policy, key, out).late(index))
-    ids = key.open_ids.get(index)
-    if ids is None:
+        return state, decided, Result.LATE, _Fold(policy, key, out).late(index)
+    window_ids = key.open_ids.get(index)
+    if window_ids is None:
         key.open_ids[index] = {event_id}
     else:
-        ids.add(event_id)
+        window_ids.add(event_id)
     if isinstance(event, Outcome):
-        metric, success = SCORES[policy.minor_edits_accepted][event.kind, event.result, event.edit]
+        at, success = SCORES[policy.minor_edits_accepted][event.kind, event.result, event.edit, event.tier]
         counters = key.open.get(index)
         if counters is None:
             counters = key.open[index] = windows.empty()
-        at = windows.slot(TIER_INDEX[event.tier], metric)
         counters[at] += 1
         counters[at + 1] += success
     elif isinstance(event, Action) and TIER_INDEX[event.tier] > key.tier:
         _Fold(policy, key, out).violation(event)
         decided = tuple(out)
-    return Step(state, decided, Result.APPLIED)
+    return state, decided, Result.APPLIED, None
 
 
 def fold(events: Iterable[Event], policy: Policy, state: State | None = None) -> tuple[State, list[Decision]]:
@@ -456,7 +503,7 @@ def fold(events: Iterable[Event], policy: Policy, state: State | None = None) ->
     decisions = initial_decisions(policy) if state is None else []
     state = initial_state(policy) if state is None else state
     for event in events:
-        decisions.extend(step(state, event, policy).decisions)
+        decisions.extend(step(state, event, policy)[1])
     return state, decisions
 
 
@@ -464,8 +511,13 @@ def tier_records(state: State, policy: Policy) -> list[TierRecord]:
     """The live tier map as records, in action type order."""
     return [
         TierRecord(
-            action_type=name, tier=key.tier, version=key.version, since=key.since,
-            decision_id=f"{name}/{key.changed_by}", policy_version=policy.version, policy_sha256=policy.sha256,
+            action_type=name,
+            tier=key.tier,
+            version=key.version,
+            since=key.since,
+            decision_id=f"{name}/{key.changed_by}",
+            policy_version=policy.version,
+            policy_sha256=policy.sha256,
         )
         for name, key in sorted(state.keys.items())
     ]

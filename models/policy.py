@@ -196,7 +196,9 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def _pydantic_problems(error: ValidationError, prefix: tuple[str | int, ...]) -> list[tuple[tuple[str | int, ...], str]]:
+def _pydantic_problems(
+    error: ValidationError, prefix: tuple[str | int, ...]
+) -> list[tuple[tuple[str | int, ...], str]]:
     problems: list[tuple[tuple[str | int, ...], str]] = []
     for item in error.errors(include_url=False):
         message = item["msg"].removeprefix("Value error, ")
@@ -210,7 +212,12 @@ def _pydantic_problems(error: ValidationError, prefix: tuple[str | int, ...]) ->
     return problems
 
 
-def _validate(model: type[_M], raw: dict[str, Any], where: tuple[str | int, ...], problems: list[tuple[tuple[str | int, ...], str]]) -> _M | None:
+def _validate(
+    model: type[_M],
+    raw: dict[str, Any],
+    where: tuple[str | int, ...],
+    problems: list[tuple[tuple[str | int, ...], str]],
+) -> _M | None:
     """`model` from `raw`, or None with its problems added once (a global error repeats in every type)."""
     try:
         return model.model_validate(raw)
@@ -232,9 +239,11 @@ def _check_tiers(tiers: Tiers, where: tuple[str | int, ...]) -> list[tuple[tuple
         add((*where, "crawl", "keep"), "crawl is the bottom tier and cannot demote: remove its keep bars")
     for tier in TIERS:
         policy: TierPolicy = getattr(tiers, tier)
-        bars = [("promote", "bars", i, b) for i, b in enumerate(policy.promote.bars if policy.promote else [])]
-        bars += [("keep", i, b) for i, b in enumerate(policy.keep)]  # type: ignore[misc]
-        for *path, bar in bars:
+        bars: list[tuple[tuple[str | int, ...], Bar]] = [
+            (("promote", "bars", i), b) for i, b in enumerate(policy.promote.bars if policy.promote else [])
+        ]
+        bars += [(("keep", i), b) for i, b in enumerate(policy.keep)]
+        for path, bar in bars:
             if bar.metric not in OBSERVABLE[tier]:
                 add(
                     (*where, tier, *path, "metric"),
@@ -243,14 +252,20 @@ def _check_tiers(tiers: Tiers, where: tuple[str | int, ...]) -> list[tuple[tuple
         if policy.promote is not None:
             for i, bar in enumerate(policy.promote.bars):
                 if bar.min_samples is None:
-                    add((*where, tier, "promote", "bars", i, "min_samples"), "every promote bar states its min_samples: add it")
+                    add(
+                        (*where, tier, "promote", "bars", i, "min_samples"),
+                        "every promote bar states its min_samples: add it",
+                    )
     crawl_gate, walk_gate = tiers.crawl.promote, tiers.walk.promote
     if crawl_gate is not None and not any(b.metric == "acceptance_rate" for b in crawl_gate.bars):
-        add((*where, "crawl", "promote", "bars"), "Crawl→Walk is judged on human acceptance: add an acceptance_rate bar")
+        add(
+            (*where, "crawl", "promote", "bars"), "Crawl→Walk is judged on human acceptance: add an acceptance_rate bar"
+        )
     if walk_gate is not None and not any(b.metric in CUSTOMER_METRICS for b in walk_gate.bars):
         add(
             (*where, "walk", "promote", "bars"),
-            "tiers.walk.promote must include a customer metric (customer_success_rate): internal acceptance alone never qualifies for Run",
+            "tiers.walk.promote must include a customer metric (customer_success_rate): "
+            "internal acceptance alone never qualifies for Run",
         )
     for lower, upper in (("crawl", "walk"), ("walk", "run")):
         gate: Gate | None = getattr(tiers, lower).promote
@@ -287,8 +302,7 @@ def _resolve_type(name: str, spec: _ActionTypeSpec, tiers: Tiers, demotion: Demo
         ),
         hold=tuple(gate.hold if gate else 0 for gate in gates),
         keep_bars=tuple(
-            tuple(_resolve_bar(b, demotion.min_samples, demotion.margin) for b in getattr(tiers, t).keep)
-            for t in TIERS
+            tuple(_resolve_bar(b, demotion.min_samples, demotion.margin) for b in getattr(tiers, t).keep) for t in TIERS
         ),
         cooldown=demotion.cooldown,
         tiers=tiers,
@@ -326,8 +340,11 @@ def load_policy(raw: Any) -> Policy:
     problems: list[tuple[tuple[str | int, ...], str]] = []
     if spec.lookback % spec.window:
         problems.append(
-            (("lookback",), f"{format_duration(spec.lookback)} is not a whole number of windows "
-             f"({format_duration(spec.window)}): use a multiple of {format_duration(spec.window)}")
+            (
+                ("lookback",),
+                f"{format_duration(spec.lookback)} is not a whole number of windows "
+                f"({format_duration(spec.window)}): use a multiple of {format_duration(spec.window)}",
+            )
         )
     base_tiers = _validate(Tiers, spec.tiers, ("tiers",), problems)
     base_demotion = _validate(Demotion, spec.demotion, ("demotion",), problems)
@@ -342,9 +359,16 @@ def load_policy(raw: Any) -> Policy:
         type_spec = type_spec or _ActionTypeSpec()
         where: tuple[str | int, ...] = ("action_types", name)
         if not re.match(ACTION_TYPE_PATTERN, name):
-            problems.append((where, "action type names are 1-128 letters, digits or _ . : - starting with a letter or digit: rename it"))
+            problems.append(
+                (
+                    where,
+                    "action type names are 1-128 letters, digits or _ . : - starting with a letter or digit: rename it",
+                )
+            )
         if type_spec.read_only and type_spec.max_tier != "run":
-            problems.append(((*where, "max_tier"), "a read_only type is Run from the start: remove max_tier or read_only"))
+            problems.append(
+                ((*where, "max_tier"), "a read_only type is Run from the start: remove max_tier or read_only")
+            )
         tiers: Tiers | None = base_tiers
         if type_spec.tiers:
             tiers = _validate(Tiers, deep_merge(spec.tiers, type_spec.tiers), (*where, "tiers"), problems)
@@ -352,7 +376,9 @@ def load_policy(raw: Any) -> Policy:
                 problems.extend(_check_tiers(tiers, (*where, "tiers")))
         demotion: Demotion | None = base_demotion
         if type_spec.demotion:
-            demotion = _validate(Demotion, deep_merge(spec.demotion, type_spec.demotion), (*where, "demotion"), problems)
+            demotion = _validate(
+                Demotion, deep_merge(spec.demotion, type_spec.demotion), (*where, "demotion"), problems
+            )
         if tiers is None or demotion is None:
             continue
         types[name] = _resolve_type(name, type_spec, tiers, demotion)

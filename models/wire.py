@@ -10,8 +10,8 @@ fold only ever does integer arithmetic on time.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -48,9 +48,7 @@ def parse_ts(value: object) -> int:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise ValueError(
-            f"{value!r} is not RFC 3339; write it like 2026-11-02T10:00:00Z"
-        ) from None
+        raise ValueError(f"{value!r} is not RFC 3339; write it like 2026-11-02T10:00:00Z") from None
     if moment.tzinfo is None:
         raise ValueError(f"{value!r} has no UTC offset; add one, e.g. Z or +02:00")
     return math.floor(moment.timestamp())
@@ -58,7 +56,7 @@ def parse_ts(value: object) -> int:
 
 def format_ts(seconds: int) -> str:
     """Unix seconds -> RFC 3339 in UTC with a Z, the one form tiergate writes."""
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 Timestamp = Annotated[int, PlainValidator(parse_ts), PlainSerializer(format_ts, return_type=str)]
@@ -134,7 +132,7 @@ class Tick(_Event):
     type: Literal["tick"]
 
 
-Event = Annotated[Union[Action, Outcome, Override, Tick], Field(discriminator="type")]
+Event = Annotated[Action | Outcome | Override | Tick, Field(discriminator="type")]
 EVENT_ADAPTER: TypeAdapter[Action | Outcome | Override | Tick] = TypeAdapter(Event)
 
 

@@ -8,13 +8,16 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from pydantic import ValidationError
 from rich.console import Console
 
+from .codec import Kept
 from .explain import ExplainError, decisions_for, explain
 from .policy_file import PolicyFileError, read_policy
-from .codec import Kept
-from .replay import line_writer, replay_file
+from .replay import file_lines, line_writer, progress_bar, replay_file
+from .store import StoreError
 
 err = Console(stderr=True, highlight=False)
 
@@ -29,16 +32,24 @@ def _replay(args: argparse.Namespace) -> int:
     rejects = Path(args.rejects) if args.rejects else events.with_name(events.name + ".rejects.jsonl")
     shown = 0
 
-    def show(kept: Kept) -> None:
+    def keep(kept: Kept) -> None:
         nonlocal shown
         shown += 1
         if shown <= args.show_rejects:
             err.print(f"  {kept.origin}: {kept.result}: {kept.reason}", soft_wrap=True)
+        write_kept(kept.to_json().decode())
 
-    with line_writer(Path(args.output) if args.output else sys.stdout) as write_decision, \
-            line_writer(rejects, lazy=True) as write_kept:
-        result = replay_file(events, policy, lambda d: write_decision(d.to_json()),
-                             lambda k: (show(k), write_kept(k.to_json().decode())), progress=args.progress)
+    with (
+        line_writer(Path(args.output) if args.output else sys.stdout) as write_decision,
+        line_writer(rejects, lazy=True) as write_kept,
+    ):
+        result = replay_file(
+            events,
+            policy,
+            lambda d: write_decision(d.to_json()),
+            keep,
+            progress=args.progress,
+        )
     if args.tiers:
         with line_writer(Path(args.tiers)) as write_tier:
             for line in result.tier_lines():
@@ -47,8 +58,11 @@ def _replay(args: argparse.Namespace) -> int:
     err.print(f"replayed {events}: {counts}; {result.decisions} decisions", soft_wrap=True)
     if result.kept:
         more = result.kept - args.show_rejects
-        err.print(f"{result.kept} events set aside (rejected or late){f', {more} more not shown' if more > 0 else ''}"
-                  f"; kept in {rejects}", soft_wrap=True)
+        err.print(
+            f"{result.kept} events set aside (rejected or late){f', {more} more not shown' if more > 0 else ''}"
+            f"; kept in {rejects}",
+            soft_wrap=True,
+        )
     return 0
 
 
@@ -70,8 +84,97 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from .clock import SystemClock
+    from .embedded import Evaluator
+    from .http import make_app
+    from .settings import ServeSettings
+
+    settings = ServeSettings.load(
+        args.config, policy=args.policy, data_dir=args.data_dir, host=args.host, port=args.port, token=args.token
+    )
+    settings.check_exposure()
+    policy = read_policy(settings.policy)
+    evaluator = Evaluator(policy, settings.data_dir, SystemClock(), settings.max_skew)
+    try:
+        err.print(
+            f"tiergate serve: policy {policy.version} ({len(policy.catalog)} action types), "
+            f"data in {settings.data_dir}, http://{settings.host}:{settings.port}/v1/tiers",
+            soft_wrap=True,
+        )
+        web.run_app(
+            make_app(evaluator, settings),
+            host=settings.host,
+            port=settings.port,
+            print=None,
+            access_log=None,
+            handle_signals=True,
+        )
+    finally:
+        evaluator.close()
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .clock import SystemClock
+    from .embedded import Evaluator
+
+    policy = read_policy(args.policy)
+    source = Path(args.events)
+    evaluator = Evaluator(policy, Path(args.data_dir), SystemClock())
+    counts: dict[str, int] = {}
+    try:
+        with (
+            open(source, "rb") as stream,
+            progress_bar(source.name, source.stat().st_size, sys.stderr.isatty()) as advance,
+        ):
+            batch: list[bytes] = []
+            for _, line in file_lines(stream, advance):
+                batch.append(line)
+                if len(batch) >= args.batch:
+                    _tally(evaluator.ingest(batch, f"import:{source.name}", live=False).results, counts)
+                    batch = []
+            if batch:
+                _tally(evaluator.ingest(batch, f"import:{source.name}", live=False).results, counts)
+    finally:
+        evaluator.close()
+    err.print(f"imported {source} into {args.data_dir}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return 0
+
+
+def _tally(results: list[Any], counts: dict[str, int]) -> None:
+    for result in results:
+        counts[result.result] = counts.get(result.result, 0) + 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .embedded import DB_NAME
+    from .store import Store
+
+    path = Path(args.data_dir) / DB_NAME
+    if not path.exists():
+        err.print(f"[red]error:[/] {path}: no store here; give the --data-dir of a tiergate serve")
+        return 2
+    store = Store(path)
+    try:
+        with line_writer(Path(args.output) if args.output else sys.stdout) as write:
+            for _, raw in store.events():
+                write(raw.decode())
+        if args.decisions:
+            with line_writer(Path(args.decisions)) as write:
+                for record in store.all_decisions():
+                    write(record)
+    finally:
+        store.close()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="tiergate", description="Progressive autonomy for AI agents, earned per action type.")
+    top = argparse.ArgumentParser(
+        prog="tiergate", description="Progressive autonomy for AI agents, earned per action type."
+    )
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     replay = commands.add_parser("replay", help="fold a JSONL event history into the decision log")
@@ -79,11 +182,16 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument("--policy", required=True, metavar="POLICY.yaml")
     replay.add_argument("-o", "--output", metavar="FILE", help="decision log (canonical JSONL); default stdout")
     replay.add_argument("--tiers", metavar="FILE", help="also write the final tier map (JSONL)")
-    replay.add_argument("--rejects", metavar="FILE", help="where rejected and late events are kept "
-                        "(default EVENTS.jsonl.rejects.jsonl)")
+    replay.add_argument(
+        "--rejects", metavar="FILE", help="where rejected and late events are kept (default EVENTS.jsonl.rejects.jsonl)"
+    )
     replay.add_argument("--show-rejects", type=int, default=10, metavar="N", help="print the first N set-aside events")
-    replay.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar on stderr (default: for large files on a terminal)")
+    replay.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: for large files on a terminal)",
+    )
     replay.set_defaults(run=_replay)
 
     check = commands.add_parser("check-policy", help="validate a policy; print its normalised form and sha256")
@@ -94,6 +202,27 @@ def parser() -> argparse.ArgumentParser:
     why.add_argument("action_type", metavar="ACTION_TYPE")
     why.add_argument("--log", required=True, metavar="DECISIONS.jsonl", help="a decision log (replay's output)")
     why.set_defaults(run=_explain)
+    serve = commands.add_parser("serve", help="the embedded runtime: HTTP API over a SQLite store")
+    serve.add_argument("--policy", metavar="POLICY.yaml", help="(or TIERGATE_POLICY)")
+    serve.add_argument("--data-dir", metavar="DIR", help="(or TIERGATE_DATA_DIR; default ./tiergate-data)")
+    serve.add_argument("--host", help="(or TIERGATE_HOST; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="(or TIERGATE_PORT; default 8360)")
+    serve.add_argument("--token", help="bearer token for writes (or TIERGATE_TOKEN)")
+    serve.add_argument("--config", type=Path, metavar="FILE.toml", help="settings file (lowest precedence)")
+    serve.set_defaults(run=_serve)
+
+    load = commands.add_parser("import", help="append an older history to a data directory, without clock ticks")
+    load.add_argument("events", metavar="EVENTS.jsonl")
+    load.add_argument("--policy", required=True, metavar="POLICY.yaml")
+    load.add_argument("--data-dir", default="tiergate-data", metavar="DIR")
+    load.add_argument("--batch", type=int, default=5000, help="events per transaction")
+    load.set_defaults(run=_import)
+
+    export = commands.add_parser("export", help="write a data directory's event log as JSONL (replay input)")
+    export.add_argument("--data-dir", default="tiergate-data", metavar="DIR")
+    export.add_argument("-o", "--output", metavar="FILE", help="default stdout")
+    export.add_argument("--decisions", metavar="FILE", help="also write the stored decision log")
+    export.set_defaults(run=_export)
     return top
 
 
@@ -103,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except PolicyFileError as error:
         err.print(f"[red]invalid policy[/]\n{error}", soft_wrap=True)
+        return 2
+    except (StoreError, ValidationError, ValueError) as error:
+        err.print(f"[red]error:[/] {error}", soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130

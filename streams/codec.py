@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import orjson
-
 from tiergate.models.evaluator import Event
 from tiergate.models.wire import EventError, parse_event
 
@@ -34,8 +33,12 @@ class Kept:
     raw: bytes
 
     def record(self) -> dict[str, Any]:
-        return {"origin": self.origin, "result": self.result, "reason": self.reason,
-                "event": self.raw.decode("utf-8", errors="replace")}
+        return {
+            "origin": self.origin,
+            "result": self.result,
+            "reason": self.reason,
+            "event": self.raw.decode("utf-8", errors="replace"),
+        }
 
     def to_json(self) -> bytes:
         return orjson.dumps(self.record(), option=orjson.OPT_SORT_KEYS)
@@ -47,4 +50,3 @@ def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
         line = line.rstrip(b"\r\n")
         if line.strip():
             yield number, line
-

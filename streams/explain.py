@@ -29,10 +29,14 @@ def explain(decisions: list[dict[str, Any]], action_type: str, console: Console)
     """Print the current tier, the decision that set it with its evidence, and the history of moves."""
     if not decisions:
         raise ExplainError(f"no decision about {action_type!r} in the log: check the name (it is case-sensitive)")
-    current = max((d for d in decisions if d["kind"] != "violation" and d["to_tier"] != d.get("from_tier")),
-                  key=lambda d: d["version"])
-    console.print(f"[bold]{action_type}[/] is at [bold]{current['to_tier']}[/] since {current['at'] or 'the start'}"
-                  f" (version {current['version']}, {current['decision_id']}, policy {current['policy_version']})")
+    current = max(
+        (d for d in decisions if d["kind"] != "violation" and d["to_tier"] != d.get("from_tier")),
+        key=lambda d: d["version"],
+    )
+    console.print(
+        f"[bold]{action_type}[/] is at [bold]{current['to_tier']}[/] since {current['at'] or 'the start'}"
+        f" (version {current['version']}, {current['decision_id']}, policy {current['policy_version']})"
+    )
     console.print(f"why: {current['reason']}")
     if current.get("actor"):
         console.print(f"by: {current['actor']} ({current.get('op')})")
@@ -48,11 +52,28 @@ def explain(decisions: list[dict[str, Any]], action_type: str, console: Console)
 
 
 def _evidence_table(evidence: list[dict[str, Any]]) -> Table:
-    table = Table("metric", "n", "successes", "rate", "Wilson bounds", "target", "min samples", "passed",
-                  title="evidence", title_justify="left")
+    table = Table(
+        "metric",
+        "n",
+        "successes",
+        "rate",
+        "Wilson bounds",
+        "target",
+        "min samples",
+        "passed",
+        title="evidence",
+        title_justify="left",
+    )
     for bar in evidence:
         rate = "-" if bar["rate"] is None else f"{bar['rate']:.4f}"
-        table.add_row(bar["metric"], str(bar["n"]), str(bar["successes"]), rate,
-                      f"[{bar['lower']:.4f}, {bar['upper']:.4f}]", f"{bar['target']}", str(bar["min_samples"]),
-                      "yes" if bar["passed"] else "no")
+        table.add_row(
+            bar["metric"],
+            str(bar["n"]),
+            str(bar["successes"]),
+            rate,
+            f"[{bar['lower']:.4f}, {bar['upper']:.4f}]",
+            f"{bar['target']}",
+            str(bar["min_samples"]),
+            "yes" if bar["passed"] else "no",
+        )
     return table

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
-
 from tiergate.models.decisions import Decision
-from tiergate.models.evaluator import Event, Result, State, initial_decisions, initial_state, step, tier_records
+from tiergate.models.evaluator import Result, State, initial_decisions, initial_state, step, tier_records
 from tiergate.models.policy import Policy
 
 from .codec import EventError, Kept, decode, iter_lines
@@ -46,8 +45,12 @@ class Replay:
 
 
 def fold_lines(
-    lines: Iterable[tuple[int, bytes]], policy: Policy, on_decision: DecisionSink, on_kept: KeptSink,
-    source: str = "", state: State | None = None,
+    lines: Iterable[tuple[int, bytes]],
+    policy: Policy,
+    on_decision: DecisionSink,
+    on_kept: KeptSink,
+    source: str = "",
+    state: State | None = None,
 ) -> Replay:
     """The fold over numbered raw lines: what `replay` does, and what the runtimes' checks compare with.
 
@@ -96,15 +99,21 @@ def progress_bar(name: str, size: int, show: bool) -> Iterator[Callable[[int], o
     if not show:
         yield None
         return
-    columns = ("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-               TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, transient=True) as bar:
         task = bar.add_task(f"replaying {name}", total=size)
         yield lambda n: bar.advance(task, n)
 
 
-def replay_file(path: Path, policy: Policy, on_decision: DecisionSink, on_kept: KeptSink,
-                progress: bool | None = None) -> Replay:
+def replay_file(
+    path: Path, policy: Policy, on_decision: DecisionSink, on_kept: KeptSink, progress: bool | None = None
+) -> Replay:
     """Fold a JSONL file; a progress bar on stderr when the file is large and stderr is a terminal."""
     size = path.stat().st_size
     show = sys.stderr.isatty() and size >= PROGRESS_MIN_BYTES if progress is None else progress
@@ -124,8 +133,8 @@ def line_writer(target: Path | IO[str] | None, lazy: bool = False) -> Iterator[C
         yield lambda line: target.write(line + "\n")
         return
     if target.exists() and not target.is_file():  # a device or a pipe (/dev/null, /dev/stdout): write through
-        with open(target, "w", encoding="utf-8") as out:
-            yield lambda line: out.write(line + "\n")
+        with open(target, "w", encoding="utf-8") as device:
+            yield lambda line: device.write(line + "\n")
         return
     temporary = target.with_name(f".{target.name}.tmp")
     out: IO[str] | None = None

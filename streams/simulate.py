@@ -97,8 +97,15 @@ class Fleet:
 
         def outcome(kind: str, result: str, delay: int, **extra: Any) -> None:
             moment = ts + delay
-            event = {"type": "outcome", "event_id": f"{action_id}/{kind}", **base, "ts": format_ts(moment),
-                     "kind": kind, "result": result, **extra}
+            event = {
+                "type": "outcome",
+                "event_id": f"{action_id}/{kind}",
+                **base,
+                "ts": format_ts(moment),
+                "kind": kind,
+                "result": result,
+                **extra,
+            }
             self._deliver(event, moment)
 
         if tier == "crawl":
@@ -109,8 +116,12 @@ class Fleet:
             outcome("internal", "completed" if done else rng.choice(("corrected", "failed")), rng.randrange(60, 1800))
         if tier in ("walk", "run"):
             ok = rng.random() < quality.customer
-            outcome("customer", "success" if ok else "failure", rng.randrange(600, 2 * HOUR),
-                    **({} if ok else {"reason": rng.choice(("reopened", "chargeback", "flagged"))}))
+            outcome(
+                "customer",
+                "success" if ok else "failure",
+                rng.randrange(600, 2 * HOUR),
+                **({} if ok else {"reason": rng.choice(("reopened", "chargeback", "flagged"))}),
+            )
 
     def hour(self, start: int, tier_of: TierOf) -> Iterator[dict[str, Any]]:
         """Act for one hour of event time from `start`, then yield everything that arrives in it."""
@@ -140,8 +151,15 @@ def history(fleet: Fleet, policy: Policy, start: int, hours: int) -> Iterator[di
 
 def override(ts: int, action_type: str, op: str, reason: str, tier: str | None = None) -> dict[str, Any]:
     """An operator's override event, as an operations console would send it."""
-    event = {"type": "override", "event_id": f"override-{action_type}-{ts}-{op}", "ts": format_ts(ts),
-             "action_type": action_type, "op": op, "actor": "ops@example.com", "reason": reason}
+    event = {
+        "type": "override",
+        "event_id": f"override-{action_type}-{ts}-{op}",
+        "ts": format_ts(ts),
+        "action_type": action_type,
+        "op": op,
+        "actor": "ops@example.com",
+        "reason": reason,
+    }
     return event if tier is None else {**event, "tier": tier}
 
 
@@ -159,7 +177,8 @@ def story_fleet(start: int, seed: int = 7, days: int = 40) -> Fleet:
             "refund_up_to_50": Profile(8, Quality(acceptance=0.97, completion=0.995, customer=0.93)),
             "refund_over_50": Profile(3, Quality(acceptance=0.96, completion=0.97, customer=0.97)),
             "escalate_to_human": Profile(
-                8, Quality(acceptance=0.98, completion=0.98, customer=0.99),
+                8,
+                Quality(acceptance=0.98, completion=0.98, customer=0.99),
                 after=(start + days * day // 2, Quality(acceptance=0.8, completion=0.75, customer=0.9)),
             ),
             "lookup_order": Profile(4),

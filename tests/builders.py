@@ -72,7 +72,9 @@ class Log:
         return self.add(type="action", ts=at(hour), tier=tier, action_id=action_id or f"a{self._n}", **extra)
 
     def outcome(self, hour: float, kind: str, result: str, tier: str = "crawl", **extra: Any) -> Log:
-        return self.add(type="outcome", ts=at(hour), tier=tier, action_id=f"a{self._n}", kind=kind, result=result, **extra)
+        return self.add(
+            type="outcome", ts=at(hour), tier=tier, action_id=f"a{self._n}", kind=kind, result=result, **extra
+        )
 
     def reviews(self, hour: float, accepted: int, rejected: int = 0, tier: str = "crawl", **extra: Any) -> Log:
         for _ in range(accepted):
@@ -116,13 +118,15 @@ def results(log: Log, pol: Policy | None = None) -> list[tuple[str, str | None]]
     """What became of each event of the log, in order."""
     pol = pol or policy()
     state, _ = fold([], pol)
-    return [(r.result, r.reason) for r in (step(state, e, pol) for e in log.models())]
+    return [step(state, e, pol)[2:] for e in log.models()]
 
 
 def moves(decisions: list[Decision]) -> list[tuple[str, str, str, str | None]]:
     """(kind, from, to, at) of each decision: what a reader checks first."""
     tiers = ("crawl", "walk", "run")
-    return [(d.kind, tiers[d.from_tier], tiers[d.to_tier], None if d.at is None else format_ts(d.at)) for d in decisions]
+    return [
+        (d.kind, tiers[d.from_tier], tiers[d.to_tier], None if d.at is None else format_ts(d.at)) for d in decisions
+    ]
 
 
 def climb_to_walk(log: Log, start: int = 0) -> int:

@@ -9,8 +9,23 @@ from pathlib import Path
 import pytest
 
 MODELS = sorted((Path(__file__).parent.parent / "models").glob("*.py"))
-IMPURE_MODULES = {"time", "random", "uuid", "os", "asyncio", "socket", "io", "pathlib", "secrets", "threading",
-                  "subprocess", "logging", "tempfile", "shutil", "sqlite3"}
+IMPURE_MODULES = {
+    "time",
+    "random",
+    "uuid",
+    "os",
+    "asyncio",
+    "socket",
+    "io",
+    "pathlib",
+    "secrets",
+    "threading",
+    "subprocess",
+    "logging",
+    "tempfile",
+    "shutil",
+    "sqlite3",
+}
 CLOCK_ATTRIBUTES = {"now", "utcnow", "today", "time", "monotonic", "perf_counter"}
 IO_BUILTINS = {"open", "print", "input"}
 

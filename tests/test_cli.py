@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tiergate.streams.cli import main
 
 ROOT = Path(__file__).parent.parent
@@ -20,9 +19,19 @@ def test_replay_runs_as_a_console_script_and_writes_the_tier_map(tmp_path: Path)
     """`tiergate replay` (a real subprocess) writes the decision log to stdout and the final tier map."""
     tiers = tmp_path / "tiers.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "tiergate.streams.cli", "replay", str(GOLDEN / "clean_climb" / "events.jsonl"),
-         "--policy", str(POLICY), "--tiers", str(tiers)],
-        capture_output=True, check=True,
+        [
+            sys.executable,
+            "-m",
+            "tiergate.streams.cli",
+            "replay",
+            str(GOLDEN / "clean_climb" / "events.jsonl"),
+            "--policy",
+            str(POLICY),
+            "--tiers",
+            str(tiers),
+        ],
+        capture_output=True,
+        check=True,
     )
     assert done.stdout == (GOLDEN / "clean_climb" / "expected.jsonl").read_bytes()
     records = {r["action_type"]: r for r in map(json.loads, tiers.read_text().splitlines())}
@@ -31,7 +40,9 @@ def test_replay_runs_as_a_console_script_and_writes_the_tier_map(tmp_path: Path)
     assert "281 applied" in done.stderr.decode()
 
 
-def test_bad_lines_are_reported_by_line_number_kept_and_the_replay_goes_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_lines_are_reported_by_line_number_kept_and_the_replay_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A malformed line and an unknown type are printed with their line, kept in the rejects file; the rest folds."""
     events = tmp_path / "events.jsonl"
     good = (GOLDEN / "clean_climb" / "events.jsonl").read_text().splitlines()
@@ -41,7 +52,10 @@ def test_bad_lines_are_reported_by_line_number_kept_and_the_replay_goes_on(tmp_p
     assert main(["replay", str(events), "--policy", str(POLICY), "-o", str(out)]) == 0
     assert out.read_bytes() == (GOLDEN / "clean_climb" / "expected.jsonl").read_bytes()
     kept = [json.loads(line) for line in (tmp_path / "events.jsonl.rejects.jsonl").read_text().splitlines()]
-    assert [(k["origin"], k["result"]) for k in kept] == [("events.jsonl:4", "rejected"), ("events.jsonl:5", "rejected")]
+    assert [(k["origin"], k["result"]) for k in kept] == [
+        ("events.jsonl:4", "rejected"),
+        ("events.jsonl:5", "rejected"),
+    ]
     assert kept[0]["event"] == bad[0]
     err = capsys.readouterr().err
     assert "events.jsonl:4: rejected: malformed JSON" in err and "unknown action_type 'nope'" in err
@@ -76,6 +90,19 @@ def test_explain_shows_the_tier_since_and_evidence(capsys: pytest.CaptureFixture
 
 def test_replay_writes_through_to_a_device_path_and_leaves_it_a_device(tmp_path: Path) -> None:
     """`-o /dev/null` must not replace the device with a file (the temp-and-rename is for regular files)."""
-    assert main(["replay", str(GOLDEN / "clean_climb" / "events.jsonl"), "--policy", str(POLICY),
-                 "-o", "/dev/null", "--rejects", "/dev/null"]) == 0
+    assert (
+        main(
+            [
+                "replay",
+                str(GOLDEN / "clean_climb" / "events.jsonl"),
+                "--policy",
+                str(POLICY),
+                "-o",
+                "/dev/null",
+                "--rejects",
+                "/dev/null",
+            ]
+        )
+        == 0
+    )
     assert Path("/dev/null").is_char_device()

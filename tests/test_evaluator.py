@@ -84,7 +84,9 @@ def test_evidence_restarts_at_a_tier_change() -> None:
 
 def test_fewer_samples_than_min_samples_never_promote() -> None:
     """Perfect reviews that never reach min_samples inside the lookback are inconclusive: no promotion."""
-    pol = policy(tiers={"crawl": {"promote": {"bars": [{"metric": "acceptance_rate", "target": 0.5, "min_samples": 500}]}}})
+    pol = policy(
+        tiers={"crawl": {"promote": {"bars": [{"metric": "acceptance_rate", "target": 0.5, "min_samples": 500}]}}}
+    )
     log = Log()
     for hour in range(20):
         log.reviews(hour + 0.5, accepted=10)
@@ -162,10 +164,20 @@ def test_cooldown_blocks_automatic_promotion_only() -> None:
 
 def test_demotion_compares_the_point_rate_with_target_minus_margin_exactly() -> None:
     """With target 0.9 and margin 0.05, 17/20 (0.85) stays and 16/20 is demoted."""
-    pol = policy(tiers={"walk": {"keep": [{"metric": "completion_rate", "target": 0.9, "min_samples": 20}],
-                                 "promote": {"bars": [{"metric": "completion_rate", "target": 0.9, "min_samples": 10},
-                                                      {"metric": "customer_success_rate", "target": 0.5, "min_samples": 10}]}}},
-                 action_types={"t": {}})
+    pol = policy(
+        tiers={
+            "walk": {
+                "keep": [{"metric": "completion_rate", "target": 0.9, "min_samples": 20}],
+                "promote": {
+                    "bars": [
+                        {"metric": "completion_rate", "target": 0.9, "min_samples": 10},
+                        {"metric": "customer_success_rate", "target": 0.5, "min_samples": 10},
+                    ]
+                },
+            }
+        },
+        action_types={"t": {}},
+    )
     stays = Log().override(0.1, "promote").internal(0.5, completed=17, failed=3).tick(1.1)
     assert [d[0] for d in moves(run(stays, pol)[1])] == ["override"]
     drops = Log().override(0.1, "promote").internal(0.5, completed=16, failed=4).tick(1.1)
@@ -257,8 +269,19 @@ def test_unpin_and_uncap_need_a_pin_and_a_cap() -> None:
 def test_human_demote_to_a_named_tier_and_promote_ignore_cooldown() -> None:
     """`demote` may skip tiers downward; `promote` right after it is not held by the cooldown."""
     pol = policy(demotion={"cooldown": "5d"})
-    log = Log().override(0.1, "promote").override(0.2, "promote").override(0.3, "demote", tier="crawl").override(0.4, "promote")
-    assert [m[1:3] for m in moves(run(log, pol)[1])] == [("crawl", "walk"), ("walk", "run"), ("run", "crawl"), ("crawl", "walk")]
+    log = (
+        Log()
+        .override(0.1, "promote")
+        .override(0.2, "promote")
+        .override(0.3, "demote", tier="crawl")
+        .override(0.4, "promote")
+    )
+    assert [m[1:3] for m in moves(run(log, pol)[1])] == [
+        ("crawl", "walk"),
+        ("walk", "run"),
+        ("run", "crawl"),
+        ("crawl", "walk"),
+    ]
 
 
 def test_overrides_on_a_read_only_type_are_rejected() -> None:
@@ -307,7 +330,11 @@ def test_an_unknown_action_type_is_rejected_with_the_fix() -> None:
 def test_initial_decisions_cover_the_catalog_in_name_order() -> None:
     """Every catalog type starts at Crawl except the read-only one, which is Run and says why."""
     _, decisions = fold([], policy())
-    assert [(d.action_type, TIERS[d.to_tier]) for d in decisions] == [("capped", "crawl"), ("ro", "run"), ("t", "crawl")]
+    assert [(d.action_type, TIERS[d.to_tier]) for d in decisions] == [
+        ("capped", "crawl"),
+        ("ro", "run"),
+        ("t", "crawl"),
+    ]
     assert "read_only" in decisions[1].reason and decisions[0].record()["from_tier"] is None
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from tiergate.streams.cli import main
 
 from .golden.scenarios import SCENARIOS, events_jsonl
@@ -44,8 +43,18 @@ STORIES = {
 
 def replay(folder: Path, tmp_path: Path) -> tuple[bytes, bytes]:
     out, kept = tmp_path / "decisions.jsonl", tmp_path / "kept.jsonl"
-    code = main(["replay", str(folder / "events.jsonl"), "--policy", str(GOLDEN / "policy.yaml"),
-                 "-o", str(out), "--rejects", str(kept)])
+    code = main(
+        [
+            "replay",
+            str(folder / "events.jsonl"),
+            "--policy",
+            str(GOLDEN / "policy.yaml"),
+            "-o",
+            str(out),
+            "--rejects",
+            str(kept),
+        ]
+    )
     assert code == 0
     return out.read_bytes(), kept.read_bytes() if kept.exists() else b""
 
@@ -57,7 +66,9 @@ def test_a_golden_scenario_replays_to_its_reviewed_decision_log(name: str, tmp_p
     decisions, kept = replay(folder, tmp_path)
     assert decisions == (folder / "expected.jsonl").read_bytes()
     expected_kept = (folder / "expected.kept.jsonl").read_bytes()
-    assert [orjson.loads(k)["reason"] for k in kept.splitlines()] == [orjson.loads(k)["reason"] for k in expected_kept.splitlines()]
+    assert [orjson.loads(k)["reason"] for k in kept.splitlines()] == [
+        orjson.loads(k)["reason"] for k in expected_kept.splitlines()
+    ]
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
@@ -65,6 +76,8 @@ def test_a_golden_scenario_tells_its_story(name: str) -> None:
     """The expected log has the moves the story describes, and the events file is what the story writes."""
     folder = GOLDEN / name
     records = [orjson.loads(line) for line in (folder / "expected.jsonl").read_bytes().splitlines()]
-    moves = [(r["kind"], r["action_type"], r["from_tier"], r["to_tier"], r["at"]) for r in records if r["kind"] != "initial"]
+    moves = [
+        (r["kind"], r["action_type"], r["from_tier"], r["to_tier"], r["at"]) for r in records if r["kind"] != "initial"
+    ]
     assert moves == STORIES[name]
     assert (folder / "events.jsonl").read_bytes() == events_jsonl(SCENARIOS[name]())

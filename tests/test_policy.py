@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import yaml
-
 from tiergate.models.policy import PolicyError, load_policy
 from tiergate.streams.policy_file import PolicyFileError, read_policy
 
@@ -48,24 +47,54 @@ def test_the_sha256_depends_on_meaning_not_spelling() -> None:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda p: p["tiers"]["walk"]["promote"].update(bars=[{"metric": "completion_rate", "target": 0.95, "min_samples": 100}]),
-         "tiers.walk.promote.bars: tiers.walk.promote must include a customer metric (customer_success_rate)"),
-        (lambda p: p.update(lookback="90m"), "lookback: 90m is not a whole number of windows (1h): use a multiple of 1h"),
-        (lambda p: p["tiers"]["run"]["keep"][0].update(target=0.99),
-         "tiers.run.keep.0.target: keep target 0.99 is above the customer_success_rate target 0.97 of the gate into run"),
+        (
+            lambda p: p["tiers"]["walk"]["promote"].update(
+                bars=[{"metric": "completion_rate", "target": 0.95, "min_samples": 100}]
+            ),
+            "tiers.walk.promote.bars: tiers.walk.promote must include a customer metric (customer_success_rate)",
+        ),
+        (
+            lambda p: p.update(lookback="90m"),
+            "lookback: 90m is not a whole number of windows (1h): use a multiple of 1h",
+        ),
+        (
+            lambda p: p["tiers"]["run"]["keep"][0].update(target=0.99),
+            "tiers.run.keep.0.target: keep target 0.99 is above the customer_success_rate target 0.97 "
+            "of the gate into run",
+        ),
         (lambda p: p["tiers"]["run"]["keep"][0].update(metric="nps"), "tiers.run.keep.0.metric: unknown metric 'nps'"),
         (lambda p: p.update(window="1 hour"), "window: '1 hour' is not a duration"),
-        (lambda p: p["tiers"]["crawl"]["promote"]["bars"][0].pop("min_samples"),
-         "tiers.crawl.promote.bars.0.min_samples: every promote bar states its min_samples"),
-        (lambda p: p["tiers"]["run"].update(promote={"hold": "1d", "bars": [{"metric": "customer_success_rate", "target": 0.9, "min_samples": 1}]}),
-         "tiers.run.promote: run is the top tier"),
-        (lambda p: p["tiers"]["walk"]["keep"].append({"metric": "acceptance_rate", "target": 0.5}),
-         "tiers.walk.keep.1.metric: acceptance_rate cannot be observed at walk"),
-        (lambda p: p["tiers"]["crawl"]["promote"].update(bars=[{"metric": "customer_success_rate", "target": 0.9, "min_samples": 5}]),
-         "Crawl→Walk is judged on human acceptance"),
+        (
+            lambda p: p["tiers"]["crawl"]["promote"]["bars"][0].pop("min_samples"),
+            "tiers.crawl.promote.bars.0.min_samples: every promote bar states its min_samples",
+        ),
+        (
+            lambda p: p["tiers"]["run"].update(
+                promote={"hold": "1d", "bars": [{"metric": "customer_success_rate", "target": 0.9, "min_samples": 1}]}
+            ),
+            "tiers.run.promote: run is the top tier",
+        ),
+        (
+            lambda p: p["tiers"]["walk"]["keep"].append({"metric": "acceptance_rate", "target": 0.5}),
+            "tiers.walk.keep.1.metric: acceptance_rate cannot be observed at walk",
+        ),
+        (
+            lambda p: p["tiers"]["crawl"]["promote"].update(
+                bars=[{"metric": "customer_success_rate", "target": 0.9, "min_samples": 5}]
+            ),
+            "Crawl→Walk is judged on human acceptance",
+        ),
         (lambda p: p["action_types"].update(x={"read_only": True, "max_tier": "walk"}), "action_types.x.max_tier"),
-        (lambda p: p["action_types"].update(y={"tiers": {"walk": {"promote": {"bars": [{"metric": "completion_rate", "target": 0.9, "min_samples": 5}]}}}}),
-         "action_types.y.tiers.walk.promote.bars: tiers.walk.promote must include a customer metric"),
+        (
+            lambda p: p["action_types"].update(
+                y={
+                    "tiers": {
+                        "walk": {"promote": {"bars": [{"metric": "completion_rate", "target": 0.9, "min_samples": 5}]}}
+                    }
+                }
+            ),
+            "action_types.y.tiers.walk.promote.bars: tiers.walk.promote must include a customer metric",
+        ),
         (lambda p: p.update(confidence=1.5), "confidence: Input should be less than 1"),
         (lambda p: p.update(colour="blue"), "colour: is not a policy field"),
         (lambda p: p.pop("policy_version"), "policy_version: is required"),
@@ -81,7 +110,11 @@ def test_a_broken_rule_is_reported_with_its_field_and_fix(change: Any, expected:
 
 def test_errors_in_a_file_carry_line_numbers(tmp_path: Path) -> None:
     """The YAML reader points each problem at the line of the field."""
-    text = EXAMPLE.read_text().replace("lookback: 7d", "lookback: 90m").replace("metric: customer_success_rate, target: 0.97}]", "metric: nps, target: 0.97}]")
+    text = (
+        EXAMPLE.read_text()
+        .replace("lookback: 7d", "lookback: 90m")
+        .replace("metric: customer_success_rate, target: 0.97}]", "metric: nps, target: 0.97}]")
+    )
     path = tmp_path / "policy.yaml"
     path.write_text(text)
     with pytest.raises(PolicyFileError) as caught:

@@ -8,7 +8,6 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from tiergate.models import State, fold
 from tiergate.models.policy import parse_duration
 from tiergate.models.wire import TIER_INDEX, event_from_dict, format_ts, parse_ts
@@ -38,7 +37,11 @@ def build(steps: list[tuple[int, int, str, int, str, str, str, int]]) -> list[di
 
     Outcomes are good nine times in ten, except in a bad spell of two hours in every six."""
     minutes, events = 0, []
-    good_results = {"review": ("accepted", "rejected"), "internal": ("completed", "failed"), "customer": ("success", "failure")}
+    good_results = {
+        "review": ("accepted", "rejected"),
+        "internal": ("completed", "failed"),
+        "customer": ("success", "failure"),
+    }
     for i, (gap, skew, kind, quality, tier, action_type, op, burst) in enumerate(steps):
         minutes += gap
         ts = T0 + 60 * max(0, minutes + skew)
@@ -125,7 +128,8 @@ def test_automatic_moves_are_one_tier_and_only_on_conclusive_evidence(events: li
         if decision.kind == "demote":
             assert decision.to_tier == decision.from_tier - 1
             assert any(
-                bar["n"] >= bar["min_samples"] and Fraction(bar["successes"], bar["n"]) < Fraction(str(bar["target"])) - margin
+                bar["n"] >= bar["min_samples"]
+                and Fraction(bar["successes"], bar["n"]) < Fraction(str(bar["target"])) - margin
                 for bar in record["evidence"]
             )
 

@@ -130,7 +130,13 @@ def main() -> None:
         lines = list(enumerate(data.splitlines(), 1))
         decisions: list[str] = []
         kept: list[bytes] = []
-        fold_lines(lines, policy, lambda d: decisions.append(d.to_json() + "\n"), lambda k: kept.append(k.to_json() + b"\n"), source="events.jsonl")
+        fold_lines(
+            lines,
+            policy,
+            lambda d, out=decisions: out.append(d.to_json() + "\n"),  # type: ignore[misc]
+            lambda k, out=kept: out.append(k.to_json() + b"\n"),  # type: ignore[misc]
+            source="events.jsonl",
+        )
         (folder / "expected.jsonl").write_text("".join(decisions))
         (folder / "expected.kept.jsonl").write_bytes(b"".join(kept))
         print(f"{name}: {len(lines)} events, {len(decisions)} decisions, {len(kept)} kept aside")

@@ -1,0 +1,87 @@
+"""Read-only views over the fold's state: what each action type's bars show now, and its hold progress.
+
+The HTTP status endpoint, the Prometheus collector and the demo's table all read these; none of them
+reaches into the state's internals. Figures are as of the key's last closed window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .evaluator import KeyState, judge_bars
+from .policy import Policy
+from .stats import Evidence, judge_keep, judge_promote
+from .wire import TIERS, format_ts
+
+
+@dataclass(frozen=True, slots=True)
+class KeyView:
+    """One action type as the evaluator sees it at its last close."""
+
+    action_type: str
+    tier: str
+    version: int
+    since: int | None
+    read_only: bool
+    pinned: str | None
+    cap: str | None
+    ceiling: str
+    watermark: int | None
+    last_close: int | None
+    promote: tuple[Evidence, ...]  # the gate out of the current tier, judged on the current evidence
+    keep: tuple[Evidence, ...]
+    passing_since: int | None
+    hold_required: int | None
+
+    @property
+    def hold_progress(self) -> float:
+        """Share of the hold already held by the current passing streak (0 when not passing)."""
+        if self.passing_since is None or self.last_close is None or not self.hold_required:
+            return 0.0 if self.passing_since is None else 1.0
+        return min(1.0, (self.last_close - self.passing_since) / self.hold_required)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "action_type": self.action_type,
+            "tier": self.tier,
+            "version": self.version,
+            "since": None if self.since is None else format_ts(self.since),
+            "read_only": self.read_only,
+            "pinned": self.pinned,
+            "cap": self.cap,
+            "ceiling": self.ceiling,
+            "watermark": None if self.watermark is None else format_ts(self.watermark),
+            "last_close": None if self.last_close is None else format_ts(self.last_close),
+            "promote": [e.record() | {"verdict": e.verdict.name.lower()} for e in self.promote],
+            "keep": [e.record() | {"verdict": e.verdict.name.lower()} for e in self.keep],
+            "hold": {
+                "passing_since": None if self.passing_since is None else format_ts(self.passing_since),
+                "required": self.hold_required,
+                "progress": round(self.hold_progress, 4),
+            },
+        }
+
+
+def key_view(key: KeyState, policy: Policy) -> KeyView:
+    type_policy = policy.types[key.action_type]
+    tier, z = key.tier, policy.z
+
+    ceiling = min(type_policy.max_tier, 2 if key.cap is None else key.cap)
+    has_gate = bool(type_policy.promote_bars[tier]) and not key.read_only
+    return KeyView(
+        action_type=key.action_type,
+        tier=TIERS[tier],
+        version=key.version,
+        since=key.since,
+        read_only=key.read_only,
+        pinned=None if key.pinned is None else TIERS[key.pinned],
+        cap=None if key.cap is None else TIERS[key.cap],
+        ceiling=TIERS[ceiling],
+        watermark=None if key.max_ts is None else key.max_ts - policy.allowed_lateness,
+        last_close=None if key.next_close is None else key.next_close * policy.window,
+        promote=() if key.read_only else judge_bars(key, type_policy.promote_bars[tier], judge_promote, z),
+        keep=() if key.read_only else judge_bars(key, type_policy.keep_bars[tier], judge_keep, z),
+        passing_since=key.passing_since,
+        hold_required=type_policy.hold[tier] if has_gate else None,
+    )

@@ -1,0 +1,267 @@
+"""`tiergate serve`: the embedded runtime's HTTP API over the Evaluator (DESIGN.md §8).
+
+Writes (posted events and clock ticks) run one at a time on a single writer thread, so the fold stays
+sequential and the event loop never waits on fsync; a batch is acknowledged only after its transaction
+committed. Readers get the published tier map, which is replaced record by record after each commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from tiergate.models.decisions import TierRecord
+from tiergate.models.views import key_view
+from tiergate.models.wire import parse_ts
+
+from . import __version__
+from .embedded import Evaluator, Ingested
+from .metrics import Tallies, TiergateCollector
+from .settings import ServeSettings
+
+log = logging.getLogger("tiergate.serve")
+
+SSE_HEARTBEAT = 15.0
+
+
+def problem(status: int, error: str, fix: str) -> web.Response:
+    """A JSON error that says what is wrong and what to do about it."""
+    return web.json_response({"error": error, "fix": fix}, status=status, dumps=lambda v: orjson.dumps(v).decode())
+
+
+def json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+class Writer:
+    """The single writer: runs ingest batches in order on one thread and tells subscribers of tier changes."""
+
+    def __init__(self, evaluator: Evaluator) -> None:
+        self.evaluator = evaluator
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiergate-writer")
+        self.subscribers: set[asyncio.Queue[TierRecord]] = set()
+
+    async def run(self, work: Callable[[], Ingested | None]) -> Ingested | None:
+        done = await asyncio.get_running_loop().run_in_executor(self.thread, work)
+        if done is not None:
+            for record in done.tier_changes:
+                for queue in self.subscribers:
+                    queue.put_nowait(record)
+        return done
+
+    def close(self) -> None:
+        self.thread.shutdown(wait=True)
+
+
+EVALUATOR = web.AppKey("evaluator", Evaluator)
+SETTINGS = web.AppKey("settings", ServeSettings)
+WRITER = web.AppKey("writer", Writer)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+
+
+def _split(body: bytes, content_type: str) -> list[bytes]:
+    """One JSON object, or NDJSON: one event a line (blank lines ignored)."""
+    if content_type == "application/json":
+        return [body]
+    return [line for line in body.split(b"\n") if line.strip()]
+
+
+async def post_events(request: web.Request) -> web.Response:
+    settings, writer = request.app[SETTINGS], request.app[WRITER]
+    if settings.token is not None:
+        supplied = request.headers.get("Authorization", "")
+        expected = f"Bearer {settings.token.get_secret_value()}"
+        if not hmac.compare_digest(supplied.encode(), expected.encode()):
+            return problem(401, "missing or wrong bearer token", "send Authorization: Bearer <token>")
+    if request.content_length is not None and request.content_length > settings.max_body_bytes:
+        return problem(
+            413,
+            f"body of {request.content_length} bytes is over the {settings.max_body_bytes} byte limit",
+            "send smaller NDJSON batches",
+        )
+    body = await request.read()
+    if not body.strip():
+        return problem(400, "empty body", "send one JSON event, or NDJSON: one event a line")
+    raws = _split(body, request.content_type)
+    if len(raws) > settings.max_batch:
+        return problem(
+            413, f"{len(raws)} events in one request, over the limit of {settings.max_batch}", "split the batch"
+        )
+    done = await writer.run(lambda: writer.evaluator.ingest(raws, f"http:{request.remote}"))
+    assert done is not None
+    counts: dict[str, int] = {}
+    for result in done.results:
+        counts[result.result] = counts.get(result.result, 0) + 1
+    return json(
+        {
+            "results": [r.record() for r in done.results],
+            "counts": counts,
+            "decisions": [d.record() for d in done.decisions],
+        }
+    )
+
+
+async def get_tiers(request: web.Request) -> web.Response:
+    evaluator = request.app[EVALUATOR]
+    policy = evaluator.policy
+    return json(
+        {
+            "tiers": [r.record() for r in evaluator.tier_map()],
+            "policy_version": policy.version,
+            "policy_sha256": policy.sha256,
+        }
+    )
+
+
+async def get_tier(request: web.Request) -> web.Response:
+    name = request.match_info["action_type"]
+    record = request.app[EVALUATOR].tiers.get(name)
+    if record is None:
+        return problem(
+            404, f"unknown action type {name!r}", "add it to the policy's catalog; until then agents treat it as crawl"
+        )
+    return json(record.record())
+
+
+async def get_status(request: web.Request) -> web.Response:
+    """Each action type's tier with the evidence behind it and its hold progress (as of its last close)."""
+    evaluator = request.app[EVALUATOR]
+    keys = sorted(evaluator.state.keys.values(), key=lambda k: k.action_type)
+    return json({"action_types": [key_view(k, evaluator.policy).record() for k in keys]})
+
+
+async def stream_tiers(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: every current record first, then each new one as soon as it is committed."""
+    writer = request.app[WRITER]
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    queue: asyncio.Queue[TierRecord] = asyncio.Queue()
+    writer.subscribers.add(queue)
+    try:
+        for record in writer.evaluator.tier_map():
+            await response.write(_sse(record))
+        while True:
+            try:
+                record = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT)
+            except TimeoutError:
+                await response.write(b": heartbeat\n\n")
+                continue
+            await response.write(_sse(record))
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.subscribers.discard(queue)
+    return response
+
+
+def _sse(record: TierRecord) -> bytes:
+    return f"event: tier\nid: {record.action_type}/{record.version}\ndata: {record.to_json()}\n\n".encode()
+
+
+async def get_decisions(request: web.Request) -> web.Response:
+    store = request.app[EVALUATOR].store
+    query = request.query
+    try:
+        since = parse_ts(query["since"]) if "since" in query else None
+        until = parse_ts(query["until"]) if "until" in query else None
+        after, limit = int(query.get("after", 0)), min(int(query.get("limit", 1000)), 10_000)
+    except ValueError as error:
+        return problem(
+            400, f"bad query: {error}", "since/until are RFC 3339 (2026-11-02T10:00:00Z); after/limit integers"
+        )
+    rows = await asyncio.to_thread(store.decisions, query.get("action_type"), since, until, after, limit)
+    body = (
+        b'{"decisions":['
+        + b",".join(record.encode() for _, record in rows)
+        + b'],"next_after":'
+        + str(rows[-1][0] if rows else after).encode()
+        + b"}"
+    )
+    return web.Response(body=body, content_type="application/json")
+
+
+async def get_policy(request: web.Request) -> web.Response:
+    policy = request.app[EVALUATOR].policy
+    return json({"policy": policy.normalised, "policy_version": policy.version, "policy_sha256": policy.sha256})
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def get_health(request: web.Request) -> web.Response:
+    evaluator = request.app[EVALUATOR]
+    return json(
+        {
+            "status": "ok",
+            "version": __version__,
+            "policy_version": evaluator.policy.version,
+            "events": evaluator.store.last_seq(),
+            "clock": evaluator.clock.now(),
+        }
+    )
+
+
+async def _ticker(app: web.Application) -> AsyncIterator[None]:
+    """Close idle windows on the clock: a tick for each key whose oldest open window the clock has passed."""
+    writer, interval = app[WRITER], app[SETTINGS].tick_interval
+
+    async def loop() -> None:
+        while True:
+            try:
+                await writer.run(writer.evaluator.tick)
+            except Exception:  # keep ticking: one failed batch was rolled back and is retried next time
+                log.exception("tick failed")
+            await asyncio.sleep(interval)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def make_app(evaluator: Evaluator, settings: ServeSettings, ticking: bool = True) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    writer = Writer(evaluator)
+    registry = CollectorRegistry()
+    registry.register(
+        TiergateCollector(
+            evaluator.policy,
+            lambda: evaluator.state,
+            lambda: Tallies(evaluator.event_counts, evaluator.decision_counts),
+            evaluator.clock.now,
+        )
+    )
+    app[EVALUATOR], app[SETTINGS], app[WRITER], app[REGISTRY] = evaluator, settings, writer, registry
+    app.add_routes(
+        [
+            web.post("/v1/events", post_events),
+            web.get("/v1/tiers", get_tiers),
+            web.get("/v1/tiers/stream", stream_tiers),
+            web.get("/v1/tiers/{action_type}", get_tier),
+            web.get("/v1/status", get_status),
+            web.get("/v1/decisions", get_decisions),
+            web.get("/v1/policy", get_policy),
+            web.get("/metrics", get_metrics),
+            web.get("/healthz", get_health),
+        ]
+    )
+    if ticking:
+        app.cleanup_ctx.append(_ticker)
+
+    async def close(_: web.Application) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, writer.close)
+
+    app.on_cleanup.append(close)
+    return app

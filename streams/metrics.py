@@ -1,0 +1,116 @@
+"""Prometheus metrics: one read-only collector over the evaluator's state, served by every runtime.
+
+Nothing in the fold counts anything for Prometheus; this collector reads the views of the state and the
+runtime's tallies at scrape time. Labels are bounded by the catalog (action types, tiers, metrics).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
+from tiergate.models.evaluator import State
+from tiergate.models.policy import Policy
+from tiergate.models.views import key_view
+from tiergate.models.wire import TIERS
+
+from . import __version__
+
+
+@dataclass
+class Tallies:
+    """What a runtime has counted: events by (action type, result) and decisions by (action type, kind)."""
+
+    events: Counter[tuple[str, str]]
+    decisions: Counter[tuple[str, str]]
+
+
+class TiergateCollector(Collector):
+    """Exposes tiers, bars, hold progress and event/decision counts from `state()` at each scrape."""
+
+    def __init__(
+        self, policy: Policy, state: Callable[[], State], tallies: Callable[[], Tallies], clock: Callable[[], int]
+    ) -> None:
+        self.policy, self.state, self.tallies, self.clock = policy, state, tallies, clock
+
+    def collect(self) -> Iterator[Metric]:
+        policy = self.policy
+        info = InfoMetricFamily("tiergate_build", "tiergate version and the policy it runs")
+        info.add_metric([], {"version": __version__, "policy_version": policy.version, "policy_sha256": policy.sha256})
+        yield info
+        yield from self._per_type(policy)
+        tallies = self.tallies()
+        events = CounterMetricFamily(
+            "tiergate_events", "Events by action type and result", labels=["action_type", "result"]
+        )
+        for (action_type, result), n in sorted(tallies.events.items()):
+            events.add_metric([action_type, result], n)
+        yield events
+        decisions = CounterMetricFamily(
+            "tiergate_decisions", "Decisions by action type and kind", labels=["action_type", "kind"]
+        )
+        violations = CounterMetricFamily(
+            "tiergate_tier_violations", "Actions that ran above the tier map", labels=["action_type"]
+        )
+        for (action_type, kind), n in sorted(tallies.decisions.items()):
+            decisions.add_metric([action_type, kind], n)
+            if kind == "violation":
+                violations.add_metric([action_type], n)
+        yield decisions
+        yield violations
+
+    def _per_type(self, policy: Policy) -> Iterator[Metric]:
+        tier = GaugeMetricFamily("tiergate_tier", "1 for the tier an action type holds", labels=["action_type", "tier"])
+        level = GaugeMetricFamily(
+            "tiergate_tier_level", "The tier as a number: 0 crawl, 1 walk, 2 run", labels=["action_type"]
+        )
+        since = GaugeMetricFamily(
+            "tiergate_tier_since_seconds", "Event time the current tier began (Unix seconds)", labels=["action_type"]
+        )
+        labels = ["action_type", "rule", "metric"]
+        rate = GaugeMetricFamily("tiergate_bar_rate", "Success ratio of a bar's evidence", labels=labels)
+        samples = GaugeMetricFamily("tiergate_bar_samples", "Outcomes in a bar's evidence", labels=labels)
+        lower = GaugeMetricFamily("tiergate_bar_wilson_lower", "Wilson lower bound of a bar's rate", labels=labels)
+        upper = GaugeMetricFamily("tiergate_bar_wilson_upper", "Wilson upper bound of a bar's rate", labels=labels)
+        target = GaugeMetricFamily("tiergate_bar_target", "A bar's target", labels=labels)
+        threshold = GaugeMetricFamily(
+            "tiergate_keep_threshold", "A keep bar's demotion line: target − margin", labels=["action_type", "metric"]
+        )
+        hold = GaugeMetricFamily(
+            "tiergate_hold_progress_ratio", "Share of the promote hold held so far", labels=["action_type"]
+        )
+        watermark = GaugeMetricFamily(
+            "tiergate_watermark_seconds", "Event-time watermark (Unix seconds)", labels=["action_type"]
+        )
+        lag = GaugeMetricFamily(
+            "tiergate_watermark_lag_seconds", "Runtime clock minus the watermark", labels=["action_type"]
+        )
+        now = self.clock()
+        for key in sorted(self.state().keys.values(), key=lambda k: k.action_type):
+            view = key_view(key, policy)
+            name = view.action_type
+            for t in TIERS:
+                tier.add_metric([name, t], float(t == view.tier))
+            level.add_metric([name], TIERS.index(view.tier))
+            if view.since is not None:
+                since.add_metric([name], view.since)
+            for rule, bars in (("promote", view.promote), ("keep", view.keep)):
+                for e in bars:
+                    bar_labels = [name, rule, e.bar.metric]
+                    if e.rate is not None:
+                        rate.add_metric(bar_labels, e.rate)
+                    samples.add_metric(bar_labels, e.n)
+                    lower.add_metric(bar_labels, e.lower)
+                    upper.add_metric(bar_labels, e.upper)
+                    target.add_metric(bar_labels, e.bar.target)
+                    if rule == "keep":
+                        threshold.add_metric([name, e.bar.metric], float(e.bar.keep_below))
+            if view.hold_required is not None:
+                hold.add_metric([name], view.hold_progress)
+            if view.watermark is not None:
+                watermark.add_metric([name], view.watermark)
+                lag.add_metric([name], now - view.watermark)
+        yield from (tier, level, since, rate, samples, lower, upper, target, threshold, hold, watermark, lag)
