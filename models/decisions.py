@@ -79,6 +79,19 @@ class TierRecord:
     policy_version: str
     policy_sha256: str
 
+    @classmethod
+    def from_decision(cls, decision: Decision) -> TierRecord:
+        """The tier map entry a tier-changing decision sets."""
+        return cls(
+            action_type=decision.action_type,
+            tier=decision.to_tier,
+            version=decision.version,
+            since=decision.at,
+            decision_id=decision.decision_id,
+            policy_version=decision.policy_version,
+            policy_sha256=decision.policy_sha256,
+        )
+
     def record(self) -> dict[str, Any]:
         return {
             "action_type": self.action_type,

@@ -171,6 +171,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .demo import run_demo, summary
+
+    console = Console(highlight=False)
+    console.print(
+        f"[bold]tiergate demo[/]: {args.days} days of a simulated support fleet, in about {args.seconds:.0f}s."
+    )
+    result = asyncio.run(run_demo(Path(args.data_dir), args.days, args.seconds, console, seed=args.seed))
+    console.print(summary(result))
+    return 0 if result.replay_matches else 1
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="tiergate", description="Progressive autonomy for AI agents, earned per action type."
@@ -202,6 +216,13 @@ def parser() -> argparse.ArgumentParser:
     why.add_argument("action_type", metavar="ACTION_TYPE")
     why.add_argument("--log", required=True, metavar="DECISIONS.jsonl", help="a decision log (replay's output)")
     why.set_defaults(run=_explain)
+    demo = commands.add_parser("demo", help="watch a simulated fleet earn autonomy on a live embedded server")
+    demo.add_argument("--data-dir", default="tiergate-demo", metavar="DIR", help="replaced on each run")
+    demo.add_argument("--days", type=int, default=30, help="simulated days of event time")
+    demo.add_argument("--seconds", type=float, default=30.0, help="wall-clock time to spread them over")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(run=_demo)
+
     serve = commands.add_parser("serve", help="the embedded runtime: HTTP API over a SQLite store")
     serve.add_argument("--policy", metavar="POLICY.yaml", help="(or TIERGATE_POLICY)")
     serve.add_argument("--data-dir", metavar="DIR", help="(or TIERGATE_DATA_DIR; default ./tiergate-data)")

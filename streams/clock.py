@@ -29,3 +29,16 @@ class AcceleratedClock:
 
     def now(self) -> int:
         return self.start + int((time.monotonic() - self._origin) * self.speed)
+
+
+@dataclass
+class ManualClock:
+    """A clock that moves only when told: for tests and for driving a runtime from a script."""
+
+    current: int
+
+    def now(self) -> int:
+        return self.current
+
+    def advance(self, seconds: int) -> None:
+        self.current += seconds

@@ -190,24 +190,26 @@ class Evaluator:
         self.event_counts["", Result.REJECTED] += len(out.results) - len(appended)  # bad input and `future`
         for decision in out.decisions:
             self.decision_counts[decision.action_type, decision.kind] += 1
-        moved = {d.action_type for d in out.decisions if d.from_tier != d.to_tier}
-        out.tier_changes = [r for r in tier_records(self.state, self.policy) if r.action_type in moved]
+        out.tier_changes = [TierRecord.from_decision(d) for d in out.decisions if d.from_tier != d.to_tier]
         self.tiers = self.tiers | {r.action_type: r for r in out.tier_changes}  # readers see whole records
 
     # -- the clock -------------------------------------------------------------------------------------
 
     def due_ticks(self) -> list[bytes]:
         """A tick for every evaluated key whose oldest open window the clock (less the allowed lateness)
-        has passed with no traffic, or that has seen no event yet. Deterministic ids: a re-sent tick is a
-        duplicate."""
+        has passed with no traffic. A key that has seen no event yet gets none: it has no evidence to
+        judge, and starting its windows now would make a backlog posted later late. Deterministic ids:
+        a re-sent tick is a duplicate."""
         now, policy = self.clock.now(), self.policy
         watermark = now - policy.allowed_lateness
         ticks = []
         for name, key in sorted(self.state.keys.items()):
             if key.read_only:
                 continue
-            if key.next_close is None or watermark >= (key.next_close + 1) * policy.window:
-                tick = Tick(type="tick", event_id=f"tick/{name}/{now}", ts=now, action_type=name)
+            if key.next_close is not None and watermark >= (key.next_close + 1) * policy.window:
+                tick = Tick.model_validate(
+                    {"type": "tick", "event_id": f"tick/{name}/{now}", "ts": format_ts(now), "action_type": name}
+                )
                 ticks.append(encode(tick))
         return ticks
 

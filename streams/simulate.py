@@ -163,34 +163,26 @@ def override(ts: int, action_type: str, op: str, reason: str, tier: str | None =
     return event if tier is None else {**event, "tier": tier}
 
 
-def story_fleet(start: int, seed: int = 7, days: int = 40) -> Fleet:
+def story_fleet(start: int, seed: int = 7, days: int = 40, scale: float = 1.0) -> Fleet:
     """The four stories of the demo and the example history (examples/policy.yaml's catalog):
 
     reply_to_ticket climbs to Run; refund_up_to_50 is held at Walk by its customer outcomes although
-    staff complete nearly all of it; refund_over_50 is capped at Crawl by an operator; escalate_to_human
-    reaches Walk, then regresses and is demoted.
+    staff complete nearly all of it; refund_over_50 reaches Walk and is capped back to Crawl by an operator
+    on day 6; escalate_to_human climbs, then regresses half-way through and is demoted.
     """
     day = 24 * HOUR
     return Fleet(
         profiles={
-            "reply_to_ticket": Profile(8, Quality(acceptance=0.98, completion=0.99, customer=0.998)),
-            "refund_up_to_50": Profile(8, Quality(acceptance=0.97, completion=0.995, customer=0.93)),
-            "refund_over_50": Profile(3, Quality(acceptance=0.96, completion=0.97, customer=0.97)),
+            "reply_to_ticket": Profile(8 * scale, Quality(acceptance=0.98, completion=0.99, customer=0.998)),
+            "refund_up_to_50": Profile(8 * scale, Quality(acceptance=0.97, completion=0.995, customer=0.93)),
+            "refund_over_50": Profile(6 * scale, Quality(acceptance=0.97, completion=0.97, customer=0.97)),
             "escalate_to_human": Profile(
-                8,
+                8 * scale,
                 Quality(acceptance=0.98, completion=0.98, customer=0.99),
                 after=(start + days * day // 2, Quality(acceptance=0.8, completion=0.75, customer=0.9)),
             ),
-            "lookup_order": Profile(4),
+            "lookup_order": Profile(4 * scale),
         },
         seed=seed,
-        overrides=[override(start + 5 * day, "refund_over_50", "cap", "finance review pending", tier="crawl")],
+        overrides=[override(start + 6 * day, "refund_over_50", "cap", "finance review pending", tier="crawl")],
     )
-
-
-def catalog_fleet(names: list[str], seed: int = 11) -> Fleet:
-    """A large, varied fleet for benchmarks: each type drawn good, mediocre or poor at random."""
-    rng = random.Random(seed)
-    grades = (Quality(), Quality(0.93, 0.96, 0.975), Quality(0.85, 0.9, 0.95))
-    profiles = {name: Profile(rng.choice((2.0, 4.0, 8.0)), rng.choice(grades)) for name in names}
-    return Fleet(profiles=profiles, seed=seed)

@@ -1,0 +1,200 @@
+"""`tiergate demo`: a simulated fleet earns (and loses) autonomy on a live embedded server, in under a minute.
+
+The demo starts the embedded runtime on a loopback port with a clock it drives itself: simulated event
+time runs about a day a second. Each simulated hour the fleet asks the server for the tier map (as an
+agent would), acts at those tiers, posts the hour's events as one NDJSON batch, then moves the clock on;
+the server's own ticker closes the windows. A live table shows tiers, rates, sample sizes and hold
+progress. At the end the data directory holds the SQLite store and an export of the log that
+`tiergate replay` turns back into the same promotion log, which the demo checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from aiohttp import web
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from tiergate.models.wire import format_ts, parse_ts
+
+from .clock import ManualClock
+from .embedded import Evaluator
+from .http import make_app
+from .policy_file import read_policy
+from .settings import ServeSettings
+from .simulate import HOUR, story_fleet
+
+START = parse_ts("2026-11-01T00:00:00Z")
+TIER_STYLE = {"crawl": "yellow", "walk": "cyan", "run": "bold green"}
+
+
+def demo_policy_path() -> Path:
+    return Path(str(files("tiergate.streams") / "examples" / "demo-policy.yaml"))
+
+
+@dataclass
+class DemoResult:
+    data_dir: Path
+    events: int
+    decisions: list[dict[str, Any]]
+    replay_matches: bool
+
+
+def status_table(status: dict[str, Any], now: int, posted: int) -> Table:
+    """One row per action type: tier, each bar's rate and samples against its target, hold progress."""
+    table = Table(title=f"tiergate demo — event time {format_ts(now)} — {posted:,} events posted", title_justify="left")
+    for column in ("action type", "tier", "bars (rate, n / min, target)", "hold", "since"):
+        table.add_column(column)
+    for view in status["action_types"]:
+        tier = view["tier"]
+        bars = [
+            f"{'keep ' if rule == 'keep' else ''}{bar['metric']}: "
+            f"{'-' if bar['rate'] is None else format(bar['rate'], '.3f')} "
+            f"(n {bar['n']}/{bar['min_samples']}, ≥{bar['target']}) {_verdict(bar['verdict'])}"
+            for rule in ("promote", "keep")
+            for bar in view[rule]
+        ]
+        notes = [f"cap {view['cap']}"] if view["cap"] else []
+        notes += ["read-only"] if view["read_only"] else []
+        hold = view["hold"]
+        progress = "" if hold["required"] is None else _bar(hold["progress"])
+        table.add_row(
+            view["action_type"],
+            f"[{TIER_STYLE[tier]}]{tier}[/]" + (f" ({', '.join(notes)})" if notes else ""),
+            "\n".join(bars) or "-",
+            progress,
+            (view["since"] or "start")[:13],
+        )
+    return table
+
+
+def _verdict(verdict: str) -> str:
+    return {"pass": "[green]pass[/]", "fail": "[red]fail[/]", "inconclusive": "[dim]thin[/]"}[verdict]
+
+
+def _bar(progress: float, width: int = 12) -> str:
+    filled = round(progress * width)
+    return "█" * filled + "░" * (width - filled) + f" {progress:4.0%}"
+
+
+async def run_demo(data_dir: Path, days: int, seconds: float, console: Console, seed: int = 7) -> DemoResult:
+    """Run the story for `days` of event time in about `seconds` of wall time; return what it decided."""
+    if data_dir.exists():
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True)
+    policy_path = data_dir / "policy.yaml"
+    shutil.copyfile(demo_policy_path(), policy_path)
+    policy = read_policy(policy_path)
+    clock = ManualClock(START)
+    evaluator = Evaluator(policy, data_dir, clock)
+    settings = ServeSettings(policy=policy_path, data_dir=data_dir, tick_interval=0.01)
+    runner = web.AppRunner(make_app(evaluator, settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    base = f"http://127.0.0.1:{port}"
+    fleet = story_fleet(START, seed=seed, days=days)
+    posted = 0
+    try:
+        async with aiohttp.ClientSession(base) as http:
+            tiers: dict[str, str] = {}  # the fleet's view of the tier map, refreshed every simulated hour
+
+            def tier_of(action_type: str) -> str:
+                return tiers.get(action_type, "crawl")  # an unknown type is crawl: fail closed
+
+            async def status() -> dict[str, Any]:
+                async with http.get("/v1/status") as response:
+                    return await response.json()  # type: ignore[no-any-return]
+
+            with Live(status_table(await status(), clock.now(), 0), console=console, refresh_per_second=8) as live:
+                pace, started = seconds / (days * 24), time.monotonic()
+                for hour in range(days * 24):
+                    async with http.get("/v1/tiers") as response:
+                        tiers.clear()
+                        tiers.update((r["action_type"], r["tier"]) for r in (await response.json())["tiers"])
+                    batch = [orjson.dumps(e) for e in fleet.hour(START + hour * HOUR, tier_of)]
+                    if batch:
+                        async with http.post(
+                            "/v1/events", data=b"\n".join(batch), headers={"Content-Type": "application/x-ndjson"}
+                        ) as response:
+                            response.raise_for_status()
+                        posted += len(batch)
+                    clock.current = START + (hour + 1) * HOUR + 15 * 60  # past the hour and its lateness
+                    await asyncio.sleep(max(0.0, started + (hour + 1) * pace - time.monotonic()))
+                    if hour % 6 == 5:
+                        live.update(status_table(await status(), clock.now(), posted))
+                await asyncio.sleep(0.1)  # the ticker's last closes
+                live.update(status_table(await status(), clock.now(), posted))
+    finally:
+        await runner.cleanup()
+        evaluator.close()
+    return _finish(data_dir, policy_path, posted)
+
+
+def _finish(data_dir: Path, policy_path: Path, posted: int) -> DemoResult:
+    """Export the log, replay it, and compare with the stored promotion log."""
+    from .cli import main as cli
+
+    events, stored, replayed = data_dir / "events.jsonl", data_dir / "decisions.jsonl", data_dir / "replayed.jsonl"
+    cli(["export", "--data-dir", str(data_dir), "-o", str(events), "--decisions", str(stored)])
+    cli(
+        [
+            "replay",
+            str(events),
+            "--policy",
+            str(policy_path),
+            "-o",
+            str(replayed),
+            "--rejects",
+            str(data_dir / "kept.jsonl"),
+            "--show-rejects",
+            "0",
+        ]
+    )
+    decisions = [orjson.loads(line) for line in stored.read_bytes().splitlines()]
+    return DemoResult(data_dir, posted, decisions, stored.read_bytes() == replayed.read_bytes())
+
+
+def summary(result: DemoResult) -> Group:
+    log = Table(title="promotion log (initial decisions and tier violations left out)", title_justify="left")
+    for column in ("decision", "at", "move", "why"):
+        log.add_column(column)
+    moves = [d for d in result.decisions if d["kind"] not in ("initial", "violation")]
+    for d in moves:
+        log.add_row(
+            d["decision_id"],
+            d["at"][:16],
+            f"{d['from_tier']} → {d['to_tier']}"
+            + (f" ({d['op']} by {d['actor']})" if d["kind"] == "override" else f" ({d['kind']})"),
+            d["reason"],
+        )
+    violations = sum(d["kind"] == "violation" for d in result.decisions)
+    data = result.data_dir
+    lines = [
+        f"{result.events:,} events posted; {len(moves)} tier changes; {violations} tier violations logged "
+        "(agents acting on a tier map that had just moved).",
+        f"replaying the exported log reproduces the promotion log byte for byte: "
+        f"{'[green]yes[/]' if result.replay_matches else '[red]NO[/]'}",
+        "",
+        f"files in {data}/:",
+        f"  {data / 'tiergate.db'}   the SQLite store (event log, decisions, state, kept events)",
+        f"  {data / 'events.jsonl'}  the event log, ticks included",
+        f"  {data / 'decisions.jsonl'}  the promotion log",
+        f"  {data / 'policy.yaml'}  the policy it ran (from {demo_policy_path().name})",
+        "",
+        "try:",
+        f"  tiergate explain escalate_to_human --log {data / 'decisions.jsonl'}",
+        f"  tiergate replay {data / 'events.jsonl'} --policy {data / 'policy.yaml'}",
+        f"  tiergate serve --policy {data / 'policy.yaml'} --data-dir {data}   # then GET /v1/tiers, /metrics",
+    ]
+    return Group(log, *lines)

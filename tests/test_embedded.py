@@ -1,0 +1,269 @@
+"""The embedded runtime end to end: a real aiohttp server on a loopback port, a real HTTP client, real SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
+from tiergate.models.wire import parse_ts
+from tiergate.streams.cli import main
+from tiergate.streams.clock import ManualClock
+from tiergate.streams.embedded import Evaluator
+from tiergate.streams.http import WRITER, make_app
+from tiergate.streams.policy_file import read_policy
+from tiergate.streams.settings import ServeSettings
+
+GOLDEN = Path(__file__).parent / "golden"
+POLICY = GOLDEN / "policy.yaml"
+CLIMB = (GOLDEN / "clean_climb" / "events.jsonl").read_bytes()
+
+
+@dataclass
+class Running:
+    client: TestClient
+    clock: ManualClock
+    evaluator: Evaluator
+    data_dir: Path
+
+
+@pytest.fixture
+async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Running]:
+    """An embedded server on 127.0.0.1 whose clock the test moves; ticking only when the test asks for it."""
+    ticking = getattr(request, "param", {}).get("ticking", False)
+    token = getattr(request, "param", {}).get("token")
+    clock = ManualClock(parse_ts("2026-11-02T12:00:00Z"))
+    evaluator = Evaluator(read_policy(POLICY), tmp_path / "data", clock, max_skew=300)
+    settings = ServeSettings(policy=POLICY, data_dir=tmp_path / "data", tick_interval=0.02, token=token, max_batch=1000)
+    http = TestServer(make_app(evaluator, settings, ticking=ticking), host="127.0.0.1")
+    async with http, TestClient(http) as client:
+        yield Running(client, clock, evaluator, tmp_path / "data")
+    evaluator.close()
+
+
+async def post(client: TestClient, body: bytes, status: int = 200) -> dict:  # type: ignore[type-arg]
+    response = await client.post("/v1/events", data=body, headers={"Content-Type": "application/x-ndjson"})
+    assert response.status == status, await response.text()
+    return await response.json()  # type: ignore[no-any-return]
+
+
+async def test_posted_events_are_folded_into_tiers_and_decisions(server: Running) -> None:
+    """The clean climb posted as NDJSON gives the same decision log as `tiergate replay`, and the tier map shows it."""
+    answer = await post(server.client, CLIMB)
+    assert answer["counts"] == {"applied": 281}
+    tiers = {r["action_type"]: r for r in (await (await server.client.get("/v1/tiers")).json())["tiers"]}
+    assert (tiers["reply_to_ticket"]["tier"], tiers["reply_to_ticket"]["version"]) == ("run", 2)
+    one = await (await server.client.get("/v1/tiers/reply_to_ticket")).json()
+    assert one == tiers["reply_to_ticket"]
+    stored = list(server.evaluator.store.all_decisions())
+    assert stored == (GOLDEN / "clean_climb" / "expected.jsonl").read_text().splitlines()
+
+
+async def test_each_event_gets_its_result_and_bad_ones_are_kept(server: Running) -> None:
+    """applied, duplicate, late and rejected (malformed, unknown type, future) each with the reason; all kept."""
+    lines = CLIMB.splitlines()
+    batch = [
+        lines[0],
+        lines[0],  # duplicate
+        b'{"type":"action"',  # malformed
+        b'{"type":"tick","event_id":"u","ts":"2026-11-02T01:00:00Z","action_type":"nope"}',  # unknown type
+        b'{"type":"tick","event_id":"f","ts":"2026-11-03T00:00:00Z","action_type":"reply_to_ticket"}',  # future
+        b'{"type":"tick","event_id":"t","ts":"2026-11-02T03:00:00Z","action_type":"reply_to_ticket"}',
+        lines[0].replace(b'"event_id":"e1"', b'"event_id":"late-1"'),  # its window is now closed
+    ]
+    results = (await post(server.client, b"\n".join(batch)))["results"]
+    assert [r["result"] for r in results] == [
+        "applied",
+        "duplicate",
+        "rejected",
+        "rejected",
+        "rejected",
+        "applied",
+        "late",
+    ]
+    assert "malformed JSON" in results[2]["reason"]
+    assert "unknown action_type 'nope'" in results[3]["reason"]
+    assert results[4]["reason"].startswith("future:")
+    assert "closed at watermark" in results[6]["reason"]
+    kept = server.evaluator.store.rejected()
+    assert sorted(k["result"] for k in kept) == ["late", "rejected", "rejected", "rejected"]
+    assert any(k["event"] == '{"type":"action"' for k in kept)
+
+
+async def test_malformed_requests_get_a_4xx_that_names_the_problem(server: Running) -> None:
+    """An empty body and an oversized batch are refused whole, with what to do instead."""
+    empty = await post(server.client, b"  \n", status=400)
+    assert "empty body" in empty["error"]
+    too_many = b"\n".join([b"{}"] * 1001)
+    assert "over the limit of 1000" in (await post(server.client, too_many, status=413))["error"]
+    bad_query = await server.client.get("/v1/decisions?since=yesterday")
+    assert bad_query.status == 400 and "RFC 3339" in (await bad_query.json())["fix"]
+
+
+@pytest.mark.parametrize("server", [{"token": "s3cret"}], indirect=True)
+async def test_a_configured_token_guards_writes(server: Running) -> None:
+    """Without the bearer token a write is refused; with it, accepted; reads stay open."""
+    refused = await server.client.post("/v1/events", data=CLIMB.splitlines()[0])
+    assert refused.status == 401
+    accepted = await server.client.post(
+        "/v1/events", data=CLIMB.splitlines()[0], headers={"Authorization": "Bearer s3cret"}
+    )
+    assert accepted.status == 200
+    assert (await server.client.get("/v1/tiers")).status == 200
+
+
+def test_without_a_token_only_loopback_is_allowed(tmp_path: Path) -> None:
+    """Binding beyond loopback with writes unguarded is refused at start-up."""
+    with pytest.raises(ValueError, match="not loopback and no token"):
+        ServeSettings(policy=POLICY, host="0.0.0.0").check_exposure()
+    ServeSettings(policy=POLICY, host="127.0.0.1").check_exposure()
+
+
+async def test_the_stream_sends_the_map_then_each_change(server: Running) -> None:
+    """SSE: every current record first, then the promotions as they are committed."""
+    response = await server.client.get("/v1/tiers/stream")
+    records: list[dict] = []  # type: ignore[type-arg]
+
+    async def read(count: int) -> None:
+        while len(records) < count:
+            line = await response.content.readline()
+            if line.startswith(b"data: "):
+                records.append(json.loads(line[6:]))
+
+    await asyncio.wait_for(read(4), 5)
+    assert {r["action_type"] for r in records} == {
+        "reply_to_ticket",
+        "refund_up_to_50",
+        "refund_over_50",
+        "lookup_order",
+    }
+    await post(server.client, CLIMB)
+    await asyncio.wait_for(read(6), 1)  # a new tier record within one second of the decision
+    assert [(r["action_type"], r["tier"], r["version"]) for r in records[4:]] == [
+        ("reply_to_ticket", "walk", 1),
+        ("reply_to_ticket", "run", 2),
+    ]
+    response.close()
+
+
+@pytest.mark.parametrize("server", [{"ticking": True}], indirect=True)
+async def test_clock_ticks_close_idle_windows(server: Running) -> None:
+    """With no more traffic, the clock's ticks close the windows that finish the hold: the type is promoted."""
+    lines = [line for line in CLIMB.splitlines() if b'"2026-11-02T0' in line and b"review" in line]
+    await post(server.client, b"\n".join(lines[:30]))  # reviews of hours 0-2: passing from 02:00
+    server.clock.current = parse_ts("2026-11-02T12:00:00Z")
+    for _ in range(100):
+        if server.evaluator.tiers["reply_to_ticket"].tier == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert server.evaluator.tiers["reply_to_ticket"].tier == 1
+    ticks = [raw for _, raw in server.evaluator.store.events() if b'"type":"tick"' in raw]
+    assert ticks and all(b'"ts":"2026-11-02T12:00:00Z"' in raw for raw in ticks)
+
+
+async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
+    """/metrics is Prometheus text with the tier, bar figures and event counts."""
+    await post(server.client, CLIMB)
+    text = await (await server.client.get("/metrics")).text()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("tiergate_tier", (("action_type", "reply_to_ticket"), ("tier", "run")))] == 1
+    assert samples[("tiergate_events_total", (("action_type", "reply_to_ticket"), ("result", "applied")))] == 281
+    assert samples[("tiergate_decisions_total", (("action_type", "reply_to_ticket"), ("kind", "promote")))] == 2
+    assert (
+        "tiergate_bar_samples",
+        (("action_type", "reply_to_ticket"), ("metric", "customer_success_rate"), ("rule", "keep")),
+    ) in samples
+
+
+async def test_decisions_filter_by_type_and_time_and_page(server: Running) -> None:
+    """/v1/decisions filters by action type and `at`, and pages with `after`."""
+    await post(server.client, CLIMB)
+    url = "/v1/decisions?action_type=reply_to_ticket&since=2026-11-02T05:00:00Z"
+    page = await (await server.client.get(url)).json()
+    assert [(d["kind"], d["to_tier"]) for d in page["decisions"]] == [("promote", "run")]
+    first = await (await server.client.get("/v1/decisions?limit=2")).json()
+    rest = await (await server.client.get(f"/v1/decisions?after={first['next_after']}")).json()
+    assert len(first["decisions"]) == 2 and len(rest["decisions"]) == 4
+
+
+async def test_policy_and_health_are_published(server: Running) -> None:
+    """GET /v1/policy carries the normalised policy and the sha every decision is stamped with."""
+    policy = await (await server.client.get("/v1/policy")).json()
+    assert policy["policy_sha256"] == read_policy(POLICY).sha256 and policy["policy"]["window"] == "1h"
+    health = await (await server.client.get("/healthz")).json()
+    assert health["status"] == "ok" and health["policy_version"] == "golden-1"
+
+
+async def test_export_then_replay_reproduces_the_stored_decisions(server: Running, tmp_path: Path) -> None:
+    """`tiergate export` writes the log (ticks included) that `tiergate replay` turns into the same bytes."""
+    await post(server.client, CLIMB[: len(CLIMB) // 2].rsplit(b"\n", 1)[0])
+    assert server.client.app is not None
+    await server.client.app[WRITER].run(server.evaluator.tick)  # the clock's ticks, as the ticker sends them
+    await post(
+        server.client,
+        b'{"type":"override","event_id":"o","ts":"2026-11-02T06:00:00Z","action_type":"refund_over_50",'
+        b'"op":"cap","tier":"crawl","actor":"ops","reason":"audit"}',
+    )
+    exported, replayed = tmp_path / "events.jsonl", tmp_path / "decisions.jsonl"
+    assert main(["export", "--data-dir", str(server.data_dir), "-o", str(exported)]) == 0
+    assert main(["replay", str(exported), "--policy", str(POLICY), "-o", str(replayed)]) == 0
+    assert replayed.read_text().splitlines() == list(server.evaluator.store.all_decisions())
+    assert b'"type":"tick"' in exported.read_bytes()
+
+
+def test_import_appends_history_without_ticks_and_refuses_a_busy_data_dir(tmp_path: Path) -> None:
+    """`tiergate import` folds an old history into a data dir; a second process on the same dir is refused."""
+    data = tmp_path / "data"
+    assert (
+        main(
+            [
+                "import",
+                str(GOLDEN / "regression_and_cooldown" / "events.jsonl"),
+                "--policy",
+                str(POLICY),
+                "--data-dir",
+                str(data),
+                "--batch",
+                "50",
+            ]
+        )
+        == 0
+    )
+    exported = tmp_path / "decisions.jsonl"
+    assert main(["export", "--data-dir", str(data), "-o", str(tmp_path / "e.jsonl"), "--decisions", str(exported)]) == 0
+    assert exported.read_bytes() == (GOLDEN / "regression_and_cooldown" / "expected.jsonl").read_bytes()
+    holder = Evaluator(read_policy(POLICY), data, ManualClock(0))
+    try:
+        assert (
+            main(
+                [
+                    "import",
+                    str(GOLDEN / "thin_evidence" / "events.jsonl"),
+                    "--policy",
+                    str(POLICY),
+                    "--data-dir",
+                    str(data),
+                ]
+            )
+            == 2
+        )
+    finally:
+        holder.close()
+
+
+def test_a_data_dir_keeps_its_policy(tmp_path: Path) -> None:
+    """A log decided under one policy is not continued under another."""
+    Evaluator(read_policy(POLICY), tmp_path, ManualClock(0)).close()
+    other = tmp_path / "other.yaml"
+    other.write_text(POLICY.read_text().replace('"golden-1"', '"golden-2"'))
+    with pytest.raises(Exception, match="one log runs one policy"):
+        Evaluator(read_policy(other), tmp_path, ManualClock(0))
