@@ -22,8 +22,52 @@ from .store import StoreError
 err = Console(stderr=True, highlight=False)
 
 
+def _given(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags the user gave (None = not given: leave it to the environment and the defaults)."""
+    return {name: value for name, value in flags.items() if value is not None}
+
+
+def _replay_kafka(args: argparse.Namespace, policy: Any) -> int:
+    import asyncio
+
+    from .kafka import KafkaSettings
+    from .kafka_replay import replay_topic, verify
+
+    flags = {"bootstrap": args.bootstrap, "topic_prefix": args.topic_prefix}
+    kafka = KafkaSettings(**_given(flags))
+    reference = asyncio.run(replay_topic(kafka, policy))
+    with line_writer(Path(args.output) if args.output else sys.stdout) as write:
+        for line in reference.lines():
+            write(line)
+    if args.tiers:
+        with line_writer(Path(args.tiers)) as write:
+            for line in reference.replay.tier_lines():
+                write(line)
+    counts = ", ".join(f"{n} {name}" for name, n in sorted(reference.replay.results.items())) or "no events"
+    err.print(
+        f"replayed {kafka.topic('tiergate.events.v1')} from offset 0: {counts}; {reference.replay.decisions} decisions",
+        soft_wrap=True,
+    )
+    if not args.verify:
+        return 0
+    differences = asyncio.run(verify(kafka, reference))
+    for difference in differences:
+        err.print(f"[red]{difference.action_type}[/]: {difference.problem}", soft_wrap=True)
+    err.print(
+        "verified: the decisions topic and the tier map equal the reference fold"
+        if not differences
+        else f"[red]{len(differences)} differences[/]"
+    )
+    return 1 if differences else 0
+
+
 def _replay(args: argparse.Namespace) -> int:
     policy = read_policy(args.policy)
+    if args.from_kafka:
+        return _replay_kafka(args, policy)
+    if args.verify or args.events is None:
+        err.print("[red]error:[/] give EVENTS.jsonl, or --from-kafka (which --verify needs)")
+        return 2
     events = Path(args.events)
     if not events.is_file():
         err.print(f"[red]error:[/] {events}: no such file; give a JSONL event history (one JSON object a line)")
@@ -185,6 +229,38 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if result.replay_matches else 1
 
 
+def _topics(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from .kafka import KafkaSettings, create_topics, describe_topics
+
+    flags = {"bootstrap": args.bootstrap, "topics_file": args.definition, "topic_prefix": args.topic_prefix}
+    settings = KafkaSettings(**_given(flags))
+    if args.action == "create":
+        created = asyncio.run(create_topics(settings, args.replication_factor))
+        err.print(f"created {', '.join(created)}" if created else "every defined topic exists already")
+    report, problems = asyncio.run(describe_topics(settings))
+    print(json.dumps(report, indent=2, sort_keys=True))
+    for problem in problems:
+        err.print(f"[red]{problem.topic}[/]: {problem.problem}")
+    return 1 if problems else 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from .kafka import KafkaSettings
+    from .worker import Worker, WorkerSettings
+
+    flags = {"bootstrap": args.bootstrap, "topic_prefix": args.topic_prefix}
+    kafka = KafkaSettings(**_given(flags))
+    flags = {"policy": args.policy, "web_port": args.web_port, "data_dir": args.data_dir}
+    settings = WorkerSettings(**_given(flags))
+    worker = Worker(read_policy(settings.policy), settings, kafka)
+    faust.Worker(worker.app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="tiergate", description="Progressive autonomy for AI agents, earned per action type."
@@ -192,7 +268,15 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     replay = commands.add_parser("replay", help="fold a JSONL event history into the decision log")
-    replay.add_argument("events", metavar="EVENTS.jsonl")
+    replay.add_argument("events", metavar="EVENTS.jsonl", nargs="?")
+    replay.add_argument("--from-kafka", action="store_true", help="fold tiergate.events.v1 from offset 0 instead")
+    replay.add_argument(
+        "--verify",
+        action="store_true",
+        help="with --from-kafka: compare with the decisions topic and tier map; exit 1 on a difference",
+    )
+    replay.add_argument("--bootstrap", help="host:port (or TIERGATE_KAFKA_BOOTSTRAP)")
+    replay.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
     replay.add_argument("--policy", required=True, metavar="POLICY.yaml")
     replay.add_argument("-o", "--output", metavar="FILE", help="decision log (canonical JSONL); default stdout")
     replay.add_argument("--tiers", metavar="FILE", help="also write the final tier map (JSONL)")
@@ -216,6 +300,23 @@ def parser() -> argparse.ArgumentParser:
     why.add_argument("action_type", metavar="ACTION_TYPE")
     why.add_argument("--log", required=True, metavar="DECISIONS.jsonl", help="a decision log (replay's output)")
     why.set_defaults(run=_explain)
+    work = commands.add_parser("worker", help="the Kafka runtime: a faust-streaming worker")
+    work.add_argument("--policy", metavar="POLICY.yaml", help="(or TIERGATE_WORKER_POLICY)")
+    work.add_argument("--bootstrap", help="host:port (or TIERGATE_KAFKA_BOOTSTRAP; default 127.0.0.1:19092)")
+    work.add_argument("--web-port", type=int, help="loopback port of /metrics and /healthz (default 6066)")
+    work.add_argument("--data-dir", metavar="DIR", help="faust's data directory (default ./tiergate-worker-data)")
+    work.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
+    work.add_argument("--loglevel", default="warning")
+    work.set_defaults(run=_worker)
+
+    topics = commands.add_parser("topics", help="create or check the Kafka topics of deploy/topics.yaml")
+    topics.add_argument("action", choices=("create", "describe"))
+    topics.add_argument("--bootstrap", help="host:port (or TIERGATE_KAFKA_BOOTSTRAP; default 127.0.0.1:19092)")
+    topics.add_argument("--definition", type=Path, help="topic definition (default deploy/topics.yaml)")
+    topics.add_argument("--replication-factor", type=int, default=1)
+    topics.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
+    topics.set_defaults(run=_topics)
+
     demo = commands.add_parser("demo", help="watch a simulated fleet earn autonomy on a live embedded server")
     demo.add_argument("--data-dir", default="tiergate-demo", metavar="DIR", help="replaced on each run")
     demo.add_argument("--days", type=int, default=30, help="simulated days of event time")

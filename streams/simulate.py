@@ -141,7 +141,8 @@ def history(fleet: Fleet, policy: Policy, start: int, hours: int) -> Iterator[di
     state = initial_state(policy)
 
     def tier_of(name: str) -> str:
-        return TIERS[state.keys[name].tier]
+        key = state.keys.get(name)
+        return "crawl" if key is None else TIERS[key.tier]  # a type outside the catalog is crawl: fail closed
 
     for hour in range(hours):
         for event in fleet.hour(start + hour * HOUR, tier_of):

@@ -1,0 +1,165 @@
+"""Kafka connection settings and topic administration (`tiergate topics create|describe`).
+
+The topics come from one definition, deploy/topics.yaml; nothing is auto-created. Connection settings
+cover a plain local broker and a secured cluster (SASL/SCRAM over TLS) alike.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EVENTS = "tiergate.events.v1"
+TIER_MAP = "tiergate.tier-map.v1"
+DECISIONS = "tiergate.decisions.v1"
+DLQ = "tiergate.events.v1.dlq"
+DEFAULT_TOPICS_FILE = Path("deploy/topics.yaml")
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the cluster: TIERGATE_KAFKA_* variables (or flags)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_KAFKA_", extra="ignore")
+
+    bootstrap: str = Field("127.0.0.1:19092", description="host:port[,host:port…]")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers' certificates")
+    ssl_check_hostname: bool = True
+    client_id: str = "tiergate"
+    topics_file: Path = Field(DEFAULT_TOPICS_FILE, description="the topic definition")
+    topic_prefix: str = Field(
+        "",
+        description="prefixed to every topic and the worker's app id (test isolation, "
+        "several deployments on one cluster)",
+    )
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.security_protocol not in ("SSL", "SASL_SSL"):
+            return None
+        context = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        context.check_hostname = self.ssl_check_hostname
+        return context
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for any aiokafka client (producer, consumer, admin)."""
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "security_protocol": self.security_protocol,
+            "client_id": self.client_id,
+        }
+        if self.security_protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ValueError(
+                    "SASL needs sasl_mechanism, sasl_username and sasl_password "
+                    "(TIERGATE_KAFKA_SASL_MECHANISM, …_USERNAME, …_PASSWORD)"
+                )
+            kwargs |= {
+                "sasl_mechanism": self.sasl_mechanism,
+                "sasl_plain_username": self.sasl_username,
+                "sasl_plain_password": self.sasl_password.get_secret_value(),
+            }
+        context = self.ssl_context()
+        if context is not None:
+            kwargs["ssl_context"] = context
+        return kwargs
+
+
+class TopicSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    partitions: int = Field(gt=0)
+    config: dict[str, str] = Field(default_factory=dict)
+
+
+class TopicsFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    topics: dict[str, TopicSpec]
+
+
+def read_topics(path: Path) -> dict[str, TopicSpec]:
+    try:
+        return TopicsFile.model_validate(yaml.safe_load(path.read_text())).topics
+    except OSError as error:
+        raise ValueError(
+            f"{path}: cannot read the topic definition ({error.strerror}); "
+            "run from the project root or set TIERGATE_KAFKA_TOPICS_FILE"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class TopicCheck:
+    """A difference between the cluster and the definition: a missing topic, partitions or a config."""
+
+    topic: str
+    problem: str
+
+
+async def create_topics(settings: KafkaSettings, replication: int = 1) -> list[str]:
+    """Create every defined topic that does not exist yet; return the names created."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    wanted = read_topics(settings.topics_file)
+    admin = AIOKafkaAdminClient(**settings.client_kwargs())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(settings.topic(name), spec.partitions, replication, topic_configs=spec.config)
+            for name, spec in wanted.items()
+            if settings.topic(name) not in existing
+        ]
+        if new:
+            await admin.create_topics(new)
+        return [topic.name for topic in new]
+    finally:
+        await admin.close()
+
+
+async def describe_topics(settings: KafkaSettings) -> tuple[dict[str, dict[str, Any]], list[TopicCheck]]:
+    """Each defined topic as the cluster has it (partitions, the defined configs) and every difference."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    wanted = {settings.topic(name): spec for name, spec in read_topics(settings.topics_file).items()}
+    admin = AIOKafkaAdminClient(**settings.client_kwargs())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        present = [name for name in wanted if name in existing]
+        described = {t["topic"]: t for t in await admin.describe_topics(present)} if present else {}
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in present]
+        configs: dict[str, dict[str, str]] = {}
+        for response in await admin.describe_configs(resources) if resources else []:
+            for resource in response.resources:
+                name, entries = resource[3], resource[4]
+                configs[name] = {entry[0]: entry[1] for entry in entries}
+    finally:
+        await admin.close()
+    report: dict[str, dict[str, Any]] = {}
+    problems: list[TopicCheck] = []
+    for name, spec in wanted.items():
+        if name not in existing:
+            problems.append(TopicCheck(name, "missing: run `tiergate topics create`"))
+            continue
+        partitions = len(described[name]["partitions"])
+        actual = {key: configs.get(name, {}).get(key) for key in spec.config}
+        report[name] = {"partitions": partitions, "config": actual}
+        if partitions != spec.partitions:
+            problems.append(TopicCheck(name, f"{partitions} partitions, defined {spec.partitions}"))
+        for key, value in spec.config.items():
+            if actual[key] != value:
+                problems.append(TopicCheck(name, f"{key}={actual[key]}, defined {value}"))
+    return report, problems

@@ -1,0 +1,165 @@
+"""The real local broker (deploy/kafka/broker.sh) and tiergate workers as subprocesses, for the Kafka tests.
+
+Each test gets its own topic prefix (and so its own topics, consumer group and changelog), so tests
+never see each other's records on the one broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from tiergate.streams.kafka import EVENTS, KafkaSettings, create_topics
+from tiergate.streams.kafka_replay import replay_topic, verify
+from tiergate.streams.policy_file import read_policy
+
+ROOT = Path(__file__).parent.parent
+BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
+BOOTSTRAP = f"127.0.0.1:{os.environ.get('TIERGATE_KAFKA_PORT', '19092')}"
+POLICY = ROOT / "tests" / "golden" / "policy.yaml"
+
+
+def broker(action: str) -> None:
+    subprocess.run([str(BROKER), action], check=True, cwd=ROOT)
+
+
+def broker_running() -> bool:
+    return subprocess.run([str(BROKER), "status"], capture_output=True, cwd=ROOT).returncode == 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Deployment:
+    """One isolated tiergate deployment on the shared broker: its topics, its workers."""
+
+    tmp: Path
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}.")
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def settings(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=self.prefix, topics_file=ROOT / "deploy" / "topics.yaml")
+
+    def create_topics(self) -> None:
+        asyncio.run(create_topics(self.settings))
+
+    def produce(self, events: Iterable[bytes], raw_keys: Iterable[bytes] | None = None) -> int:
+        """Produce events keyed by their action type (or by `raw_keys`), as the SDK does."""
+        return asyncio.run(self._produce(list(events), None if raw_keys is None else list(raw_keys)))
+
+    async def _produce(self, events: list[bytes], keys: list[bytes] | None) -> int:
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True)
+        await producer.start()
+        try:
+            for i, raw in enumerate(events):
+                key = keys[i] if keys is not None else _key_of(raw)
+                await producer.send(self.settings.topic(EVENTS), raw, key=key)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        return len(events)
+
+    def start_worker(self, web_port: int | None = None) -> subprocess.Popen[bytes]:
+        port = web_port or free_port()
+        data = self.tmp / f"worker-{len(self.workers)}"
+        env = os.environ | {"TIERGATE_KAFKA_BOOTSTRAP": BOOTSTRAP, "TIERGATE_KAFKA_TOPIC_PREFIX": self.prefix}
+        log = open(self.tmp / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 - the process owns it
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tiergate.streams.cli",
+                "worker",
+                "--policy",
+                str(POLICY),
+                "--web-port",
+                str(port),
+                "--data-dir",
+                str(data),
+                "--loglevel",
+                "info",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.workers.append(process)
+        wait_for(lambda: _healthy(port) or process.poll() is not None, 60, "worker health")
+        assert process.poll() is None, (self.tmp / f"worker-{len(self.workers) - 1}.log").read_text()[-3000:]
+        return process
+
+    def kill(self, process: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
+        process.send_signal(sig)
+        process.wait(timeout=30)
+
+    def stop_all(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.workers:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    def differences(self) -> list[str]:
+        """Differences between a reference fold of the events topic and what the workers recorded."""
+
+        async def check() -> list[str]:
+            reference = await replay_topic(self.settings, read_policy(POLICY))
+            return [f"{d.action_type}: {d.problem}" for d in await verify(self.settings, reference)]
+
+        return asyncio.run(check())
+
+    def wait_consistent(self, timeout: float = 90) -> None:
+        """Poll until the recorded decisions and tier map equal the reference fold (workers catch up)."""
+        last: list[str] = []
+
+        def consistent() -> bool:
+            nonlocal last
+            last = self.differences()
+            return not last
+
+        wait_for(consistent, timeout, "decisions equal to the reference fold", lambda: "; ".join(last[:5]))
+
+
+def _key_of(raw: bytes) -> bytes:
+    try:
+        return str(orjson.loads(raw)["action_type"]).encode()
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return b"unknown"
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def wait_for(condition, timeout: float, what: str, detail=lambda: "") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}. {detail()}")

@@ -1,0 +1,178 @@
+"""The Kafka runtime on a real Apache Kafka broker (deploy/kafka): workers decide exactly what the pure
+fold of the events topic decides, through crashes, rebalances and broker restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer
+from tiergate.models.wire import parse_ts
+from tiergate.streams.kafka import DECISIONS, DLQ, TIER_MAP, describe_topics
+from tiergate.streams.kafka_replay import read_topic
+from tiergate.streams.policy_file import read_policy
+from tiergate.streams.simulate import history, story_fleet
+
+from .kafka_harness import BOOTSTRAP, POLICY, ROOT, Deployment, broker, broker_running, wait_for
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[None]:
+    """The local broker: started here unless it already runs (make test starts it), stopped if started here."""
+    started_here = not broker_running()
+    if started_here:
+        broker("start")
+    yield
+    if started_here:
+        broker("stop")
+
+
+@pytest.fixture
+def deployment(kafka_broker: None, tmp_path: Path) -> Iterator[Deployment]:
+    d = Deployment(tmp_path)
+    d.create_topics()
+    yield d
+    d.stop_all()
+
+
+@functools.cache
+def story(days: int = 24, scale: float = 0.6) -> tuple[bytes, ...]:
+    """A realistic history (late, out-of-order and duplicated deliveries, an operator cap) under the golden
+    policy, dated before the workers' clock so their ticks come after it."""
+    start = parse_ts("2026-10-01T00:00:00Z")
+    events = history(story_fleet(start, seed=5, days=days, scale=scale), read_policy(POLICY), start, days * 24)
+    return tuple(orjson.dumps(e) for e in events if e["action_type"] != "escalate_to_human")
+
+
+def records(deployment: Deployment, topic: str) -> list[tuple[bytes | None, bytes, dict[str, bytes]]]:
+    found = asyncio.run(read_topic(deployment.settings, topic))
+    return [(r.key, r.value or b"", dict(r.headers)) for r in found]
+
+
+def decisions_so_far(deployment: Deployment) -> int:
+    return len(records(deployment, DECISIONS))
+
+
+def test_topics_are_created_from_the_one_definition(deployment: Deployment) -> None:
+    """`tiergate topics create` makes every topic of deploy/topics.yaml with its partitions and configs."""
+    report, problems = asyncio.run(describe_topics(deployment.settings))
+    assert problems == []
+    tier_map = report[deployment.settings.topic(TIER_MAP)]
+    assert tier_map["config"]["cleanup.policy"] == "compact" and tier_map["partitions"] == 6
+    assert report[deployment.settings.topic("tiergate.events.v1")]["config"]["retention.ms"] == "-1"
+
+
+def test_the_worker_decides_exactly_what_the_fold_of_the_topic_decides(deployment: Deployment) -> None:
+    """Events (with poison, duplicates, late and out-of-order ones) → worker → the decisions topic and the
+    compacted tier map equal a pure fold of the events topic as recorded, ticks included; poison goes to
+    the DLQ with its reason and the stream goes on; `replay --from-kafka --verify` agrees, and catches a
+    forged decision."""
+    events = list(story())
+    poison = [b'{"type":"action"', b'{"type":"tick","event_id":"x","ts":"2026-10-02T00:00:00Z","action_type":"nope"}']
+    deployment.produce(events[:2000] + poison + events[2000:] + events[100:150])  # the last 50: redelivered
+    deployment.start_worker()
+    deployment.wait_consistent()
+    kinds = [orjson.loads(value)["kind"] for _, value, _ in records(deployment, DECISIONS)]
+    assert "promote" in kinds and kinds.count("initial") == 4
+    dlq = records(deployment, DLQ)
+    reasons = {headers["tiergate-reason"].decode() for _, _, headers in dlq}
+    assert any(r.startswith("malformed JSON") for r in reasons) and any(
+        "unknown action_type 'nope'" in r for r in reasons
+    )
+    assert all(headers["tiergate-origin"].startswith(deployment.prefix.encode()) for _, _, headers in dlq)
+    verify = [
+        sys.executable,
+        "-m",
+        "tiergate.streams.cli",
+        "replay",
+        "--from-kafka",
+        "--verify",
+        "--policy",
+        str(POLICY),
+        "--bootstrap",
+        BOOTSTRAP,
+        "--topic-prefix",
+        deployment.prefix,
+        "-o",
+        "/dev/null",
+    ]
+    assert subprocess.run(verify, cwd=ROOT, capture_output=True).returncode == 0
+    forged = orjson.loads(records(deployment, DECISIONS)[-1][1]) | {"decision_id": "reply_to_ticket/999"}
+    _send(deployment, DECISIONS, b"reply_to_ticket", orjson.dumps(forged))
+    checked = subprocess.run(verify, cwd=ROOT, capture_output=True, text=True)
+    assert checked.returncode == 1 and "decision log differs" in checked.stderr
+
+
+def test_a_worker_killed_mid_stream_restarts_without_loss_or_double_counting(deployment: Deployment) -> None:
+    """SIGKILL while folding, restart: the table recovers from its changelog, inputs already applied are
+    skipped by their stored offsets, and the outputs equal the reference fold."""
+    deployment.produce(story())
+    worker = deployment.start_worker()
+    wait_for(lambda: decisions_so_far(deployment) >= 6, 60, "the first promotions")
+    deployment.kill(worker, signal.SIGKILL)
+    assert deployment.differences(), "the worker finished before it was killed: the test proves nothing"
+    deployment.start_worker()
+    deployment.wait_consistent()
+
+
+def test_a_second_worker_joining_and_leaving_rebalances_without_loss(deployment: Deployment) -> None:
+    """A rebalance moves partitions and their table state between workers; the outputs stay exact."""
+    deployment.produce(story())
+    deployment.start_worker()
+    wait_for(lambda: decisions_so_far(deployment) >= 6, 60, "the first promotions")
+    second = deployment.start_worker()
+    time.sleep(4)
+    deployment.kill(second, signal.SIGTERM)
+    deployment.wait_consistent()
+
+
+def test_workers_ride_out_a_broker_restart(deployment: Deployment) -> None:
+    """Stop the broker while the worker folds, start it again: the worker reconnects by itself."""
+    deployment.produce(story())
+    deployment.start_worker()
+    wait_for(lambda: decisions_so_far(deployment) >= 6, 60, "the first promotions")
+    broker("stop")
+    time.sleep(2)
+    broker("start")
+    deployment.wait_consistent(timeout=150)
+
+
+def test_a_fresh_consumer_of_the_compacted_tier_map_sees_the_latest_record_per_key(deployment: Deployment) -> None:
+    """After compaction a consumer reading from the beginning gets exactly one record per key: the newest."""
+    topic = deployment.settings.topic(TIER_MAP)
+    for version in range(1, 51):
+        for key in (b"a", b"b", b"c"):
+            _send(deployment, TIER_MAP, key, orjson.dumps({"action_type": key.decode(), "version": version}))
+    time.sleep(11)  # past segment.ms: the next record of each partition rolls its segment; the old one is cleanable
+    rolls = [(f"roll-{p}".encode(), p) for p in range(6)]
+    for key, partition in rolls:
+        _send(deployment, TIER_MAP, key, orjson.dumps({"action_type": key.decode(), "version": 1}), partition)
+    expected = sorted([(b"a", 50), (b"b", 50), (b"c", 50)] + [(key, 1) for key, _ in rolls])
+
+    def compacted() -> bool:
+        seen = [(k, orjson.loads(v)["version"]) for k, v, _ in records(deployment, TIER_MAP)]
+        return sorted(seen) == expected  # type: ignore[type-var]
+
+    wait_for(compacted, 60, f"compaction of {topic}")
+
+
+def _send(deployment: Deployment, topic: str, key: bytes, value: bytes, partition: int | None = None) -> None:
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP)
+        await producer.start()
+        try:
+            await producer.send_and_wait(deployment.settings.topic(topic), value, key=key, partition=partition)
+        finally:
+            await producer.stop()
+
+    asyncio.run(send())
