@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 import yaml
+
 from tiergate.models.policy import load_policy
 from tiergate.models.wire import format_ts, parse_ts
 from tiergate.streams.codec import decode, iter_lines

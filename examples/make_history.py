@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
+
 from tiergate.models.wire import parse_ts
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.simulate import history, story_fleet

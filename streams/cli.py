@@ -306,7 +306,7 @@ def parser() -> argparse.ArgumentParser:
     work.add_argument("--web-port", type=int, help="loopback port of /metrics and /healthz (default 6066)")
     work.add_argument("--data-dir", metavar="DIR", help="faust's data directory (default ./tiergate-worker-data)")
     work.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
-    work.add_argument("--loglevel", default="warning")
+    work.add_argument("--loglevel", default="warn", choices=("crit", "error", "warn", "info", "debug"))
     work.set_defaults(run=_worker)
 
     topics = commands.add_parser("topics", help="create or check the Kafka topics of deploy/topics.yaml")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import orjson
+
 from tiergate.models.evaluator import Event
 from tiergate.models.wire import EventError, parse_event
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+
 from tiergate.models.wire import format_ts, parse_ts
 
 from .clock import ManualClock

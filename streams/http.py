@@ -19,6 +19,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
 from tiergate.models.decisions import TierRecord
 from tiergate.models.views import key_view
 from tiergate.models.wire import parse_ts

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import ConsumerRecord
+
 from tiergate.models.decisions import Decision
 from tiergate.models.policy import Policy
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
+
 from tiergate.models.evaluator import State
 from tiergate.models.policy import Policy
 from tiergate.models.views import key_view

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from tiergate.models.policy import Policy, PolicyError, load_policy
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import IO, BinaryIO
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
 from tiergate.models.decisions import Decision
 from tiergate.models.evaluator import Result, State, initial_decisions, initial_state, step, tier_records
 from tiergate.models.policy import Policy

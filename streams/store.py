@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
 from tiergate.models.decisions import Decision
 from tiergate.models.evaluator import KeyState
 

@@ -27,6 +27,7 @@ from faust.streams import Stream
 from faust.types import EventT, StreamT
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from tiergate.models.decisions import Decision, TierRecord
 from tiergate.models.evaluator import KeyState, Result, State, initial_decisions, initial_key, step
 from tiergate.models.policy import Policy
@@ -48,8 +49,8 @@ class WorkerSettings(BaseSettings):
     web_port: int = 6066
     data_dir: Path = Path("tiergate-worker-data")
     tick_interval: float = Field(1.0, gt=0, description="seconds between the leader's clock checks")
-    batch: int = Field(500, gt=0, description="events folded per batch at most")
-    batch_within: float = Field(0.1, gt=0, description="seconds to wait for a batch to fill")
+    batch: int = Field(5000, gt=0, description="events folded per batch at most")
+    batch_within: float = Field(0.2, gt=0, description="seconds to wait for a batch to fill")
     replication_factor: int = 1
 
 
@@ -97,6 +98,7 @@ class Worker:
             broker_commit_interval=1.0,
             broker_request_timeout=40.0,
             consumer_auto_offset_reset="earliest",
+            broker_max_poll_records=5000,
             producer_acks=-1,
             table_cleanup_interval=3600.0,
             autodiscover=False,
@@ -111,6 +113,8 @@ class Worker:
         self.event_counts: Counter[tuple[str, str]] = Counter()
         self.decision_counts: Counter[tuple[str, str]] = Counter()
         self.last_boundary: int | None = None
+        self.batches = self.batched = 0
+        self.live: dict[bytes, tuple[int, KeyState]] = {}  # key -> (offset applied, state): no rebuild per batch
         self._initial = {d.action_type: d for d in initial_decisions(policy)}
         self.app.agent(self.events, name="evaluate")(self._evaluate)
         self.app.timer(settings.tick_interval, on_leader=True)(self._tick)
@@ -130,22 +134,39 @@ class Worker:
     async def _evaluate(self, stream: StreamT[bytes]) -> None:
         assert isinstance(stream, Stream)  # take_events is on the implementation, not the protocol
         async for batch in stream.take_events(self.settings.batch, within=self.settings.batch_within):
+            self.batches += 1
+            self.batched += len(batch)
             by_key: dict[bytes, list[EventT[bytes]]] = defaultdict(list)
             for event in batch:
                 by_key[event.message.key or b""].append(event)
             for key, events in by_key.items():
-                await self._fold_key(key, events)
+                try:
+                    await self._fold_key(key, events)
+                except BaseException:
+                    self.live.pop(key, None)  # it may be half-advanced: rebuild it from the table next time
+                    raise
+
+    def _load(self, key: bytes) -> tuple[KeyState | None, int, bool]:
+        """(state, offset applied, stored) of a key: the live object when it is still what the table holds
+        (same offset), else rebuilt from the table (after a rebalance or a restart, say)."""
+        saved = self.table.get(key)
+        if saved is None:
+            return None, -1, False
+        live = self.live.get(key)
+        if live is not None and live[0] == saved["offset"]:
+            return live[1], saved["offset"], True
+        state = None if saved["state"] is None else KeyState.from_dict(saved["state"])
+        return state, saved["offset"], True
 
     async def _fold_key(self, key: bytes, events: list[EventT[bytes]]) -> None:
         """Fold one key's events of a batch, in log order; write its state once."""
         name = key.decode("utf-8", errors="replace")
-        saved = self.table.get(key)
-        applied = -1 if saved is None else saved["offset"]
-        key_state = None if saved is None or saved["state"] is None else KeyState.from_dict(saved["state"])
-        if saved is None and name in self.policy.types:
+        key_state, applied, stored = self._load(key)
+        if not stored and name in self.policy.types:
             key_state = initial_key(self.policy, name)
             await self._publish(self._initial[name])
         state = State({} if key_state is None else {name: key_state})
+        label = name if name in self.policy.types else ""  # metric labels stay bounded by the catalog
         for event in events:
             offset = event.message.offset
             if offset <= applied:
@@ -155,9 +176,11 @@ class Worker:
             try:
                 parsed = decode(raw)
             except EventError as error:
+                self.event_counts[label, Result.REJECTED] += 1
                 await self._set_aside(event, Result.REJECTED, error.reason)
                 continue
             if parsed.action_type != name:
+                self.event_counts[label, Result.REJECTED] += 1
                 await self._set_aside(
                     event,
                     Result.REJECTED,
@@ -166,12 +189,14 @@ class Worker:
                 )
                 continue
             _, decisions, result, reason = step(state, parsed, self.policy)
-            self.event_counts[name if name in self.policy.types else "", result] += 1
+            self.event_counts[label, result] += 1
             for decision in decisions:
                 await self._publish(decision)
             if reason is not None:
                 await self._set_aside(event, result, reason)
         self.table[key] = {"state": None if key_state is None else key_state.to_dict(), "offset": applied}
+        if key_state is not None:
+            self.live[key] = (applied, key_state)
 
     async def _publish(self, decision: Decision) -> None:
         key = decision.action_type.encode()
@@ -181,8 +206,6 @@ class Worker:
             await self.tier_map.send(key=key, value=TierRecord.from_decision(decision).to_json().encode())
 
     async def _set_aside(self, event: EventT[bytes], result: str, reason: str) -> None:
-        if result == Result.REJECTED and (event.message.key or b"").decode(errors="replace") not in self.policy.types:
-            self.event_counts["", result] += 1
         message = event.message
         headers = {
             "tiergate-result": result.encode(),
@@ -236,5 +259,7 @@ class Worker:
                 "status": "ok",
                 "policy_version": self.policy.version,
                 "assigned": len(self.app.assignor.assigned_actives()),
+                "batches": self.batches,
+                "batched_events": self.batched,
             }
         )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import orjson
 from aiokafka import AIOKafkaProducer
+
 from tiergate.streams.kafka import EVENTS, KafkaSettings, create_topics
 from tiergate.streams.kafka_replay import replay_topic, verify
 from tiergate.streams.policy_file import read_policy
@@ -76,10 +77,10 @@ class Deployment:
             await producer.stop()
         return len(events)
 
-    def start_worker(self, web_port: int | None = None) -> subprocess.Popen[bytes]:
+    def start_worker(self, web_port: int | None = None, bootstrap: str = BOOTSTRAP) -> subprocess.Popen[bytes]:
         port = web_port or free_port()
         data = self.tmp / f"worker-{len(self.workers)}"
-        env = os.environ | {"TIERGATE_KAFKA_BOOTSTRAP": BOOTSTRAP, "TIERGATE_KAFKA_TOPIC_PREFIX": self.prefix}
+        env = os.environ | {"TIERGATE_KAFKA_BOOTSTRAP": bootstrap, "TIERGATE_KAFKA_TOPIC_PREFIX": self.prefix}
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 - the process owns it
         process = subprocess.Popen(
             [

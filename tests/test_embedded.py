@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
+
 from tiergate.models.wire import parse_ts
 from tiergate.streams.cli import main
 from tiergate.streams.clock import ManualClock

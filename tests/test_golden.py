@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+
 from tiergate.streams.cli import main
 
 from .golden.scenarios import SCENARIOS, events_jsonl

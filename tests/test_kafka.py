@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
+
 from tiergate.models.wire import parse_ts
 from tiergate.streams.kafka import DECISIONS, DLQ, TIER_MAP, describe_topics
 from tiergate.streams.kafka_replay import read_topic

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tiergate.models.policy import PolicyError, load_policy
 from tiergate.streams.policy_file import PolicyFileError, read_policy
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from tiergate.models import State, fold
 from tiergate.models.policy import parse_duration
 from tiergate.models.wire import TIER_INDEX, event_from_dict, format_ts, parse_ts

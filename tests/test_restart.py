@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import orjson
+
 from tiergate.models import State, fold
 from tiergate.models.wire import format_ts, parse_event
 from tiergate.streams.embedded import DB_NAME

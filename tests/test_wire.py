@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tiergate.models.wire import MAX_EVENT_BYTES, EventError, Outcome, format_ts, parse_event, parse_ts
 
 

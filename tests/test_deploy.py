@@ -1,0 +1,75 @@
+"""The deployment files agree with each other: what CI runs (deploy/kafka) is what Docker users run."""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import yaml
+
+from tiergate.streams.kafka import read_topics
+
+ROOT = Path(__file__).parent.parent
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.kafka.yml").read_text())
+BROKER_SCRIPT = (ROOT / "deploy" / "kafka" / "broker.sh").read_text()
+
+
+def pinned_kafka_version() -> str:
+    pom = ET.parse(ROOT / "deploy" / "kafka" / "pom.xml").getroot()
+    version = pom.find("{http://maven.apache.org/POM/4.0.0}properties/{http://maven.apache.org/POM/4.0.0}kafka.version")
+    assert version is not None and version.text
+    return version.text
+
+
+def broker_properties() -> dict[str, str]:
+    block = BROKER_SCRIPT.split('cat > "$run/server.properties" <<EOF', 1)[1].split("\nEOF", 1)[0]
+    return dict(line.split("=", 1) for line in block.strip().splitlines())
+
+
+def test_compose_runs_the_kafka_version_that_deploy_pins() -> None:
+    """The apache/kafka image tag is the Maven version of the local broker, a 4.x release."""
+    assert COMPOSE["services"]["kafka"]["image"] == f"apache/kafka:{pinned_kafka_version()}"
+    assert re.match(r"^4\.\d+\.\d+$", pinned_kafka_version())
+
+
+def test_compose_broker_settings_match_the_local_broker() -> None:
+    """Auto-create off, no initial rebalance delay, replication 1: the same broker settings in both places."""
+    env = COMPOSE["services"]["kafka"]["environment"]
+    local = broker_properties()
+    for name in (
+        "auto.create.topics.enable",
+        "group.initial.rebalance.delay.ms",
+        "offsets.topic.replication.factor",
+        "offsets.topic.num.partitions",
+        "transaction.state.log.replication.factor",
+        "log.cleaner.backoff.ms",
+    ):
+        assert env["KAFKA_" + name.upper().replace(".", "_")] == local[name], name
+    assert env["KAFKA_PROCESS_ROLES"] == local["process.roles"]
+
+
+def test_compose_creates_the_topics_from_the_one_definition_before_the_worker_starts() -> None:
+    """The topic step runs `tiergate topics create` on deploy/topics.yaml; the worker waits for it."""
+    topics, worker = COMPOSE["services"]["topics"], COMPOSE["services"]["worker"]
+    assert topics["command"][:2] == ["topics", "create"] and "deploy/topics.yaml" in topics["command"]
+    assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+    assert worker["command"][0] == "worker" and (ROOT / worker["command"][2]).exists()
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "COPY deploy/topics.yaml" in dockerfile and "'.[kafka]'" in dockerfile
+
+
+def test_the_topic_definition_keeps_the_changelog_co_partitioned_and_the_tier_map_compacted() -> None:
+    """A source/changelog partition mismatch crash-loops the worker; the tier map must compact."""
+    topics = read_topics(ROOT / "deploy" / "topics.yaml")
+    assert topics["tiergate-worker-state-changelog"].partitions == topics["tiergate.events.v1"].partitions
+    assert topics["tiergate.tier-map.v1"].config["cleanup.policy"] == "compact"
+    assert topics["tiergate.events.v1"].config["retention.ms"] == "-1"
+
+
+def test_prometheus_in_compose_scrapes_the_worker() -> None:
+    """The mounted scrape config targets the worker's /metrics port."""
+    mount = COMPOSE["services"]["prometheus"]["volumes"][0].split(":")[0]
+    config = yaml.safe_load((ROOT / mount).read_text())
+    target = config["scrape_configs"][0]["static_configs"][0]["targets"][0]
+    assert target == f"worker:{COMPOSE['services']['worker']['environment']['TIERGATE_WORKER_WEB_PORT']}"
