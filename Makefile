@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup system-deps demo test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 
+# Debian's Prometheus (prometheus, promtool) for the observability tests; Java and Maven for the Kafka broker
+# come with the machine. The broker itself is started by the tests (tests/test_kafka.py) when it is not running.
+system-deps:
+	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v java >/dev/null && command -v mvn >/dev/null || { echo "Java and Maven are needed for the Kafka broker" >&2; exit 1; }
+
 demo: setup
 	$(BIN)/tiergate demo
 
@@ -26,7 +32,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy models streams
 
-unit: setup
+unit: setup system-deps
 	$(BIN)/pytest
 
 test: lint typecheck unit

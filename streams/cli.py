@@ -261,6 +261,19 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _plot(args: argparse.Namespace) -> int:
+    from .plot import render, timelines
+
+    policy = read_policy(args.policy)
+    with open(args.events, "rb") as stream:
+        lines = timelines((line for _, line in file_lines(stream)), policy)
+    if args.types:
+        lines = {name: line for name, line in lines.items() if name in args.types.split(",")}
+    render(lines, Path(args.output), f"{Path(args.events).name} under policy {policy.version}")
+    err.print(f"wrote {args.output}: {', '.join(sorted(lines))}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(
         prog="tiergate", description="Progressive autonomy for AI agents, earned per action type."
@@ -291,6 +304,13 @@ def parser() -> argparse.ArgumentParser:
         help="progress bar on stderr (default: for large files on a terminal)",
     )
     replay.set_defaults(run=_replay)
+
+    plot = commands.add_parser("plot", help="each type's bars, samples and tier over time as a PNG (plot extra)")
+    plot.add_argument("events", metavar="EVENTS.jsonl")
+    plot.add_argument("--policy", required=True, metavar="POLICY.yaml")
+    plot.add_argument("-o", "--output", default="tiers.png", metavar="FILE.png")
+    plot.add_argument("--types", help="comma-separated action types (default: every evaluated type)")
+    plot.set_defaults(run=_plot)
 
     check = commands.add_parser("check-policy", help="validate a policy; print its normalised form and sha256")
     check.add_argument("policy", metavar="POLICY.yaml")

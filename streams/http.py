@@ -242,6 +242,7 @@ def make_app(evaluator: Evaluator, settings: ServeSettings, ticking: bool = True
             lambda: evaluator.state,
             lambda: Tallies(evaluator.event_counts, evaluator.decision_counts),
             evaluator.clock.now,
+            settings.stale_after,
         )
     )
     app[EVALUATOR], app[SETTINGS], app[WRITER], app[REGISTRY] = evaluator, settings, writer, registry

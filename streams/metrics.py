@@ -33,9 +33,15 @@ class TiergateCollector(Collector):
     """Exposes tiers, bars, hold progress and event/decision counts from `state()` at each scrape."""
 
     def __init__(
-        self, policy: Policy, state: Callable[[], State], tallies: Callable[[], Tallies], clock: Callable[[], int]
+        self,
+        policy: Policy,
+        state: Callable[[], State],
+        tallies: Callable[[], Tallies],
+        clock: Callable[[], int],
+        stale_after: int = 6 * 3600,
     ) -> None:
         self.policy, self.state, self.tallies, self.clock = policy, state, tallies, clock
+        self.stale_after = stale_after
 
     def collect(self) -> Iterator[Metric]:
         policy = self.policy
@@ -89,6 +95,17 @@ class TiergateCollector(Collector):
         lag = GaugeMetricFamily(
             "tiergate_watermark_lag_seconds", "Runtime clock minus the watermark", labels=["action_type"]
         )
+        in_tier = GaugeMetricFamily(
+            "tiergate_time_in_tier_seconds", "Runtime clock minus when the current tier began", labels=["action_type"]
+        )
+        closed = GaugeMetricFamily(
+            "tiergate_last_close_seconds", "End of the last closed window (Unix seconds)", labels=["action_type"]
+        )
+        stale = GaugeMetricFamily(
+            "tiergate_evidence_stale",
+            f"1 when no window has closed for {self.stale_after}s of runtime clock: the bars are not being judged",
+            labels=["action_type"],
+        )
         now = self.clock()
         for key in sorted(self.state().keys.values(), key=lambda k: k.action_type):
             view = key_view(key, policy)
@@ -114,4 +131,31 @@ class TiergateCollector(Collector):
             if view.watermark is not None:
                 watermark.add_metric([name], view.watermark)
                 lag.add_metric([name], now - view.watermark)
+            if view.since is not None:
+                in_tier.add_metric([name], now - view.since)
+            if view.last_close is not None:
+                closed.add_metric([name], view.last_close)
+                stale.add_metric([name], float(now - view.last_close > self.stale_after))
         yield from (tier, level, since, rate, samples, lower, upper, target, threshold, hold, watermark, lag)
+        yield from (in_tier, closed, stale)
+
+
+class WorkerCollector(Collector):
+    """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches."""
+
+    def __init__(
+        self, lag: Callable[[], dict[int, int]], rebalances: Callable[[], int], batches: Callable[[], int]
+    ) -> None:
+        self.lag, self.rebalances, self.batches = lag, rebalances, batches
+
+    def collect(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "tiergate_consumer_lag_messages", "Input messages behind the partition end", labels=["partition"]
+        )
+        for partition, behind in sorted(self.lag().items()):
+            lag.add_metric([str(partition)], behind)
+        yield lag
+        yield CounterMetricFamily(
+            "tiergate_worker_rebalances", "Partition assignments this worker received", value=self.rebalances()
+        )
+        yield CounterMetricFamily("tiergate_worker_batches", "Batches folded", value=self.batches())

@@ -32,6 +32,7 @@ class ServeSettings(BaseSettings):
     tick_interval: float = Field(1.0, gt=0, description="seconds between checks for idle windows to close")
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     max_batch: int = Field(10_000, gt=0, description="events in one POST")
+    stale_after: int = Field(6 * 3600, gt=0, description="seconds without a window close before evidence is stale")
 
     @classmethod
     def load(cls, config: Path | None = None, **flags: Any) -> ServeSettings:

@@ -35,7 +35,7 @@ from tiergate.models.wire import Tick, format_ts
 
 from .codec import EventError, decode, encode
 from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, KafkaSettings, read_topics
-from .metrics import Tallies, TiergateCollector
+from .metrics import Tallies, TiergateCollector, WorkerCollector
 
 
 class WorkerSettings(BaseSettings):
@@ -52,6 +52,7 @@ class WorkerSettings(BaseSettings):
     batch: int = Field(5000, gt=0, description="events folded per batch at most")
     batch_within: float = Field(0.2, gt=0, description="seconds to wait for a batch to fill")
     replication_factor: int = 1
+    stale_after: int = Field(6 * 3600, gt=0, description="seconds without a window close before evidence is stale")
 
 
 def _broker_url(bootstrap: str) -> str:
@@ -115,6 +116,13 @@ class Worker:
         self.last_boundary: int | None = None
         self.batches = self.batched = 0
         self.live: dict[bytes, tuple[int, KeyState]] = {}  # key -> (offset applied, state): no rebuild per batch
+        self.position: dict[int, int] = {}  # input partition -> offset of the last event taken
+        self.rebalances = 0
+
+        async def assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            self.rebalances += 1
+
+        self.app.on_partitions_assigned.connect(assigned)
         self._initial = {d.action_type: d for d in initial_decisions(policy)}
         self.app.agent(self.events, name="evaluate")(self._evaluate)
         self.app.timer(settings.tick_interval, on_leader=True)(self._tick)
@@ -136,6 +144,8 @@ class Worker:
         async for batch in stream.take_events(self.settings.batch, within=self.settings.batch_within):
             self.batches += 1
             self.batched += len(batch)
+            for event in batch:
+                self.position[event.message.partition] = event.message.offset
             by_key: dict[bytes, list[EventT[bytes]]] = defaultdict(list)
             for event in batch:
                 by_key[event.message.key or b""].append(event)
@@ -231,6 +241,19 @@ class Worker:
 
     # -- observability -------------------------------------------------------------------------------
 
+    def consumer_lag(self) -> dict[int, int]:
+        """Messages behind the end of each assigned input partition."""
+        consumer, lag = self.app.consumer, {}
+        committed = getattr(consumer, "_committed_offset", {})  # faust keeps no public accessor for it
+        for tp in self.app.assignor.assigned_actives():
+            if tp.topic != self.events.get_topic_name():
+                continue
+            end = consumer.highwater(tp)
+            done = self.position.get(tp.partition)
+            next_offset = done + 1 if done is not None else (committed.get(tp) or 0)
+            lag[tp.partition] = max(0, (end or 0) - next_offset)
+        return lag
+
     def local_state(self) -> State:
         """The keys this worker holds now (its assigned partitions)."""
         keys = {}
@@ -249,8 +272,10 @@ class Worker:
                 self.local_state,
                 lambda: Tallies(self.event_counts, self.decision_counts),
                 lambda: int(time.time()),
+                self.settings.stale_after,
             )
         )
+        registry.register(WorkerCollector(self.consumer_lag, lambda: self.rebalances, lambda: self.batches))
         return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
 
     def _health(self, web: Any) -> Any:

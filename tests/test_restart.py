@@ -31,7 +31,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+def start(data_dir: Path, port: int, policy: Path = POLICY) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -39,7 +39,7 @@ def start(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
             "tiergate.streams.cli",
             "serve",
             "--policy",
-            str(POLICY),
+            str(policy),
             "--data-dir",
             str(data_dir),
             "--port",
