@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,7 +70,7 @@ def render(lines: dict[str, Timeline], output: Path, title: str) -> None:
     )
     for row, name in enumerate(names):
         views = lines[name].views
-        when = [datetime.fromtimestamp(v.last_close or 0, UTC) for v in views]
+        when = [(v.last_close or 0) / 86400 for v in views]  # matplotlib's date numbers: days since 1970
         rates, samples, tiers = axes[row * 3][0], axes[row * 3 + 1][0], axes[row * 3 + 2][0]
         _bars(rates, samples, views, when)
         tiers.step(when, [TIER_INDEX[v.tier] for v in views], where="post", color="black")
@@ -81,24 +80,28 @@ def render(lines: dict[str, Timeline], output: Path, title: str) -> None:
         rates.set_ylabel("rate")
         samples.set_ylabel("samples")
         tiers.set_ylabel("tier")
+        for axis in (rates, samples, tiers):
+            axis.xaxis_date()
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(output, dpi=90)
     plt.close(figure)
 
 
-def _bars(rates: Axes, samples: Axes, views: list[KeyView], when: list[datetime]) -> None:
-    """Each bar's series, as judged at the tier of the moment (bars change when the tier does)."""
-    series: dict[tuple[str, str], dict[str, list[float | None]]] = {}
+def _bars(rates: Axes, samples: Axes, views: list[KeyView], when: list[float]) -> None:
+    """Each bar's series, as judged at the tier of the moment (bars change when the tier does); NaN where
+    a bar does not apply, so its line breaks there."""
+    nan = float("nan")
+    series: dict[tuple[str, str], dict[str, list[float]]] = {}
     for i, view in enumerate(views):
         for rule, judged in (("promote", view.promote), ("keep", view.keep)):
             for e in judged:
-                s = series.setdefault((rule, e.bar.metric), defaultdict(lambda: [None] * len(views)))
-                s["rate"][i] = e.rate
-                s["lower"][i] = e.lower if e.n else None
+                s = series.setdefault((rule, e.bar.metric), defaultdict(lambda: [nan] * len(views)))
+                s["rate"][i] = nan if e.rate is None else e.rate
+                s["lower"][i] = e.lower if e.n else nan
                 s["n"][i] = e.n
                 s["target"][i] = e.bar.target
-                s["threshold"][i] = float(e.bar.keep_below) if rule == "keep" else None
+                s["threshold"][i] = float(e.bar.keep_below) if rule == "keep" else nan
                 s["min"][i] = e.bar.min_samples
     for (rule, metric), s in sorted(series.items()):
         label = f"{rule} {metric}"
@@ -106,14 +109,18 @@ def _bars(rates: Axes, samples: Axes, views: list[KeyView], when: list[datetime]
             line = rates.plot(when, s["lower"], label=f"{label}: Wilson lower")[0]
         else:
             line = rates.plot(when, s["rate"], label=f"{label}: rate")[0]
-            low = [x if x is not None else float("nan") for x in s["threshold"]]
-            high = [x if x is not None else float("nan") for x in s["target"]]
             rates.fill_between(
-                when, low, high, color=line.get_color(), alpha=0.15, step="post", label=f"{label}: margin band"
+                when,
+                s["threshold"],
+                s["target"],
+                color=line.get_color(),
+                alpha=0.15,
+                step="post",
+                label=f"{label}: margin band",
             )
         rates.step(when, s["target"], where="post", linestyle="--", color=line.get_color(), linewidth=0.8)
         samples.plot(when, s["n"], color=line.get_color(), label=label)
         samples.step(when, s["min"], where="post", linestyle=":", color=line.get_color(), linewidth=0.8)
-    shown = [x for s in series.values() for key in ("lower", "rate", "threshold") for x in s[key] if x is not None]
+    shown = [x for s in series.values() for key in ("lower", "rate", "threshold") for x in s[key] if x == x]
     rates.set_ylim(max(0.0, min(shown, default=0.5) - 0.05), 1.01)
     rates.legend(loc="lower left", fontsize=7, ncols=3)
