@@ -49,7 +49,7 @@ class Writer:
     def __init__(self, evaluator: Evaluator) -> None:
         self.evaluator = evaluator
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiergate-writer")
-        self.subscribers: set[asyncio.Queue[TierRecord]] = set()
+        self.subscribers: set[asyncio.Queue[TierRecord | None]] = set()  # None: the server is shutting down
 
     async def run(self, work: Callable[[], Ingested | None]) -> Ingested | None:
         done = await asyncio.get_running_loop().run_in_executor(self.thread, work)
@@ -145,18 +145,20 @@ async def stream_tiers(request: web.Request) -> web.StreamResponse:
     writer = request.app[WRITER]
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
-    queue: asyncio.Queue[TierRecord] = asyncio.Queue()
+    queue: asyncio.Queue[TierRecord | None] = asyncio.Queue()
     writer.subscribers.add(queue)
     try:
         for record in writer.evaluator.tier_map():
             await response.write(_sse(record))
         while True:
             try:
-                record = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT)
+                update = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT)
             except TimeoutError:
                 await response.write(b": heartbeat\n\n")
                 continue
-            await response.write(_sse(record))
+            if update is None:
+                break
+            await response.write(_sse(update))
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -261,6 +263,12 @@ def make_app(evaluator: Evaluator, settings: ServeSettings, ticking: bool = True
     )
     if ticking:
         app.cleanup_ctx.append(_ticker)
+
+    async def end_streams(_: web.Application) -> None:
+        for queue in writer.subscribers:
+            queue.put_nowait(None)  # let open event streams finish instead of waiting out the shutdown timeout
+
+    app.on_shutdown.append(end_streams)
 
     async def close(_: web.Application) -> None:
         await asyncio.get_running_loop().run_in_executor(None, writer.close)
