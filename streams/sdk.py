@@ -174,18 +174,19 @@ class TierMapClient:
 
     def tier_for(self, action_type: str) -> str:
         """The tier to act at: Crawl for an unknown type, before the first full load, or when stale."""
-        status = self.status()
-        if status.failing_closed:
-            if not self._closed_reported:
-                log.warning(
-                    "tier map %s: answering crawl for every action type",
-                    "not loaded yet" if not status.loaded else f"stale ({status.age:.0f}s old)",
-                )
-                self._closed_reported = True
-            return CRAWL
-        self._closed_reported = False
-        record = self._records.get(action_type)
-        return CRAWL if record is None else str(record["tier"])
+        alive_at = self._alive_at
+        if self._loaded and alive_at is not None and self.clock() - alive_at <= self.staleness:  # the hot path
+            self._closed_reported = False
+            record = self._records.get(action_type)
+            return CRAWL if record is None else str(record["tier"])
+        if not self._closed_reported:  # not loaded or stale: fail closed, and say so once
+            status = self.status()
+            log.warning(
+                "tier map %s: answering crawl for every action type",
+                "not loaded yet" if not status.loaded else f"stale ({status.age or 0:.0f}s old)",
+            )
+            self._closed_reported = True
+        return CRAWL
 
     def record(self, action_type: str) -> dict[str, Any] | None:
         """The newest tier record held for a type (whatever the freshness), for display and debugging."""

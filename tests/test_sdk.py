@@ -202,3 +202,49 @@ async def test_openfeature_reads_tiers_through_the_same_client(server: LiveServe
         assert flags.get_string_details("no_such_type", "run").value == "crawl"
         assert flags.get_boolean_details("reply_to_ticket", True).error_code == "TYPE_MISMATCH"
         api.clear_providers()
+
+
+async def test_the_example_agent_acts_as_each_tier_allows(server: LiveServer) -> None:
+    """examples/agent.py suggests at Crawl, acts on staff at Walk, acts on customers at Run, reporting the
+    outcomes each tier can observe."""
+    import importlib.util
+    import random
+
+    spec = importlib.util.spec_from_file_location(
+        "example_agent", Path(__file__).parent.parent / "examples" / "agent.py"
+    )
+    assert spec is not None and spec.loader is not None
+    agent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agent)
+    sink = HttpEventSink(server.url)
+    reporter = Reporter(sink, agent="example", clock=lambda: parse_ts("2026-11-02T10:00:00Z"))
+    lines = []
+    async with TierMapClient(HttpTierTransport(server.url)) as tiers:
+        gate = Gate(tiers, reporter)
+        for step, promote in enumerate((False, True, True)):
+            if promote:
+                await post(
+                    server,
+                    json.dumps(
+                        {
+                            "type": "override",
+                            "event_id": f"p{step}",
+                            "ts": "2026-11-02T09:00:00Z",
+                            "action_type": "refund_up_to_50",
+                            "op": "promote",
+                            "actor": "ops",
+                            "reason": "example",
+                        }
+                    ).encode(),
+                )
+            expected = ("crawl", "walk", "run")[step]
+            assert await tiers.wait_for(lambda c, t=expected: c.tier_for("refund_up_to_50") == t, 5)  # type: ignore[misc]
+            lines.append(await agent.handle_refund(gate, reporter, step, random.Random(step)))
+    await sink.close()
+    assert ["suggested" in lines[0], "staff account" in lines[1], "customer directly" in lines[2]] == [True] * 3
+    outcomes = [
+        (e["tier"], e["kind"])
+        for e in (json.loads(raw) for _, raw in server.evaluator.store.events())
+        if e["type"] == "outcome"
+    ]
+    assert outcomes == [("crawl", "review"), ("walk", "internal"), ("walk", "customer"), ("run", "customer")]
