@@ -198,18 +198,17 @@ def latency_policy(tmp: Path, types: int) -> Path:
     return path
 
 
-async def latency(types: int, tmp: Path) -> dict[str, Any]:
-    policy = latency_policy(tmp, types)
-    prefix = f"lat{uuid.uuid4().hex[:6]}."
-    settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=ROOT / "deploy" / "topics.yaml")
-    await create_topics(settings)
-    start = parse_ts("2030-01-01T00:00:00Z")  # after the leader's clock ticks: they cannot close these windows
-    reviews = [
+EDGE_START = parse_ts("2030-01-01T00:00:00Z")  # after the workers' clock ticks: they cannot close these windows
+
+
+def edge_events(types: int) -> list[bytes]:
+    """Per type k00…, the reviews of hours 0-3 (golden policy): passing from 02:00, promoted at the 04:00 close."""
+    return [
         orjson.dumps(
             {
                 "type": "outcome",
                 "event_id": f"{k}-{h}-{n}",
-                "ts": format_ts(start + h * 3600 + 1800),
+                "ts": format_ts(EDGE_START + h * 3600 + 1800),
                 "action_type": k,
                 "action_id": f"{k}-{h}-{n}",
                 "tier": "crawl",
@@ -221,6 +220,21 @@ async def latency(types: int, tmp: Path) -> dict[str, Any]:
         for h in range(4)
         for n in range(10)
     ]
+
+
+def closing_tick(key: str) -> bytes:
+    """The tick that closes window 03:00-04:00 of a type at the edge: it is promoted at that close."""
+    return orjson.dumps(
+        {"type": "tick", "event_id": f"close-{key}", "ts": format_ts(EDGE_START + 4 * 3600 + 900), "action_type": key}
+    )
+
+
+async def latency(types: int, tmp: Path) -> dict[str, Any]:
+    policy = latency_policy(tmp, types)
+    prefix = f"lat{uuid.uuid4().hex[:6]}."
+    settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=ROOT / "deploy" / "topics.yaml")
+    await create_topics(settings)
+    reviews = edge_events(types)
     await produce(settings.topic(EVENTS), reviews)
     port = 16067
     worker = start_worker(policy, prefix, port, tmp / "latency-worker.log")
@@ -238,16 +252,8 @@ async def latency(types: int, tmp: Path) -> dict[str, Any]:
             pass
         for i in range(types):
             key = f"k{i:02d}"
-            tick = orjson.dumps(
-                {
-                    "type": "tick",
-                    "event_id": f"close-{key}",
-                    "ts": format_ts(start + 4 * 3600 + 900),
-                    "action_type": key,
-                }
-            )
             sent = time.perf_counter()
-            await producer.send_and_wait(settings.topic(EVENTS), tick, key=key.encode())
+            await producer.send_and_wait(settings.topic(EVENTS), closing_tick(key), key=key.encode())
             found = False
             while not found:
                 for messages in (await tail.getmany(timeout_ms=2000)).values():

@@ -25,10 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
 from aiohttp import web
 
-from tiergate.models.wire import format_ts, parse_ts
 from tiergate.streams.clock import ManualClock
 from tiergate.streams.embedded import Evaluator
 from tiergate.streams.http import make_app
@@ -38,9 +36,18 @@ from tiergate.streams.sdk import HttpTierTransport, KafkaTierTransport, MemoryTi
 from tiergate.streams.settings import ServeSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
-from kafka_worker import BOOTSTRAP, ROOT, latency_policy, metric_total, produce, start_worker, wait_healthy
-
-START = parse_ts("2030-01-01T00:00:00Z")
+from kafka_worker import (
+    BOOTSTRAP,
+    EDGE_START,
+    ROOT,
+    closing_tick,
+    edge_events,
+    latency_policy,
+    metric_total,
+    produce,
+    start_worker,
+    wait_healthy,
+)
 
 
 def summary(samples: list[float]) -> dict[str, Any]:
@@ -72,36 +79,9 @@ async def tier_for_cost() -> dict[str, Any]:
     }
 
 
-def edge_events(types: int) -> list[bytes]:
-    """Per type, the reviews of hours 0-3 (golden policy): passing from 02:00, promoted at the 04:00 close."""
-    return [
-        orjson.dumps(
-            {
-                "type": "outcome",
-                "event_id": f"{k}-{h}-{n}",
-                "ts": format_ts(START + h * 3600 + 1800),
-                "action_type": k,
-                "action_id": f"{k}-{h}-{n}",
-                "tier": "crawl",
-                "kind": "review",
-                "result": "accepted",
-            }
-        )
-        for k in (f"k{i:02d}" for i in range(types))
-        for h in range(4)
-        for n in range(10)
-    ]
-
-
-def closing_tick(key: str) -> bytes:
-    return orjson.dumps(
-        {"type": "tick", "event_id": f"close-{key}", "ts": format_ts(START + 4 * 3600 + 900), "action_type": key}
-    )
-
-
 async def http_latency(types: int, tmp: Path) -> dict[str, Any]:
     policy_path = latency_policy(tmp, types)
-    evaluator = Evaluator(read_policy(policy_path), tmp / "data", ManualClock(START + 5 * 3600))
+    evaluator = Evaluator(read_policy(policy_path), tmp / "data", ManualClock(EDGE_START + 5 * 3600))
     runner = web.AppRunner(make_app(evaluator, ServeSettings(policy=policy_path, data_dir=tmp / "data"), ticking=False))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
