@@ -268,3 +268,18 @@ def test_a_data_dir_keeps_its_policy(tmp_path: Path) -> None:
     other.write_text(POLICY.read_text().replace('"golden-1"', '"golden-2"'))
     with pytest.raises(Exception, match="one log runs one policy"):
         Evaluator(read_policy(other), tmp_path, ManualClock(0))
+
+
+def test_settings_come_from_flags_then_environment_then_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tiergate serve` settings: a flag beats TIERGATE_*, which beats the TOML file, which beats the default."""
+    config = tmp_path / "tiergate.toml"
+    config.write_text(f'policy = "{POLICY}"\nport = 9001\nmax_skew = 60\ntick_interval = 5.0\n')
+    monkeypatch.setenv("TIERGATE_PORT", "9002")
+    monkeypatch.setenv("TIERGATE_MAX_SKEW", "90")
+    settings = ServeSettings.load(config, port=9003, host=None)
+    assert (settings.port, settings.max_skew, settings.tick_interval, settings.host) == (9003, 90, 5.0, "127.0.0.1")
+    assert ServeSettings.load(config).port == 9002
+    monkeypatch.delenv("TIERGATE_PORT")
+    assert ServeSettings.load(config).port == 9001
