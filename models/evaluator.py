@@ -126,6 +126,11 @@ class State:
 Step = tuple[State, tuple[Decision, ...], str, str | None]
 
 
+def ceiling(key: KeyState, policy: TypePolicy) -> int:
+    """The highest tier a type may hold now: its `max_tier`, or an operator's cap below it."""
+    return min(policy.max_tier, RUN if key.cap is None else key.cap)
+
+
 def starting_tier(policy: TypePolicy) -> int:
     return RUN if policy.read_only else 0
 
@@ -309,8 +314,7 @@ class _Fold:
             self.move("promote", key.tier + 1, end, reason, evidence=tuple(e.record() for e in judged), hold=hold)
 
     def ceiling(self) -> int:
-        key = self.key
-        return min(self.type_policy.max_tier, RUN if key.cap is None else key.cap)
+        return ceiling(self.key, self.type_policy)
 
     def may_promote(self, end: int) -> bool:
         key, tp = self.key, self.type_policy

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .evaluator import KeyState, judge_bars
+from .evaluator import KeyState, ceiling, judge_bars
 from .policy import Policy
 from .stats import Evidence, judge_keep, judge_promote
 from .wire import TIERS, format_ts
@@ -67,7 +67,7 @@ def key_view(key: KeyState, policy: Policy) -> KeyView:
     type_policy = policy.types[key.action_type]
     tier, z = key.tier, policy.z
 
-    ceiling = min(type_policy.max_tier, 2 if key.cap is None else key.cap)
+    highest = ceiling(key, type_policy)
     has_gate = bool(type_policy.promote_bars[tier]) and not key.read_only
     return KeyView(
         action_type=key.action_type,
@@ -77,7 +77,7 @@ def key_view(key: KeyState, policy: Policy) -> KeyView:
         read_only=key.read_only,
         pinned=None if key.pinned is None else TIERS[key.pinned],
         cap=None if key.cap is None else TIERS[key.cap],
-        ceiling=TIERS[ceiling],
+        ceiling=TIERS[highest],
         watermark=None if key.max_ts is None else key.max_ts - policy.allowed_lateness,
         last_close=None if key.next_close is None else key.next_close * policy.window,
         promote=() if key.read_only else judge_bars(key, type_policy.promote_bars[tier], judge_promote, z),

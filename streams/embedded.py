@@ -190,7 +190,7 @@ class Evaluator:
         self.event_counts["", Result.REJECTED] += len(out.results) - len(appended)  # bad input and `future`
         for decision in out.decisions:
             self.decision_counts[decision.action_type, decision.kind] += 1
-        out.tier_changes = [TierRecord.from_decision(d) for d in out.decisions if d.from_tier != d.to_tier]
+        out.tier_changes = [TierRecord.from_decision(d) for d in out.decisions if d.moves]
         self.tiers = self.tiers | {r.action_type: r for r in out.tier_changes}  # readers see whole records
 
     # -- the clock -------------------------------------------------------------------------------------

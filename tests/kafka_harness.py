@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,8 @@ from tiergate.streams.kafka import EVENTS, KafkaSettings, create_topics
 from tiergate.streams.kafka_replay import replay_topic, verify
 from tiergate.streams.policy_file import read_policy
 
+from .test_restart import free_port
+
 ROOT = Path(__file__).parent.parent
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
 BOOTSTRAP = f"127.0.0.1:{os.environ.get('TIERGATE_KAFKA_PORT', '19092')}"
@@ -38,12 +39,6 @@ def broker(action: str) -> None:
 
 def broker_running() -> bool:
     return subprocess.run([str(BROKER), "status"], capture_output=True, cwd=ROOT).returncode == 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
