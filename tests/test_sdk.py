@@ -248,3 +248,26 @@ async def test_the_example_agent_acts_as_each_tier_allows(server: LiveServer) ->
         if e["type"] == "outcome"
     ]
     assert outcomes == [("crawl", "review"), ("walk", "internal"), ("walk", "customer"), ("run", "customer")]
+
+
+def test_the_sdk_works_without_faust_or_aiokafka_installed() -> None:
+    """Agents import the SDK and use its HTTP and in-memory pieces with neither faust nor aiokafka present."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; sys.modules['faust'] = None; sys.modules['aiokafka'] = None\n"
+        "import asyncio\n"
+        "from tiergate.streams.sdk import HttpTierTransport, MemoryTierTransport, Receipt, TierMapClient\n"
+        "from tiergate.streams.openfeature import TiergateProvider\n"
+        "async def main():\n"
+        "    t = MemoryTierTransport()\n"
+        "    async with TierMapClient(t) as c:\n"
+        "        t.push({'action_type': 'x', 'tier': 'walk', 'version': 1}); t.finish_load()\n"
+        "        await c.wait_for(lambda c: c.status().loaded, 2)\n"
+        "        print(c.tier_for('x'), Receipt.parse(str(Receipt('a', 'x', 'walk'))).tier)\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["walk", "walk"]
