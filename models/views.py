@@ -54,7 +54,10 @@ class KeyView:
             "watermark": None if self.watermark is None else format_ts(self.watermark),
             "last_close": None if self.last_close is None else format_ts(self.last_close),
             "promote": [e.record() | {"verdict": e.verdict.name.lower()} for e in self.promote],
-            "keep": [e.record() | {"verdict": e.verdict.name.lower()} for e in self.keep],
+            "keep": [
+                e.record() | {"verdict": e.verdict.name.lower(), "threshold": float(e.bar.keep_below)}
+                for e in self.keep
+            ],
             "hold": {
                 "passing_since": None if self.passing_since is None else format_ts(self.passing_since),
                 "required": self.hold_required,

@@ -53,17 +53,11 @@ class DemoResult:
 def status_table(status: dict[str, Any], now: int, posted: int) -> Table:
     """One row per action type: tier, each bar's rate and samples against its target, hold progress."""
     table = Table(title=f"tiergate demo — event time {format_ts(now)} — {posted:,} events posted", title_justify="left")
-    for column in ("action type", "tier", "bars (rate, n / min, target)", "hold", "since"):
+    for column in ("action type", "tier", "bars (figure, n / min samples, bar)", "hold", "since"):
         table.add_column(column)
     for view in status["action_types"]:
         tier = view["tier"]
-        bars = [
-            f"{'keep ' if rule == 'keep' else ''}{bar['metric']}: "
-            f"{'-' if bar['rate'] is None else format(bar['rate'], '.3f')} "
-            f"(n {bar['n']}/{bar['min_samples']}, ≥{bar['target']}) {_verdict(bar['verdict'])}"
-            for rule in ("promote", "keep")
-            for bar in view[rule]
-        ]
+        bars = [_bar_line(rule, bar) for rule in ("promote", "keep") for bar in view[rule]]
         notes = [f"cap {view['cap']}"] if view["cap"] else []
         notes += ["read-only"] if view["read_only"] else []
         hold = view["hold"]
@@ -76,6 +70,17 @@ def status_table(status: dict[str, Any], now: int, posted: int) -> Table:
             (view["since"] or "start")[:13],
         )
     return table
+
+
+def _bar_line(rule: str, bar: dict[str, Any]) -> str:
+    """A promote bar by its Wilson lower bound against the target; a keep bar by its rate against target − margin."""
+    if rule == "promote":
+        figure, line = bar["lower"], f"≥{bar['target']}"
+    else:
+        figure, line = bar["rate"], f"≥{bar['threshold']:g} = {bar['target']} − margin"
+    shown = "-" if figure is None or not bar["n"] else format(figure, ".3f")
+    label = "lower" if rule == "promote" else "keep rate"
+    return f"{bar['metric']} {label} {shown} (n {bar['n']}/{bar['min_samples']}, {line}) {_verdict(bar['verdict'])}"
 
 
 def _verdict(verdict: str) -> str:
