@@ -93,6 +93,7 @@ def _replay(args: argparse.Namespace) -> int:
             lambda d: write_decision(d.to_json()),
             keep,
             progress=args.progress,
+            console=err,
         )
     if args.tiers:
         with line_writer(Path(args.tiers)) as write_tier:
@@ -172,7 +173,7 @@ def _import(args: argparse.Namespace) -> int:
     try:
         with (
             open(source, "rb") as stream,
-            progress_bar(source.name, source.stat().st_size, sys.stderr.isatty()) as advance,
+            progress_bar(source.name, source.stat().st_size, sys.stderr.isatty(), err) as advance,
         ):
             batch: list[bytes] = []
             for _, line in file_lines(stream, advance):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO
 
+from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from tiergate.models.decisions import Decision
@@ -96,7 +97,11 @@ def file_lines(stream: BinaryIO, advance: Callable[[int], object] | None = None)
 
 
 @contextmanager
-def progress_bar(name: str, size: int, show: bool) -> Iterator[Callable[[int], object] | None]:
+def progress_bar(
+    name: str, size: int, show: bool, console: Console | None = None
+) -> Iterator[Callable[[int], object] | None]:
+    """A transient progress bar on stderr (never stdout, which may carry the decision log). Print other
+    messages through the same `console` while it runs, so they appear above it."""
     if not show:
         yield None
         return
@@ -107,18 +112,23 @@ def progress_bar(name: str, size: int, show: bool) -> Iterator[Callable[[int], o
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, transient=True) as bar:
+    with Progress(*columns, transient=True, console=console or Console(stderr=True)) as bar:
         task = bar.add_task(f"replaying {name}", total=size)
         yield lambda n: bar.advance(task, n)
 
 
 def replay_file(
-    path: Path, policy: Policy, on_decision: DecisionSink, on_kept: KeptSink, progress: bool | None = None
+    path: Path,
+    policy: Policy,
+    on_decision: DecisionSink,
+    on_kept: KeptSink,
+    progress: bool | None = None,
+    console: Console | None = None,
 ) -> Replay:
     """Fold a JSONL file; a progress bar on stderr when the file is large and stderr is a terminal."""
     size = path.stat().st_size
     show = sys.stderr.isatty() and size >= PROGRESS_MIN_BYTES if progress is None else progress
-    with open(path, "rb") as stream, progress_bar(path.name, size, show) as advance:
+    with open(path, "rb") as stream, progress_bar(path.name, size, show, console) as advance:
         return fold_lines(file_lines(stream, advance), policy, on_decision, on_kept, source=path.name)
 
 

@@ -107,3 +107,10 @@ def test_replay_writes_through_to_a_device_path_and_leaves_it_a_device(tmp_path:
         == 0
     )
     assert Path("/dev/null").is_char_device()
+
+
+def test_the_progress_bar_never_mixes_into_the_decision_log_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
+    """With the bar forced on, stdout still holds nothing but canonical decision lines."""
+    assert main(["replay", str(GOLDEN / "clean_climb" / "events.jsonl"), "--policy", str(POLICY), "--progress"]) == 0
+    out = capsys.readouterr().out
+    assert out == (GOLDEN / "clean_climb" / "expected.jsonl").read_text()
