@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -73,3 +74,30 @@ def test_prometheus_in_compose_scrapes_the_worker() -> None:
     config = yaml.safe_load((ROOT / mount).read_text())
     target = config["scrape_configs"][0]["static_configs"][0]["targets"][0]
     assert target == f"worker:{COMPOSE['services']['worker']['environment']['TIERGATE_WORKER_WEB_PORT']}"
+
+
+def k8s() -> dict[str, dict[str, Any]]:
+    docs = [
+        d for path in sorted((ROOT / "deploy" / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(path.read_text())
+    ]
+    return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
+
+
+def test_the_kubernetes_manifests_run_what_the_code_serves() -> None:
+    """Probes hit /healthz on the ports the runtimes listen on; the policy in the ConfigMap loads; the
+    server, bound beyond loopback, gets its token from a secret; the worker's web server binds the pod."""
+    from tiergate.models.policy import load_policy
+
+    manifests = k8s()
+    load_policy(yaml.safe_load(manifests["ConfigMap/tiergate-policy"]["data"]["policy.yaml"]))
+    worker = manifests["Deployment/tiergate-worker"]["spec"]["template"]["spec"]["containers"][0]
+    serve = manifests["StatefulSet/tiergate-serve"]["spec"]["template"]["spec"]["containers"][0]
+    worker_env = {e["name"]: e.get("value") for e in worker["env"]}
+    assert worker["args"][0] == "worker" and worker_env["TIERGATE_WORKER_WEB_HOST"] == "0.0.0.0"
+    assert worker["ports"][0]["containerPort"] == int(worker_env["TIERGATE_WORKER_WEB_PORT"])
+    assert serve["args"][0] == "serve" and "0.0.0.0" in serve["args"]
+    assert any(e["name"] == "TIERGATE_TOKEN" and "secretKeyRef" in e["valueFrom"] for e in serve["env"])
+    assert serve["ports"][0]["containerPort"] == int(serve["args"][serve["args"].index("--port") + 1])
+    for container in (worker, serve):
+        assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert manifests["StatefulSet/tiergate-serve"]["spec"]["replicas"] == 1  # one SQLite writer
