@@ -13,7 +13,6 @@ from .policy import canonical_json
 from .wire import TIERS, format_ts
 
 Kind = Literal["initial", "promote", "demote", "override", "violation"]
-TIER_CHANGING: frozenset[str] = frozenset({"initial", "promote", "demote", "override"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,6 @@ class Result:
     DUPLICATE: Final = "duplicate"
     LATE: Final = "late"
     REJECTED: Final = "rejected"
-    ALL: Final = ("applied", "duplicate", "late", "rejected")
 
 
 @dataclass(slots=True)

@@ -22,15 +22,11 @@ def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
 
 
 class Verdict(IntEnum):
-    """Ordered so that `worst()` is `min()`: one failing bar fails the gate, one thin bar holds it."""
+    """FAIL < INCONCLUSIVE < PASS: the worst verdict of a gate's bars is its `min()`."""
 
     FAIL = 0
     INCONCLUSIVE = 1
     PASS = 2
-
-
-def worst(verdicts: list[Verdict]) -> Verdict:
-    return min(verdicts, default=Verdict.INCONCLUSIVE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,12 +32,6 @@ def empty() -> Counters:
     return [0] * WIDTH
 
 
-def count(counters: Counters, tier: int, metric: int, success: int) -> None:
-    i = slot(tier, metric)
-    counters[i] += 1
-    counters[i + 1] += success
-
-
 def merge(a: Counters, b: Counters) -> Counters:
     return list(map(add, a, b))
 
@@ -61,7 +55,7 @@ class Lookback:
         """Add a closed window (None: it was empty) and drop the one that left the lookback."""
         self.windows.append((index, counters))
         if counters is not None:
-            self.totals = list(map(add, self.totals, counters))
+            self.totals = merge(self.totals, counters)
             self.revision += 1
         if len(self.windows) > self.length:
             _, dropped = self.windows.popleft()

@@ -36,7 +36,7 @@ SSE_HEARTBEAT = 15.0
 
 def problem(status: int, error: str, fix: str) -> web.Response:
     """A JSON error that says what is wrong and what to do about it."""
-    return web.json_response({"error": error, "fix": fix}, status=status, dumps=lambda v: orjson.dumps(v).decode())
+    return json({"error": error, "fix": fix}, status)
 
 
 def json(data: Any, status: int = 200) -> web.Response:
