@@ -23,6 +23,7 @@ from tiergate.models.wire import Tick, format_ts
 
 from .clock import Clock
 from .codec import EventError, decode, encode
+from .metrics import catalog_label
 from .store import Appended, Store, StoreError
 
 DB_NAME = "tiergate.db"
@@ -128,7 +129,7 @@ class Evaluator:
         for action_type, result, n in self.store.db.execute(
             "SELECT action_type, result, COUNT(*) FROM events GROUP BY 1, 2"
         ):
-            self.event_counts[action_type or "", result] += n
+            self.event_counts[catalog_label(self.policy, action_type or ""), result] += n
         for action_type, kind, n in self.store.db.execute(
             "SELECT action_type, kind, COUNT(*) FROM decisions GROUP BY 1, 2"
         ):
@@ -186,7 +187,7 @@ class Evaluator:
             self.state = self._restore()  # the batch never happened: forget what the fold did with it
             raise
         for event in appended:
-            self.event_counts[event.action_type or "", event.result] += 1
+            self.event_counts[catalog_label(self.policy, event.action_type or ""), event.result] += 1
         self.event_counts["", Result.REJECTED] += len(out.results) - len(appended)  # bad input and `future`
         for decision in out.decisions:
             self.decision_counts[decision.action_type, decision.kind] += 1

@@ -21,6 +21,12 @@ from tiergate.models.wire import TIERS
 from . import __version__
 
 
+def catalog_label(policy: Policy, action_type: str) -> str:
+    """The action_type label of a count: the type itself if the catalog has it, else "" — labels stay
+    bounded by the catalog whatever producers send."""
+    return action_type if action_type in policy.types else ""
+
+
 @dataclass
 class Tallies:
     """What a runtime has counted: events by (action type, result) and decisions by (action type, kind)."""

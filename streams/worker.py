@@ -35,7 +35,7 @@ from tiergate.models.wire import Tick, format_ts
 
 from .codec import EventError, decode, encode
 from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, KafkaSettings, read_topics
-from .metrics import Tallies, TiergateCollector, WorkerCollector
+from .metrics import Tallies, TiergateCollector, WorkerCollector, catalog_label
 
 
 class WorkerSettings(BaseSettings):
@@ -176,7 +176,7 @@ class Worker:
             key_state = initial_key(self.policy, name)
             await self._publish(self._initial[name])
         state = State({} if key_state is None else {name: key_state})
-        label = name if name in self.policy.types else ""  # metric labels stay bounded by the catalog
+        label = catalog_label(self.policy, name)
         for event in events:
             offset = event.message.offset
             if offset <= applied:
