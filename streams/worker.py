@@ -185,18 +185,14 @@ class Worker:
             raw = event.value
             try:
                 parsed = decode(raw)
+                if parsed.action_type != name:
+                    raise EventError(
+                        f"message key {name!r} is not the action_type {parsed.action_type!r}: "
+                        "produce with key = action_type"
+                    )
             except EventError as error:
                 self.event_counts[label, Result.REJECTED] += 1
                 await self._set_aside(event, Result.REJECTED, error.reason)
-                continue
-            if parsed.action_type != name:
-                self.event_counts[label, Result.REJECTED] += 1
-                await self._set_aside(
-                    event,
-                    Result.REJECTED,
-                    f"message key {name!r} is not the action_type "
-                    f"{parsed.action_type!r}: produce with key = action_type",
-                )
                 continue
             _, decisions, result, reason = step(state, parsed, self.policy)
             self.event_counts[label, result] += 1
