@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from tiergate.streams.clock import ManualClock
-from tiergate.streams.embedded import Evaluator
+from tiergate.streams.embedded import EmbeddedRuntime
 from tiergate.streams.http import make_app
 from tiergate.streams.kafka import EVENTS, KafkaSettings, create_topics
 from tiergate.streams.policy_file import read_policy
@@ -81,7 +81,7 @@ async def tier_for_cost() -> dict[str, Any]:
 
 async def http_latency(types: int, tmp: Path) -> dict[str, Any]:
     policy_path = latency_policy(tmp, types)
-    evaluator = Evaluator(read_policy(policy_path), tmp / "data", ManualClock(EDGE_START + 5 * 3600))
+    evaluator = EmbeddedRuntime(read_policy(policy_path), tmp / "data", ManualClock(EDGE_START + 5 * 3600))
     runner = web.AppRunner(make_app(evaluator, ServeSettings(policy=policy_path, data_dir=tmp / "data"), ticking=False))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

@@ -13,6 +13,7 @@ from .policy import canonical_json
 from .wire import TIERS, format_ts
 
 Kind = Literal["initial", "promote", "demote", "override", "violation"]
+KINDS: tuple[Kind, ...] = ("initial", "promote", "demote", "override", "violation")
 
 
 @dataclass(frozen=True, slots=True)

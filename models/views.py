@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .evaluator import KeyState, ceiling, judge_bars
-from .policy import Policy
+from .evidence import judge_bars
+from .state import KeyState
 from .stats import Evidence, judge_keep, judge_promote
 from .wire import TIERS, format_ts
 
@@ -66,12 +66,9 @@ class KeyView:
         }
 
 
-def key_view(key: KeyState, policy: Policy) -> KeyView:
-    type_policy = policy.types[key.action_type]
-    tier, z = key.tier, policy.z
-
-    highest = ceiling(key, type_policy)
-    has_gate = bool(type_policy.promote_bars[tier]) and not key.read_only
+def key_view(key: KeyState) -> KeyView:
+    rules, tier = key.rules, key.tier
+    has_gate = bool(rules.promote_bars[tier]) and not key.read_only
     return KeyView(
         action_type=key.action_type,
         tier=TIERS[tier],
@@ -80,11 +77,11 @@ def key_view(key: KeyState, policy: Policy) -> KeyView:
         read_only=key.read_only,
         pinned=None if key.pinned is None else TIERS[key.pinned],
         cap=None if key.cap is None else TIERS[key.cap],
-        ceiling=TIERS[highest],
-        watermark=None if key.max_ts is None else key.max_ts - policy.allowed_lateness,
-        last_close=None if key.next_close is None else key.next_close * policy.window,
-        promote=() if key.read_only else judge_bars(key, type_policy.promote_bars[tier], judge_promote, z),
-        keep=() if key.read_only else judge_bars(key, type_policy.keep_bars[tier], judge_keep, z),
+        ceiling=TIERS[key.ceiling],
+        watermark=key.watermark,
+        last_close=None if key.next_close is None else key.next_close * rules.window,
+        promote=() if key.read_only else judge_bars(key, rules.promote_bars[tier], judge_promote),
+        keep=() if key.read_only else judge_bars(key, rules.keep_bars[tier], judge_keep),
         passing_since=key.passing_since,
-        hold_required=type_policy.hold[tier] if has_gate else None,
+        hold_required=rules.hold[tier] if has_gate else None,
     )

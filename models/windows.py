@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from operator import add, sub
 
-from .policy import METRICS
+from .rules import METRICS
 from .wire import TIERS
 
 Counters = list[int]

@@ -13,8 +13,8 @@ from typing import Any
 from pydantic import ValidationError
 from rich.console import Console
 
-from .codec import Kept
 from .explain import ExplainError, decisions_for, explain
+from .pipeline import Rejected
 from .policy_file import PolicyFileError, read_policy
 from .replay import file_lines, line_writer, progress_bar, replay_file
 from .store import StoreError
@@ -76,12 +76,12 @@ def _replay(args: argparse.Namespace) -> int:
     rejects = Path(args.rejects) if args.rejects else events.with_name(events.name + ".rejects.jsonl")
     shown = 0
 
-    def keep(kept: Kept) -> None:
+    def keep(rejected: Rejected) -> None:
         nonlocal shown
         shown += 1
         if shown <= args.show_rejects:
-            err.print(f"  {kept.origin}: {kept.result}: {kept.reason}", soft_wrap=True)
-        write_kept(kept.to_json().decode())
+            err.print(f"  {rejected.origin}: {rejected.result}: {rejected.reason}", soft_wrap=True)
+        write_kept(rejected.to_json().decode())
 
     with (
         line_writer(Path(args.output) if args.output else sys.stdout) as write_decision,
@@ -101,10 +101,10 @@ def _replay(args: argparse.Namespace) -> int:
                 write_tier(line)
     counts = ", ".join(f"{n} {name}" for name, n in sorted(result.results.items())) or "no events"
     err.print(f"replayed {events}: {counts}; {result.decisions} decisions", soft_wrap=True)
-    if result.kept:
-        more = result.kept - args.show_rejects
+    if result.rejected:
+        more = result.rejected - args.show_rejects
         err.print(
-            f"{result.kept} events set aside (rejected or late){f', {more} more not shown' if more > 0 else ''}"
+            f"{result.rejected} events did not count (rejected or late){f', {more} more not shown' if more > 0 else ''}"
             f"; kept in {rejects}",
             soft_wrap=True,
         )
@@ -133,7 +133,7 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from .clock import SystemClock
-    from .embedded import Evaluator
+    from .embedded import EmbeddedRuntime
     from .http import make_app
     from .settings import ServeSettings
 
@@ -142,7 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     settings.check_exposure()
     policy = read_policy(settings.policy)
-    evaluator = Evaluator(policy, settings.data_dir, SystemClock(), settings.max_skew)
+    evaluator = EmbeddedRuntime(policy, settings.data_dir, SystemClock(), settings.max_skew, settings.max_past)
     try:
         err.print(
             f"tiergate serve: policy {policy.version} ({len(policy.catalog)} action types), "
@@ -164,11 +164,11 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _import(args: argparse.Namespace) -> int:
     from .clock import SystemClock
-    from .embedded import Evaluator
+    from .embedded import EmbeddedRuntime
 
     policy = read_policy(args.policy)
     source = Path(args.events)
-    evaluator = Evaluator(policy, Path(args.data_dir), SystemClock())
+    evaluator = EmbeddedRuntime(policy, Path(args.data_dir), SystemClock())
     counts: dict[str, int] = {}
     try:
         with (
@@ -179,10 +179,10 @@ def _import(args: argparse.Namespace) -> int:
             for _, line in file_lines(stream, advance):
                 batch.append(line)
                 if len(batch) >= args.batch:
-                    _tally(evaluator.ingest(batch, f"import:{source.name}", live=False).results, counts)
+                    _tally(evaluator.ingest(batch, f"import({source.name})", live=False).results, counts)
                     batch = []
             if batch:
-                _tally(evaluator.ingest(batch, f"import:{source.name}", live=False).results, counts)
+                _tally(evaluator.ingest(batch, f"import({source.name})", live=False).results, counts)
     finally:
         evaluator.close()
     err.print(f"imported {source} into {args.data_dir}: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import orjson
 
-from tiergate.models.evaluator import Event
+from tiergate.models.fold import Event
 from tiergate.models.wire import MAX_EVENT_BYTES, EventError, event_from_dict
 
-__all__ = ["Event", "EventError", "Kept", "decode", "encode", "iter_lines"]
+__all__ = ["Event", "EventError", "decode", "encode", "iter_lines"]
 
 
 def decode(raw: bytes) -> Event:
@@ -34,27 +33,6 @@ def decode(raw: bytes) -> Event:
 def encode(event: Event) -> bytes:
     """An event model -> its wire JSON (what the SDK and the runtimes' ticks write)."""
     return orjson.dumps(event.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS)
-
-
-@dataclass(frozen=True, slots=True)
-class Kept:
-    """An event that was not aggregated (rejected or late), kept with why and where it came from."""
-
-    origin: str
-    result: str
-    reason: str
-    raw: bytes
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "origin": self.origin,
-            "result": self.result,
-            "reason": self.reason,
-            "event": self.raw.decode("utf-8", errors="replace"),
-        }
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.record(), option=orjson.OPT_SORT_KEYS)
 
 
 def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:

@@ -28,7 +28,7 @@ from rich.table import Table
 from tiergate.models.wire import format_ts, parse_ts
 
 from .clock import ManualClock
-from .embedded import Evaluator
+from .embedded import EmbeddedRuntime
 from .http import make_app
 from .policy_file import read_policy
 from .settings import ServeSettings
@@ -101,7 +101,7 @@ async def run_demo(data_dir: Path, days: int, seconds: float, console: Console, 
     shutil.copyfile(demo_policy_path(), policy_path)
     policy = read_policy(policy_path)
     clock = ManualClock(START)
-    evaluator = Evaluator(policy, data_dir, clock)
+    evaluator = EmbeddedRuntime(policy, data_dir, clock)
     settings = ServeSettings(policy=policy_path, data_dir=data_dir, tick_interval=0.01)
     runner = web.AppRunner(make_app(evaluator, settings), access_log=None)
     await runner.setup()

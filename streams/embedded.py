@@ -1,32 +1,36 @@
-"""The embedded evaluator: the fold over a SQLite-backed log on one machine (DESIGN.md §8).
+"""The embedded runtime: the fold over a SQLite-backed log on one machine (DESIGN §8).
 
-`Evaluator.ingest` is the one write path, for HTTP posts, clock ticks and `tiergate import` alike: it
-decodes a batch, folds it, and commits the events, decisions, set-aside events and new key states in one
-transaction before anyone is told. One thread at a time may call it (the HTTP server runs it on a
-single writer thread).
+`EmbeddedRuntime.ingest` is the one write path, for HTTP posts, clock ticks and `tiergate import` alike:
+the ingest pipeline folds a batch into the state and its store sink commits the batch's events,
+decisions and rejected input in one transaction before anyone is told. If anything fails before that
+commit, the state is rebuilt from the store (snapshot + the log after it), so it always equals a fold of
+the stored log. One thread at a time may call it (the HTTP server runs it on a single writer thread).
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+from filelock import FileLock, Timeout
 
 from tiergate.models.decisions import Decision, TierRecord
-from tiergate.models.evaluator import KeyState, Result, State, initial_decisions, initial_state, step, tier_records
+from tiergate.models.durations import format_duration
+from tiergate.models.fold import initial_decisions, initial_state, tier_records
 from tiergate.models.policy import Policy
-from tiergate.models.wire import Tick, format_ts
+from tiergate.models.state import KeyState, State, StateSchemaError
+from tiergate.models.ticks import due_ticks
+from tiergate.models.wire import format_ts
 
 from .clock import Clock
-from .codec import EventError, decode, encode
-from .metrics import catalog_label
+from .codec import encode
+from .pipeline import Admit, Counting, Handled, Input, Pipeline, Tallies
 from .store import Appended, Store, StoreError
 
 DB_NAME = "tiergate.db"
+SNAPSHOT_EVERY = 10_000  # events between snapshots of the state at least (more when the state is large)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,53 +58,98 @@ class Ingested:
     tier_changes: list[TierRecord] = field(default_factory=list)
 
 
+class StoreSink:
+    """The pipeline's sink for the embedded runtime: a batch, committed in one transaction (with a
+    snapshot of the state when one is due)."""
+
+    def __init__(self, store: Store, snapshot: Callable[[], Iterable[KeyState]] | None) -> None:
+        self.store, self.snapshot = store, snapshot
+        self.items: list[Handled] = []
+
+    def handled(self, item: Handled) -> None:
+        self.items.append(item)
+
+    def commit(self) -> None:
+        logged = [i for i in self.items if i.logged]
+        with self.store.transaction():
+            self.store.append(
+                (Appended(i.action_type, i.result, i.input.raw) for i in logged),
+                (d for i in logged for d in i.decisions),
+                (r for i in self.items if (r := i.rejection) is not None),
+            )
+            if self.snapshot is not None:
+                self.store.save_snapshot(self.snapshot())
+
+
+def past_and_future(now: int, max_skew: int, max_past: int) -> Admit:
+    """The live server's clock checks. An event dated beyond the clock plus the allowed skew would close
+    every window up to it; the first event of a type dated far in the past would start its windows there,
+    and every later event would close them window by window. History goes in with `tiergate import`."""
+
+    def admit(item: Input, event: Any, state: State) -> str | None:
+        if event.ts > now + max_skew:
+            return (
+                f"future: ts {format_ts(event.ts)} is more than {format_duration(max_skew)} ahead of the server "
+                f"clock ({format_ts(now)}); fix the producer's clock"
+            )
+        key = state.keys.get(event.action_type)
+        if key is not None and key.max_ts is None and event.ts < now - max_past:
+            return (
+                f"past: ts {format_ts(event.ts)} is more than {format_duration(max_past)} before the server clock "
+                f"({format_ts(now)}) and would start {event.action_type}'s windows there; post history with "
+                "`tiergate import` (server stopped), or fix the producer's clock"
+            )
+        return None
+
+    return admit
+
+
 class DataDirLock:
     """One process at a time owns a data directory (the server, or an import)."""
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StoreError(f"{data_dir}: cannot create the data directory: {error.strerror}") from None
         self.path = data_dir / "lock"
-        self.file: IO[str] | None = None
+        self.lock = FileLock(self.path)
 
     def acquire(self) -> None:
-        self.file = open(self.path, "a+")  # noqa: SIM115 - held until release()
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.close()
+            self.lock.acquire(timeout=0)
+        except Timeout:
             raise StoreError(
                 f"{self.path.parent} is in use by another tiergate process (a server or an import): "
                 "stop it first, or use another --data-dir"
             ) from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"{os.getpid()}\n")
-        self.file.flush()
+        except OSError as error:
+            raise StoreError(f"{self.path}: cannot lock the data directory: {error.strerror}") from None
 
     def release(self) -> None:
-        if self.file is not None:
-            self.file.close()
-            self.file = None
+        self.lock.release()
 
 
-class Evaluator:
+class EmbeddedRuntime:
     """The fold, its state and its store, for one data directory and one policy."""
 
-    def __init__(self, policy: Policy, data_dir: Path, clock: Clock, max_skew: int = 300) -> None:
-        self.policy, self.clock, self.max_skew = policy, clock, max_skew
+    def __init__(
+        self, policy: Policy, data_dir: Path, clock: Clock, max_skew: int = 300, max_past: int = 86400
+    ) -> None:
+        self.policy, self.clock, self.max_skew, self.max_past = policy, clock, max_skew, max_past
         self.lock = DataDirLock(data_dir)
         self.lock.acquire()
         try:
             self.store = Store(data_dir / DB_NAME)
             self._start()
+            self.state = self._restore()
         except BaseException:
             self.lock.release()
             raise
-        self.state = self._restore()
-        self.tiers: dict[str, TierRecord] = {r.action_type: r for r in tier_records(self.state, self.policy)}
-        self.event_counts: Counter[tuple[str, str]] = Counter()
-        self.decision_counts: Counter[tuple[str, str]] = Counter()
+        self.tiers: dict[str, TierRecord] = {r.action_type: r for r in tier_records(self.state)}
+        self.tallies = Tallies.empty()
         self._count_history()
+        self.since_snapshot = 0
 
     def close(self) -> None:
         self.store.close()
@@ -114,106 +163,77 @@ class Evaluator:
         self.store.claim_policy(self.policy.version, self.policy.sha256)
         if new:
             with self.store.transaction():
-                self.store.append((), initial_decisions(self.policy), (), ())
+                self.store.append((), initial_decisions(self.policy), ())
 
     def _restore(self) -> State:
-        """The saved state (it always matches the log: both commit together); never-touched keys start fresh."""
-        snapshot, _ = self.store.snapshot()
+        """The saved snapshot, then a fold of the log after it: the state equals a fold of the stored log."""
+        snapshot, position = self.store.snapshot()
         state = initial_state(self.policy)
-        for name, saved in snapshot.items():
-            if name in state.keys:
-                state.keys[name] = KeyState.from_dict(saved)
+        try:
+            restored = {name: KeyState.from_dict(saved) for name, saved in snapshot.items()}
+        except StateSchemaError:
+            restored, position = {}, 0  # saved by another tiergate: refold the whole log
+        state.keys.update((name, key) for name, key in restored.items() if name in state.keys)
+        tail = (Input("log", seq, raw) for seq, raw in self.store.events(after=position))
+        Pipeline(self.policy).run(tail, state, _Discard())
         return state
 
     def _count_history(self) -> None:
+        events, decisions = self.tallies
         for action_type, result, n in self.store.db.execute(
             "SELECT action_type, result, COUNT(*) FROM events GROUP BY 1, 2"
         ):
-            self.event_counts[catalog_label(self.policy, action_type or ""), result] += n
+            events[action_type if action_type in self.state.keys else "", result] += n
         for action_type, kind, n in self.store.db.execute(
             "SELECT action_type, kind, COUNT(*) FROM decisions GROUP BY 1, 2"
         ):
-            self.decision_counts[action_type, kind] += n
-        counts = self.store.counts()  # kept events that never entered the log: bad input and `future`
-        self.event_counts["", Result.REJECTED] += (
-            counts["kept"] - counts.get(Result.LATE, 0) - counts.get(Result.REJECTED, 0)
-        )
+            decisions[action_type, kind] += n
+        refused = self.store.db.execute(  # rejected input that never entered the log: bad input, clock checks
+            "SELECT COUNT(*) FROM rejected WHERE result = 'rejected'"
+        ).fetchone()[0] - self.store.counts().get("rejected", 0)
+        events["", "rejected"] += refused
 
     # -- the write path ------------------------------------------------------------------------------
 
-    def ingest(self, raws: Iterable[bytes], origin: str, live: bool = True) -> Ingested:
-        """Fold a batch and commit it in one transaction. `live`: events dated beyond the clock plus the
-        allowed skew are rejected (`future`); an import of older history is not live."""
-        now = self.clock.now() if live else None
-        out, appended, kept, touched = Ingested(), [], [], {}
-        for index, raw in enumerate(raws):
-            try:
-                event = decode(raw)
-            except EventError as error:
-                out.results.append(EventResult(index, None, Result.REJECTED, error.reason))
-                kept.append((f"{origin}#{index}", Result.REJECTED, error.reason, raw))
-                continue
-            if now is not None and event.ts > now + self.max_skew:
-                future = (
-                    f"future: ts {format_ts(event.ts)} is more than {self.max_skew}s ahead of the server clock "
-                    f"({format_ts(now)}); fix the producer's clock"
-                )
-                out.results.append(EventResult(index, event.event_id, Result.REJECTED, future))
-                kept.append((f"{origin}#{index}", Result.REJECTED, future, raw))
-                continue
-            _, decisions, result, reason = step(self.state, event, self.policy)
-            out.results.append(EventResult(index, event.event_id, result, reason))
-            appended.append(Appended(event.action_type, result, raw))
-            out.decisions.extend(decisions)
-            if result in (Result.LATE, Result.REJECTED):
-                assert reason is not None
-                kept.append((f"{origin}#{index}", result, reason, raw))
-            key = self.state.keys.get(event.action_type)
-            if key is not None:
-                touched[key.action_type] = key
-        self._commit(appended, out, touched, kept)
-        return out
-
-    def _commit(
-        self,
-        appended: list[Appended],
-        out: Ingested,
-        touched: dict[str, KeyState],
-        kept: list[tuple[str, str, str, bytes]],
-    ) -> None:
+    def ingest(self, raws: Iterable[bytes], source: str, live: bool = True) -> Ingested:
+        """Fold a batch and commit it in one transaction. `live`: the clock checks apply (`future`,
+        `past`); an import of older history and the server's own ticks are not live."""
+        admit = past_and_future(self.clock.now(), self.max_skew, self.max_past) if live else None
+        inputs = [Input(source, index, raw) for index, raw in enumerate(raws)]
+        self.since_snapshot += len(inputs)
+        sink = StoreSink(self.store, self._snapshot if self._snapshot_due() else None)
         try:
-            with self.store.transaction():
-                self.store.append(appended, out.decisions, touched.values(), kept)
+            Pipeline(self.policy, admit).run(inputs, self.state, Counting(sink, self.tallies, self.state))
         except BaseException:
             self.state = self._restore()  # the batch never happened: forget what the fold did with it
             raise
-        for event in appended:
-            self.event_counts[catalog_label(self.policy, event.action_type or ""), event.result] += 1
-        self.event_counts["", Result.REJECTED] += len(out.results) - len(appended)  # bad input and `future`
-        for decision in out.decisions:
-            self.decision_counts[decision.action_type, decision.kind] += 1
+        return self._published(sink.items)
+
+    def _snapshot_due(self) -> bool:
+        """Often enough that a restart folds little of the log; seldom enough that writing a large state
+        (ids remembered for the lookback) costs O(1) per event."""
+        remembered = sum(len(key.seen) for key in self.state.keys.values())
+        return self.since_snapshot >= max(SNAPSHOT_EVERY, remembered)
+
+    def _snapshot(self) -> Iterable[KeyState]:
+        self.since_snapshot = 0
+        return self.state.keys.values()
+
+    def _published(self, items: list[Handled]) -> Ingested:
+        out = Ingested()
+        for item in items:
+            event_id = None if item.event is None else item.event.event_id
+            out.results.append(EventResult(item.input.position, event_id, item.result, item.reason))
+            out.decisions.extend(item.decisions)
         out.tier_changes = [TierRecord.from_decision(d) for d in out.decisions if d.moves]
         self.tiers = self.tiers | {r.action_type: r for r in out.tier_changes}  # readers see whole records
+        return out
 
     # -- the clock -------------------------------------------------------------------------------------
 
     def due_ticks(self) -> list[bytes]:
-        """A tick for every evaluated key whose oldest open window the clock (less the allowed lateness)
-        has passed with no traffic. A key that has seen no event yet gets none: it has no evidence to
-        judge, and starting its windows now would make a backlog posted later late. Deterministic ids:
-        a re-sent tick is a duplicate."""
-        now, policy = self.clock.now(), self.policy
-        watermark = now - policy.allowed_lateness
-        ticks = []
-        for name, key in sorted(self.state.keys.items()):
-            if key.read_only:
-                continue
-            if key.next_close is not None and watermark >= (key.next_close + 1) * policy.window:
-                tick = Tick.model_validate(
-                    {"type": "tick", "event_id": f"tick/{name}/{now}", "ts": format_ts(now), "action_type": name}
-                )
-                ticks.append(encode(tick))
-        return ticks
+        """The ticks the clock owes now (models.ticks.due_ticks: the one rule both live runtimes use)."""
+        return [encode(tick) for tick in due_ticks(self.state, self.clock.now())]
 
     def tick(self) -> Ingested | None:
         ticks = self.due_ticks()
@@ -224,3 +244,13 @@ class Evaluator:
     def tier_map(self) -> list[TierRecord]:
         """The published tier map (records replaced whole after each commit: safe to read from any thread)."""
         return [self.tiers[name] for name in sorted(self.tiers)]
+
+
+class _Discard:
+    """A sink for refolding what is already stored."""
+
+    def handled(self, item: Handled) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass

@@ -1,4 +1,4 @@
-"""`tiergate serve`: the embedded runtime's HTTP API over the Evaluator (DESIGN.md §8).
+"""`tiergate serve`: the embedded runtime's HTTP API (DESIGN §8).
 
 Writes (posted events and clock ticks) run one at a time on a single writer thread, so the fold stays
 sequential and the event loop never waits on fsync; a batch is acknowledged only after its transaction
@@ -25,8 +25,8 @@ from tiergate.models.views import key_view
 from tiergate.models.wire import parse_ts
 
 from . import __version__
-from .embedded import Evaluator, Ingested
-from .metrics import Tallies, TiergateCollector
+from .embedded import EmbeddedRuntime, Ingested
+from .metrics import TiergateCollector
 from .settings import ServeSettings
 
 log = logging.getLogger("tiergate.serve")
@@ -46,7 +46,7 @@ def json(data: Any, status: int = 200) -> web.Response:
 class Writer:
     """The single writer: runs ingest batches in order on one thread and tells subscribers of tier changes."""
 
-    def __init__(self, evaluator: Evaluator) -> None:
+    def __init__(self, evaluator: EmbeddedRuntime) -> None:
         self.evaluator = evaluator
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiergate-writer")
         self.subscribers: set[asyncio.Queue[TierRecord | None]] = set()  # None: the server is shutting down
@@ -63,7 +63,7 @@ class Writer:
         self.thread.shutdown(wait=True)
 
 
-EVALUATOR = web.AppKey("evaluator", Evaluator)
+EVALUATOR = web.AppKey("evaluator", EmbeddedRuntime)
 SETTINGS = web.AppKey("settings", ServeSettings)
 WRITER = web.AppKey("writer", Writer)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
@@ -97,7 +97,7 @@ async def post_events(request: web.Request) -> web.Response:
         return problem(
             413, f"{len(raws)} events in one request, over the limit of {settings.max_batch}", "split the batch"
         )
-    done = await writer.run(lambda: writer.evaluator.ingest(raws, f"http:{request.remote}"))
+    done = await writer.run(lambda: writer.evaluator.ingest(raws, f"http({request.remote})"))
     assert done is not None
     counts: dict[str, int] = {}
     for result in done.results:
@@ -137,7 +137,7 @@ async def get_status(request: web.Request) -> web.Response:
     """Each action type's tier with the evidence behind it and its hold progress (as of its last close)."""
     evaluator = request.app[EVALUATOR]
     keys = sorted(evaluator.state.keys.values(), key=lambda k: k.action_type)
-    return json({"action_types": [key_view(k, evaluator.policy).record() for k in keys]})
+    return json({"action_types": [key_view(k).record() for k in keys]})
 
 
 async def stream_tiers(request: web.Request) -> web.StreamResponse:
@@ -234,7 +234,7 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def make_app(evaluator: Evaluator, settings: ServeSettings, ticking: bool = True) -> web.Application:
+def make_app(evaluator: EmbeddedRuntime, settings: ServeSettings, ticking: bool = True) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     writer = Writer(evaluator)
     registry = CollectorRegistry()
@@ -242,7 +242,7 @@ def make_app(evaluator: Evaluator, settings: ServeSettings, ticking: bool = True
         TiergateCollector(
             evaluator.policy,
             lambda: evaluator.state,
-            lambda: Tallies(evaluator.event_counts, evaluator.decision_counts),
+            lambda: evaluator.tallies,
             evaluator.clock.now,
             settings.stale_after,
         )

@@ -123,9 +123,21 @@ async def create_topics(settings: KafkaSettings, replication: int = 1) -> list[s
         ]
         if new:
             await admin.create_topics(new)
+            await _visible(admin, {topic.name for topic in new})
         return [topic.name for topic in new]
     finally:
         await admin.close()
+
+
+async def _visible(admin: Any, names: set[str], timeout: float = 30.0) -> None:
+    """Wait until the cluster's metadata lists `names`: a topic is usable a moment after it is created."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not names <= set(await admin.list_topics()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"topics {sorted(names)} were created but did not appear within {timeout:.0f}s")
+        await asyncio.sleep(0.2)
 
 
 async def describe_topics(settings: KafkaSettings) -> tuple[dict[str, dict[str, Any]], list[TopicCheck]]:

@@ -19,9 +19,9 @@ from aiokafka.structs import ConsumerRecord
 from tiergate.models.decisions import Decision
 from tiergate.models.policy import Policy
 
-from .codec import Kept
 from .kafka import DECISIONS, EVENTS, TIER_MAP, KafkaSettings, read_topics
-from .replay import Replay, fold_lines
+from .pipeline import Input, Rejected, key_matches
+from .replay import Replay, replay_inputs
 
 
 async def read_topic(settings: KafkaSettings, name: str) -> list[ConsumerRecord[bytes, bytes]]:
@@ -57,7 +57,7 @@ class KafkaReplay:
 
     replay: Replay
     decisions: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    kept: list[Kept] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
 
     def lines(self) -> Iterator[str]:
         for name in sorted(self.decisions):
@@ -67,14 +67,17 @@ class KafkaReplay:
 async def replay_topic(settings: KafkaSettings, policy: Policy) -> KafkaReplay:
     records = await read_topic(settings, EVENTS)
     out: dict[str, list[str]] = defaultdict(list)
-    kept: list[Kept] = []
+    rejected: list[Rejected] = []
 
     def decided(decision: Decision) -> None:
         out[decision.action_type].append(decision.to_json())
 
-    lines = ((record.offset, record.value or b"") for record in records)
-    replay = fold_lines(lines, policy, decided, kept.append, source=settings.topic(EVENTS))
-    return KafkaReplay(replay, out, kept)
+    inputs = (
+        Input(f"{record.topic}/{record.partition}", record.offset, record.value or b"", record.key)
+        for record in records
+    )
+    replay = replay_inputs(inputs, policy, decided, rejected.append, admit=key_matches)
+    return KafkaReplay(replay, out, rejected)
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,33 +6,24 @@ runtime's tallies at scrape time. Labels are bounded by the catalog (action type
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tiergate.models.evaluator import State
 from tiergate.models.policy import Policy
+from tiergate.models.state import State
 from tiergate.models.views import key_view
 from tiergate.models.wire import TIERS
 
 from . import __version__
+from .pipeline import Tallies
 
 
 def catalog_label(policy: Policy, action_type: str) -> str:
     """The action_type label of a count: the type itself if the catalog has it, else "" — labels stay
     bounded by the catalog whatever producers send."""
     return action_type if action_type in policy.types else ""
-
-
-@dataclass
-class Tallies:
-    """What a runtime has counted: events by (action type, result) and decisions by (action type, kind)."""
-
-    events: Counter[tuple[str, str]]
-    decisions: Counter[tuple[str, str]]
 
 
 class TiergateCollector(Collector):
@@ -114,7 +105,7 @@ class TiergateCollector(Collector):
         )
         now = self.clock()
         for key in sorted(self.state().keys.values(), key=lambda k: k.action_type):
-            view = key_view(key, policy)
+            view = key_view(key)
             name = view.action_type
             for t in TIERS:
                 tier.add_metric([name, t], float(t == view.tier))

@@ -29,6 +29,9 @@ class ServeSettings(BaseSettings):
     port: int = Field(8360, ge=0, le=65535)
     token: SecretStr | None = Field(None, description="bearer token required on every write")
     max_skew: int = Field(300, ge=0, description="seconds an event's ts may be ahead of the clock")
+    max_past: int = Field(
+        86400, ge=0, description="seconds before the clock the first event of a type may be dated (history: import)"
+    )
     tick_interval: float = Field(1.0, gt=0, description="seconds between checks for idle windows to close")
     max_body_bytes: int = Field(8 * 1024 * 1024, gt=0)
     max_batch: int = Field(10_000, gt=0, description="events in one POST")

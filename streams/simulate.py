@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tiergate.models.evaluator import initial_state, step
+from tiergate.models.fold import initial_state, step
 from tiergate.models.policy import Policy
 from tiergate.models.wire import TIERS, event_from_dict, format_ts, parse_ts
 

@@ -1,15 +1,19 @@
-"""The embedded runtime's SQLite store: the ordered input log, the decision log, the fold's state and
-everything set aside, in one file (WAL, synchronous=FULL).
+"""The embedded runtime's SQLite store: the ordered input log, the decision log, rejected input and
+snapshots of the fold's state, in one file (WAL, synchronous=FULL).
 
-One transaction per batch holds the batch's events, the decisions they caused, the new state of the keys
-they touched and the log position the state is at. So the state on disk always equals a fold of the log
-on disk: a crash loses only what was never acknowledged, and a restart resumes from the snapshot.
+One transaction per batch holds the batch's events, the decisions they caused and its rejected input, so
+nothing is acknowledged before it is durable and nothing of a failed batch remains. The fold's state is
+not rewritten per batch (that would cost more with every event an open window holds): a snapshot of it,
+with the log position it reflects, is written now and then, in the same transaction as a batch, and the
+state on start-up is that snapshot plus a fold of the log after it. So the state always equals a fold of
+the log on disk.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +21,11 @@ from typing import Any
 import orjson
 
 from tiergate.models.decisions import Decision
-from tiergate.models.evaluator import KeyState
+from tiergate.models.state import STATE_SCHEMA, KeyState
+
+from .pipeline import Rejected
+
+STORE_FORMAT = "tiergate-store-1"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -35,7 +43,7 @@ CREATE TABLE IF NOT EXISTS decisions (
     record TEXT NOT NULL              -- canonical JSON
 );
 CREATE INDEX IF NOT EXISTS decisions_by_type ON decisions (action_type, seq);
-CREATE TABLE IF NOT EXISTS rejected (  -- bad input and late events, kept with why
+CREATE TABLE IF NOT EXISTS rejected (  -- input that did not count (bad input, refused, late), kept with why
     id INTEGER PRIMARY KEY,
     origin TEXT NOT NULL,
     result TEXT NOT NULL,
@@ -44,14 +52,14 @@ CREATE TABLE IF NOT EXISTS rejected (  -- bad input and late events, kept with w
 );
 CREATE TABLE IF NOT EXISTS state (
     action_type TEXT PRIMARY KEY,
-    snapshot TEXT NOT NULL            -- KeyState.to_dict() as JSON
+    snapshot TEXT NOT NULL            -- KeyState.to_dict() as JSON, as of meta.snapshot_seq
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
 class StoreError(RuntimeError):
-    """The data directory cannot be used as asked (another policy's log, a broken file, …)."""
+    """The data directory cannot be used as asked (a broken file, a read-only directory, a full disk…)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,16 +71,57 @@ class Appended:
     raw: bytes
 
 
+@contextmanager
+def _explained(path: Path) -> Iterator[None]:
+    """SQLite's errors as StoreErrors that say what to do."""
+    try:
+        yield
+    except sqlite3.DatabaseError as error:
+        text = str(error)
+        if "readonly" in text or "read-only" in text or "unable to open" in text:
+            fix = "the data directory must be writable by this user"
+        elif "disk is full" in text or "disk I/O" in text:
+            fix = "free space on the disk that holds it"
+        elif "malformed" in text or "not a database" in text or "corrupt" in text:
+            fix = "restore it from a backup or an export, or start with a new --data-dir"
+        else:
+            fix = "check the file and its directory"
+        raise StoreError(f"{path}: {text}: {fix}") from error
+
+
 class Store:
     """SQLite access for one data directory. Not thread-safe: one writer thread owns it."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, create: bool = True) -> None:
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")  # durable before acknowledged, power loss included
-        self.db.executescript(SCHEMA)
+        if path.exists() and path.is_file() and path.stat().st_size == 0:
+            raise StoreError(
+                f"{path} exists but is empty (zero bytes): it is not a tiergate store and will not be treated "
+                "as a new one; remove it to start afresh, or restore the file"
+            )
+        if not path.exists() and not create:
+            raise StoreError(f"{path}: no store here; give the --data-dir of a tiergate serve")
+        with _explained(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._check()
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=FULL")  # durable before acknowledged, power loss included
+            self.db.executescript(SCHEMA)
+            self._mark()
+
+    def _check(self) -> None:
+        """Refuse a damaged file before writing anything to it."""
+        verdict = self.db.execute("PRAGMA quick_check").fetchone()[0]
+        if verdict != "ok":
+            raise sqlite3.DatabaseError(f"database disk image is malformed ({verdict})")
+
+    def _mark(self) -> None:
+        found = self.db.execute("SELECT value FROM meta WHERE key = 'store_format'").fetchone()
+        if found is None:
+            self.db.execute("INSERT INTO meta VALUES ('store_format', ?)", (STORE_FORMAT,))
+        elif found[0] != STORE_FORMAT:
+            raise StoreError(f"{self.path} is a {found[0]} store; this tiergate reads {STORE_FORMAT}")
 
     def close(self) -> None:
         self.db.close()
@@ -81,13 +130,15 @@ class Store:
 
     def claim_policy(self, version: str, sha256: str) -> None:
         """Bind the store to one policy (version 1 runs one policy per log); refuse another."""
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'policy_sha256'").fetchone()
-        if row is None:
-            with self.transaction():
-                self.db.execute(
-                    "INSERT INTO meta VALUES ('policy_sha256', ?), ('policy_version', ?)", (sha256, version)
-                )
-        elif row[0] != sha256:
+        with _explained(self.path):
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'policy_sha256'").fetchone()
+            if row is None:
+                with self.transaction():
+                    self.db.execute(
+                        "INSERT INTO meta VALUES ('policy_sha256', ?), ('policy_version', ?)", (sha256, version)
+                    )
+                return
+        if row[0] != sha256:
             held = self.db.execute("SELECT value FROM meta WHERE key = 'policy_version'").fetchone()[0]
             raise StoreError(
                 f"{self.path} holds a log decided under policy {held} (sha256 {row[0][:12]}…), not "
@@ -96,16 +147,19 @@ class Store:
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def transaction(self) -> _Transaction:
-        return _Transaction(self.db)
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """BEGIN IMMEDIATE … COMMIT (or ROLLBACK on error): one batch, all or nothing."""
+        with _explained(self.path):
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
-    def append(
-        self,
-        events: Iterable[Appended],
-        decisions: Iterable[Decision],
-        keys: Iterable[KeyState],
-        kept: Iterable[tuple[str, str, str, bytes]],
-    ) -> None:
+    def append(self, events: Iterable[Appended], decisions: Iterable[Decision], rejected: Iterable[Rejected]) -> None:
         """Write one batch's effects; call inside `transaction()`."""
         db = self.db
         db.executemany(
@@ -116,21 +170,33 @@ class Store:
             "INSERT INTO decisions (decision_id, action_type, kind, at, record) VALUES (?, ?, ?, ?, ?)",
             ((d.decision_id, d.action_type, d.kind, d.at, d.to_json()) for d in decisions),
         )
-        db.executemany("INSERT INTO rejected (origin, result, reason, raw) VALUES (?, ?, ?, ?)", kept)
         db.executemany(
-            "INSERT OR REPLACE INTO state VALUES (?, ?)",
-            ((k.action_type, orjson.dumps(k.to_dict()).decode()) for k in keys),
+            "INSERT INTO rejected (origin, result, reason, raw) VALUES (?, ?, ?, ?)",
+            ((r.origin, r.result, r.reason, r.raw) for r in rejected),
         )
+
+    def save_snapshot(self, keys: Iterable[KeyState]) -> int:
+        """Replace the saved state with `keys` as of the log's end now; call inside `transaction()`."""
+        db = self.db
+        db.execute("DELETE FROM state")
+        db.executemany(
+            "INSERT INTO state VALUES (?, ?)", ((k.action_type, orjson.dumps(k.to_dict()).decode()) for k in keys)
+        )
+        seq = self.last_seq()
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('snapshot_seq', ?)", (str(seq),))
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('state_schema', ?)", (str(STATE_SCHEMA),))
+        return seq
 
     # -- reading -------------------------------------------------------------------------------------
 
     def snapshot(self) -> tuple[dict[str, dict[str, Any]], int]:
-        """The saved state of every key and the log position (last event seq) it reflects."""
-        keys = {
-            name: orjson.loads(snapshot)
-            for name, snapshot in self.db.execute("SELECT action_type, snapshot FROM state")
-        }
-        return keys, self.last_seq()
+        """The saved state of every key and the log position it reflects; nothing (position 0) when it was
+        saved under another state schema, so that the caller refolds the whole log."""
+        meta = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('snapshot_seq', 'state_schema')"))
+        if meta.get("state_schema") != str(STATE_SCHEMA):
+            return {}, 0
+        keys = {name: orjson.loads(text) for name, text in self.db.execute("SELECT action_type, snapshot FROM state")}
+        return keys, int(meta.get("snapshot_seq", 0))
 
     def last_seq(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
@@ -176,21 +242,8 @@ class Store:
         ]
 
     def counts(self) -> dict[str, int]:
-        """Events in the log by result, and decisions and kept events in all."""
+        """Events in the log by result, and decisions and rejected input in all."""
         out = dict(self.db.execute("SELECT result, COUNT(*) FROM events GROUP BY result").fetchall())
         out["decisions"] = self.db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
-        out["kept"] = self.db.execute("SELECT COUNT(*) FROM rejected").fetchone()[0]
+        out["rejected_input"] = self.db.execute("SELECT COUNT(*) FROM rejected").fetchone()[0]
         return out
-
-
-class _Transaction:
-    """BEGIN IMMEDIATE … COMMIT (or ROLLBACK on error): one batch, all or nothing."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, kind: object, error: object, trace: object) -> None:
-        self.db.execute("COMMIT" if kind is None else "ROLLBACK")

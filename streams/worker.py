@@ -9,7 +9,8 @@
 - A crash between the changelog write and the offset commit replays some input: events at or below the
   stored offset are skipped, so nothing counts twice. Decisions may be produced again; their ids and the
   tier records' versions make that harmless (consumers keep the first id and the highest version).
-- The leader publishes clock ticks into the input topic once per window boundary, for every catalog type.
+- Each worker ticks the keys of the partitions it owns, by the one tick rule both live runtimes share
+  (models.ticks.due_ticks), reading an injected `Clock`.
 - Decisions go to `tiergate.decisions.v1`, tier records to the compacted `tiergate.tier-map.v1`, bad and
   late input to `tiergate.events.v1.dlq` with the reason and origin in headers.
 - faust's web server binds to loopback and serves `/metrics` and `/healthz`; its table pages are off.
@@ -17,25 +18,28 @@
 
 from __future__ import annotations
 
-import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import faust
+from aiokafka.partitioner import murmur2
 from faust.streams import Stream
 from faust.types import EventT, StreamT
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tiergate.models.decisions import Decision, TierRecord
-from tiergate.models.evaluator import KeyState, Result, State, initial_decisions, initial_key, step
 from tiergate.models.policy import Policy
-from tiergate.models.wire import Tick, format_ts
+from tiergate.models.state import KeyState, State
+from tiergate.models.ticks import due_ticks
 
-from .codec import EventError, decode, encode
+from .clock import Clock, SystemClock
+from .codec import encode
 from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, KafkaSettings, read_topics
-from .metrics import Tallies, TiergateCollector, WorkerCollector, catalog_label
+from .keyed import KeyedFold, Outputs, Saved
+from .metrics import TiergateCollector, WorkerCollector
+from .pipeline import Counting, Input, Rejected, Tallies
 
 
 class WorkerSettings(BaseSettings):
@@ -48,7 +52,8 @@ class WorkerSettings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="/metrics and /healthz bind here (loopback by default)")
     web_port: int = 6066
     data_dir: Path = Path("tiergate-worker-data")
-    tick_interval: float = Field(1.0, gt=0, description="seconds between the leader's clock checks")
+    tick_interval: float = Field(1.0, gt=0, description="seconds between clock checks")
+    ticks: bool = Field(True, description="tick on the clock; off while a history is produced (backfill)")
     batch: int = Field(5000, gt=0, description="events folded per batch at most")
     batch_within: float = Field(0.2, gt=0, description="seconds to wait for a batch to fill")
     replication_factor: int = 1
@@ -76,9 +81,12 @@ def _credentials(kafka: KafkaSettings) -> Any:
 class Worker:
     """The faust app and the fold it runs; `app` is what `faust worker` would run."""
 
-    def __init__(self, policy: Policy, settings: WorkerSettings, kafka: KafkaSettings) -> None:
+    def __init__(
+        self, policy: Policy, settings: WorkerSettings, kafka: KafkaSettings, clock: Clock | None = None
+    ) -> None:
         self.policy, self.settings, self.kafka = policy, settings, kafka
-        partitions = read_topics(kafka.topics_file)[EVENTS].partitions
+        self.clock = clock or SystemClock()
+        partitions = self.partitions = read_topics(kafka.topics_file)[EVENTS].partitions
         self.app = faust.App(
             kafka.topic(settings.app_id),
             broker=_broker_url(kafka.bootstrap),
@@ -111,11 +119,10 @@ class Worker:
             for name in (EVENTS, DECISIONS, TIER_MAP, DLQ)
         )
         self.table = self.app.Table("state", default=None, partitions=partitions, key_type=bytes, use_partitioner=True)
-        self.event_counts: Counter[tuple[str, str]] = Counter()
-        self.decision_counts: Counter[tuple[str, str]] = Counter()
-        self.last_boundary: int | None = None
+        self.tallies = Tallies.empty()
+        self.keyed = KeyedFold(policy)
         self.batches = self.batched = 0
-        self.live: dict[bytes, tuple[int, KeyState]] = {}  # key -> (offset applied, state): no rebuild per batch
+        self.live: dict[bytes, Saved] = {}  # key -> what it last wrote to the table: no rebuild per batch
         self.position: dict[int, int] = {}  # input partition -> offset of the last event taken
         self.rebalances = 0
 
@@ -123,9 +130,9 @@ class Worker:
             self.rebalances += 1
 
         self.app.on_partitions_assigned.connect(assigned)
-        self._initial = {d.action_type: d for d in initial_decisions(policy)}
         self.app.agent(self.events, name="evaluate")(self._evaluate)
-        self.app.timer(settings.tick_interval, on_leader=True)(self._tick)
+        if settings.ticks:
+            self.app.timer(settings.tick_interval)(self._tick)
         worker = self
 
         async def metrics(view: Any, request: Any) -> Any:  # faust binds page functions to its View
@@ -156,85 +163,72 @@ class Worker:
                     self.live.pop(key, None)  # it may be half-advanced: rebuild it from the table next time
                     raise
 
-    def _load(self, key: bytes) -> tuple[KeyState | None, int, bool]:
-        """(state, offset applied, stored) of a key: the live object when it is still what the table holds
-        (same offset), else rebuilt from the table (after a rebalance or a restart, say)."""
-        saved = self.table.get(key)
-        if saved is None:
-            return None, -1, False
+    def _load(self, key: bytes) -> Saved | None:
+        """What the table holds for a key: the live object when it is still what the table holds (same
+        offset), else rebuilt from the table (after a rebalance or a restart, say); None if nothing."""
+        stored = self.table.get(key)
+        if stored is None:
+            return None
         live = self.live.get(key)
-        if live is not None and live[0] == saved["offset"]:
-            return live[1], saved["offset"], True
-        state = None if saved["state"] is None else KeyState.from_dict(saved["state"])
-        return state, saved["offset"], True
+        if live is not None and live.offset == stored["offset"]:
+            return live
+        return Saved.from_dict(stored)
 
     async def _fold_key(self, key: bytes, events: list[EventT[bytes]]) -> None:
-        """Fold one key's events of a batch, in log order; write its state once."""
+        """Fold one key's events of a batch, in log order, through the ingest pipeline; write its state once."""
         name = key.decode("utf-8", errors="replace")
-        key_state, applied, stored = self._load(key)
-        if not stored and name in self.policy.types:
-            key_state = initial_key(self.policy, name)
-            await self._publish(self._initial[name])
-        state = State({} if key_state is None else {name: key_state})
-        label = catalog_label(self.policy, name)
-        for event in events:
-            offset = event.message.offset
-            if offset <= applied:
-                continue  # applied before a crash: the changelog is ahead of the committed offset
-            applied = offset
-            raw = event.value
-            try:
-                parsed = decode(raw)
-                if parsed.action_type != name:
-                    raise EventError(
-                        f"message key {name!r} is not the action_type {parsed.action_type!r}: "
-                        "produce with key = action_type"
-                    )
-            except EventError as error:
-                self.event_counts[label, Result.REJECTED] += 1
-                await self._set_aside(event, Result.REJECTED, error.reason)
-                continue
-            _, decisions, result, reason = step(state, parsed, self.policy)
-            self.event_counts[label, result] += 1
-            for decision in decisions:
-                await self._publish(decision)
-            if result in (Result.LATE, Result.REJECTED):
-                assert reason is not None
-                await self._set_aside(event, result, reason)
-        self.table[key] = {"state": None if key_state is None else key_state.to_dict(), "offset": applied}
-        if key_state is not None:
-            self.live[key] = (applied, key_state)
+        saved = self._load(key)
+        started: tuple[Decision, ...] = ()
+        if saved is None:
+            saved, started = self.keyed.start(name)
+            self.tallies.decisions.update((d.action_type, d.kind) for d in started)
+        records = [
+            Input(f"{e.message.topic}/{e.message.partition}", e.message.offset, e.value, e.message.key) for e in events
+        ]
+        outputs = Outputs(decisions=list(started))
+        state = State({} if saved.state is None else {name: saved.state})
+        saved = self.keyed.fold(name, saved, records, Counting(outputs, self.tallies, state))
+        for decision in outputs.decisions:
+            await self._publish(decision)
+        for rejected in outputs.rejected:
+            await self._reject(key, rejected)
+        self.table[key] = saved.to_dict()
+        self.live[key] = saved
 
     async def _publish(self, decision: Decision) -> None:
         key = decision.action_type.encode()
-        self.decision_counts[decision.action_type, decision.kind] += 1
         await self.decisions.send(key=key, value=decision.to_json().encode())
         if decision.moves:
             await self.tier_map.send(key=key, value=TierRecord.from_decision(decision).to_json().encode())
 
-    async def _set_aside(self, event: EventT[bytes], result: str, reason: str) -> None:
-        message = event.message
+    async def _reject(self, key: bytes, rejected: Rejected) -> None:
         headers = {
-            "tiergate-result": result.encode(),
-            "tiergate-reason": reason.encode(),
-            "tiergate-origin": f"{message.topic}/{message.partition}/{message.offset}".encode(),
+            "tiergate-result": rejected.result.encode(),
+            "tiergate-reason": rejected.reason.encode(),
+            "tiergate-origin": rejected.origin.encode(),
         }
-        await self.dlq.send(key=message.key, value=event.value, headers=headers)
+        await self.dlq.send(key=key, value=rejected.raw, headers=headers)
 
     # -- the clock -----------------------------------------------------------------------------------
 
     async def _tick(self) -> None:
-        """Once the clock, less the allowed lateness, passes a window boundary: a tick for every type."""
-        policy, now = self.policy, int(time.time())
-        boundary = (now - policy.allowed_lateness) // policy.window * policy.window
-        if self.last_boundary is not None and boundary <= self.last_boundary:
-            return
-        self.last_boundary = boundary
-        for name in policy.catalog:
-            tick = Tick.model_validate(
-                {"type": "tick", "event_id": f"tick/{name}/{boundary}", "ts": format_ts(now), "action_type": name}
-            )
-            await self.events.send(key=name.encode(), value=encode(tick))
+        """The one tick rule (models.ticks.due_ticks) over the keys of the partitions this worker owns:
+        each owner ticks its own keys, so a key's ticks come from the worker that holds its state. Tick
+        ids name the window boundary, so a tick sent twice around a rebalance is a duplicate."""
+        owned = {
+            tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.events.get_topic_name()
+        }
+        keys = {
+            saved.state.action_type: saved.state
+            for key, saved in list(self.live.items())
+            if saved.state is not None and self._partition(key) in owned
+        }
+        for tick in due_ticks(State(keys), self.clock.now()):
+            await self.events.send(key=tick.action_type.encode(), value=encode(tick))
+
+    def _partition(self, key: bytes) -> int:
+        """The input partition of a key, as the producers' default partitioner (murmur2) places it."""
+        return int(murmur2(key) & 0x7FFFFFFF) % self.partitions
 
     # -- observability -------------------------------------------------------------------------------
 
@@ -267,8 +261,8 @@ class Worker:
             TiergateCollector(
                 self.policy,
                 self.local_state,
-                lambda: Tallies(self.event_counts, self.decision_counts),
-                lambda: int(time.time()),
+                lambda: self.tallies,
+                self.clock.now,
                 self.settings.stale_after,
             )
         )

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tiergate.models import Decision, State, fold, load_policy
-from tiergate.models.evaluator import Event, step
+from tiergate.models.fold import Event, step
 from tiergate.models.policy import Policy, deep_merge
 from tiergate.models.wire import event_from_dict, format_ts, parse_ts
 

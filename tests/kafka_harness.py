@@ -17,12 +17,14 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
-from tiergate.streams.kafka import EVENTS, KafkaSettings, create_topics
-from tiergate.streams.kafka_replay import replay_topic, verify
+from tiergate.streams.kafka import DECISIONS, DLQ, EVENTS, KafkaSettings, create_topics
+from tiergate.streams.kafka_replay import read_topic, replay_topic, verify
 from tiergate.streams.policy_file import read_policy
 
 from .test_restart import free_port
@@ -48,6 +50,7 @@ class Deployment:
     tmp: Path
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}.")
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    worker_env: dict[str, str] = field(default_factory=dict)  # extra TIERGATE_WORKER_* settings
 
     @property
     def settings(self) -> KafkaSettings:
@@ -75,7 +78,11 @@ class Deployment:
     def start_worker(self, web_port: int | None = None, bootstrap: str = BOOTSTRAP) -> subprocess.Popen[bytes]:
         port = web_port or free_port()
         data = self.tmp / f"worker-{len(self.workers)}"
-        env = os.environ | {"TIERGATE_KAFKA_BOOTSTRAP": bootstrap, "TIERGATE_KAFKA_TOPIC_PREFIX": self.prefix}
+        env = (
+            os.environ
+            | self.worker_env
+            | {"TIERGATE_KAFKA_BOOTSTRAP": bootstrap, "TIERGATE_KAFKA_TOPIC_PREFIX": self.prefix}
+        )
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 - the process owns it
         process = subprocess.Popen(
             [
@@ -125,6 +132,43 @@ class Deployment:
 
         return asyncio.run(check())
 
+    def committed_all(self) -> bool:
+        """Has the workers' consumer group committed every input offset (the end of each partition)?"""
+
+        async def check() -> bool:
+            admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+            consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+            await admin.start()
+            await consumer.start()
+            try:
+                committed = await admin.list_consumer_group_offsets(self.settings.topic("tiergate-worker"))
+                topic = self.settings.topic(EVENTS)
+                partitions = [tp for tp in await _partitions(consumer, topic)]
+                ends = await consumer.end_offsets(partitions)
+                return all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in partitions)
+            finally:
+                await consumer.stop()
+                await admin.close()
+
+        return asyncio.run(check())
+
+    def wait_drained(self, timeout: float = 90) -> None:
+        """Until every input offset is committed (so folded, and its outputs produced), then a moment more."""
+        wait_for(self.committed_all, timeout, "the workers to commit every input offset")
+        time.sleep(1.0)
+
+    def outcome(self, out: Any) -> Any:
+        """Fill a contract `Outcome` from the decisions and rejected-input topics."""
+        for record in asyncio.run(read_topic(self.settings, DECISIONS)):
+            line = (record.value or b"").decode()
+            out.decisions[orjson.loads(line)["action_type"]].append(line)
+        for record in asyncio.run(read_topic(self.settings, DLQ)):
+            headers = dict(record.headers)
+            out.rejected.append(
+                (headers["tiergate-result"].decode(), headers["tiergate-reason"].decode(), record.value or b"")
+            )
+        return out
+
     def wait_consistent(self, timeout: float = 90) -> None:
         """Poll until the recorded decisions and tier map equal the reference fold (workers catch up)."""
         last: list[str] = []
@@ -135,6 +179,10 @@ class Deployment:
             return not last
 
         wait_for(consistent, timeout, "decisions equal to the reference fold", lambda: "; ".join(last[:5]))
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
 
 
 def _key_of(raw: bytes) -> bytes:

@@ -68,7 +68,7 @@ def test_a_bad_policy_stops_replay_with_the_loaders_message(tmp_path: Path, caps
     policy.write_text(POLICY.read_text().replace("lookback: 1d", "lookback: 90m"))
     code = main(["replay", str(GOLDEN / "clean_climb" / "events.jsonl"), "--policy", str(policy)])
     assert code == 2
-    assert "policy.yaml:6: lookback: 90m is not a whole number of windows" in capsys.readouterr().err
+    assert "policy.yaml:6: lookback: 1h30m is not a whole number of windows" in capsys.readouterr().err
 
 
 def test_check_policy_prints_the_normalised_policy_and_its_sha(capsys: pytest.CaptureFixture[str]) -> None:

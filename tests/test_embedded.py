@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tiergate.models.wire import parse_ts
 from tiergate.streams.cli import main
 from tiergate.streams.clock import ManualClock
-from tiergate.streams.embedded import Evaluator
+from tiergate.streams.embedded import EmbeddedRuntime
 from tiergate.streams.http import WRITER, make_app
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.settings import ServeSettings
@@ -29,7 +29,7 @@ CLIMB = (GOLDEN / "clean_climb" / "events.jsonl").read_bytes()
 class Running:
     client: TestClient
     clock: ManualClock
-    evaluator: Evaluator
+    evaluator: EmbeddedRuntime
     data_dir: Path
 
 
@@ -39,7 +39,7 @@ async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
     ticking = getattr(request, "param", {}).get("ticking", False)
     token = getattr(request, "param", {}).get("token")
     clock = ManualClock(parse_ts("2026-11-02T12:00:00Z"))
-    evaluator = Evaluator(read_policy(POLICY), tmp_path / "data", clock, max_skew=300)
+    evaluator = EmbeddedRuntime(read_policy(POLICY), tmp_path / "data", clock, max_skew=300)
     settings = ServeSettings(policy=POLICY, data_dir=tmp_path / "data", tick_interval=0.02, token=token, max_batch=1000)
     http = TestServer(make_app(evaluator, settings, ticking=ticking), host="127.0.0.1")
     async with http, TestClient(http) as client:
@@ -246,7 +246,7 @@ def test_import_appends_history_without_ticks_and_refuses_a_busy_data_dir(tmp_pa
     exported = tmp_path / "decisions.jsonl"
     assert main(["export", "--data-dir", str(data), "-o", str(tmp_path / "e.jsonl"), "--decisions", str(exported)]) == 0
     assert exported.read_bytes() == (GOLDEN / "regression_and_cooldown" / "expected.jsonl").read_bytes()
-    holder = Evaluator(read_policy(POLICY), data, ManualClock(0))
+    holder = EmbeddedRuntime(read_policy(POLICY), data, ManualClock(0))
     try:
         assert (
             main(
@@ -267,11 +267,11 @@ def test_import_appends_history_without_ticks_and_refuses_a_busy_data_dir(tmp_pa
 
 def test_a_data_dir_keeps_its_policy(tmp_path: Path) -> None:
     """A log decided under one policy is not continued under another."""
-    Evaluator(read_policy(POLICY), tmp_path, ManualClock(0)).close()
+    EmbeddedRuntime(read_policy(POLICY), tmp_path, ManualClock(0)).close()
     other = tmp_path / "other.yaml"
     other.write_text(POLICY.read_text().replace('"golden-1"', '"golden-2"'))
     with pytest.raises(Exception, match="one log runs one policy"):
-        Evaluator(read_policy(other), tmp_path, ManualClock(0))
+        EmbeddedRuntime(read_policy(other), tmp_path, ManualClock(0))
 
 
 def test_settings_come_from_flags_then_environment_then_the_config_file(

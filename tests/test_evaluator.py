@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tiergate.models import evaluator, fold, tier_records
+from tiergate.models import closes, fold, tier_records
+from tiergate.models.transition import KeyStep
 from tiergate.models.wire import TIERS
 
 from .builders import HOUR, T0, Log, at, climb_to_walk, end_of_hour, moves, policy, results, run
@@ -54,18 +55,18 @@ def test_empty_windows_close_in_order_and_hold_time_runs_on_ticks() -> None:
 def test_a_long_idle_run_of_empty_windows_is_passed_over_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Fifty years of silence close in a handful of steps, not one per hour (the run holds no evidence, no
     expiry and no hold that ends), with the same decisions as a close per window would give."""
-    closes: list[int] = []
-    original = evaluator._Fold.close
+    closed: list[int] = []
+    original = closes.close
 
-    def counted(fold: evaluator._Fold, index: int) -> None:
-        closes.append(index)
-        original(fold, index)
+    def counted(step: KeyStep, index: int) -> None:
+        closed.append(index)
+        original(step, index)
 
-    monkeypatch.setattr(evaluator._Fold, "close", counted)
+    monkeypatch.setattr(closes, "close", counted)
     log = Log().reviews(0.5, accepted=10).tick(1.1).tick(50 * 365 * 24)
     _, decisions = run(log)
     assert moves(decisions) == [("promote", "crawl", "walk", end_of_hour(2))]
-    assert len(closes) < 10
+    assert len(closed) < 10
 
 
 def test_evidence_leaving_the_lookback_in_an_idle_spell_is_judged_at_the_close_where_it_leaves() -> None:
@@ -434,5 +435,5 @@ def test_the_tier_map_is_the_last_tier_change_with_its_version() -> None:
     """decision_id counts every decision of the key; version counts only tier changes."""
     log = Log().action(0.2, tier="walk").override(0.3, "promote")
     state, _ = run(log)
-    record = next(r for r in tier_records(state, policy()) if r.action_type == "t").record()
+    record = next(r for r in tier_records(state) if r.action_type == "t").record()
     assert (record["tier"], record["version"], record["decision_id"], record["since"]) == ("walk", 1, "t/2", at(0.3))

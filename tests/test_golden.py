@@ -1,6 +1,6 @@
 """Golden scenarios: readable event histories whose decision logs were reviewed once and must not drift.
 
-Each folder of tests/golden holds events.jsonl, the expected decision log and what is kept aside; the
+Each folder of tests/golden holds events.jsonl, the expected decision log and what is rejected; the
 stories are told in tests/golden/scenarios.py. Besides the byte-for-byte comparison, each scenario's
 plot is asserted here in a reader's terms, so a regenerated golden file cannot silently change the story.
 """
@@ -43,7 +43,7 @@ STORIES = {
 
 
 def replay(folder: Path, tmp_path: Path) -> tuple[bytes, bytes]:
-    out, kept = tmp_path / "decisions.jsonl", tmp_path / "kept.jsonl"
+    out, rejected = tmp_path / "decisions.jsonl", tmp_path / "rejected.jsonl"
     code = main(
         [
             "replay",
@@ -53,22 +53,22 @@ def replay(folder: Path, tmp_path: Path) -> tuple[bytes, bytes]:
             "-o",
             str(out),
             "--rejects",
-            str(kept),
+            str(rejected),
         ]
     )
     assert code == 0
-    return out.read_bytes(), kept.read_bytes() if kept.exists() else b""
+    return out.read_bytes(), rejected.read_bytes() if rejected.exists() else b""
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_a_golden_scenario_replays_to_its_reviewed_decision_log(name: str, tmp_path: Path) -> None:
-    """`tiergate replay` reproduces the reviewed decision log and kept-aside events byte for byte."""
+    """`tiergate replay` reproduces the reviewed decision log and its rejected input."""
     folder = GOLDEN / name
-    decisions, kept = replay(folder, tmp_path)
+    decisions, rejected = replay(folder, tmp_path)
     assert decisions == (folder / "expected.jsonl").read_bytes()
-    expected_kept = (folder / "expected.kept.jsonl").read_bytes()
-    assert [orjson.loads(k)["reason"] for k in kept.splitlines()] == [
-        orjson.loads(k)["reason"] for k in expected_kept.splitlines()
+    expected_rejected = (folder / "expected.rejected.jsonl").read_bytes()
+    assert [orjson.loads(k)["reason"] for k in rejected.splitlines()] == [
+        orjson.loads(k)["reason"] for k in expected_rejected.splitlines()
     ]
 
 

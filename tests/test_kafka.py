@@ -22,20 +22,9 @@ from tiergate.streams.kafka_replay import read_topic
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.simulate import history, story_fleet
 
-from .kafka_harness import BOOTSTRAP, POLICY, ROOT, Deployment, broker, broker_running, wait_for
+from .kafka_harness import BOOTSTRAP, POLICY, ROOT, Deployment, broker, wait_for
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[None]:
-    """The local broker: started here unless it already runs (make test starts it), stopped if started here."""
-    started_here = not broker_running()
-    if started_here:
-        broker("start")
-    yield
-    if started_here:
-        broker("stop")
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from unittest.mock import patch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tiergate.models import State, evaluator, fold
-from tiergate.models.policy import parse_duration
+from tiergate.models import State, closes, fold
+from tiergate.models.durations import parse_duration
 from tiergate.models.wire import TIER_INDEX, event_from_dict, format_ts, parse_ts
 
 from .builders import T0, policy
@@ -163,7 +163,7 @@ def test_passing_over_quiet_windows_changes_no_decision(events: list[dict[str, A
     """The fold's shortcut over runs of closes where nothing can happen gives exactly the decisions and
     the state of closing every window one by one."""
     quick_state, quick = fold(models(events), POLICY)
-    with patch.object(evaluator._Fold, "next_event", lambda fold: fold.key.next_close):
+    with patch.object(closes, "next_event", lambda step: step.key.next_close):
         slow_state, slow = fold(models(events), POLICY)
     assert [d.to_json() for d in quick] == [d.to_json() for d in slow]
     assert quick_state.to_dict() == slow_state.to_dict()

@@ -14,7 +14,7 @@ from aiohttp import web
 from tiergate.models.wire import parse_ts
 from tiergate.streams import sdk
 from tiergate.streams.clock import ManualClock
-from tiergate.streams.embedded import Evaluator
+from tiergate.streams.embedded import EmbeddedRuntime
 from tiergate.streams.http import make_app
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.sdk import (
@@ -50,7 +50,9 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{port}"
 
     async def start(self) -> None:
-        self.evaluator = Evaluator(read_policy(POLICY), self.data_dir, ManualClock(parse_ts("2026-11-02T12:00:00Z")))
+        self.evaluator = EmbeddedRuntime(
+            read_policy(POLICY), self.data_dir, ManualClock(parse_ts("2026-11-02T12:00:00Z"))
+        )
         settings = ServeSettings(policy=POLICY, data_dir=self.data_dir)
         self.runner = web.AppRunner(make_app(self.evaluator, settings, ticking=False))
         await self.runner.setup()

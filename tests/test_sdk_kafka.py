@@ -14,11 +14,11 @@ from tiergate.streams.kafka import EVENTS, TIER_MAP
 from tiergate.streams.sdk import KafkaEventSink, KafkaTierTransport, Reporter, TierMapClient
 
 from .kafka_harness import Deployment, broker
-from .test_kafka import _send, deployment, kafka_broker, records
+from .test_kafka import _send, deployment, records
 
 pytestmark = pytest.mark.kafka
 CLIMB = (Path(__file__).parent / "golden" / "clean_climb" / "events.jsonl").read_bytes().splitlines()
-__all__ = ["deployment", "kafka_broker"]  # the fixtures, shared with test_kafka
+__all__ = ["deployment"]  # the fixture, shared with test_kafka
 
 
 def test_a_promotion_decided_by_the_worker_reaches_a_kafka_client(deployment: Deployment) -> None:

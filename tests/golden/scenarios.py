@@ -73,7 +73,7 @@ def cap_and_pin() -> Log:
 
 def late_and_out_of_order() -> Log:
     """With 10m allowed lateness, a review of 01:58 that arrives after one of 02:05 still counts; a review
-    of 00:30 that arrives at 01:20 is late (kept aside), and a redelivered review is a duplicate. Hour 0
+    of 00:30 that arrives at 01:20 is late (rejected), and a redelivered review is a duplicate. Hour 0
     has 9 timely reviews, so 02:00 is inconclusive (n=19 < 20): the streak starts at 03:00 and the climb
     comes at 05:00, an hour later than the clean climb."""
     log = Log("reply_to_ticket").reviews(0.5, accepted=9)
@@ -129,17 +129,17 @@ def main() -> None:
         (folder / "events.jsonl").write_bytes(data)
         lines = list(enumerate(data.splitlines(), 1))
         decisions: list[str] = []
-        kept: list[bytes] = []
+        rejected: list[bytes] = []
         fold_lines(
             lines,
             policy,
             lambda d, out=decisions: out.append(d.to_json() + "\n"),  # type: ignore[misc]
-            lambda k, out=kept: out.append(k.to_json() + b"\n"),  # type: ignore[misc]
+            lambda r, out=rejected: out.append(r.to_json() + b"\n"),  # type: ignore[misc]
             source="events.jsonl",
         )
         (folder / "expected.jsonl").write_text("".join(decisions))
-        (folder / "expected.kept.jsonl").write_bytes(b"".join(kept))
-        print(f"{name}: {len(lines)} events, {len(decisions)} decisions, {len(kept)} kept aside")
+        (folder / "expected.rejected.jsonl").write_bytes(b"".join(rejected))
+        print(f"{name}: {len(lines)} events, {len(decisions)} decisions, {len(rejected)} rejected")
 
 
 if __name__ == "__main__":

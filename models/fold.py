@@ -1,0 +1,180 @@
+"""The decider over the ordered event log of each action type (DESIGN §6).
+
+    initial_state(policy)            -> State, every catalog type at its starting tier
+    initial_decisions(policy)        -> the `initial` decision of each type, in name order
+    step(state, event, policy)       -> Stepped(state, decisions, result, reason)
+    fold(events, policy[, state])    -> (state, decisions)
+
+`step` owns the state it is given and returns it advanced (it is mutated in place: copying per event
+would cost more than the fold itself). Callers that need the state before a step keep a snapshot with
+`KeyState.to_dict()`. Nothing here reads a clock: time is the `ts` of events, ticks included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final, Literal, NamedTuple
+
+from . import closes, overrides, windows
+from .decisions import Decision, TierRecord
+from .evidence import SCORES
+from .policy import Policy
+from .state import RUN, KeyState, State
+from .transition import KeyStep
+from .wire import TIER_INDEX, TIERS, Action, Outcome, Override, Tick
+
+Event = Action | Outcome | Override | Tick
+Result = Literal["applied", "duplicate", "late", "rejected"]
+APPLIED: Final = "applied"
+DUPLICATE: Final = "duplicate"
+LATE: Final = "late"
+REJECTED: Final = "rejected"
+RESULTS: tuple[Result, ...] = (APPLIED, DUPLICATE, LATE, REJECTED)
+
+DUPLICATE_REASON = (
+    "duplicate event_id: the first copy with this id counted (whatever its ts or content); this one changes nothing"
+)
+
+
+class Stepped(NamedTuple):
+    """What one step did: the state it advanced, the decisions it made, what became of the event and why."""
+
+    state: State
+    decisions: tuple[Decision, ...]
+    result: Result
+    reason: str | None
+
+
+def starting_tier(read_only: bool) -> int:
+    return RUN if read_only else 0
+
+
+def initial_key(policy: Policy, name: str) -> KeyState:
+    rules = policy.types[name]
+    return KeyState(
+        action_type=name,
+        rules=rules,
+        policy_version=policy.version,
+        policy_sha256=policy.sha256,
+        tier=starting_tier(rules.read_only),
+        lookback=windows.Lookback(rules.lookback_windows),
+    )
+
+
+def initial_state(policy: Policy) -> State:
+    return State({name: initial_key(policy, name) for name in policy.catalog})
+
+
+def initial_decisions(policy: Policy) -> list[Decision]:
+    """Every catalog type starts at Crawl, except a read-only one, which is Run and never evaluated."""
+    decisions = []
+    for name in policy.catalog:
+        read_only = policy.types[name].read_only
+        reason = (
+            "read_only: a bad action harms no one, so it is Run from the start and never evaluated"
+            if read_only
+            else "every action type starts at crawl"
+        )
+        tier = starting_tier(read_only)
+        decisions.append(
+            Decision(
+                action_type=name,
+                seq=0,
+                kind="initial",
+                from_tier=tier,
+                to_tier=tier,
+                version=0,
+                at=None,
+                window=None,
+                reason=reason,
+                policy_version=policy.version,
+                policy_sha256=policy.sha256,
+            )
+        )
+    return decisions
+
+
+def step(state: State, event: Event, policy: Policy) -> Stepped:
+    """Apply one event of the log: close the windows its `ts` closes, then aggregate it (or count it late).
+
+    The common case (an action or outcome in an open window that closes nothing) stays on a short path:
+    this runs once per event of every history."""
+    name = event.action_type
+    key = state.keys.get(name)
+    if key is None:
+        reason = f"unknown action_type {name!r}: add it to the policy's action_types or fix the producer"
+        return Stepped(state, (), REJECTED, reason)
+    if isinstance(event, Override):
+        return _override(state, key, event)
+    event_id = event.event_id
+    if key.remembers(event_id):
+        return Stepped(state, (), DUPLICATE, DUPLICATE_REASON)
+    out: list[Decision] = []
+    rules = key.rules
+    ts, size = event.ts, rules.window
+    if key.max_ts is None or ts > key.max_ts:
+        if key.next_close is not None and ts - rules.allowed_lateness < (key.next_close + 1) * size:
+            key.max_ts = ts  # the watermark rises but reaches no window's end
+        else:
+            closes.advance(KeyStep(key, out), ts)
+    index = ts // size
+    key.remember(event_id, index)
+    if index < key.next_close:  # type: ignore[operator]  # advance() has set it
+        return Stepped(state, tuple(out), LATE, closes.late_reason(KeyStep(key, out), index))
+    if key.read_only:  # never evaluated: time moves and ids are remembered, nothing is aggregated
+        return Stepped(state, tuple(out), APPLIED, None)
+    if isinstance(event, Outcome):
+        at, success = SCORES[rules.minor_edits_accepted][event.kind, event.result, event.edit, event.tier]
+        counters = key.open.get(index)
+        if counters is None:
+            counters = key.open[index] = windows.empty()
+        counters[at] += 1
+        counters[at + 1] += success
+    elif isinstance(event, Action) and TIER_INDEX[event.tier] > key.tier:
+        _violation(KeyStep(key, out), event)
+    return Stepped(state, tuple(out), APPLIED, None)
+
+
+def _override(state: State, key: KeyState, event: Override) -> Stepped:
+    if event.event_id in key.kept_ids:
+        return Stepped(state, (), DUPLICATE, DUPLICATE_REASON)
+    if key.read_only:
+        name = key.action_type
+        reason = (
+            f"override rejected: {name} is read_only and never evaluated; remove read_only from the catalog to gate it"
+        )
+        return Stepped(state, (), REJECTED, reason)
+    key.kept_ids.add(event.event_id)
+    out: list[Decision] = []
+    refused = overrides.apply(KeyStep(key, out), event)
+    return Stepped(state, tuple(out), APPLIED if refused is None else REJECTED, refused)
+
+
+def _violation(step: KeyStep, event: Action) -> None:
+    reason = f"action {event.action_id} ran at {event.tier} while the tier map held {TIERS[step.key.tier]}"
+    step.note("violation", step.key.tier, event.ts, reason, action_id=event.action_id, agent=event.agent)
+
+
+def fold(events: Iterable[Event], policy: Policy, state: State | None = None) -> tuple[State, list[Decision]]:
+    """Fold a log from the start (initial decisions included) or onward from a saved `state`."""
+    decisions = initial_decisions(policy) if state is None else []
+    state = initial_state(policy) if state is None else state
+    for event in events:
+        decisions.extend(step(state, event, policy).decisions)
+    return state, decisions
+
+
+def tier_records(state: State) -> list[TierRecord]:
+    """The live tier map as records, in action type order."""
+    return [
+        TierRecord(
+            action_type=name,
+            tier=key.tier,
+            version=key.version,
+            since=key.since,
+            decision_id=f"{name}/{key.changed_by}",
+            policy_version=key.policy_version,
+            policy_sha256=key.policy_sha256,
+        )
+        for name, key in sorted(state.keys.items())
+    ]
