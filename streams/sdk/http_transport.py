@@ -127,6 +127,8 @@ class HttpTierTransport:
                 self._apply(event, feed)
 
     def _apply(self, event: ServerSentEvent, feed: TierFeed) -> None:
+        if not event.data:
+            return  # no data, nothing to dispatch (httpx-sse yields one per heartbeat once an id was seen)
         if event.event in ("tier", "message"):
             feed.apply(event.json())
         elif event.event == "retired":
