@@ -78,7 +78,7 @@ class KafkaTierTransport:
             auto_offset_reset="earliest",
         )
         try:
-            await consumer.start()
+            await self._start(consumer, topic)
             partitions = await self._assignment(consumer, topic)
             ends = await consumer.end_offsets(partitions)
             await self._load(consumer, {tp for tp in partitions if ends[tp] > 0}, ends, feed)
@@ -86,13 +86,23 @@ class KafkaTierTransport:
         finally:
             await consumer.stop()
 
+    async def _start(self, consumer: Any, topic: str) -> None:
+        """Start the consumer; it waits for the topic's metadata, which never comes for a missing topic."""
+        try:
+            await asyncio.wait_for(consumer.start(), self.assignment_timeout)
+        except TimeoutError:
+            raise TransportError(self._no_partitions(topic)) from None
+
+    def _no_partitions(self, topic: str) -> str:
+        return f"topic {topic} has no partitions: create it with `tiergate topics create`"
+
     async def _assignment(self, consumer: Any, topic: str) -> list[Any]:
         """Every partition of the topic, once the cluster's metadata has named them."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.assignment_timeout
         while not consumer.assignment():
             if loop.time() >= deadline:
-                raise TransportError(f"topic {topic} has no partitions: create it with `tiergate topics create`")
+                raise TransportError(self._no_partitions(topic))
             await asyncio.sleep(0.05)
         return sorted(consumer.assignment())
 
