@@ -247,3 +247,21 @@ def test_the_sdk_works_without_faust_or_aiokafka_installed() -> None:
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["walk", "walk"]
     assert lines[1] == "transport stopped: the Kafka transport needs aiokafka: pip install 'tiergate[kafka]'"
+
+
+async def test_the_http_transport_reads_tier_and_retired_events_and_skips_empty_ones() -> None:
+    """The stream's `tier` events update the client, a `retired` event (as the server will send it) makes it
+    forget the type, and an event without data (a heartbeat, as httpx-sse yields it) changes nothing."""
+    from httpx_sse import ServerSentEvent
+
+    from tiergate.streams.sdk import HttpTierTransport
+
+    transport = HttpTierTransport("http://127.0.0.1:1")
+    async with TierMapClient(MemoryTierTransport()) as client:
+        client.loaded()
+        record = {"action_type": "t", "tier": "walk", "version": 3}
+        transport._apply(ServerSentEvent("tier", orjson.dumps(record).decode(), "t/3"), client)
+        transport._apply(ServerSentEvent("", "", "t/3"), client)
+        assert client.tier_for("t") == "walk"
+        transport._apply(ServerSentEvent("retired", '{"action_type":"t","version":4}', "t/4"), client)
+        assert client.record("t") is None and client.tier_for("t") == "crawl"
