@@ -107,21 +107,29 @@ class KafkaTierTransport:
         return sorted(consumer.assignment())
 
     async def _load(self, consumer: Any, pending: set[Any], ends: dict[Any, int], feed: TierFeed) -> None:
+        partitions, next_probe = list(ends), self._next_probe()
         while pending:
             self._apply(await consumer.getmany(timeout_ms=500), feed)
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)
+            next_probe = await self._probe_when_due(consumer, partitions, feed, next_probe)
         feed.loaded()
 
     async def _follow(self, consumer: Any, partitions: list[Any], feed: TierFeed) -> None:
-        loop = asyncio.get_running_loop()
-        next_probe = loop.time() + self.probe_interval
+        next_probe = self._next_probe()
         while True:
             self._apply(await consumer.getmany(timeout_ms=500), feed)
-            if loop.time() >= next_probe:
-                await self._probe(consumer, partitions, feed)
-                next_probe = loop.time() + self.probe_interval
+            next_probe = await self._probe_when_due(consumer, partitions, feed, next_probe)
+
+    def _next_probe(self) -> float:
+        return asyncio.get_running_loop().time() + self.probe_interval
+
+    async def _probe_when_due(self, consumer: Any, partitions: list[Any], feed: TierFeed, due: float) -> float:
+        if asyncio.get_running_loop().time() < due:
+            return due
+        await self._probe(consumer, partitions, feed)
+        return self._next_probe()
 
     async def _probe(self, consumer: Any, partitions: list[Any], feed: TierFeed) -> None:
         """An empty poll proves nothing (aiokafka returns one while the broker is down): ask the broker."""
