@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tiergate.models import fold
-from tiergate.models.wire import format_ts, parse_event
+from tiergate.models.wire import format_ts
+from tiergate.streams.codec import decode
 from tiergate.streams.metrics import Tallies, TiergateCollector, WorkerCollector
 from tiergate.streams.policy_file import read_policy
 
@@ -55,7 +56,7 @@ def test_promtool_accepts_the_config_and_rules_and_the_rule_tests_pass() -> None
 def exported_names() -> set[str]:
     """Every metric name the embedded server's and the worker's collectors expose (sample names)."""
     policy = read_policy(GOLDEN / "policy.yaml")
-    events = [parse_event(line) for line in (GOLDEN / "clean_climb" / "events.jsonl").read_bytes().splitlines()]
+    events = [decode(line) for line in (GOLDEN / "clean_climb" / "events.jsonl").read_bytes().splitlines()]
     state, _ = fold(events, policy)
     registry = CollectorRegistry()
     tallies = Tallies(
