@@ -1,9 +1,9 @@
 """The events an agent and its outcome reporters emit: built here, validated and encoded once, before they
 are queued. A bad event never leaves the agent: it raises InvalidEvent at the call that made it.
 
-Actions and outcomes are checked with the server's own wire models. Two additions of the delayed-outcome
-rules are checked here until the wire models carry them: an outcome's `action_ts` and the `checkpoint`
-event (how far an outcome feed is complete).
+Actions and outcomes are checked by the runtimes' own codec (the wire models, strict JSON). Two additions
+of the delayed-outcome rules are checked here until the wire models carry them: an outcome's `action_ts`
+and the `checkpoint` event (how far an outcome feed is complete).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from tiergate.models.wire import (
     EventId,
     Timestamp,
     format_ts,
-    parse_event,
     parse_ts,
 )
+from tiergate.streams.codec import decode
 
 from .errors import InvalidEvent
 from .receipts import Receipt
@@ -139,7 +139,7 @@ def _validate(raw: bytes, kind: object) -> None:
         if kind == "checkpoint":
             _CHECKPOINT.validate_json(raw)
             return
-        parse_event(raw)
+        decode(raw)
         if kind == "outcome":
             _ACTION_TS.validate_json(raw)
     except EventError as error:
