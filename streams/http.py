@@ -1,4 +1,4 @@
-"""`tiergate serve`: the embedded runtime's HTTP API over the Evaluator (DESIGN.md §8).
+"""`tiergate serve`: the embedded runtime's HTTP API over the Evaluator (docs/embedded.md).
 
 Writes (posted events and clock ticks) run one at a time on a single writer thread, so the fold stays
 sequential and the event loop never waits on fsync; a batch is acknowledged only after its transaction
