@@ -128,3 +128,18 @@ def test_git_ignores_the_directories_the_commands_create_by_default() -> None:
     defaults = [StoreSettings.model_fields["data_dir"].default, WorkerSettings.model_fields["data_dir"].default, demo]
     for directory in map(str, defaults):
         assert f"{directory}/" in ignored, directory
+
+
+def test_the_docs_stand_on_their_own() -> None:
+    """README and docs/ never send a user to files outside the project, and every relative link in them
+    names a file that exists."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for page in pages:
+        text = page.read_text()
+        assert "../shared" not in text and "DESIGN.md" not in text and "STYLE.md" not in text, page
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), (page, target)
+    readme = (ROOT / "README.md").read_text()
+    for needed in ("events.md", "policy.md", "decision-rules.md", "embedded.md", "pip install './[kafka]'"):
+        assert needed in readme, needed
