@@ -31,11 +31,13 @@ from rich.table import Table
 from tiergate.models.wire import format_ts, parse_ts
 
 from .clock import ManualClock
-from .embedded import Evaluator
+from .embedded import DB_NAME, Evaluator
 from .http import make_app
 from .policy_file import read_policy
+from .replay import line_writer, replay_file
 from .settings import ServeSettings
 from .simulate import HOUR, Delivery, Fleet, TierOf, story_fleet
+from .store import Store
 
 START = parse_ts("2026-11-01T00:00:00Z")
 TIER_STYLE = {"crawl": "yellow", "walk": "cyan", "run": "bold green"}
@@ -226,25 +228,21 @@ class FleetView:
 
 
 def _finish(data_dir: Path, policy_path: Path, posted: Counter[str]) -> DemoResult:
-    """Export the log, replay it, and compare with the stored promotion log."""
-    from .cli import main as cli
-
+    """Export the log and the stored decisions, replay the export, and compare the two decision logs."""
     events, stored, replayed = data_dir / "events.jsonl", data_dir / "decisions.jsonl", data_dir / "replayed.jsonl"
-    cli(["export", "--data-dir", str(data_dir), "-o", str(events), "--decisions", str(stored)])
-    cli(
-        [
-            "replay",
-            str(events),
-            "--policy",
-            str(policy_path),
-            "-o",
-            str(replayed),
-            "--rejects",
-            str(data_dir / "kept.jsonl"),
-            "--show-rejects",
-            "0",
-        ]
-    )
+    store = Store(data_dir / DB_NAME)
+    try:
+        with line_writer(events) as write_event:
+            for _, raw in store.events():
+                write_event(raw.decode())
+        with line_writer(stored) as write_stored:
+            for record in store.all_decisions():
+                write_stored(record)
+    finally:
+        store.close()
+    with line_writer(replayed) as write_replayed, line_writer(data_dir / "kept.jsonl", lazy=True) as keep:
+        policy = read_policy(policy_path)
+        replay_file(events, policy, lambda d: write_replayed(d.to_json()), lambda k: keep(k.to_json().decode()))
     decisions = [orjson.loads(line) for line in stored.read_bytes().splitlines()]
     return DemoResult(data_dir, posted, decisions, stored.read_bytes() == replayed.read_bytes())
 
