@@ -332,7 +332,7 @@ def run_read_only(directory: Path, argv: Sequence[str]) -> subprocess.CompletedP
 
 
 def test_a_read_only_data_dir_is_an_error_not_a_traceback(tmp_path: Path) -> None:
-    """serve and import on a data dir they cannot write name it and ask for a writable one."""
+    """serve, import and export on a data dir they cannot write name it and say what to do instead."""
     data = tmp_path / "ro"
     Evaluator(read_policy(POLICY), data, ManualClock(0)).close()  # an existing store, now read-only
     for argv in (
@@ -341,6 +341,8 @@ def test_a_read_only_data_dir_is_an_error_not_a_traceback(tmp_path: Path) -> Non
     ):
         done = run_read_only(data, argv)
         refused(done, 2, "cannot use this data directory", "give a writable --data-dir")
+    done = run_read_only(data, ["export", "--data-dir", str(data)])
+    refused(done, 2, "tiergate.db: cannot open the store", "export from a writable copy of the data dir")
 
 
 def test_a_real_bug_still_shows_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

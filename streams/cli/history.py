@@ -167,7 +167,13 @@ def _export(args: argparse.Namespace) -> int:
     path = data_dir / DB_NAME
     if not path.is_file():
         raise CommandError(f"{path}: no store here; give the --data-dir (or TIERGATE_DATA_DIR) of a tiergate serve")
-    store = Store(path)
+    try:
+        store = Store(path)
+    except sqlite3.OperationalError as error:
+        raise CommandError(
+            f"{path}: cannot open the store ({error}); SQLite needs to write beside it (its WAL files) even to "
+            "read: export from a writable copy of the data dir"
+        ) from None
     try:
         with line_writer(Path(args.output) if args.output else sys.stdout) as write:
             for _, raw in store.events():
