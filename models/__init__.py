@@ -6,7 +6,7 @@ Imports only the standard library and pydantic; reads no clock, no randomness, d
 from .decisions import Decision, TierRecord
 from .evaluator import KeyState, Result, State, Step, fold, initial_decisions, initial_state, step, tier_records
 from .policy import Policy, PolicyError, canonical_json, load_policy
-from .wire import Action, EventError, Outcome, Override, Tick, parse_event
+from .wire import Action, EventError, Outcome, Override, Tick, event_from_dict
 
 __all__ = [
     "Action",
@@ -23,11 +23,11 @@ __all__ = [
     "Tick",
     "TierRecord",
     "canonical_json",
+    "event_from_dict",
     "fold",
     "initial_decisions",
     "initial_state",
     "load_policy",
-    "parse_event",
     "step",
     "tier_records",
 ]

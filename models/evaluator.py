@@ -24,6 +24,8 @@ from .wire import TIER_INDEX, TIERS, Action, Outcome, Override, Tick, format_ts
 
 Event = Action | Outcome | Override | Tick
 RUN = TIER_INDEX["run"]
+SWEEP_MIN = 1024
+NEVER = 1 << 62  # a window index no close reaches
 
 
 class Result:
@@ -54,11 +56,32 @@ class KeyState:
     cap: int | None = None
     max_ts: int | None = None
     next_close: int | None = None  # index of the oldest open window
-    open: dict[int, windows.Counters] = field(default_factory=dict)
-    open_ids: dict[int, set[str]] = field(default_factory=dict)
-    override_ids: set[str] = field(default_factory=set)
+    open: dict[int, windows.Counters] = field(default_factory=dict)  # open windows that hold anything
+    seen: dict[str, int] = field(default_factory=dict)  # event id -> window of its first copy
+    override_ids: set[str] = field(default_factory=set)  # remembered for good
     # derived, never serialised: (lookback revision, tier, a keep bar falls, the gate passes)
     verdicts: tuple[int, int, bool, bool] | None = None
+    sweep_at: int = SWEEP_MIN  # forget ids that left the lookback once `seen` grows past this
+
+    def remembers(self, event_id: str) -> bool:
+        """An id is remembered until the window of its first copy leaves the lookback (§6.6)."""
+        window = self.seen.get(event_id)
+        return window is not None and (self.lookback.horizon is None or window >= self.lookback.horizon)
+
+    def remember(self, event_id: str, window: int) -> None:
+        if self.lookback.horizon is None or window >= self.lookback.horizon:
+            self.seen[event_id] = window
+
+    def forget(self) -> None:
+        """Drop the ids whose window left the lookback: memory follows the lookback, not the history.
+        Called at closes; amortised O(1) per event because the threshold doubles with what stays."""
+        if len(self.seen) > self.sweep_at:
+            self.seen = self.live_ids()
+            self.sweep_at = max(SWEEP_MIN, 2 * len(self.seen))
+
+    def live_ids(self) -> dict[str, int]:
+        horizon = self.lookback.horizon
+        return dict(self.seen) if horizon is None else {i: w for i, w in self.seen.items() if w >= horizon}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready snapshot (sets sorted, so equal states serialise equally)."""
@@ -77,17 +100,19 @@ class KeyState:
             "max_ts": self.max_ts,
             "next_close": self.next_close,
             "open": {str(k): v for k, v in sorted(self.open.items())},
-            "open_ids": {str(k): sorted(v) for k, v in sorted(self.open_ids.items())},
+            "seen": _by_window(self.live_ids()),
             "override_ids": sorted(self.override_ids),
             "lookback_length": self.lookback.length,
+            "horizon": self.lookback.horizon,
             "closed": [[k, c] for k, c in self.lookback.windows],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> KeyState:
-        lookback = windows.Lookback(data["lookback_length"])
+        lookback = windows.Lookback(data["lookback_length"], data["horizon"])
         for index, counters in data["closed"]:
-            lookback.push(index, counters)
+            lookback.windows.append((index, counters))
+            lookback.totals = windows.merge(lookback.totals, counters)
         return cls(
             action_type=data["action_type"],
             tier=data["tier"],
@@ -104,9 +129,17 @@ class KeyState:
             max_ts=data["max_ts"],
             next_close=data["next_close"],
             open={int(k): list(v) for k, v in data["open"].items()},
-            open_ids={int(k): set(v) for k, v in data["open_ids"].items()},
+            seen={i: int(w) for w, ids in data["seen"].items() for i in ids},
             override_ids=set(data["override_ids"]),
         )
+
+
+def _by_window(seen: dict[str, int]) -> dict[str, list[str]]:
+    """Remembered ids grouped by window, sorted: equal memories serialise equally."""
+    grouped: dict[int, list[str]] = {}
+    for event_id, window in seen.items():
+        grouped.setdefault(window, []).append(event_id)
+    return {str(w): sorted(ids) for w, ids in sorted(grouped.items())}
 
 
 @dataclass(slots=True)
@@ -246,23 +279,52 @@ class _Fold:
     # -- windows -------------------------------------------------------------------------------------
 
     def advance(self, ts: int) -> None:
-        """Raise the watermark to `ts − allowed_lateness` and close every window it reaches."""
+        """Raise the watermark to `ts − allowed_lateness` and close every window it reaches.
+
+        Windows close one by one, but a run of closes at which nothing can happen (no evidence enters or
+        leaves, no hold or cooldown ends) is passed over at once: a key idle for years costs O(1)."""
         key, size = self.key, self.policy.window
         if key.max_ts is not None and ts <= key.max_ts:
             return
         key.max_ts = ts
-        watermark = ts - self.policy.allowed_lateness
+        reached = windows.window_for(ts - self.policy.allowed_lateness, size)  # windows below it close
         if key.next_close is None:
-            key.next_close = windows.window_for(watermark, size)
-        while (key.next_close + 1) * size <= watermark:
+            key.next_close = reached
+            key.lookback.advance(reached)
+        while key.next_close < reached:
             self.close(key.next_close)
+            quiet = min(self.next_event(), reached)
+            if quiet > key.next_close:
+                key.next_close = quiet
+                key.lookback.advance(quiet)
 
     def close(self, index: int) -> None:
         key = self.key
-        key.open_ids.pop(index, None)
-        key.lookback.push(index, key.open.pop(index, None))
+        counters = key.open.pop(index, None)
+        if key.since is not None and index < key.since // self.policy.window:
+            counters = None  # before the window holding `since`: no evidence for the current tier (§6.2)
+        key.lookback.push(index, counters)
         key.next_close = index + 1
+        key.forget()
         self.decide((index + 1) * self.policy.window)
+
+    def next_event(self) -> int:
+        """The first window from `next_close` whose close can change anything: one that holds outcomes,
+        one at which evidence leaves the lookback, or one at whose end a passing streak may promote.
+        Closes before it repeat the last close's verdicts, which have already acted."""
+        key, size = self.key, self.policy.window
+        start = key.next_close
+        assert start is not None
+        due = [index for index in key.open if index >= start]
+        expiry = key.lookback.next_expiry()
+        if expiry is not None:
+            due.append(expiry)
+        if key.passing_since is not None and key.pinned is None and key.tier + 1 <= self.ceiling():
+            promotable = key.passing_since + self.type_policy.hold[key.tier]
+            if key.last_demotion is not None:
+                promotable = max(promotable, key.last_demotion + self.type_policy.cooldown)
+            due.append(-(-promotable // size) - 1)  # the first window whose end reaches it
+        return max(min(due), start) if due else NEVER
 
     # -- decisions at a close ------------------------------------------------------------------------
 
@@ -294,6 +356,8 @@ class _Fold:
     def decide(self, end: int) -> None:
         """At the close of the window ending at `end`: demotion first, then the promote streak and hold."""
         key, tp = self.key, self.type_policy
+        if key.read_only:
+            return
         falling, passing = self.verdicts()
         if falling and key.pinned is None:
             kept = self.evidence(tp.keep_bars[key.tier], judge_keep)
@@ -373,7 +437,7 @@ class _Fold:
         """Overrides are never late: one applies at its ts, or at the end of the last closed window."""
         key = self.key
         if event.event_id in key.override_ids:
-            return Result.DUPLICATE, None
+            return Result.DUPLICATE, DUPLICATE_REASON
         key.override_ids.add(event.event_id)
         self.advance(event.ts)
         assert key.next_close is not None
@@ -387,10 +451,10 @@ class _Fold:
             key.pinned = target
         elif event.op == "unpin":
             key.pinned = None
-        elif event.op == "cap":
-            key.cap = target
-            if key.pinned is not None and key.pinned > target:
-                key.pinned = target
+        elif event.op == "cap":  # the ceiling it names, above the tier or not; the tier drops only if above
+            key.cap = TIER_INDEX[event.tier]  # type: ignore[index]
+            if key.pinned is not None and key.pinned > key.cap:
+                key.pinned = key.cap
         elif event.op == "uncap":
             key.cap = None
         elif key.pinned is not None:  # a human promote/demote carries the pin along
@@ -454,25 +518,16 @@ def step(state: State, event: Event, policy: Policy) -> Step:
             Result.REJECTED,
             f"unknown action_type {name!r}: add it to the policy's action_types or fix the producer",
         )
-    if key.read_only:
-        if isinstance(event, Override):
-            return (
-                state,
-                (),
-                Result.REJECTED,
-                f"override rejected: {name} is read_only and never evaluated; "
-                "remove read_only from the catalog to gate it",
-            )
-        return state, (), Result.APPLIED, None
     out: list[Decision] = []
     if isinstance(event, Override):
+        if key.read_only:
+            return state, (), Result.REJECTED, _read_only_override(name)
         result, reason = _Fold(policy, key, out).override(event)
         return state, tuple(out), result, reason
-    decided: tuple[Decision, ...] = ()
     event_id = event.event_id
-    for ids in key.open_ids.values():
-        if event_id in ids:
-            return state, (), Result.DUPLICATE, None
+    if key.remembers(event_id):
+        return state, (), Result.DUPLICATE, DUPLICATE_REASON
+    decided: tuple[Decision, ...] = ()
     ts, size = event.ts, policy.window
     if key.max_ts is None or ts > key.max_ts:
         if key.next_close is not None and ts - policy.allowed_lateness < (key.next_close + 1) * size:
@@ -481,13 +536,11 @@ def step(state: State, event: Event, policy: Policy) -> Step:
             _Fold(policy, key, out).advance(ts)
             decided = tuple(out)
     index = ts // size
+    key.remember(event_id, index)
     if index < key.next_close:  # type: ignore[operator]  # advance() has set it
         return state, decided, Result.LATE, _Fold(policy, key, out).late(index)
-    window_ids = key.open_ids.get(index)
-    if window_ids is None:
-        key.open_ids[index] = {event_id}
-    else:
-        window_ids.add(event_id)
+    if key.read_only:  # never evaluated: time moves and ids are remembered, nothing is aggregated
+        return state, decided, Result.APPLIED, None
     if isinstance(event, Outcome):
         at, success = SCORES[policy.minor_edits_accepted][event.kind, event.result, event.edit, event.tier]
         counters = key.open.get(index)
@@ -499,6 +552,15 @@ def step(state: State, event: Event, policy: Policy) -> Step:
         _Fold(policy, key, out).violation(event)
         decided = tuple(out)
     return state, decided, Result.APPLIED, None
+
+
+DUPLICATE_REASON = (
+    "duplicate event_id: the first copy with this id counted (whatever its ts or content); this one changes nothing"
+)
+
+
+def _read_only_override(name: str) -> str:
+    return f"override rejected: {name} is read_only and never evaluated; remove read_only from the catalog to gate it"
 
 
 def fold(events: Iterable[Event], policy: Policy, state: State | None = None) -> tuple[State, list[Decision]]:

@@ -10,6 +10,7 @@ fold only ever does integer arithmetic on time.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -41,17 +42,31 @@ RESULTS: dict[str, tuple[str, ...]] = {
 }
 
 
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+TS_MIN = 0  # 1970-01-01T00:00:00Z
+TS_MAX = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp()) - 1  # 9998-12-31T23:59:59Z: room for window ends
+TS_RANGE = "1970-01-01T00:00:00Z to 9998-12-31T23:59:59Z"
+
+
 def parse_ts(value: object) -> int:
-    """RFC 3339 text with an offset -> Unix seconds (UTC, fractions dropped)."""
+    """RFC 3339 text with an offset -> Unix seconds (UTC, fractions dropped), within `TS_RANGE`."""
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 string with an offset, e.g. 2026-11-02T10:00:00Z")
+    if RFC3339.fullmatch(value) is None:
+        if RFC3339.fullmatch(value + "Z") is not None:
+            raise ValueError(f"{value!r} has no UTC offset; add one, e.g. Z or +02:00")
+        raise ValueError(f"{value!r} is not RFC 3339; write it like 2026-11-02T10:00:00Z or 2026-11-02T12:00:00+02:00")
     try:
-        moment = datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(value.upper())
     except ValueError:
-        raise ValueError(f"{value!r} is not RFC 3339; write it like 2026-11-02T10:00:00Z") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{value!r} has no UTC offset; add one, e.g. Z or +02:00")
-    return math.floor(moment.timestamp())
+        raise ValueError(f"{value!r} is not a valid date and time (month, day, hour or offset)") from None
+    try:
+        seconds = math.floor(moment.timestamp())
+    except (ValueError, OverflowError):  # in UTC it is before year 1 or after year 9999
+        seconds = -1
+    if not TS_MIN <= seconds <= TS_MAX:
+        raise ValueError(f"{value!r} is out of range: tiergate accepts {TS_RANGE}")
+    return seconds
 
 
 def format_ts(seconds: int) -> str:
@@ -156,18 +171,6 @@ def describe_validation_error(error: ValidationError) -> str:
             field, message = "type", "must be one of action, outcome, override, tick"
         parts.append(f"{field}: {message}")
     return "; ".join(parts)
-
-
-def parse_event(raw: bytes | str) -> Action | Outcome | Override | Tick:
-    """One JSON object of wire version 1 -> its event model, or EventError with the reason."""
-    if len(raw) > MAX_EVENT_BYTES:
-        raise EventError(f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte limit: split or trim it")
-    try:
-        return EVENT_ADAPTER.validate_json(raw)
-    except ValidationError as error:
-        if error.errors()[0]["type"] == "json_invalid":
-            raise EventError(f"malformed JSON: {error.errors()[0]['msg']}") from None
-        raise EventError(describe_validation_error(error)) from None
 
 
 def event_from_dict(data: dict[str, Any]) -> Action | Outcome | Override | Tick:

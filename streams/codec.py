@@ -9,14 +9,26 @@ from typing import Any, BinaryIO
 import orjson
 
 from tiergate.models.evaluator import Event
-from tiergate.models.wire import EventError, parse_event
+from tiergate.models.wire import MAX_EVENT_BYTES, EventError, event_from_dict
 
 __all__ = ["Event", "EventError", "Kept", "decode", "encode", "iter_lines"]
 
 
 def decode(raw: bytes) -> Event:
-    """One event's JSON -> its model, or EventError naming the field and the fix."""
-    return parse_event(raw)
+    """One event's JSON (UTF-8 bytes) -> its model, or EventError naming the field and the fix.
+
+    Strict JSON: NaN, Infinity and numbers beyond a double are refused here, so nothing the log keeps
+    can be exported as invalid JSON."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventError(f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte limit: split or trim it")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        strict = "strict JSON: no NaN, Infinity or numbers beyond a double"
+        raise EventError(f"malformed JSON: {error} ({strict})") from None
+    if not isinstance(data, dict):
+        raise EventError("an event is one JSON object ({...}); send arrays as NDJSON, one object a line")
+    return event_from_dict(data)
 
 
 def encode(event: Event) -> bytes:

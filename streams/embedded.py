@@ -165,7 +165,8 @@ class Evaluator:
             out.results.append(EventResult(index, event.event_id, result, reason))
             appended.append(Appended(event.action_type, result, raw))
             out.decisions.extend(decisions)
-            if reason is not None:
+            if result in (Result.LATE, Result.REJECTED):
+                assert reason is not None
                 kept.append((f"{origin}#{index}", result, reason, raw))
             key = self.state.keys.get(event.action_type)
             if key is not None:

@@ -76,8 +76,9 @@ def fold_lines(
         for decision in decisions:
             replay.decisions += 1
             on_decision(decision)
-        if reason is not None:
+        if result in (Result.LATE, Result.REJECTED):
             replay.kept += 1
+            assert reason is not None
             on_kept(Kept(f"{source}:{number}", result, reason, raw))
     return replay
 

@@ -198,7 +198,8 @@ class Worker:
             self.event_counts[label, result] += 1
             for decision in decisions:
                 await self._publish(decision)
-            if reason is not None:
+            if result in (Result.LATE, Result.REJECTED):
+                assert reason is not None
                 await self._set_aside(event, result, reason)
         self.table[key] = {"state": None if key_state is None else key_state.to_dict(), "offset": applied}
         if key_state is not None:

@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tiergate.models import fold
-from tiergate.models.wire import format_ts, parse_event
+from tiergate.models.wire import format_ts
+from tiergate.streams.codec import decode
 from tiergate.streams.metrics import Tallies, TiergateCollector, WorkerCollector
 from tiergate.streams.policy_file import read_policy
 
@@ -70,7 +71,7 @@ def test_every_alert_links_its_runbook_and_a_down_target_alerts() -> None:
 def exported_names() -> set[str]:
     """Every metric name the embedded server's and the worker's collectors expose (sample names)."""
     policy = read_policy(GOLDEN / "policy.yaml")
-    events = [parse_event(line) for line in (GOLDEN / "clean_climb" / "events.jsonl").read_bytes().splitlines()]
+    events = [decode(line) for line in (GOLDEN / "clean_climb" / "events.jsonl").read_bytes().splitlines()]
     state, _ = fold(events, policy)
     registry = CollectorRegistry()
     tallies = Tallies(

@@ -17,7 +17,8 @@ from pathlib import Path
 import orjson
 
 from tiergate.models import State, fold
-from tiergate.models.wire import format_ts, parse_event
+from tiergate.models.wire import format_ts
+from tiergate.streams.codec import decode
 from tiergate.streams.embedded import DB_NAME
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.store import Store
@@ -106,7 +107,7 @@ def stored_state_equals_a_fresh_fold(data_dir: Path) -> list[bytes]:
         decisions = list(store.all_decisions())
     finally:
         store.close()
-    state, folded = fold([parse_event(raw) for raw in log], policy)
+    state, folded = fold([decode(raw) for raw in log], policy)
     assert [d.to_json() for d in folded] == decisions
     for name, saved in snapshot.items():
         restored = State.from_dict({name: saved}).keys[name]
