@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint typecheck unit bench clean
+.PHONY: setup system-deps demo test lint typecheck unit package bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,13 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy models streams
 
+# Everything, the package test included (tests/test_package.py: `python -m build` makes the sdist and the
+# wheel, the wheel is installed into a fresh venv outside the repo, and `tiergate demo` runs there).
 unit: setup system-deps
 	$(BIN)/pytest
+
+package: setup
+	$(BIN)/pytest tests/test_package.py
 
 test: lint typecheck unit
 
@@ -41,4 +46,4 @@ bench: setup
 	$(BIN)/python bench/replay.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info tiergate-demo tiergate-data bench/.data
+	rm -rf $(VENV) build dist *.egg-info tiergate-demo tiergate-data tiergate-worker-data bench/.data

@@ -76,6 +76,8 @@ class Policy:
 
     version: str
     sha256: str
+    window: int  # global, like allowed_lateness: every type's rules carry the same
+    allowed_lateness: int
     types: dict[str, Rules]
     normalised: dict[str, Any]
 
@@ -150,6 +152,8 @@ def load_policy(raw: Any) -> Policy:
     return Policy(
         version=document.policy_version,
         sha256=hashlib.sha256(canonical_json(normalised).encode()).hexdigest(),
+        window=document.window,
+        allowed_lateness=document.allowed_lateness,
         types=types,
         normalised=normalised,
     )

@@ -30,6 +30,7 @@ from .pipeline import Admit, Counting, Handled, Input, Pipeline, Tallies
 from .store import Appended, Store, StoreError
 
 DB_NAME = "tiergate.db"
+WRITABLE = "give a writable --data-dir (or TIERGATE_DATA_DIR)"
 SNAPSHOT_EVERY = 10_000  # events between snapshots of the state at least (more when the state is large)
 
 
@@ -111,7 +112,7 @@ class DataDirLock:
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise StoreError(f"{data_dir}: cannot create the data directory: {error.strerror}") from None
+            raise StoreError(f"{data_dir}: cannot use this data directory ({error.strerror}); {WRITABLE}") from None
         self.path = data_dir / "lock"
         self.lock = FileLock(self.path)
 
@@ -124,7 +125,9 @@ class DataDirLock:
                 "stop it first, or use another --data-dir"
             ) from None
         except OSError as error:
-            raise StoreError(f"{self.path}: cannot lock the data directory: {error.strerror}") from None
+            raise StoreError(
+                f"{self.path.parent}: cannot use this data directory ({error.strerror}); {WRITABLE}"
+            ) from None
 
     def release(self) -> None:
         self.lock.release()

@@ -1,4 +1,4 @@
-"""`tiergate serve`: the embedded runtime's HTTP API (DESIGN §8).
+"""`tiergate serve`: the embedded runtime's HTTP API (docs/embedded.md).
 
 Writes (posted events and clock ticks) run one at a time on a single writer thread, so the fold stays
 sequential and the event loop never waits on fsync; a batch is acknowledged only after its transaction
@@ -11,14 +11,16 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp_sse import EventSourceResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import SecretStr
 
 from tiergate.models.decisions import TierRecord
 from tiergate.models.views import key_view
@@ -26,12 +28,13 @@ from tiergate.models.wire import parse_ts
 
 from . import __version__
 from .embedded import EmbeddedRuntime, Ingested
-from .metrics import TiergateCollector
+from .metrics import TiergateCollector, registry_with
 from .settings import ServeSettings
 
 log = logging.getLogger("tiergate.serve")
 
 SSE_HEARTBEAT = 15.0
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def problem(status: int, error: str, fix: str) -> web.Response:
@@ -69,6 +72,31 @@ WRITER = web.AppKey("writer", Writer)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 
 
+def bearer_matches(request: web.Request, token: SecretStr) -> bool:
+    """The Authorization header is `Bearer <token>`, compared in constant time as bytes: a header holding
+    bytes that are not UTF-8 (aiohttp keeps them as surrogates) is simply not the token."""
+    supplied = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+    return hmac.compare_digest(supplied, f"Bearer {token.get_secret_value()}".encode())
+
+
+@web.middleware
+async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Read a request's body within `body_timeout` seconds, before its handler runs: a client that trickles
+    its body (or never finishes it) gets 408 instead of holding a connection and a buffer open forever."""
+    settings = request.app[SETTINGS]
+    if request.can_read_body and (request.content_length or 0) <= settings.max_body_bytes:
+        try:
+            async with asyncio.timeout(settings.body_timeout):
+                await request.read()  # kept by aiohttp: the handler's read() returns it
+        except TimeoutError:
+            return problem(
+                408,
+                f"the request body did not arrive within {settings.body_timeout:g}s",
+                "send the whole body at once; split a large history into smaller NDJSON batches",
+            )
+    return await handler(request)
+
+
 def _split(body: bytes, content_type: str) -> list[bytes]:
     """One JSON object, or NDJSON: one event a line (blank lines ignored)."""
     if content_type == "application/json":
@@ -78,11 +106,8 @@ def _split(body: bytes, content_type: str) -> list[bytes]:
 
 async def post_events(request: web.Request) -> web.Response:
     settings, writer = request.app[SETTINGS], request.app[WRITER]
-    if settings.token is not None:
-        supplied = request.headers.get("Authorization", "")
-        expected = f"Bearer {settings.token.get_secret_value()}"
-        if not hmac.compare_digest(supplied.encode(), expected.encode()):
-            return problem(401, "missing or wrong bearer token", "send Authorization: Bearer <token>")
+    if settings.token is not None and not bearer_matches(request, settings.token):
+        return problem(401, "missing or wrong bearer token", "send Authorization: Bearer <token>")
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         return problem(
             413,
@@ -141,33 +166,51 @@ async def get_status(request: web.Request) -> web.Response:
 
 
 async def stream_tiers(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: every current record first, then each new one as soon as it is committed."""
+    """Server-sent events (aiohttp-sse): every current record first, then each new one as soon as it is
+    committed; a comment line (ping) every SSE_HEARTBEAT seconds, so readers can tell a quiet stream from a
+    dead one. A reconnecting reader gets the whole map again (each record is a key's whole state), so its
+    Last-Event-ID needs no replay."""
     writer = request.app[WRITER]
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await response.prepare(request)
+    stream = EventSourceResponse(sep="\n", ping_interval=SSE_HEARTBEAT)
     queue: asyncio.Queue[TierRecord | None] = asyncio.Queue()
     writer.subscribers.add(queue)
     try:
-        for record in writer.evaluator.tier_map():
-            await response.write(_sse(record))
-        while True:
-            try:
-                update = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT)
-            except TimeoutError:
-                await response.write(b": heartbeat\n\n")
-                continue
-            if update is None:
-                break
-            await response.write(_sse(update))
-    except (ConnectionResetError, asyncio.CancelledError):
+        await stream.prepare(request)
+        async with stream:
+            for record in writer.evaluator.tier_map():
+                await _send(stream, record)
+            while stream.is_connected():
+                try:
+                    update = await asyncio.wait_for(queue.get(), SSE_HEARTBEAT)
+                except TimeoutError:
+                    continue  # the ping task finds out whether the reader is still there
+                if update is None:
+                    break
+                await _send(stream, update)
+    except (ConnectionResetError, TimeoutError):  # the reader left, or stalled and was cut off
         pass
     finally:
         writer.subscribers.discard(queue)
-    return response
+    return stream
 
 
-def _sse(record: TierRecord) -> bytes:
-    return f"event: tier\nid: {record.action_type}/{record.version}\ndata: {record.to_json()}\n\n".encode()
+async def _send(stream: EventSourceResponse, record: TierRecord) -> None:
+    await stream.send(record.to_json(), id=f"{record.action_type}/{record.version}", event="tier")
+
+
+MAX_PAGE = 10_000
+MAX_SEQ = 2**63 - 1  # SQLite's largest integer
+
+
+def _bounded(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter within [low, high], or ValueError naming it and its range."""
+    try:
+        value = int(query.get(name, default))
+    except ValueError:
+        raise ValueError(f"{name}={query[name]!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} is outside {low}..{high}")
+    return value
 
 
 async def get_decisions(request: web.Request) -> web.Response:
@@ -176,10 +219,14 @@ async def get_decisions(request: web.Request) -> web.Response:
     try:
         since = parse_ts(query["since"]) if "since" in query else None
         until = parse_ts(query["until"]) if "until" in query else None
-        after, limit = int(query.get("after", 0)), min(int(query.get("limit", 1000)), 10_000)
-    except ValueError as error:
+        after = _bounded(query, "after", 0, 0, MAX_SEQ)
+        limit = _bounded(query, "limit", 1000, 1, MAX_PAGE)
+    except (ValueError, OverflowError) as error:
         return problem(
-            400, f"bad query: {error}", "since/until are RFC 3339 (2026-11-02T10:00:00Z); after/limit integers"
+            400,
+            f"bad query: {error}",
+            f"since/until are RFC 3339 (2026-11-02T10:00:00Z); after is a decision seq (next_after of the "
+            f"previous page), limit 1..{MAX_PAGE}",
         )
     rows = await asyncio.to_thread(store.decisions, query.get("action_type"), since, until, after, limit)
     body = (
@@ -235,10 +282,9 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(evaluator: EmbeddedRuntime, settings: ServeSettings, ticking: bool = True) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[body_deadline])
     writer = Writer(evaluator)
-    registry = CollectorRegistry()
-    registry.register(
+    registry = registry_with(
         TiergateCollector(
             evaluator.policy,
             lambda: evaluator.state,

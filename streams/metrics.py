@@ -1,13 +1,17 @@
 """Prometheus metrics: one read-only collector over the evaluator's state, served by every runtime.
 
 Nothing in the fold counts anything for Prometheus; this collector reads the views of the state and the
-runtime's tallies at scrape time. Labels are bounded by the catalog (action types, tiers, metrics).
+runtime's tallies at scrape time. Labels are bounded by the catalog (action types, tiers, metrics): input
+that names no catalog type (malformed, an unknown type) is counted without an action_type label, in
+`tiergate_unattributed_events_total`, never as an `action_type=""` series.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator
 
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -21,9 +25,18 @@ from .pipeline import Tallies
 
 
 def catalog_label(policy: Policy, action_type: str) -> str:
-    """The action_type label of a count: the type itself if the catalog has it, else "" — labels stay
-    bounded by the catalog whatever producers send."""
+    """The action_type label of a count: the type itself if the catalog has it, else "" (unattributed) —
+    labels stay bounded by the catalog whatever producers send."""
     return action_type if action_type in policy.types else ""
+
+
+def registry_with(*collectors: Collector) -> CollectorRegistry:
+    """A registry for one runtime's /metrics: its own collectors plus the standard process (CPU, memory,
+    open files, start time), Python platform and garbage-collector metrics of prometheus_client."""
+    registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, *collectors):
+        registry.register(collector)
+    return registry
 
 
 class TiergateCollector(Collector):
@@ -47,12 +60,7 @@ class TiergateCollector(Collector):
         yield info
         yield from self._per_type(policy)
         tallies = self.tallies()
-        events = CounterMetricFamily(
-            "tiergate_events", "Events by action type and result", labels=["action_type", "result"]
-        )
-        for (action_type, result), n in sorted(tallies.events.items()):
-            events.add_metric([action_type, result], n)
-        yield events
+        yield from self._events(tallies)
         decisions = CounterMetricFamily(
             "tiergate_decisions", "Decisions by action type and kind", labels=["action_type", "kind"]
         )
@@ -65,6 +73,26 @@ class TiergateCollector(Collector):
                 violations.add_metric([action_type], n)
         yield decisions
         yield violations
+
+    def _events(self, tallies: Tallies) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "tiergate_events", "Events by action type and result", labels=["action_type", "result"]
+        )
+        unattributed = CounterMetricFamily(
+            "tiergate_unattributed_events",
+            "Input that names no action type of the catalog (malformed, unknown type), by result",
+            labels=["result"],
+        )
+        stray = Counter({"rejected": 0})
+        for (action_type, result), n in sorted(tallies.events.items()):
+            if action_type:
+                events.add_metric([action_type, result], n)
+            else:
+                stray[result] += n
+        for result, n in sorted(stray.items()):
+            unattributed.add_metric([result], n)
+        yield events
+        yield unattributed
 
     def _per_type(self, policy: Policy) -> Iterator[Metric]:
         tier = GaugeMetricFamily("tiergate_tier", "1 for the tier an action type holds", labels=["action_type", "tier"])

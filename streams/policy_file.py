@@ -14,20 +14,29 @@ class PolicyFileError(ValueError):
     """A policy file that cannot be used; the message lists `file:line: field: problem — fix`."""
 
 
-def _lines(node: yaml.Node, path: tuple[str | int, ...], out: dict[tuple[str | int, ...], int]) -> None:
+FieldPath = tuple[str | int, ...]
+
+
+def _lines(node: yaml.Node, path: FieldPath, out: dict[FieldPath, int], duplicates: list[str]) -> None:
+    """The line of every field, and a message for each key a mapping repeats (YAML would keep the last)."""
     out[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key, value in node.value:
             child = (*path, key.value)
-            out[child] = key.start_mark.line + 1
-            _lines(value, child, out)
-            out[child] = key.start_mark.line + 1
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                where = ".".join(map(str, child))
+                duplicates.append(f"{line}: {where}: given twice (lines {seen[key.value]} and {line}); keep one")
+            seen.setdefault(key.value, line)
+            _lines(value, child, out, duplicates)
+            out[child] = line
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _lines(item, (*path, index), out)
+            _lines(item, (*path, index), out, duplicates)
 
 
-def _line_of(path: tuple[str | int, ...], lines: dict[tuple[str | int, ...], int]) -> int:
+def _line_of(path: FieldPath, lines: dict[FieldPath, int]) -> int:
     """The line of the deepest part of `path` that is in the file (a missing field points at its parent)."""
     for end in range(len(path), -1, -1):
         line = lines.get(tuple(path[:end]))
@@ -50,9 +59,12 @@ def read_policy(path: str | Path) -> Policy:
         mark = getattr(error, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise PolicyFileError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
-    lines: dict[tuple[str | int, ...], int] = {}
+    lines: dict[FieldPath, int] = {}
+    duplicates: list[str] = []
     if node is not None:
-        _lines(node, (), lines)
+        _lines(node, (), lines, duplicates)
+    if duplicates:
+        raise PolicyFileError("\n".join(f"{path}:{problem}" for problem in duplicates))
     try:
         return load_policy(raw)
     except PolicyError as error:

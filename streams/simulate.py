@@ -123,17 +123,24 @@ class Fleet:
                 **({} if ok else {"reason": rng.choice(("reopened", "chargeback", "flagged"))}),
             )
 
-    def hour(self, start: int, tier_of: TierOf) -> Iterator[dict[str, Any]]:
-        """Act for one hour of event time from `start`, then yield everything that arrives in it."""
+    def act(self, start: int, tier_of: TierOf) -> None:
+        """Act for one hour of event time from `start`, at the tiers `tier_of` answers at its start."""
         for name in sorted(self.profiles):
             expected = self.profiles[name].actions_per_hour
             count = int(expected) + (self._rng.random() < expected - int(expected))
             tier = tier_of(name)
             for offset in sorted(self._rng.randrange(HOUR) for _ in range(count)):
                 self._act(name, tier, start + offset)
-        end = start + HOUR
-        while self._pending and self._pending[0][0] < end:
+
+    def arrivals(self, until: int) -> Iterator[dict[str, Any]]:
+        """Everything that arrives before `until`, in arrival order."""
+        while self._pending and self._pending[0][0] < until:
             yield heapq.heappop(self._pending)[2]
+
+    def hour(self, start: int, tier_of: TierOf) -> Iterator[dict[str, Any]]:
+        """Act for one hour of event time from `start`, then yield everything that arrives in it."""
+        self.act(start, tier_of)
+        yield from self.arrivals(start + HOUR)
 
 
 def history(fleet: Fleet, policy: Policy, start: int, hours: int) -> Iterator[dict[str, Any]]:

@@ -169,7 +169,7 @@ async def test_clock_ticks_close_idle_windows(server: Running) -> None:
 
 async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
     """/metrics is Prometheus text with the tier, bar figures and event counts; an action type outside the
-    catalog is counted under an empty label, so producers cannot grow the label set."""
+    catalog is counted without an action_type label, so producers cannot grow the label set."""
     await post(server.client, CLIMB)
     await post(server.client, b'{"type":"tick","event_id":"u","ts":"2026-11-02T11:00:00Z","action_type":"made_up"}')
     text = await (await server.client.get("/metrics")).text()
@@ -182,7 +182,7 @@ async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
     assert samples[("tiergate_tier", (("action_type", "reply_to_ticket"), ("tier", "run")))] == 1
     assert samples[("tiergate_events_total", (("action_type", "reply_to_ticket"), ("result", "applied")))] == 281
     assert samples[("tiergate_decisions_total", (("action_type", "reply_to_ticket"), ("kind", "promote")))] == 2
-    assert samples[("tiergate_events_total", (("action_type", ""), ("result", "rejected")))] == 1
+    assert samples[("tiergate_unattributed_events_total", (("result", "rejected"),))] == 1
     assert (
         "tiergate_bar_samples",
         (("action_type", "reply_to_ticket"), ("metric", "customer_success_rate"), ("rule", "keep")),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -51,6 +52,20 @@ def test_promtool_accepts_the_config_and_rules_and_the_rule_tests_pass() -> None
     tested = set(re.findall(r"alertname: (\w+)", (ROOT / "tests" / "prometheus" / "rules_test.yml").read_text()))
     defined = set(re.findall(r"alert: (\w+)", (PROMETHEUS / "tiergate.rules.yml").read_text()))
     assert defined == tested
+
+
+def test_every_alert_links_its_runbook_and_a_down_target_alerts() -> None:
+    """Each alert's runbook_url names a page of docs/runbooks/ that exists and is about that alert, every
+    page belongs to an alert, and a scrape target that is down (up == 0) has an alert of its own."""
+    rules = yaml.safe_load((PROMETHEUS / "tiergate.rules.yml").read_text())["groups"][0]["rules"]
+    pages = {rule["alert"]: ROOT / rule["annotations"]["runbook_url"] for rule in rules}
+    for alert, page in pages.items():
+        assert page.parent == ROOT / "docs" / "runbooks" and page.is_file(), (alert, page)
+        assert page.read_text().startswith(f"# {alert}\n"), page
+    runbooks = set((ROOT / "docs" / "runbooks").glob("*.md")) - {ROOT / "docs" / "runbooks" / "README.md"}
+    assert runbooks == set(pages.values())
+    down = [rule for rule in rules if rule["expr"].startswith("up{")]
+    assert len(down) == 1 and down[0]["expr"].endswith("== 0") and down[0]["labels"]["severity"] == "critical"
 
 
 def exported_names() -> set[str]:
