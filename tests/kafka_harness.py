@@ -51,6 +51,7 @@ class Deployment:
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}.")
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     worker_env: dict[str, str] = field(default_factory=dict)  # extra TIERGATE_WORKER_* settings
+    policy: Path | None = POLICY  # for logs that begin before their first activation; None: the log carries it
 
     @property
     def settings(self) -> KafkaSettings:
@@ -90,8 +91,7 @@ class Deployment:
                 "-m",
                 "tiergate.streams.cli",
                 "worker",
-                "--policy",
-                str(POLICY),
+                *([] if self.policy is None else ["--policy", str(self.policy)]),
                 "--web-port",
                 str(port),
                 "--data-dir",
