@@ -46,6 +46,13 @@ def policy(**changes: Any) -> Policy:
     return policy_from_mapping(deep_merge(copy.deepcopy(BASE_POLICY), changes))
 
 
+def policy_without(*names: str, **changes: Any) -> Policy:
+    """The test policy (with `changes`) whose catalog leaves out `names`."""
+    raw = deep_merge(copy.deepcopy(BASE_POLICY), changes)
+    raw["action_types"] = {name: spec for name, spec in raw["action_types"].items() if name not in names}
+    return policy_from_mapping(raw)
+
+
 def at(hours: float) -> str:
     return format_ts(T0 + round(hours * HOUR))
 
@@ -106,6 +113,10 @@ class Log:
     def tick(self, hour: float, **extra: Any) -> Log:
         return self.add(type="tick", ts=at(hour), **extra)
 
+    def apply(self, hour: float, pol: Policy, activation_id: str, reason: str = "test activation") -> Log:
+        """An activation of `pol` over the catalog the log holds so far: what `tiergate policy apply` writes."""
+        return self.activate(hour, pol, activation_id, Catalog.of(fold(self.models())[0]), reason)
+
     def activate(
         self,
         hour: float,
@@ -138,11 +149,15 @@ def results(log: Log, pol: Policy | None = None) -> list[tuple[str, str | None]]
     return [step(state, e)[2:] for e in log.models()]
 
 
-def moves(decisions: list[Decision]) -> list[tuple[str, str, str, str | None]]:
-    """(kind, from, to, at) of each decision: what a reader checks first."""
+def moves(decisions: list[Decision]) -> list[tuple[str, str | None, str | None, str | None]]:
+    """(kind, from, to, at) of each decision: what a reader checks first (None: not in the catalog)."""
     tiers = ("crawl", "walk", "run")
+
+    def name(tier: int | None) -> str | None:
+        return None if tier is None else tiers[tier]
+
     return [
-        (d.kind, tiers[d.from_tier], tiers[d.to_tier], None if d.at is None else format_ts(d.at)) for d in decisions
+        (d.kind, name(d.from_tier), name(d.to_tier), None if d.at is None else format_ts(d.at)) for d in decisions
     ]
 
 
