@@ -156,9 +156,7 @@ def moves(decisions: list[Decision]) -> list[tuple[str, str | None, str | None, 
     def name(tier: int | None) -> str | None:
         return None if tier is None else tiers[tier]
 
-    return [
-        (d.kind, name(d.from_tier), name(d.to_tier), None if d.at is None else format_ts(d.at)) for d in decisions
-    ]
+    return [(d.kind, name(d.from_tier), name(d.to_tier), None if d.at is None else format_ts(d.at)) for d in decisions]
 
 
 def climb_to_walk(log: Log, start: int = 0) -> int:
