@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EVENTS = "tiergate.events.v1"
+POLICIES = "tiergate.policies.v1"
 TIER_MAP = "tiergate.tier-map.v1"
 DECISIONS = "tiergate.decisions.v1"
 DLQ = "tiergate.events.v1.dlq"
@@ -36,6 +37,13 @@ class KafkaSettings(BaseSettings):
     ssl_check_hostname: bool = True
     client_id: str = "tiergate"
     topics_file: Path = Field(DEFAULT_TOPICS_FILE, description="the topic definition")
+    deployment: str = Field(
+        "tiergate", description="the name operators sign for: a signed event of another deployment does not count"
+    )
+    genesis_keys: Path | None = Field(
+        None,
+        description="operator keys trusted before a type's first activation (YAML list: key_id, public_key, actor)",
+    )
     topic_prefix: str = Field(
         "",
         description="prefixed to every topic and the worker's app id (test isolation, "

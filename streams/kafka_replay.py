@@ -20,8 +20,9 @@ from tiergate.models.decisions import Decision
 from tiergate.models.policy import Policy
 
 from .kafka import DECISIONS, EVENTS, TIER_MAP, KafkaSettings, read_topics
-from .pipeline import Input, Rejected, key_matches
+from .pipeline import Input, Rejected
 from .replay import Replay, replay_inputs
+from .signing import kafka_admission
 
 
 async def read_topic(settings: KafkaSettings, name: str) -> list[ConsumerRecord[bytes, bytes]]:
@@ -76,7 +77,8 @@ async def replay_topic(settings: KafkaSettings, policy: Policy | None) -> KafkaR
         Input(f"{record.topic}/{record.partition}", record.offset, record.value or b"", record.key)
         for record in records
     )
-    replay = replay_inputs(inputs, policy, decided, rejected.append, admit=key_matches)
+    admit = kafka_admission(settings.deployment, settings.genesis_keys)
+    replay = replay_inputs(inputs, policy, decided, rejected.append, admit=admit)
     return KafkaReplay(replay, out, rejected)
 
 

@@ -18,7 +18,7 @@ from tiergate.models.fold import initial_decisions, initial_key
 from tiergate.models.policy import Policy
 from tiergate.models.state import KeyState, State
 
-from .pipeline import Handled, Input, Pipeline, Rejected, Sink, key_matches
+from .pipeline import Admit, Handled, Input, Pipeline, Rejected, Sink, key_matches
 
 
 @dataclass(slots=True)
@@ -61,9 +61,9 @@ class Outputs:
 class KeyedFold:
     """The fold of one key's records of a batch, in log order, from its saved state."""
 
-    def __init__(self, policy: Policy | None = None) -> None:
+    def __init__(self, policy: Policy | None = None, admit: Admit = key_matches) -> None:
         self.policy = policy
-        self.pipeline = Pipeline(key_matches)
+        self.pipeline = Pipeline(admit)
         self.initial = {d.action_type: d for d in initial_decisions(policy)}
 
     def start(self, name: str) -> tuple[Saved, tuple[Decision, ...]]:

@@ -40,6 +40,7 @@ from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, KafkaSettings, read_topics
 from .keyed import KeyedFold, Outputs, Saved
 from .metrics import TiergateCollector, WorkerCollector
 from .pipeline import Counting, Input, Rejected, Tallies
+from .signing import kafka_admission
 
 
 class WorkerSettings(BaseSettings):
@@ -120,7 +121,7 @@ class Worker:
         )
         self.table = self.app.Table("state", default=None, partitions=partitions, key_type=bytes, use_partitioner=True)
         self.tallies = Tallies.empty()
-        self.keyed = KeyedFold(policy)
+        self.keyed = KeyedFold(policy, kafka_admission(kafka.deployment, kafka.genesis_keys))
         self.batches = self.batched = 0
         self.live: dict[bytes, Saved] = {}  # key -> what it last wrote to the table: no rebuild per batch
         self.position: dict[int, int] = {}  # input partition -> offset of the last event taken

@@ -8,12 +8,16 @@ writes; `--dry-run` stops there.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 from rich.markup import escape
+
+from tiergate.models.policy import Policy
 
 from ..activation import Diff, diff
 from ..policy_file import read_policy
@@ -66,13 +70,54 @@ def _call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str
 
 
 def _apply(args: argparse.Namespace) -> int:
-    if args.kafka:
-        raise CommandError("apply --kafka signs and produces the activation: see `tiergate policy apply --help`")
     text = Path(args.file).read_text(encoding="utf-8") if Path(args.file).is_file() else None
     if text is None:
         raise CommandError(f"{args.file}: no such file; give a policy YAML")
-    read_policy(args.file)  # refuse an invalid file here, with its line numbers, before anything is sent
+    policy = read_policy(args.file)  # refuse an invalid file here, with its line numbers, before anything is sent
+    if args.kafka:
+        return _activate_on_kafka(args, policy)
     return _activate(args, {"policy": text, "actor": args.actor, "reason": args.reason}, args.dry_run)
+
+
+def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
+    """Sign the activation with the operator's key and produce it; refuse what the fold would refuse."""
+    from ..activation import new_activation_id
+    from ..kafka import EVENTS, POLICIES
+    from ..kafka_policy import history, plan, produce, refusals
+    from ..signing import OperatorKey, OperatorKeyError
+    from .kafka import kafka_settings, preflight
+
+    settings = kafka_settings(args)
+    key_file = args.key or os.environ.get("TIERGATE_OPERATOR_KEY_FILE")
+    if not key_file:
+        raise CommandError(
+            "give the operator's signing key: --key FILE or TIERGATE_OPERATOR_KEY_FILE (tiergate keys new)"
+        )
+    try:
+        key = OperatorKey.read(Path(key_file))
+    except OperatorKeyError as error:
+        raise CommandError(str(error)) from None
+    preflight(settings, (EVENTS, POLICIES))
+    activations = asyncio.run(history(settings))
+    problems = refusals(activations, policy)
+    if problems:
+        raise CommandError("refused before anything was written: " + "; ".join(problems))
+    now = int(time.time())
+    activation_id = args.activation_id or new_activation_id(now)
+    planned = plan(activations, policy, key, settings.deployment, activation_id, args.actor, args.reason, now)
+    if not args.dry_run:
+        asyncio.run(produce(settings, planned))
+    if args.json:
+        print_json({"activation_id": activation_id, "dry_run": args.dry_run, "diff": planned.diff.record()})
+        return 0
+    verb = "would activate" if args.dry_run else "produced"
+    err.print(
+        f"{verb} {escape(policy.version)} as activation {activation_id} (sha256 {policy.sha256[:12]}…), signed by "
+        f"{key.key_id} for deployment {settings.deployment}; resume with --activation-id {activation_id}"
+    )
+    for line in planned.diff.lines():
+        print(line)
+    return 0
 
 
 def _activate(args: argparse.Namespace, body: dict[str, Any], dry_run: bool) -> int:
@@ -170,6 +215,9 @@ def add_commands(commands: Any) -> None:
     apply = actions.add_parser("apply", help="activate a policy file (credential: TIERGATE_CREDENTIAL[_FILE])")
     apply.add_argument("file", metavar="POLICY.yaml")
     apply.add_argument("--kafka", action="store_true", help="sign and produce the activation to Kafka")
+    apply.add_argument("--key", metavar="FILE", help="with --kafka: the operator key (or TIERGATE_OPERATOR_KEY_FILE)")
+    apply.add_argument("--bootstrap", help="with --kafka: host:port (or TIERGATE_KAFKA_BOOTSTRAP)")
+    apply.add_argument("--topic-prefix", help="with --kafka (or TIERGATE_KAFKA_TOPIC_PREFIX)")
     changing(apply)
     apply.set_defaults(run=_apply)
 
