@@ -19,6 +19,7 @@ EVENTS = "tiergate.events.v1"
 TIER_MAP = "tiergate.tier-map.v1"
 DECISIONS = "tiergate.decisions.v1"
 DLQ = "tiergate.events.v1.dlq"
+STATE_CHANGELOG = "tiergate-worker-state-changelog"  # the worker's table (app id tiergate-worker), written by faust
 DEFAULT_TOPICS_FILE = Path("deploy/topics.yaml")
 
 
@@ -87,6 +88,14 @@ class TopicsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     topics: dict[str, TopicSpec]
+
+
+def home_partition(key: bytes, partitions: int) -> int:
+    """The partition the default partitioner (every Kafka client's, murmur2) gives a message key: where an
+    action type's input, and the worker's changelog record of its state, live."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    return int(DefaultPartitioner()(key, list(range(partitions)), None))
 
 
 def read_topics(path: Path) -> dict[str, TopicSpec]:

@@ -147,12 +147,18 @@ class TiergateCollector(Collector):
 
 
 class WorkerCollector(Collector):
-    """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches."""
+    """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches, and input
+    read again after a gap."""
 
     def __init__(
-        self, lag: Callable[[], dict[int, int]], rebalances: Callable[[], int], batches: Callable[[], int]
+        self,
+        lag: Callable[[], dict[int, int]],
+        rebalances: Callable[[], int],
+        batches: Callable[[], int],
+        gaps: Callable[[], int] | None = None,
     ) -> None:
         self.lag, self.rebalances, self.batches = lag, rebalances, batches
+        self.gaps = gaps
 
     def collect(self) -> Iterator[Metric]:
         lag = GaugeMetricFamily(
@@ -165,3 +171,9 @@ class WorkerCollector(Collector):
             "tiergate_worker_rebalances", "Partition assignments this worker received", value=self.rebalances()
         )
         yield CounterMetricFamily("tiergate_worker_batches", "Batches folded", value=self.batches())
+        if self.gaps is not None:
+            yield CounterMetricFamily(
+                "tiergate_worker_input_gaps",
+                "Times input arrived past a missing offset and the partition was read again from it",
+                value=self.gaps(),
+            )

@@ -1,14 +1,21 @@
 """`tiergate worker`: the fold as a faust-streaming worker on Apache Kafka (DESIGN.md §8, §10).
 
-- One agent consumes `tiergate.events.v1` (keyed by action type) in batches (`take_events`); the batch
-  is folded key by key and each key's state is written to the faust Table once per batch.
+- One agent consumes `tiergate.events.v1` (keyed by action type) in batches (`take_events`). Each input
+  partition is folded in offset order from its resume point, without a gap: faust can deliver messages
+  past ones it dropped around a rebalance, so the worker folds only the run that continues the partition
+  and reads the partition again from the first missing offset.
 - The Table (changelog-backed, keyed by action type, `use_partitioner` so a key's changelog partition
-  is its input partition) holds the core's `KeyState` — its event-time window aggregates — plus the offset
-  of the last input event applied. Window closing is the core's, driven by event time in the log; faust's
-  windowed tables and `on_window_close` are not used.
-- A crash between the changelog write and the offset commit replays some input: events at or below the
-  stored offset are skipped, so nothing counts twice. Decisions may be produced again; their ids and the
-  tier records' versions make that harmless (consumers keep the first id and the highest version).
+  is its input partition) holds per key the core's `KeyState` — its event-time window aggregates — the
+  offset of the last input event applied, the number of input events folded, the partition, and the
+  partition's `position`: the last record a batch writes for a partition carries the offset the batch
+  folded it to. A partition resumes after the highest position among its keys' records; faust's committed
+  offset only says where faust starts fetching. Window closing is the core's, driven by event time in
+  the log; faust's windowed tables and `on_window_close` are not used.
+- Decisions, tier records and set-aside input are delivered before the records of the state that covers
+  them. A crash between a key's record and its partition's position replays some input: events at or
+  below a key's stored offset are skipped, so nothing counts twice. Decisions may be produced again;
+  their ids and the tier records' versions make that harmless (consumers keep the first id and the
+  highest version).
 - The leader publishes clock ticks into the input topic once per window boundary, for every catalog type.
 - Decisions go to `tiergate.decisions.v1`, tier records to the compacted `tiergate.tier-map.v1`, bad and
   late input to `tiergate.events.v1.dlq` with the reason and origin in headers.
@@ -17,14 +24,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
 import faust
 from faust.streams import Stream
-from faust.types import EventT, StreamT
+from faust.types import TP, EventT, StreamT
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -34,8 +44,10 @@ from tiergate.models.policy import Policy
 from tiergate.models.wire import Tick, format_ts
 
 from .codec import EventError, decode, encode
-from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, KafkaSettings, read_topics
+from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, KafkaSettings, home_partition, read_topics
 from .metrics import Tallies, TiergateCollector, WorkerCollector, catalog_label
+
+log = logging.getLogger(__name__)
 
 
 class WorkerSettings(BaseSettings):
@@ -71,6 +83,34 @@ def _credentials(kafka: KafkaSettings) -> Any:
     if kafka.security_protocol == "SSL":
         return faust.SSLCredentials(kafka.ssl_context())
     return None
+
+
+def by_partition(batch: Sequence[EventT[bytes]]) -> dict[int, list[EventT[bytes]]]:
+    """A batch's events per input partition, each in the order faust delivered them."""
+    grouped: dict[int, list[EventT[bytes]]] = defaultdict(list)
+    for event in batch:
+        grouped[event.message.partition].append(event)
+    return grouped
+
+
+def by_key(events: Sequence[EventT[bytes]]) -> dict[bytes, list[EventT[bytes]]]:
+    """A partition's events per message key, each in log order (keys in the order they first appear)."""
+    grouped: dict[bytes, list[EventT[bytes]]] = defaultdict(list)
+    for event in events:
+        grouped[event.message.key or b""].append(event)
+    return grouped
+
+
+def in_order(events: Sequence[EventT[bytes]], start: int) -> tuple[list[EventT[bytes]], bool]:
+    """The events that continue a partition's input from offset `start` without a gap, and whether any
+    event lies beyond them (a gap: the missing offsets must be read again). Offsets below `start` are
+    redeliveries of what was already folded."""
+    run, expected = [], start
+    for event in events:
+        if event.message.offset == expected:
+            run.append(event)
+            expected += 1
+    return run, any(event.message.offset >= expected for event in events)
 
 
 class Worker:
@@ -116,12 +156,21 @@ class Worker:
         self.last_boundary: int | None = None
         self.batches = self.batched = 0
         self.live: dict[bytes, tuple[int, KeyState]] = {}  # key -> (offset applied, state): no rebuild per batch
-        self.position: dict[int, int] = {}  # input partition -> offset of the last event taken
-        self.rebalances = 0
+        self.partitions = partitions
+        self.next: dict[int, int] = {}  # input partition -> the next offset to fold (this assignment)
+        self.rereads: dict[int, tuple[int, float]] = {}  # input partition -> (offset sought, when)
+        self.sending: list[Awaitable[Any]] = []  # outputs of the batch, not yet known to be delivered
+        self.rebalances = self.gaps = 0
+
+        async def revoked(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+            self.next.clear()
+            await self._drain_producer()
 
         async def assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
             self.rebalances += 1
+            self.next.clear()  # resume points come from the table once it is recovered
 
+        self.app.on_partitions_revoked.connect(revoked)
         self.app.on_partitions_assigned.connect(assigned)
         self._initial = {d.action_type: d for d in initial_decisions(policy)}
         self.app.agent(self.events, name="evaluate")(self._evaluate)
@@ -137,41 +186,127 @@ class Worker:
         self.app.page("/metrics")(metrics)
         self.app.page("/healthz")(healthz)
 
-    # -- the fold ------------------------------------------------------------------------------------
+    # -- consumption: each input partition is folded in offset order, without a gap -----------------
 
     async def _evaluate(self, stream: StreamT[bytes]) -> None:
         assert isinstance(stream, Stream)  # take_events is on the implementation, not the protocol
         async for batch in stream.take_events(self.settings.batch, within=self.settings.batch_within):
             self.batches += 1
             self.batched += len(batch)
-            for event in batch:
-                self.position[event.message.partition] = event.message.offset
-            by_key: dict[bytes, list[EventT[bytes]]] = defaultdict(list)
-            for event in batch:
-                by_key[event.message.key or b""].append(event)
-            for key, events in by_key.items():
-                try:
-                    await self._fold_key(key, events)
-                except BaseException:
-                    self.live.pop(key, None)  # it may be half-advanced: rebuild it from the table next time
-                    raise
+            for partition, events in by_partition(batch).items():
+                await self._fold_partition(partition, events)
 
-    def _load(self, key: bytes) -> tuple[KeyState | None, int, bool]:
-        """(state, offset applied, stored) of a key: the live object when it is still what the table holds
-        (same offset), else rebuilt from the table (after a rebalance or a restart, say)."""
+    async def _fold_partition(self, partition: int, events: list[EventT[bytes]]) -> None:
+        """Fold the events that continue the partition's input from its resume point; read a gap again.
+
+        faust can hand the stream a partition's messages past a gap (messages it fetched and dropped
+        around a rebalance, delivered later or never) and commit offsets it never delivered, so neither
+        its delivery order nor its committed offset says what was folded. The state does: each partition
+        resumes after the highest `position` its keys' records carry (docs/decisions.md)."""
+        tp = TP(self.events.get_topic_name(), partition)
+        if tp not in self.app.assignor.assigned_actives():
+            return  # revoked since it was fetched: its new owner folds it
+        run, gap = in_order(events, await self._resume_point(tp))
+        if run:
+            await self._fold_run(partition, run)
+        if gap:
+            await self._read_again(tp, run[-1].message.offset + 1 if run else self.next[partition])
+
+    async def _resume_point(self, tp: TP) -> int:
+        """The next input offset a partition needs: after the position its keys' records carry (the
+        table is recovered before the stream resumes), else the partition's first offset."""
+        if tp.partition not in self.next:
+            positions = [
+                saved["position"]
+                for saved in self.table.values()
+                if saved and saved.get("partition") == tp.partition and "position" in saved
+            ]
+            if positions:
+                self.next[tp.partition] = max(positions) + 1
+            else:
+                self.next[tp.partition] = (await self.app.consumer.earliest_offsets(tp))[tp]
+        return self.next[tp.partition]
+
+    async def _fold_run(self, partition: int, run: list[EventT[bytes]]) -> None:
+        """Fold a gap-free run of a partition key by key; once the outputs are delivered, write each key's
+        record, the last one carrying the run's end as the partition's position. The records of a
+        partition go to one changelog partition, in order: if the last one is there, so are the others."""
+        keyed = by_key(run)
+        written: dict[bytes, tuple[dict[str, Any], KeyState | None]] = {}
+        try:
+            for key, events in keyed.items():
+                if not key or home_partition(key, self.partitions) != partition:
+                    await self._misrouted(key, partition, events)
+                    continue
+                written[key] = await self._fold_key(key, events)
+            await self._delivered()  # decisions, tier records and set-aside input before the state covering them
+        except BaseException:
+            for key in keyed:
+                self.live.pop(key, None)  # it may be half-advanced: rebuild it from the table next time
+            raise
+        before, position = run[0].message.offset - 1, run[-1].message.offset
+        last = next(reversed(written), None)
+        for key, (record, key_state) in written.items():
+            self.table[key] = record | {"partition": partition, "position": position if key == last else before}
+            if key_state is not None:
+                self.live[key] = (record["offset"], key_state)
+        self.next[partition] = position + 1
+
+    async def _read_again(self, tp: TP, offset: int) -> None:
+        """Seek a partition back to the first offset it is missing (at most once a second per offset:
+        messages fetched before the seek can still arrive out of order for a moment)."""
+        now = time.monotonic()
+        if self.rereads.get(tp.partition, (-1, 0.0))[0] == offset and now - self.rereads[tp.partition][1] < 1.0:
+            return
+        self.rereads[tp.partition] = (offset, now)
+        self.gaps += 1
+        log.info("input partition %d: offset %d did not arrive in order; reading again from it", tp.partition, offset)
+        await self.app.consumer.seek_wait({tp: offset})
+
+    async def _misrouted(self, key: bytes, partition: int, events: list[EventT[bytes]]) -> None:
+        """Input that is not on its key's partition cannot be folded in order with the key's other events."""
+        reason = (
+            f"message key {key.decode('utf-8', errors='replace')!r} belongs to partition "
+            f"{home_partition(key, self.partitions)} but came on partition {partition}: "
+            "produce with key = action_type and the default partitioner"
+            if key
+            else "message has no key: produce with key = action_type"
+        )
+        for event in events:
+            self.event_counts["", Result.REJECTED] += 1
+            await self._set_aside(event, Result.REJECTED, reason)
+
+    async def _delivered(self) -> None:
+        sending, self.sending = self.sending, []
+        await asyncio.gather(*sending)
+
+    async def _drain_producer(self) -> None:
+        """Hand every buffered changelog record to the client and wait until the broker has them: a
+        worker giving up partitions must not write their state after the next owner recovered it."""
+        producer = self.app.producer
+        while producer.buffer.size:
+            await producer.buffer.flush()
+        await asyncio.sleep(0)  # the buffer's sender hands over the record it took last
+        await producer.flush()
+
+    def _load(self, key: bytes) -> tuple[KeyState | None, int, int, bool]:
+        """(state, offset applied, events folded, stored) of a key: the live object when it is still what
+        the table holds (same offset), else rebuilt from the table (after a rebalance or a restart, say)."""
         saved = self.table.get(key)
         if saved is None:
-            return None, -1, False
+            return None, -1, 0, False
+        folded = saved.get("folded", 0)
         live = self.live.get(key)
         if live is not None and live[0] == saved["offset"]:
-            return live[1], saved["offset"], True
+            return live[1], saved["offset"], folded, True
         state = None if saved["state"] is None else KeyState.from_dict(saved["state"])
-        return state, saved["offset"], True
+        return state, saved["offset"], folded, True
 
-    async def _fold_key(self, key: bytes, events: list[EventT[bytes]]) -> None:
-        """Fold one key's events of a batch, in log order; write its state once."""
+    async def _fold_key(self, key: bytes, events: list[EventT[bytes]]) -> tuple[dict[str, Any], KeyState | None]:
+        """Fold one key's events of a batch, in log order; return its record for the table (and the live
+        state). The record counts the input events the key has folded, for `replay --verify`."""
         name = key.decode("utf-8", errors="replace")
-        key_state, applied, stored = self._load(key)
+        key_state, applied, folded, stored = self._load(key)
         if not stored and name in self.policy.types:
             key_state = initial_key(self.policy, name)
             await self._publish(self._initial[name])
@@ -180,8 +315,9 @@ class Worker:
         for event in events:
             offset = event.message.offset
             if offset <= applied:
-                continue  # applied before a crash: the changelog is ahead of the committed offset
+                continue  # applied before a crash: the key's record is ahead of its partition's position
             applied = offset
+            folded += 1
             raw = event.value
             try:
                 parsed = decode(raw)
@@ -200,16 +336,16 @@ class Worker:
                 await self._publish(decision)
             if reason is not None:
                 await self._set_aside(event, result, reason)
-        self.table[key] = {"state": None if key_state is None else key_state.to_dict(), "offset": applied}
-        if key_state is not None:
-            self.live[key] = (applied, key_state)
+        record = {"state": None if key_state is None else key_state.to_dict(), "offset": applied, "folded": folded}
+        return record, key_state
 
     async def _publish(self, decision: Decision) -> None:
         key = decision.action_type.encode()
         self.decision_counts[decision.action_type, decision.kind] += 1
-        await self.decisions.send(key=key, value=decision.to_json().encode())
+        self.sending.append(await self.decisions.send(key=key, value=decision.to_json().encode()))
         if decision.moves:
-            await self.tier_map.send(key=key, value=TierRecord.from_decision(decision).to_json().encode())
+            record = TierRecord.from_decision(decision).to_json().encode()
+            self.sending.append(await self.tier_map.send(key=key, value=record))
 
     async def _set_aside(self, event: EventT[bytes], result: str, reason: str) -> None:
         message = event.message
@@ -218,7 +354,7 @@ class Worker:
             "tiergate-reason": reason.encode(),
             "tiergate-origin": f"{message.topic}/{message.partition}/{message.offset}".encode(),
         }
-        await self.dlq.send(key=message.key, value=event.value, headers=headers)
+        self.sending.append(await self.dlq.send(key=message.key, value=event.value, headers=headers))
 
     # -- the clock -----------------------------------------------------------------------------------
 
@@ -245,8 +381,7 @@ class Worker:
             if tp.topic != self.events.get_topic_name():
                 continue
             end = consumer.highwater(tp)
-            done = self.position.get(tp.partition)
-            next_offset = done + 1 if done is not None else (committed.get(tp) or 0)
+            next_offset = self.next.get(tp.partition, committed.get(tp) or 0)
             lag[tp.partition] = max(0, (end or 0) - next_offset)
         return lag
 
@@ -271,7 +406,14 @@ class Worker:
                 self.settings.stale_after,
             )
         )
-        registry.register(WorkerCollector(self.consumer_lag, lambda: self.rebalances, lambda: self.batches))
+        registry.register(
+            WorkerCollector(
+                self.consumer_lag,
+                lambda: self.rebalances,
+                lambda: self.batches,
+                gaps=lambda: self.gaps,
+            )
+        )
         return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")
 
     def _health(self, web: Any) -> Any:
