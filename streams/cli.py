@@ -31,7 +31,7 @@ def _replay_kafka(args: argparse.Namespace, policy: Any) -> int:
     import asyncio
 
     from .kafka import KafkaSettings
-    from .kafka_replay import replay_topic, verify
+    from .kafka_replay import replay_topic, verify, verify_state
 
     flags = {"bootstrap": args.bootstrap, "topic_prefix": args.topic_prefix}
     kafka = KafkaSettings(**_given(flags))
@@ -50,11 +50,11 @@ def _replay_kafka(args: argparse.Namespace, policy: Any) -> int:
     )
     if not args.verify:
         return 0
-    differences = asyncio.run(verify(kafka, reference))
+    differences = asyncio.run(verify(kafka, reference)) + asyncio.run(verify_state(kafka, reference))
     for difference in differences:
         err.print(f"[red]{difference.action_type}[/]: {difference.problem}", soft_wrap=True)
     err.print(
-        "verified: the decisions topic and the tier map equal the reference fold"
+        "verified: the decisions topic, the tier map and the workers' saved state equal the reference fold"
         if not differences
         else f"[red]{len(differences)} differences[/]"
     )
@@ -287,7 +287,8 @@ def parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--verify",
         action="store_true",
-        help="with --from-kafka: compare with the decisions topic and tier map; exit 1 on a difference",
+        help="with --from-kafka: compare with the decisions topic, the tier map and the workers' saved state "
+        "(input offsets, events folded, windows, ids); exit 1 on a difference",
     )
     replay.add_argument("--bootstrap", help="host:port (or TIERGATE_KAFKA_BOOTSTRAP)")
     replay.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")

@@ -22,7 +22,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from tiergate.streams.kafka import EVENTS, KafkaSettings, create_topics
-from tiergate.streams.kafka_replay import replay_topic, verify
+from tiergate.streams.kafka_replay import replay_topic, verify, verify_state
 from tiergate.streams.policy_file import read_policy
 
 from .test_restart import free_port
@@ -56,26 +56,36 @@ class Deployment:
     def create_topics(self) -> None:
         asyncio.run(create_topics(self.settings))
 
-    def produce(self, events: Iterable[bytes], raw_keys: Iterable[bytes] | None = None) -> int:
-        """Produce events keyed by their action type (or by `raw_keys`), as the SDK does."""
-        return asyncio.run(self._produce(list(events), None if raw_keys is None else list(raw_keys)))
+    def produce(
+        self, events: Iterable[bytes], raw_keys: Iterable[bytes] | None = None, per_second: float | None = None
+    ) -> int:
+        """Produce events keyed by their action type (or by `raw_keys`), as the SDK does; at most
+        `per_second` of them a second if given (a live stream rather than a backlog)."""
+        keys = None if raw_keys is None else list(raw_keys)
+        return asyncio.run(self._produce(list(events), keys, per_second))
 
-    async def _produce(self, events: list[bytes], keys: list[bytes] | None) -> int:
+    async def _produce(self, events: list[bytes], keys: list[bytes] | None, per_second: float | None) -> int:
         producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True)
         await producer.start()
+        started = time.monotonic()
         try:
             for i, raw in enumerate(events):
                 key = keys[i] if keys is not None else _key_of(raw)
                 await producer.send(self.settings.topic(EVENTS), raw, key=key)
+                if per_second is not None:
+                    await asyncio.sleep(max(0.0, started + i / per_second - time.monotonic()))
             await producer.flush()
         finally:
             await producer.stop()
         return len(events)
 
-    def start_worker(self, web_port: int | None = None, bootstrap: str = BOOTSTRAP) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, web_port: int | None = None, bootstrap: str = BOOTSTRAP, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         port = web_port or free_port()
         data = self.tmp / f"worker-{len(self.workers)}"
-        env = os.environ | {"TIERGATE_KAFKA_BOOTSTRAP": bootstrap, "TIERGATE_KAFKA_TOPIC_PREFIX": self.prefix}
+        given = {"TIERGATE_KAFKA_BOOTSTRAP": bootstrap, "TIERGATE_KAFKA_TOPIC_PREFIX": self.prefix}
+        env = os.environ | given | (env or {})
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 - the process owns it
         process = subprocess.Popen(
             [
@@ -117,11 +127,13 @@ class Deployment:
                 process.kill()
 
     def differences(self) -> list[str]:
-        """Differences between a reference fold of the events topic and what the workers recorded."""
+        """Differences between a reference fold of the events topic and what the workers recorded: the
+        decisions, the tier map and each key's saved state (`replay --from-kafka --verify`)."""
 
         async def check() -> list[str]:
             reference = await replay_topic(self.settings, read_policy(POLICY))
-            return [f"{d.action_type}: {d.problem}" for d in await verify(self.settings, reference)]
+            found = await verify(self.settings, reference) + await verify_state(self.settings, reference)
+            return [f"{d.action_type}: {d.problem}" for d in found]
 
         return asyncio.run(check())
 

@@ -17,14 +17,15 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from tiergate.models.wire import parse_ts
-from tiergate.streams.kafka import DECISIONS, DLQ, TIER_MAP, describe_topics
-from tiergate.streams.kafka_replay import read_topic
+from tiergate.streams.kafka import DECISIONS, DLQ, EVENTS, STATE_CHANGELOG, TIER_MAP, describe_topics, home_partition
+from tiergate.streams.kafka_replay import read_topic, refold_key, saved_state
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.simulate import history, story_fleet
 
 from .kafka_harness import BOOTSTRAP, POLICY, ROOT, Deployment, broker, broker_running, wait_for
 
 pytestmark = pytest.mark.kafka
+NO_TICKS = {"TIERGATE_WORKER_TICK_INTERVAL": "1000000"}
 
 
 @pytest.fixture(scope="session")
@@ -116,6 +117,42 @@ def test_the_worker_decides_exactly_what_the_fold_of_the_topic_decides(deploymen
     _send(deployment, DECISIONS, b"reply_to_ticket", orjson.dumps(forged))
     checked = subprocess.run(verify, cwd=ROOT, capture_output=True, text=True)
     assert checked.returncode == 1 and "decision log differs" in checked.stderr
+
+
+def test_verify_compares_the_saved_state_with_a_refold_and_fails_on_a_skipped_event(deployment: Deployment) -> None:
+    """`replay --from-kafka --verify` checks each key's saved state, not only the decisions: a changelog
+    record that claims an input offset but whose windows miss one event before it (what a skipped offset
+    leaves behind) fails it with the key named, and so does one that counts an event too few."""
+    deployment.produce(list(story())[:4000])
+    deployment.kill(_fold_then_stop(deployment), signal.SIGTERM)
+    assert _verify(deployment).returncode == 0
+    key = b"reply_to_ticket"
+    saved = asyncio.run(saved_state(deployment.settings))[key]
+    covered = [r for r in asyncio.run(read_topic(deployment.settings, EVENTS)) if r.key == key]
+    covered = [r.value or b"" for r in covered if r.offset <= saved["offset"]]
+    outcome = max(i for i, raw in enumerate(covered) if orjson.loads(raw)["type"] == "outcome")
+    skipped = refold_key(key, covered[:outcome] + covered[outcome + 1 :], read_policy(POLICY))
+    assert skipped is not None and skipped.to_dict() != saved["state"], "the planted skip must change the state"
+    home = home_partition(key, 6)
+    _send(deployment, STATE_CHANGELOG, key, orjson.dumps(saved | {"state": skipped.to_dict()}), home)
+    checked = _verify(deployment)
+    assert checked.returncode == 1 and "reply_to_ticket: saved state at input offset" in checked.stderr
+    assert "differs from a re-fold of the topic up to it" in checked.stderr
+    _send(deployment, STATE_CHANGELOG, key, orjson.dumps(saved | {"folded": saved["folded"] - 1}), home)
+    checked = _verify(deployment)
+    assert checked.returncode == 1 and "events lost" in checked.stderr
+
+
+def _fold_then_stop(deployment: Deployment) -> subprocess.Popen[bytes]:
+    worker = deployment.start_worker(env=NO_TICKS)  # keep the story's windows open: a tick would close them all
+    deployment.wait_consistent()
+    return worker
+
+
+def _verify(deployment: Deployment) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tiergate.streams.cli", "replay", "--from-kafka", "--verify", "-o", "/dev/null"]
+    options = ["--policy", str(POLICY), "--bootstrap", BOOTSTRAP, "--topic-prefix", deployment.prefix]
+    return subprocess.run(command + options, cwd=ROOT, capture_output=True, text=True)
 
 
 def test_a_worker_killed_mid_stream_restarts_without_loss_or_double_counting(deployment: Deployment) -> None:
