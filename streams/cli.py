@@ -255,10 +255,39 @@ def _worker(args: argparse.Namespace) -> int:
 
     flags = {"bootstrap": args.bootstrap, "topic_prefix": args.topic_prefix}
     kafka = KafkaSettings(**_given(flags))
-    flags = {"policy": args.policy, "web_port": args.web_port, "data_dir": args.data_dir}
+    flags = {"policy": args.policy, "web_port": args.web_port, "data_dir": args.data_dir, "ticks": args.ticks}
     settings = WorkerSettings(**_given(flags))
     worker = Worker(read_policy(settings.policy), settings, kafka)
     faust.Worker(worker.app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    return 0
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    """Produce a JSONL history to the events topic, all or nothing: every line must decode first."""
+    import asyncio
+
+    from .codec import EventError, decode
+    from .kafka import KafkaSettings, produce_history
+
+    events, problems = [], []
+    with open(args.events, "rb") as stream:
+        for number, line in file_lines(stream):
+            try:
+                events.append((decode(line).action_type, line))
+            except EventError as error:
+                problems.append(f"{args.events}:{number}: {error.reason}")
+    if problems:
+        for problem in problems[:20]:
+            err.print(f"[red]{problem}[/]", soft_wrap=True)
+        err.print(f"[red]error:[/] {len(problems)} lines do not decode; nothing was produced: fix or remove them")
+        return 2
+    kafka = KafkaSettings(**_given({"bootstrap": args.bootstrap, "topic_prefix": args.topic_prefix}))
+    produced = asyncio.run(produce_history(kafka, events))
+    err.print(
+        f"produced {produced} events to {kafka.topic('tiergate.events.v1')}; once the workers have folded them, "
+        "start them with ticks (without --no-ticks)",
+        soft_wrap=True,
+    )
     return 0
 
 
@@ -328,8 +357,23 @@ def parser() -> argparse.ArgumentParser:
     work.add_argument("--web-port", type=int, help="loopback port of /metrics and /healthz (default 6066)")
     work.add_argument("--data-dir", metavar="DIR", help="faust's data directory (default ./tiergate-worker-data)")
     work.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
+    work.add_argument(
+        "--ticks",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the leader ticks the clock (default; or TIERGATE_WORKER_TICKS); --no-ticks while a history is "
+        "backfilled through the topic, so its events are not late",
+    )
     work.add_argument("--loglevel", default="warn", choices=("crit", "error", "warn", "info", "debug"))
     work.set_defaults(run=_worker)
+
+    backfill = commands.add_parser(
+        "backfill", help="produce a JSONL history to the Kafka events topic (run the workers with --no-ticks)"
+    )
+    backfill.add_argument("events", metavar="EVENTS.jsonl")
+    backfill.add_argument("--bootstrap", help="host:port (or TIERGATE_KAFKA_BOOTSTRAP; default 127.0.0.1:19092)")
+    backfill.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
+    backfill.set_defaults(run=_backfill)
 
     topics = commands.add_parser("topics", help="create or check the Kafka topics of deploy/topics.yaml")
     topics.add_argument("action", choices=("create", "describe"))

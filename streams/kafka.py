@@ -172,3 +172,19 @@ async def describe_topics(settings: KafkaSettings) -> tuple[dict[str, dict[str, 
             if actual[key] != value:
                 problems.append(TopicCheck(name, f"{key}={actual[key]}, defined {value}"))
     return report, problems
+
+
+async def produce_history(settings: KafkaSettings, events: list[tuple[str, bytes]]) -> int:
+    """Produce (action type, raw event) pairs to the events topic in order, keyed by action type, each
+    acknowledged by all in-sync replicas; return how many."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(**settings.client_kwargs(), acks="all", enable_idempotence=True, linger_ms=20)
+    await producer.start()
+    try:
+        for action_type, raw in events:
+            await producer.send(settings.topic(EVENTS), raw, key=action_type.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return len(events)

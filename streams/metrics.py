@@ -147,8 +147,8 @@ class TiergateCollector(Collector):
 
 
 class WorkerCollector(Collector):
-    """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches, and input
-    read again after a gap."""
+    """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches, input read
+    again after a gap, and the share of recent input that was late."""
 
     def __init__(
         self,
@@ -156,9 +156,10 @@ class WorkerCollector(Collector):
         rebalances: Callable[[], int],
         batches: Callable[[], int],
         gaps: Callable[[], int] | None = None,
+        late_share: Callable[[], float] | None = None,
     ) -> None:
         self.lag, self.rebalances, self.batches = lag, rebalances, batches
-        self.gaps = gaps
+        self.gaps, self.late_share = gaps, late_share
 
     def collect(self) -> Iterator[Metric]:
         lag = GaugeMetricFamily(
@@ -176,4 +177,10 @@ class WorkerCollector(Collector):
                 "tiergate_worker_input_gaps",
                 "Times input arrived past a missing offset and the partition was read again from it",
                 value=self.gaps(),
+            )
+        if self.late_share is not None:
+            yield GaugeMetricFamily(
+                "tiergate_worker_late_share",
+                "Share of the worker's recent input (the last 1,000 events or so) that was late",
+                value=self.late_share(),
             )

@@ -16,7 +16,8 @@
   below a key's stored offset are skipped, so nothing counts twice. Decisions may be produced again;
   their ids and the tier records' versions make that harmless (consumers keep the first id and the
   highest version).
-- The leader publishes clock ticks into the input topic once per window boundary, for every catalog type.
+- The leader publishes clock ticks into the input topic once per window boundary, for every catalog type
+  (unless started with `--no-ticks`, to backfill a history through the topic).
 - Decisions go to `tiergate.decisions.v1`, tier records to the compacted `tiergate.tier-map.v1`, bad and
   late input to `tiergate.events.v1.dlq` with the reason and origin in headers.
 - faust's web server binds to loopback and serves `/metrics` and `/healthz`; its table pages are off.
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ class WorkerSettings(BaseSettings):
     web_port: int = 6066
     data_dir: Path = Path("tiergate-worker-data")
     tick_interval: float = Field(1.0, gt=0, description="seconds between the leader's clock checks")
+    ticks: bool = Field(True, description="the leader ticks the clock; off while a history is backfilled")
+    late_warning: float = Field(0.2, ge=0, le=1, description="warn when this share of recent input is late")
     batch: int = Field(5000, gt=0, description="events folded per batch at most")
     batch_within: float = Field(0.2, gt=0, description="seconds to wait for a batch to fill")
     replication_factor: int = 1
@@ -111,6 +114,46 @@ def in_order(events: Sequence[EventT[bytes]], start: int) -> tuple[list[EventT[b
             run.append(event)
             expected += 1
     return run, any(event.message.offset >= expected for event in events)
+
+
+class LateShare:
+    """The share of the worker's recent input that was late, and a warning when it crosses a threshold:
+    history produced to the topic after the leader's ticks passed it turns late (`--no-ticks` backfills)."""
+
+    WINDOW = 1000  # events, about: whole batches are added and dropped
+    LEAST = 200  # events seen before a share means anything
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold, self.warned = threshold, False
+        self.batches: deque[tuple[int, int]] = deque()
+        self.late = self.total = 0
+
+    @property
+    def share(self) -> float:
+        return self.late / self.total if self.total else 0.0
+
+    def add(self, late: int, total: int) -> None:
+        self.batches.append((late, total))
+        self.late, self.total = self.late + late, self.total + total
+        while self.batches and self.total - self.batches[0][1] >= self.WINDOW:
+            gone_late, gone_total = self.batches.popleft()
+            self.late, self.total = self.late - gone_late, self.total - gone_total
+        self._report()
+
+    def _report(self) -> None:
+        """Log once when the share crosses the threshold, and once when it is back under half of it."""
+        if not self.warned and self.total >= self.LEAST and self.share >= self.threshold > 0:
+            self.warned = True
+            log.warning(
+                "%.0f%% of the last %d input events were late (their windows had closed): was a history produced "
+                "after the leader's ticks passed it? Backfill with the workers' ticks off (tiergate worker "
+                "--no-ticks), then start them with ticks.",
+                100 * self.share,
+                self.total,
+            )
+        elif self.warned and self.share < self.threshold / 2:
+            self.warned = False
+            log.info("late input is back to %.0f%% of the last %d events", 100 * self.share, self.total)
 
 
 class Worker:
@@ -174,7 +217,9 @@ class Worker:
         self.app.on_partitions_assigned.connect(assigned)
         self._initial = {d.action_type: d for d in initial_decisions(policy)}
         self.app.agent(self.events, name="evaluate")(self._evaluate)
-        self.app.timer(settings.tick_interval, on_leader=True)(self._tick)
+        if settings.ticks:
+            self.app.timer(settings.tick_interval, on_leader=True)(self._tick)
+        self.late = LateShare(settings.late_warning)
         worker = self
 
         async def metrics(view: Any, request: Any) -> Any:  # faust binds page functions to its View
@@ -193,8 +238,13 @@ class Worker:
         async for batch in stream.take_events(self.settings.batch, within=self.settings.batch_within):
             self.batches += 1
             self.batched += len(batch)
+            before = self.event_counts.total(), self._late_total()
             for partition, events in by_partition(batch).items():
                 await self._fold_partition(partition, events)
+            self.late.add(self._late_total() - before[1], self.event_counts.total() - before[0])
+
+    def _late_total(self) -> int:
+        return sum(n for (_, result), n in self.event_counts.items() if result == Result.LATE)
 
     async def _fold_partition(self, partition: int, events: list[EventT[bytes]]) -> None:
         """Fold the events that continue the partition's input from its resume point; read a gap again.
@@ -412,6 +462,7 @@ class Worker:
                 lambda: self.rebalances,
                 lambda: self.batches,
                 gaps=lambda: self.gaps,
+                late_share=lambda: self.late.share,
             )
         )
         return web.bytes(generate_latest(registry), content_type="text/plain; version=0.0.4")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,13 +17,15 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from tiergate.models.evaluator import Result, initial_state, step
 from tiergate.models.wire import parse_ts
+from tiergate.streams.codec import decode
 from tiergate.streams.kafka import DECISIONS, DLQ, EVENTS, STATE_CHANGELOG, TIER_MAP, describe_topics, home_partition
-from tiergate.streams.kafka_replay import read_topic, refold_key, saved_state
+from tiergate.streams.kafka_replay import read_topic, refold_key, replay_topic, saved_state
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.simulate import history, story_fleet
 
-from .kafka_harness import BOOTSTRAP, POLICY, ROOT, Deployment, broker, broker_running, wait_for
+from .kafka_harness import BOOTSTRAP, POLICY, ROOT, Deployment, broker, broker_running, free_port, wait_for
 
 pytestmark = pytest.mark.kafka
 NO_TICKS = {"TIERGATE_WORKER_TICK_INTERVAL": "1000000"}
@@ -218,3 +221,64 @@ def _send(deployment: Deployment, topic: str, key: bytes, value: bytes, partitio
             await producer.stop()
 
     asyncio.run(send())
+
+
+def on_time(events: tuple[bytes, ...]) -> list[bytes]:
+    """The story without its deliberately late deliveries: a history whose own fold has no late event
+    (a late event changes no state, so the decisions stay the same)."""
+    policy = read_policy(POLICY)
+    state = initial_state(policy)
+    return [raw for raw in events if step(state, decode(raw), policy)[2] != Result.LATE]
+
+
+def _backfill(deployment: Deployment, events: list[bytes], tmp: Path) -> None:
+    history = tmp / "history.jsonl"
+    history.write_bytes(b"\n".join(events) + b"\n")
+    command = [sys.executable, "-m", "tiergate.streams.cli", "backfill", str(history), "--bootstrap", BOOTSTRAP]
+    done = subprocess.run([*command, "--topic-prefix", deployment.prefix], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def _late(deployment: Deployment) -> int:
+    return asyncio.run(replay_topic(deployment.settings, read_policy(POLICY))).replay.results["late"]
+
+
+def _ticks(deployment: Deployment) -> int:
+    return sum(orjson.loads(value)["type"] == "tick" for _, value, _ in records(deployment, EVENTS))
+
+
+def test_a_backfill_with_the_ticks_off_lands_with_no_late_event(deployment: Deployment, tmp_path: Path) -> None:
+    """With the worker started --no-ticks, `tiergate backfill` produces a history while it runs and
+    every event lands on time; restarted with ticks, the leader's ticks come after the history and the
+    outputs still equal the reference fold, with no late event."""
+    worker = deployment.start_worker(env={"TIERGATE_WORKER_TICKS": "false"})
+    _backfill(deployment, on_time(story()), tmp_path)
+    deployment.wait_consistent()
+    assert _ticks(deployment) == 0 and _late(deployment) == 0
+    deployment.kill(worker, signal.SIGTERM)
+    deployment.start_worker()
+    wait_for(lambda: _ticks(deployment) > 0, 30, "the leader's first ticks")
+    deployment.wait_consistent()
+    assert _late(deployment) == 0
+
+
+def test_history_produced_after_the_ticks_turns_late_and_the_worker_warns(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A worker that ticks has closed every type's windows up to its clock: a history produced after
+    that is late (all but the read-only type's events), and the worker warns once in its log and in
+    tiergate_worker_late_share."""
+    port = free_port()
+    deployment.start_worker(web_port=port)
+    wait_for(lambda: _ticks(deployment) > 0, 30, "the leader's first ticks")
+    history = on_time(story())
+    _backfill(deployment, history, tmp_path)
+    deployment.wait_consistent()
+    evaluated = [raw for raw in history if orjson.loads(raw)["action_type"] != "lookup_order"]
+    assert _late(deployment) >= 0.99 * len(evaluated)
+    log = (tmp_path / "worker-0.log").read_text()
+    assert log.count("input events were late (their windows had closed)") == 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    share = next(line for line in metrics.splitlines() if line.startswith("tiergate_worker_late_share "))
+    assert float(share.split()[1]) > 0.5
