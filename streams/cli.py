@@ -237,14 +237,22 @@ def _topics(args: argparse.Namespace) -> int:
 
     flags = {"bootstrap": args.bootstrap, "topics_file": args.definition, "topic_prefix": args.topic_prefix}
     settings = KafkaSettings(**_given(flags))
+    overrides = dict(_config_override(item) for item in args.config)
     if args.action == "create":
-        created = asyncio.run(create_topics(settings, args.replication_factor))
+        created = asyncio.run(create_topics(settings, args.replication_factor, overrides))
         err.print(f"created {', '.join(created)}" if created else "every defined topic exists already")
-    report, problems = asyncio.run(describe_topics(settings))
+    report, problems = asyncio.run(describe_topics(settings, overrides))
     print(json.dumps(report, indent=2, sort_keys=True))
     for problem in problems:
         err.print(f"[red]{problem.topic}[/]: {problem.problem}")
     return 1 if problems else 0
+
+
+def _config_override(item: str) -> tuple[str, str]:
+    name, equals, value = item.partition("=")
+    if not equals or not name:
+        raise ValueError(f"--config {item!r}: give NAME=VALUE, e.g. --config min.insync.replicas=1")
+    return name, value
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -379,7 +387,16 @@ def parser() -> argparse.ArgumentParser:
     topics.add_argument("action", choices=("create", "describe"))
     topics.add_argument("--bootstrap", help="host:port (or TIERGATE_KAFKA_BOOTSTRAP; default 127.0.0.1:19092)")
     topics.add_argument("--definition", type=Path, help="topic definition (default deploy/topics.yaml)")
-    topics.add_argument("--replication-factor", type=int, default=1)
+    topics.add_argument(
+        "--replication-factor", type=int, default=3, help="of each topic created (default 3; 1 on a single broker)"
+    )
+    topics.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a config of every defined topic (repeatable), e.g. min.insync.replicas=1 on a single broker",
+    )
     topics.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
     topics.set_defaults(run=_topics)
 

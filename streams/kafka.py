@@ -7,6 +7,7 @@ cover a plain local broker and a secured cluster (SASL/SCRAM over TLS) alike.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -98,14 +99,31 @@ def home_partition(key: bytes, partitions: int) -> int:
     return int(DefaultPartitioner()(key, list(range(partitions)), None))
 
 
-def read_topics(path: Path) -> dict[str, TopicSpec]:
+def read_topics(path: Path, overrides: Mapping[str, str] | None = None) -> dict[str, TopicSpec]:
+    """The topic definition, with `overrides` replacing (or adding) a config of every topic: a single
+    development broker needs `min.insync.replicas=1`, a compaction test a short `segment.ms`."""
     try:
-        return TopicsFile.model_validate(yaml.safe_load(path.read_text())).topics
+        topics = TopicsFile.model_validate(yaml.safe_load(path.read_text())).topics
     except OSError as error:
         raise ValueError(
             f"{path}: cannot read the topic definition ({error.strerror}); "
             "run from the project root or set TIERGATE_KAFKA_TOPICS_FILE"
         ) from None
+    if not overrides:
+        return topics
+    return {name: TopicSpec(partitions=t.partitions, config=t.config | dict(overrides)) for name, t in topics.items()}
+
+
+def check_replication(topics: Mapping[str, TopicSpec], replication: int) -> None:
+    """A topic whose `min.insync.replicas` exceeds its replication factor refuses every acks=all write."""
+    for name, spec in topics.items():
+        needed = int(spec.config.get("min.insync.replicas", "1"))
+        if needed > replication:
+            raise ValueError(
+                f"{name}: min.insync.replicas={needed} needs a replication factor of at least {needed}, not "
+                f"{replication}: give --replication-factor 3 on a production cluster, or "
+                "--config min.insync.replicas=1 on a single development broker"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,11 +134,14 @@ class TopicCheck:
     problem: str
 
 
-async def create_topics(settings: KafkaSettings, replication: int = 1) -> list[str]:
+async def create_topics(
+    settings: KafkaSettings, replication: int = 3, overrides: Mapping[str, str] | None = None
+) -> list[str]:
     """Create every defined topic that does not exist yet; return the names created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    wanted = read_topics(settings.topics_file)
+    wanted = read_topics(settings.topics_file, overrides)
+    check_replication(wanted, replication)
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
     await admin.start()
     try:
@@ -130,19 +151,32 @@ async def create_topics(settings: KafkaSettings, replication: int = 1) -> list[s
             for name, spec in wanted.items()
             if settings.topic(name) not in existing
         ]
-        if new:
-            await admin.create_topics(new)
+        refused = _refusals(await admin.create_topics(new)) if new else []
+        if refused:
+            raise ValueError("the cluster refused to create topics: " + "; ".join(refused))
         return [topic.name for topic in new]
     finally:
         await admin.close()
 
 
-async def describe_topics(settings: KafkaSettings) -> tuple[dict[str, dict[str, Any]], list[TopicCheck]]:
+def _refusals(response: Any) -> list[str]:
+    """The topics a CreateTopics response refused, each with the broker's message (or error code)."""
+    return [
+        f"{error[0]}: {error[2] if len(error) > 2 and error[2] else f'error code {error[1]}'}"
+        for error in response.topic_errors
+        if error[1] != 0
+    ]
+
+
+async def describe_topics(
+    settings: KafkaSettings, overrides: Mapping[str, str] | None = None
+) -> tuple[dict[str, dict[str, Any]], list[TopicCheck]]:
     """Each defined topic as the cluster has it (partitions, the defined configs) and every difference."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    wanted = {settings.topic(name): spec for name, spec in read_topics(settings.topics_file).items()}
+    defined = read_topics(settings.topics_file, overrides)
+    wanted = {settings.topic(name): spec for name, spec in defined.items()}
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
     await admin.start()
     try:

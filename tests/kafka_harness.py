@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,6 +33,34 @@ ROOT = Path(__file__).parent.parent
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
 BOOTSTRAP = f"127.0.0.1:{os.environ.get('TIERGATE_KAFKA_PORT', '19092')}"
 POLICY = ROOT / "tests" / "golden" / "policy.yaml"
+# What the tests override of deploy/topics.yaml's production settings: one broker, and segments rolled and
+# compacted within seconds (the tier-map tests watch compaction happen).
+TEST_TOPICS = {
+    "min.insync.replicas": "1",
+    "segment.ms": "10000",
+    "min.cleanable.dirty.ratio": "0.01",
+    "min.compaction.lag.ms": "0",
+}
+
+
+def kafka_ports(count: int) -> list[int]:
+    """Free ports for broker listeners below the machine's ephemeral range (32768–60999 here): on an
+    ephemeral port, a client's reconnects can take the port while the broker restarts."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    found: list[int] = []
+    for port in random.sample(range(20000, min(low, 32768)), 500):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"no {count} free ports between 20000 and {low}")
 
 
 def broker(action: str) -> None:
@@ -54,7 +84,7 @@ class Deployment:
         return KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=self.prefix, topics_file=ROOT / "deploy" / "topics.yaml")
 
     def create_topics(self) -> None:
-        asyncio.run(create_topics(self.settings))
+        asyncio.run(create_topics(self.settings, 1, TEST_TOPICS))
 
     def produce(
         self, events: Iterable[bytes], raw_keys: Iterable[bytes] | None = None, per_second: float | None = None

@@ -25,7 +25,17 @@ from tiergate.streams.kafka_replay import read_topic, refold_key, replay_topic, 
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.simulate import history, story_fleet
 
-from .kafka_harness import BOOTSTRAP, POLICY, ROOT, Deployment, broker, broker_running, free_port, wait_for
+from .kafka_harness import (
+    BOOTSTRAP,
+    POLICY,
+    ROOT,
+    TEST_TOPICS,
+    Deployment,
+    broker,
+    broker_running,
+    free_port,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kafka
 NO_TICKS = {"TIERGATE_WORKER_TICK_INTERVAL": "1000000"}
@@ -69,9 +79,13 @@ def decisions_so_far(deployment: Deployment) -> int:
 
 
 def test_topics_are_created_from_the_one_definition(deployment: Deployment) -> None:
-    """`tiergate topics create` makes every topic of deploy/topics.yaml with its partitions and configs."""
-    report, problems = asyncio.run(describe_topics(deployment.settings))
+    """`tiergate topics create` makes every topic of deploy/topics.yaml with its partitions and configs (as
+    the tests override them), and `describe` holds the cluster to the production definition itself."""
+    report, problems = asyncio.run(describe_topics(deployment.settings, TEST_TOPICS))
     assert problems == []
+    _, production = asyncio.run(describe_topics(deployment.settings))
+    assert all("min.insync.replicas=1, defined 2" in p.problem for p in production if "min.insync" in p.problem)
+    assert {p.topic for p in production if "min.insync" in p.problem} == set(report)
     tier_map = report[deployment.settings.topic(TIER_MAP)]
     assert tier_map["config"]["cleanup.policy"] == "compact" and tier_map["partitions"] == 6
     assert report[deployment.settings.topic("tiergate.events.v1")]["config"]["retention.ms"] == "-1"
@@ -193,7 +207,8 @@ def test_workers_ride_out_a_broker_restart(deployment: Deployment) -> None:
 
 
 def test_a_fresh_consumer_of_the_compacted_tier_map_sees_the_latest_record_per_key(deployment: Deployment) -> None:
-    """After compaction a consumer reading from the beginning gets exactly one record per key: the newest."""
+    """After compaction (forced within seconds by the tests' topic settings) a consumer reading from the
+    beginning gets exactly one record per key: the newest."""
     topic = deployment.settings.topic(TIER_MAP)
     for version in range(1, 51):
         for key in (b"a", b"b", b"c"):
