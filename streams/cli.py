@@ -256,17 +256,16 @@ def _config_override(item: str) -> tuple[str, str]:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import faust
 
     from .kafka import KafkaSettings
-    from .worker import Worker, WorkerSettings
+    from .worker import Worker, WorkerProcess, WorkerSettings
 
     flags = {"bootstrap": args.bootstrap, "topic_prefix": args.topic_prefix}
     kafka = KafkaSettings(**_given(flags))
     flags = {"policy": args.policy, "web_port": args.web_port, "data_dir": args.data_dir, "ticks": args.ticks}
     settings = WorkerSettings(**_given(flags))
     worker = Worker(read_policy(settings.policy), settings, kafka)
-    faust.Worker(worker.app, loglevel=args.loglevel, quiet=True).execute_from_commandline()
+    WorkerProcess(worker, args.loglevel).execute_from_commandline()
     return 0
 
 

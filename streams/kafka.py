@@ -6,8 +6,10 @@ cover a plain local broker and a secured cluster (SASL/SCRAM over TLS) alike.
 
 from __future__ import annotations
 
+import logging
 import ssl
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -76,6 +78,65 @@ class KafkaSettings(BaseSettings):
         if context is not None:
             kwargs["ssl_context"] = context
         return kwargs
+
+
+class BrokerLog(logging.Filter):
+    """The Kafka client's connection errors while a broker is unreachable, as state changes: one warning
+    when it becomes unreachable, a summary at growing intervals (10 s, 20 s, … at most 5 min), one line
+    when no connection error was seen for `quiet_for` seconds — instead of a line per retry (dozens a
+    second). Attach it to the log handlers; call `check()` every second or so."""
+
+    SIGNS = (  # the client's messages for "cannot reach the broker"
+        "Unable connect to node",
+        "Unable to update metadata",
+        "NodeNotReadyError",
+        "GroupCoordinatorNotAvailable",
+        "Connect call failed",
+        "KafkaConnectionError",
+        "Heartbeat session expired",
+    )
+    FIRST_SUMMARY, LONGEST = 10.0, 300.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, quiet_for: float = 10.0) -> None:
+        super().__init__()
+        self.clock, self.quiet_for = clock, quiet_for
+        self.since: float | None = None  # when the broker became unreachable
+        self.errors, self.last_error, self.next_summary, self.interval = 0, 0.0, 0.0, self.FIRST_SUMMARY
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not any(sign in record.getMessage() for sign in self.SIGNS):
+            return True
+        now = self.clock()
+        self.errors, self.last_error = self.errors + 1, now
+        if self.since is None:
+            self.since, self.errors, self.interval = now, 1, self.FIRST_SUMMARY
+            self.next_summary = now + self.interval
+            _rewrite(record, "Kafka broker unreachable (%s); retrying, further connection errors are summarised")
+            return True
+        if now < self.next_summary:
+            return False
+        summary = "Kafka broker still unreachable after %.0f s (%d connection errors)"
+        _rewrite(record, summary, now - self.since, self.errors)
+        self.interval = min(2 * self.interval, self.LONGEST)
+        self.next_summary = now + self.interval
+        return True
+
+    def check(self) -> str | None:
+        """The line to log when the broker looks reachable again (no connection error for a while)."""
+        if self.since is None or self.clock() - self.last_error < self.quiet_for:
+            return None
+        line = (
+            f"Kafka broker reachable again: no connection error for {self.quiet_for:.0f} s "
+            f"(unreachable for {self.last_error - self.since:.0f} s, {self.errors} connection errors)"
+        )
+        self.since = None
+        return line
+
+
+def _rewrite(record: logging.LogRecord, message: str, *args: object) -> None:
+    """Turn a client's record into one of BrokerLog's warnings (the first one quotes the client)."""
+    record.args = args or (record.getMessage(),)
+    record.msg, record.levelno, record.levelname = message, logging.WARNING, "WARNING"
 
 
 class TopicSpec(BaseModel):

@@ -27,6 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import threading
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Awaitable, Sequence
@@ -45,7 +48,7 @@ from tiergate.models.policy import Policy
 from tiergate.models.wire import Tick, format_ts
 
 from .codec import EventError, decode, encode
-from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, KafkaSettings, home_partition, read_topics
+from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, BrokerLog, KafkaSettings, home_partition, read_topics
 from .metrics import Tallies, TiergateCollector, WorkerCollector, catalog_label
 
 log = logging.getLogger(__name__)
@@ -64,6 +67,7 @@ class WorkerSettings(BaseSettings):
     tick_interval: float = Field(1.0, gt=0, description="seconds between the leader's clock checks")
     ticks: bool = Field(True, description="the leader ticks the clock; off while a history is backfilled")
     late_warning: float = Field(0.2, ge=0, le=1, description="warn when this share of recent input is late")
+    stop_timeout: float = Field(20.0, gt=0, description="seconds a stop may take before the worker exits anyway")
     batch: int = Field(5000, gt=0, description="events folded per batch at most")
     batch_within: float = Field(0.2, gt=0, description="seconds to wait for a batch to fill")
     replication_factor: int = 1
@@ -220,6 +224,8 @@ class Worker:
         if settings.ticks:
             self.app.timer(settings.tick_interval, on_leader=True)(self._tick)
         self.late = LateShare(settings.late_warning)
+        self.broker_log = BrokerLog()
+        self.app.timer(1.0)(self._check_broker)
         worker = self
 
         async def metrics(view: Any, request: Any) -> Any:  # faust binds page functions to its View
@@ -332,12 +338,21 @@ class Worker:
 
     async def _drain_producer(self) -> None:
         """Hand every buffered changelog record to the client and wait until the broker has them: a
-        worker giving up partitions must not write their state after the next owner recovered it."""
+        worker giving up partitions must not write their state after the next owner recovered it. (With
+        the broker unreachable nothing can be written later either, and nobody can take the partitions
+        over: give up after the request timeout.)"""
         producer = self.app.producer
-        while producer.buffer.size:
-            await producer.buffer.flush()
-        await asyncio.sleep(0)  # the buffer's sender hands over the record it took last
-        await producer.flush()
+
+        async def drain() -> None:
+            while producer.buffer.size:
+                await producer.buffer.flush()
+            await asyncio.sleep(0)  # the buffer's sender hands over the record it took last
+            await producer.flush()
+
+        try:
+            await asyncio.wait_for(drain(), timeout=self.app.conf.broker_request_timeout)
+        except TimeoutError:
+            log.warning("changelog records not delivered before giving up partitions: the broker is unreachable")
 
     def _load(self, key: bytes) -> tuple[KeyState | None, int, int, bool]:
         """(state, offset applied, events folded, stored) of a key: the live object when it is still what
@@ -421,6 +436,11 @@ class Worker:
             )
             await self.events.send(key=name.encode(), value=encode(tick))
 
+    async def _check_broker(self) -> None:
+        line = self.broker_log.check()
+        if line:
+            log.info(line)
+
     # -- observability -------------------------------------------------------------------------------
 
     def consumer_lag(self) -> dict[int, int]:
@@ -477,3 +497,53 @@ class Worker:
                 "batched_events": self.batched,
             }
         )
+
+
+class WorkerProcess(faust.Worker):
+    """faust's worker process, with a deadline on stopping and the Kafka client's connection errors logged
+    once per change of state (`BrokerLog`).
+
+    faust's stop waits on the Kafka client, which retries while the broker is unreachable: a SIGTERM then
+    takes a minute or more. Past `stop_timeout` the process exits anyway; that loses nothing, as a crash
+    does not (outputs are delivered before the state covering them, the state is in the changelog)."""
+
+    def __init__(self, worker: Worker, loglevel: str) -> None:
+        super().__init__(worker.app, loglevel=loglevel, quiet=True)
+        self.broker_log, self.stop_timeout = worker.broker_log, worker.settings.stop_timeout
+        self.deadline: threading.Timer | None = None
+        threading.excepthook = _thread_ended  # one record, not a log line per character row of a traceback
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        for handler in logger.handlers:
+            handler.addFilter(self.broker_log)
+
+    def install_signal_handlers(self) -> None:
+        super().install_signal_handlers()
+        for stop in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(stop, self._stop_by, stop)
+
+    def _stop_by(self, stop: signal.Signals) -> None:
+        if self.deadline is None:
+            self.deadline = threading.Timer(self.stop_timeout, self._exit_anyway, (stop,))
+            self.deadline.daemon = True
+            self.deadline.start()
+        self._schedule_shutdown(stop)  # faust's own orderly stop
+
+    def _exit_anyway(self, stop: signal.Signals) -> None:
+        log.warning(
+            "not stopped %.0f s after %s (is the broker unreachable?): exiting without the rest of the "
+            "shutdown; the state resumes from the changelog",
+            self.stop_timeout,
+            stop.name,
+        )
+        logging.shutdown()
+        os._exit(0)
+
+
+def _thread_ended(args: threading.ExceptHookArgs) -> None:
+    """A thread's uncaught exception as one log record (the Kafka consumer thread's stop while the broker
+    is unreachable ends in CancelledError)."""
+    name = args.thread.name if args.thread is not None else "a thread"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback) if args.exc_value is not None else None
+    log.warning("%s ended with %s", name, args.exc_type.__name__, exc_info=exc_info)

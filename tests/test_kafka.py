@@ -196,7 +196,8 @@ def test_a_second_worker_joining_and_leaving_rebalances_without_loss(deployment:
 
 
 def test_workers_ride_out_a_broker_restart(deployment: Deployment) -> None:
-    """Stop the broker while the worker folds, start it again: the worker reconnects by itself."""
+    """Stop the broker while the worker folds, start it again: the worker reconnects by itself, and logs
+    the outage as a change of state (unreachable, reachable again)."""
     deployment.produce(story())
     deployment.start_worker()
     wait_for(lambda: decisions_so_far(deployment) >= 6, 60, "the first promotions")
@@ -204,6 +205,31 @@ def test_workers_ride_out_a_broker_restart(deployment: Deployment) -> None:
     time.sleep(2)
     broker("start")
     deployment.wait_consistent(timeout=150)
+    log = deployment.tmp / "worker-0.log"
+    wait_for(lambda: "Kafka broker reachable again" in log.read_text(), 30, "the worker to log the broker back")
+    assert log.read_text().count("Kafka broker unreachable") == 1
+
+
+def test_a_worker_stops_on_sigterm_while_the_broker_is_down_and_logs_the_outage_not_each_retry(
+    deployment: Deployment,
+) -> None:
+    """With the broker stopped under it, a worker logs one warning when the broker becomes unreachable and
+    a summary after 10 s, not a line per retry (dozens a second), and SIGTERM makes it exit within its
+    stop timeout although faust's own stop waits on the unreachable broker."""
+    worker = deployment.start_worker(env={"TIERGATE_WORKER_STOP_TIMEOUT": "8"})
+    log = deployment.tmp / "worker-0.log"
+    quiet = log.read_text().count("\n")
+    broker("stop")
+    try:
+        time.sleep(12)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=20)  # raises if it does not exit
+    finally:
+        broker("start")
+    outage = log.read_text().splitlines()[quiet:]
+    assert sum("Kafka broker unreachable" in line for line in outage) == 1
+    assert any("Kafka broker still unreachable after 10 s" in line for line in outage)
+    assert sum("[ERROR]" in line or "[WARNING]" in line for line in outage) < 10, "\n".join(outage[-20:])
 
 
 def test_a_fresh_consumer_of_the_compacted_tier_map_sees_the_latest_record_per_key(deployment: Deployment) -> None:
