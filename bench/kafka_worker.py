@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tiergate.models.wire import format_ts, parse_ts
 from tiergate.streams.codec import decode
-from tiergate.streams.kafka import EVENTS, TIER_MAP, KafkaSettings, create_topics
+from tiergate.streams.kafka import EVENTS, SINGLE_BROKER, TIER_MAP, KafkaSettings, create_topics
 from tiergate.streams.policy_file import read_policy
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -161,7 +161,7 @@ def throughput(events: int, tmp: Path) -> dict[str, Any]:
     lines = history.read_bytes().splitlines()
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=ROOT / "deploy" / "topics.yaml")
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_topics(settings, 1, SINGLE_BROKER))
     topic = settings.topic(EVENTS)
     produced_in = asyncio.run(produce(topic, lines))
     bare = asyncio.run(bare_consumer(topic, len(lines)))
@@ -233,7 +233,7 @@ async def latency(types: int, tmp: Path) -> dict[str, Any]:
     policy = latency_policy(tmp, types)
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=ROOT / "deploy" / "topics.yaml")
-    await create_topics(settings)
+    await create_topics(settings, 1, SINGLE_BROKER)
     reviews = edge_events(types)
     await produce(settings.topic(EVENTS), reviews)
     port = 16067

@@ -24,6 +24,7 @@ DECISIONS = "tiergate.decisions.v1"
 DLQ = "tiergate.events.v1.dlq"
 STATE_CHANGELOG = "tiergate-worker-state-changelog"  # the worker's table (app id tiergate-worker), written by faust
 DEFAULT_TOPICS_FILE = Path("deploy/topics.yaml")
+SINGLE_BROKER = {"min.insync.replicas": "1"}  # what a one-broker development cluster overrides of the definition
 
 
 class KafkaSettings(BaseSettings):

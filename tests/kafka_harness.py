@@ -23,7 +23,7 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from tiergate.streams.kafka import EVENTS, KafkaSettings, create_topics
+from tiergate.streams.kafka import EVENTS, SINGLE_BROKER, KafkaSettings, create_topics
 from tiergate.streams.kafka_replay import replay_topic, verify, verify_state
 from tiergate.streams.policy_file import read_policy
 
@@ -35,8 +35,7 @@ BOOTSTRAP = f"127.0.0.1:{os.environ.get('TIERGATE_KAFKA_PORT', '19092')}"
 POLICY = ROOT / "tests" / "golden" / "policy.yaml"
 # What the tests override of deploy/topics.yaml's production settings: one broker, and segments rolled and
 # compacted within seconds (the tier-map tests watch compaction happen).
-TEST_TOPICS = {
-    "min.insync.replicas": "1",
+TEST_TOPICS = SINGLE_BROKER | {
     "segment.ms": "10000",
     "min.cleanable.dirty.ratio": "0.01",
     "min.compaction.lag.ms": "0",
