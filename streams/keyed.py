@@ -28,14 +28,16 @@ class Saved:
 
     state: KeyState | None
     offset: int = -1
+    folded: int = 0  # input records folded into it, all told (what `replay --verify` checks against the topic)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"state": None if self.state is None else self.state.to_dict(), "offset": self.offset}
+        state = None if self.state is None else self.state.to_dict()
+        return {"state": state, "offset": self.offset, "folded": self.folded}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Saved:
         state = None if data["state"] is None else KeyState.from_dict(data["state"])
-        return cls(state, data["offset"])
+        return cls(state, data["offset"], data.get("folded", 0))
 
 
 @dataclass(slots=True)
@@ -80,4 +82,5 @@ class KeyedFold:
         if fresh:
             self.pipeline.run(fresh, state, sink)
             saved.state, saved.offset = state.keys.get(name), fresh[-1].position
+            saved.folded += len(fresh)
         return saved
