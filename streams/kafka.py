@@ -23,7 +23,7 @@ POLICIES = "tiergate.policies.v1"
 TIER_MAP = "tiergate.tier-map.v1"
 DECISIONS = "tiergate.decisions.v1"
 DLQ = "tiergate.events.v1.dlq"
-STATE_CHANGELOG = "tiergate-worker-state-changelog"  # the worker's table (app id tiergate-worker), written by faust
+STATE_CHANGELOG = "tiergate-worker-state-changelog"  # the workers' snapshots of each key's state (streams/changelog.py)
 DEFAULT_TOPICS_FILE = Path("deploy/topics.yaml")
 SINGLE_BROKER = {"min.insync.replicas": "1"}  # what a one-broker development cluster overrides of the definition
 
@@ -159,6 +159,11 @@ class TopicsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     topics: dict[str, TopicSpec]
+
+
+def state_changelog(app_id: str) -> str:
+    """The state changelog of the workers of consumer group `app_id` (tiergate-worker: STATE_CHANGELOG)."""
+    return f"{app_id}-state-changelog"
 
 
 def home_partition(key: bytes, partitions: int) -> int:

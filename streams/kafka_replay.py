@@ -37,7 +37,12 @@ async def read_topic(settings: KafkaSettings, name: str) -> list[ConsumerRecord[
     partition (the partition count comes from the topic definition)."""
     topic = settings.topic(name)
     count = read_topics(settings.topics_file)[name].partitions
-    consumer = AIOKafkaConsumer(**settings.client_kwargs(), enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        **settings.client_kwargs(),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",  # as the workers read: an aborted transaction's records never happened
+    )
     await consumer.start()
     try:
         if topic not in await consumer.topics():
@@ -52,7 +57,8 @@ async def read_topic(settings: KafkaSettings, name: str) -> list[ConsumerRecord[
             batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=10_000)
             for tp, messages in batch.items():
                 records[tp].extend(m for m in messages if m.offset < ends[tp])
-                if messages and messages[-1].offset >= ends[tp] - 1:
+            for tp in list(remaining):  # the position, not the last record: a transaction marker has no record
+                if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
         return [record for tp in partitions for record in records[tp]]
     finally:
@@ -149,7 +155,7 @@ async def verify(settings: KafkaSettings, reference: KafkaReplay) -> list[Differ
 
 
 async def saved_state(settings: KafkaSettings) -> dict[bytes, dict[str, Any]]:
-    """The latest record per key of the workers' state changelog (faust writes each as JSON)."""
+    """The latest record per key of the workers' state changelog (JSON, streams/changelog.py)."""
     latest: dict[bytes, dict[str, Any]] = {}
     for record in await read_topic(settings, STATE_CHANGELOG):
         if record.key is None:

@@ -1,4 +1,4 @@
-"""Folding a keyed log in batches: the Kafka worker's unit of work, without Kafka or faust.
+"""Folding a keyed log in batches: the Kafka worker's unit of work, without Kafka.
 
 A key's saved state carries the offset of the last input applied to it. A worker that restarts or takes
 over a partition re-reads input from the partition's committed offset, which may lie behind what the

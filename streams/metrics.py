@@ -168,7 +168,8 @@ class TiergateCollector(Collector):
 
 class WorkerCollector(Collector):
     """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches, input read
-    again after a gap, and the share of recent input that was late."""
+    again after a gap, failures that sent partitions back to their last snapshot, and the share of recent
+    input that was late."""
 
     def __init__(
         self,
@@ -177,9 +178,10 @@ class WorkerCollector(Collector):
         batches: Callable[[], int],
         gaps: Callable[[], int] | None = None,
         late_share: Callable[[], float] | None = None,
+        failures: Callable[[], int] | None = None,
     ) -> None:
         self.lag, self.rebalances, self.batches = lag, rebalances, batches
-        self.gaps, self.late_share = gaps, late_share
+        self.gaps, self.late_share, self.failures = gaps, late_share, failures
 
     def collect(self) -> Iterator[Metric]:
         lag = GaugeMetricFamily(
@@ -197,6 +199,12 @@ class WorkerCollector(Collector):
                 "tiergate_worker_input_gaps",
                 "Times input arrived past a missing offset and the partition was read again from it",
                 value=self.gaps(),
+            )
+        if self.failures is not None:
+            yield CounterMetricFamily(
+                "tiergate_worker_fold_failures",
+                "Times folding or delivering failed and partitions went back to their last snapshot",
+                value=self.failures(),
             )
         if self.late_share is not None:
             yield GaugeMetricFamily(

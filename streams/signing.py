@@ -159,6 +159,14 @@ def all_of(*checks: Admit) -> Admit:
 
 def kafka_admission(deployment: str, genesis_keys: Path | None) -> Admit:
     """What the worker and `replay --from-kafka` admit: events under their own key, and operator events
-    signed by a trusted key for this deployment."""
+    signed by a trusted key for this deployment. (`all_of(key_matches, signed_by_operators(…))`, in one
+    function: it runs for every input record.)"""
     genesis = () if genesis_keys is None else read_trusted(genesis_keys)
-    return all_of(key_matches, signed_by_operators(deployment, genesis))
+    signed = signed_by_operators(deployment, genesis)
+
+    def admit(item: Input, event: Event, state: State) -> str | None:
+        if item.key is not None and item.key != event.action_type.encode():
+            return key_matches(item, event, state)
+        return signed(item, event, state) if isinstance(event, SIGNED) else None
+
+    return admit

@@ -116,7 +116,6 @@ class Deployment:
         self, web_port: int | None = None, bootstrap: str = BOOTSTRAP, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         port = web_port or free_port()
-        data = self.tmp / f"worker-{len(self.workers)}"
         given = {"TIERGATE_KAFKA_BOOTSTRAP": bootstrap, "TIERGATE_KAFKA_TOPIC_PREFIX": self.prefix}
         env = os.environ | self.worker_env | given | (env or {})
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 - the process owns it
@@ -129,8 +128,6 @@ class Deployment:
                 *([] if self.policy is None else ["--policy", str(self.policy)]),
                 "--web-port",
                 str(port),
-                "--data-dir",
-                str(data),
                 "--loglevel",
                 "info",
             ],

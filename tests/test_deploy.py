@@ -70,11 +70,13 @@ def test_the_topic_definition_keeps_the_changelog_co_partitioned_and_the_tier_ma
 
 
 def test_the_topic_definition_has_production_settings_and_a_single_broker_must_override_them() -> None:
-    """Every topic keeps acknowledged writes on two replicas and no test-only compaction setting;
-    creating them with one replica without overriding min.insync.replicas is refused with the fix."""
+    """Every topic keeps acknowledged writes on two replicas and no test-only compaction setting (segments
+    rolled within seconds, a near-zero dirty ratio); creating them with one replica without overriding
+    min.insync.replicas is refused with the fix."""
     topics = read_topics(ROOT / "deploy" / "topics.yaml")
     assert all(spec.config["min.insync.replicas"] == "2" for spec in topics.values())
-    assert not {"segment.ms", "min.cleanable.dirty.ratio"} & {key for spec in topics.values() for key in spec.config}
+    assert all(int(spec.config.get("segment.ms", 3600000)) >= 3600000 for spec in topics.values())
+    assert not {"min.cleanable.dirty.ratio"} & {key for spec in topics.values() for key in spec.config}
     with pytest.raises(ValueError, match=r"min.insync.replicas=2 needs a replication factor of at least 2.*--config"):
         check_replication(topics, 1)
     check_replication(read_topics(ROOT / "deploy" / "topics.yaml", {"min.insync.replicas": "1"}), 1)
@@ -128,18 +130,17 @@ def test_the_image_runs_unprivileged_on_absolute_data_dirs_it_owns() -> None:
     assert all("--chown=tiergate:tiergate" in line for line in lines if line.startswith("COPY "))
     env = dict(re.findall(r"(TIERGATE_[A-Z_]+)=(\S+)", setup))
     assert env["TIERGATE_DATA_DIR"].startswith("/var/lib/tiergate/")
-    assert env["TIERGATE_WORKER_DATA_DIR"].startswith("/var/lib/tiergate/")
 
 
 def test_git_ignores_the_directories_the_commands_create_by_default() -> None:
-    """The default data dirs of serve, import, the worker and the demo never end up in a commit."""
+    """The default data dirs of serve, import and the demo never end up in a commit (the worker keeps no
+    files: its state is in Kafka)."""
     from tiergate.streams.cli import parser
     from tiergate.streams.settings import StoreSettings
-    from tiergate.streams.worker import WorkerSettings
 
     ignored = set((ROOT / ".gitignore").read_text().split())
     demo = parser().parse_args(["demo"]).data_dir
-    defaults = [StoreSettings.model_fields["data_dir"].default, WorkerSettings.model_fields["data_dir"].default, demo]
+    defaults = [StoreSettings.model_fields["data_dir"].default, demo]
     for directory in map(str, defaults):
         assert f"{directory}/" in ignored, directory
 

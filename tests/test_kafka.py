@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
@@ -22,8 +22,12 @@ from tiergate.models.wire import parse_ts
 from tiergate.streams.codec import decode
 from tiergate.streams.kafka import DECISIONS, DLQ, EVENTS, STATE_CHANGELOG, TIER_MAP, describe_topics, home_partition
 from tiergate.streams.kafka_replay import read_topic, refold_key, replay_topic, saved_state
+from tiergate.streams.keyed import KeyedFold, Saved
+from tiergate.streams.pipeline import Input, Sink
 from tiergate.streams.policy_file import read_policy
+from tiergate.streams.signing import kafka_admission
 from tiergate.streams.simulate import history, story_fleet
+from tiergate.streams.worker import Worker, WorkerSettings
 
 from .kafka_harness import (
     BOOTSTRAP,
@@ -134,9 +138,10 @@ def test_verify_compares_the_saved_state_with_a_refold_and_fails_on_a_skipped_ev
     key = b"reply_to_ticket"
     saved = asyncio.run(saved_state(deployment.settings))[key]
     covered = [r for r in asyncio.run(read_topic(deployment.settings, EVENTS)) if r.key == key]
-    covered = [r.value or b"" for r in covered if r.offset <= saved["offset"]]
-    outcome = max(i for i, raw in enumerate(covered) if orjson.loads(raw)["type"] == "outcome")
-    skipped = refold_key(key, covered[:outcome] + covered[outcome + 1 :], read_policy(POLICY))
+    covered = [r for r in covered if r.offset <= saved["offset"]]
+    outcome = max(i for i, r in enumerate(covered) if orjson.loads(r.value or b"")["type"] == "outcome")
+    fold = KeyedFold(read_policy(POLICY), kafka_admission(deployment.settings.deployment, None))
+    skipped = refold_key(fold, key, covered[:outcome] + covered[outcome + 1 :])
     assert skipped is not None and skipped.to_dict() != saved["state"], "the planted skip must change the state"
     home = home_partition(key, 6)
     _send(deployment, STATE_CHANGELOG, key, orjson.dumps(saved | {"state": skipped.to_dict()}), home)
@@ -203,7 +208,7 @@ def test_a_worker_stops_on_sigterm_while_the_broker_is_down_and_logs_the_outage_
 ) -> None:
     """With the broker stopped under it, a worker logs one warning when the broker becomes unreachable and
     a summary after 10 s, not a line per retry (dozens a second), and SIGTERM makes it exit within its
-    stop timeout although faust's own stop waits on the unreachable broker."""
+    stop timeout although the Kafka client's own stop waits on the unreachable broker."""
     worker = deployment.start_worker(env={"TIERGATE_WORKER_STOP_TIMEOUT": "8"})
     log = deployment.tmp / "worker-0.log"
     quiet = log.read_text().count("\n")
@@ -278,15 +283,15 @@ def _ticks(deployment: Deployment) -> int:
 
 def test_a_backfill_with_the_ticks_off_lands_with_no_late_event(deployment: Deployment, tmp_path: Path) -> None:
     """With the worker started --no-ticks, `tiergate backfill` produces a history while it runs and
-    every event lands on time; restarted with ticks, the leader's ticks come after the history and the
-    outputs still equal the reference fold, with no late event."""
+    every event lands on time; restarted with ticks, the worker ticks the types whose state it read back,
+    after the history, and the outputs still equal the reference fold, with no late event."""
     worker = deployment.start_worker(env={"TIERGATE_WORKER_TICKS": "false"})
     _backfill(deployment, on_time(story()), tmp_path)
     deployment.wait_consistent()
     assert _ticks(deployment) == 0 and _late(deployment) == 0
     deployment.kill(worker, signal.SIGTERM)
     deployment.start_worker()
-    wait_for(lambda: _ticks(deployment) > 0, 30, "the leader's first ticks")
+    wait_for(lambda: _ticks(deployment) > 0, 30, "the workers' first ticks")
     deployment.wait_consistent()
     assert _late(deployment) == 0
 
@@ -294,16 +299,19 @@ def test_a_backfill_with_the_ticks_off_lands_with_no_late_event(deployment: Depl
 def test_history_produced_after_the_ticks_turns_late_and_the_worker_warns(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    """A worker that ticks has closed every type's windows up to its clock: a history produced after
-    that is late (all but the read-only type's events), and the worker warns once in its log and in
-    tiergate_worker_late_share."""
+    """A worker that ticks closes each type's windows up to its clock once the type has an event: the rest
+    of a history produced after that is late (all but the read-only type's events), and the worker warns
+    once in its log and in tiergate_worker_late_share."""
     port = free_port()
     deployment.start_worker(web_port=port)
-    wait_for(lambda: _ticks(deployment) > 0, 30, "the leader's first ticks")
     history = on_time(story())
-    _backfill(deployment, history, tmp_path)
+    firsts = {orjson.loads(raw)["action_type"]: raw for raw in reversed(history)}
+    deployment.produce(firsts.values())
+    wait_for(lambda: _ticks(deployment) >= len(firsts), 30, "the workers' first tick of every type")
+    rest = [raw for raw in history if raw not in set(firsts.values())]
+    _backfill(deployment, rest, tmp_path)
     deployment.wait_consistent()
-    evaluated = [raw for raw in history if orjson.loads(raw)["action_type"] != "lookup_order"]
+    evaluated = [raw for raw in rest if orjson.loads(raw)["action_type"] != "lookup_order"]
     assert _late(deployment) >= 0.99 * len(evaluated)
     log = (tmp_path / "worker-0.log").read_text()
     assert log.count("input events were late (their windows had closed)") == 1
@@ -311,3 +319,99 @@ def test_history_produced_after_the_ticks_turns_late_and_the_worker_warns(
         metrics = response.read().decode()
     share = next(line for line in metrics.splitlines() if line.startswith("tiergate_worker_late_share "))
     assert float(share.split()[1]) > 0.5
+
+
+def test_two_workers_started_together_on_a_backlog_both_finish(deployment: Deployment) -> None:
+    """Two workers that join one group at once over a backlog on six partitions (three partitions each, and
+    a rebalance while the first already folds) both get to the end: every offset folded exactly once."""
+    deployment.produce(story())
+    first, second = deployment.start_worker(), deployment.start_worker()
+    deployment.wait_consistent(timeout=120)
+    assert first.poll() is None and second.poll() is None
+
+
+def test_offsets_taken_by_transaction_markers_are_stepped_over_and_aborted_input_never_counts(
+    deployment: Deployment,
+) -> None:
+    """Input produced in Kafka transactions leaves offsets that hold no record (the markers): the worker
+    reads each gap again once, steps over it when the broker confirms it, and folds everything after it;
+    the input of an aborted transaction counts neither for the worker nor for replay."""
+    events = list(story())
+    aborted = [orjson.dumps(orjson.loads(raw) | {"event_id": f"aborted-{i}"}) for i, raw in enumerate(events[:300])]
+    asyncio.run(_produce_in_transactions(deployment, events[:3000], aborted))
+    deployment.produce(events[3000:])
+    port = free_port()
+    deployment.start_worker(web_port=port)
+    deployment.wait_consistent()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    gaps = next(line for line in lines if line.startswith("tiergate_worker_input_gaps_total"))
+    assert float(gaps.split()[1]) > 0, "no transaction marker was met: the test proves nothing"
+    read = {orjson.loads(r.value or b"")["event_id"] for r in asyncio.run(read_topic(deployment.settings, EVENTS))}
+    assert not any(event_id.startswith("aborted-") for event_id in read) and len(read) > len(events) / 2
+
+
+async def _produce_in_transactions(deployment: Deployment, committed: list[bytes], aborted: list[bytes]) -> None:
+    """`committed` in transactions of 500 events, then `aborted` in one transaction that is aborted."""
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, transactional_id=f"{deployment.prefix}tx")
+    await producer.start()
+    topic = deployment.settings.topic(EVENTS)
+    try:
+        for start in range(0, len(committed), 500):
+            async with producer.transaction():
+                for raw in committed[start : start + 500]:
+                    await producer.send(topic, raw, key=orjson.loads(raw)["action_type"].encode())
+        await producer.begin_transaction()
+        for raw in aborted:
+            await producer.send(topic, raw, key=orjson.loads(raw)["action_type"].encode())
+        await producer.flush()
+        await producer.abort_transaction()
+    finally:
+        await producer.stop()
+
+
+class FailsOnce(KeyedFold):
+    """The worker's fold, except that it raises once, for `name`, after `after` of its events were folded."""
+
+    def __init__(self, name: str, after: int) -> None:
+        super().__init__(read_policy(POLICY), kafka_admission("tiergate", None))
+        self.name, self.after, self.failed_at = name, after, None
+
+    def fold(self, name: str, saved: Saved, records: Iterable[Input], sink: Sink) -> Saved:
+        if name == self.name and self.failed_at is None and saved.folded >= self.after:
+            self.failed_at = saved.offset
+            raise RuntimeError("a fold that fails once")
+        return super().fold(name, saved, records, sink)
+
+
+async def test_a_fold_that_fails_is_folded_again_from_the_last_snapshot_while_other_partitions_go_on(
+    deployment: Deployment, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When a key's fold raises, its partition forgets its unsnapshotted state and folds again from the last
+    snapshot after a backoff, while the other partitions go on folding; the outputs and the saved state end
+    exactly as the reference fold has them (nothing lost, nothing twice)."""
+    events = list(story())
+    producing = asyncio.create_task(asyncio.to_thread(deployment.produce, events, per_second=2500))
+    fold = FailsOnce("reply_to_ticket", after=1500)
+    settings = WorkerSettings(web_port=free_port(), ticks=False, snapshot_interval=1.0)
+    worker = Worker(read_policy(POLICY), settings, deployment.settings, keyed=fold)
+    running = asyncio.create_task(worker.run())
+    try:
+        while worker.failures == 0:
+            await asyncio.sleep(0.05)
+        failed = home_partition(b"reply_to_ticket", 6)
+        others = _folded_except(worker, "reply_to_ticket")
+        while failed not in worker.owned:
+            await asyncio.sleep(0.05)
+        assert _folded_except(worker, "reply_to_ticket") > others, "the other partitions waited for the failed one"
+        await producing
+        await asyncio.to_thread(deployment.wait_consistent)
+    finally:
+        worker.stop()
+        await running
+    assert worker.failures == 1
+    assert any("folding it again from its last snapshot" in r.getMessage() for r in caplog.records)
+
+
+def _folded_except(worker: Worker, name: str) -> int:
+    return sum(n for (action_type, _), n in worker.tallies.events.items() if action_type != name)

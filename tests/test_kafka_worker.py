@@ -10,39 +10,44 @@ from typing import Any
 import pytest
 
 from tiergate.streams.kafka import BrokerLog
-from tiergate.streams.worker import LateShare, in_order
+from tiergate.streams.worker import LateShare, continuing
 
 
 @dataclass
-class Message:
+class Record:
     offset: int
 
 
-@dataclass
-class Delivered:
-    message: Message
+def records(*offsets: int) -> list[Any]:
+    """Stand-ins for aiokafka's records: the rule reads only `record.offset`."""
+    return [Record(offset) for offset in offsets]
 
 
-def delivered(*offsets: int) -> list[Any]:
-    """Stand-ins for faust's events: the rules read only `event.message.offset`."""
-    return [Delivered(Message(offset)) for offset in offsets]
-
-
-def offsets(events: list[Any]) -> list[int]:
-    return [event.message.offset for event in events]
+def offsets(found: list[Any]) -> list[int]:
+    return [record.offset for record in found]
 
 
 def test_a_partition_is_folded_only_as_far_as_it_continues_without_a_gap() -> None:
-    """From its resume point a partition's run takes each next offset in turn, skips redeliveries below
-    it, and stops at a gap: what lies beyond the gap must be read again."""
-    run, gap = in_order(delivered(8, 9, 10, 11, 13, 14), 10)
-    assert (offsets(run), gap) == ([10, 11], True)
-    run, gap = in_order(delivered(12, 13, 10, 11, 12), 10)  # 12 and 13 came early
-    assert (offsets(run), gap) == ([10, 11, 12], True)
-    run, gap = in_order(delivered(5, 6, 7), 10)
-    assert (offsets(run), gap) == ([], False)
-    run, gap = in_order(delivered(10, 11, 12), 10)
-    assert (offsets(run), gap) == ([10, 11, 12], False)
+    """From its next offset a partition's run takes each next offset in turn, skips redeliveries below it,
+    and stops at a gap, naming the offset to read again from."""
+    run, gap = continuing(records(8, 9, 10, 11, 13, 14), 10, None)
+    assert (offsets(run), gap) == ([10, 11], 12)
+    run, gap = continuing(records(5, 6, 7), 10, None)
+    assert (offsets(run), gap) == ([], None)
+    run, gap = continuing(records(10, 11, 12), 10, None)
+    assert (offsets(run), gap) == ([10, 11, 12], None)
+    run, gap = continuing(records(12, 13), 10, None)
+    assert (offsets(run), gap) == ([], 10)
+
+
+def test_a_gap_read_again_that_the_broker_confirms_is_stepped_over() -> None:
+    """Once the partition was read again from a missing offset and the broker's answer still begins past
+    it (the offsets held a transaction's markers), the records after it continue the input; a second gap
+    further on is read again in its turn."""
+    run, gap = continuing(records(12, 13, 15), 10, 10)
+    assert (offsets(run), gap) == ([12, 13], 14)
+    run, gap = continuing(records(15, 16), 14, 14)
+    assert (offsets(run), gap) == ([15, 16], None)
 
 
 def test_the_late_warning_is_logged_once_per_change_of_state(caplog: pytest.LogCaptureFixture) -> None:

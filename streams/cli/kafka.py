@@ -131,16 +131,17 @@ def _config_override(item: str) -> tuple[str, str]:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from ..kafka import EVENTS
-    from ..worker import Worker, WorkerProcess, WorkerSettings
+    from ..kafka import EVENTS, state_changelog
+    from ..worker import WorkerSettings, run_worker
+    from .serve import listening_socket
 
     kafka = kafka_settings(args)
-    flags = {"policy": args.policy, "web_port": args.web_port, "data_dir": args.data_dir, "ticks": args.ticks}
+    flags = {"policy": args.policy, "web_port": args.web_port, "ticks": args.ticks}
     settings = load(WorkerSettings, **flags)
     policy = None if settings.policy is None else read_policy(settings.policy)
-    preflight(kafka, (EVENTS,))
-    worker = Worker(policy, settings, kafka)
-    WorkerProcess(worker, args.loglevel).execute_from_commandline()
+    preflight(kafka, (EVENTS, state_changelog(settings.app_id)))
+    listening_socket(settings.web_host, settings.web_port).close()  # a busy port: one line, before joining the group
+    run_worker(policy, settings, kafka, args.loglevel)
     return 0
 
 
@@ -175,9 +176,10 @@ def _backfill(args: argparse.Namespace) -> int:
 def add_commands(commands: Any) -> None:
     work = commands.add_parser(
         "worker",
-        help="the Kafka runtime: a faust-streaming worker",
-        description="Fold tiergate.events.v1 into decisions and the compacted tier map, with the state in a "
-        "changelog-backed table. Needs the kafka extra and the topics (tiergate topics create).",
+        help="the Kafka runtime: a consumer group member that folds the input topic",
+        description="Fold tiergate.events.v1 into decisions and the compacted tier map, with each action "
+        "type's state snapshotted to a compacted changelog. Needs the kafka extra and the topics "
+        "(tiergate topics create).",
         **examples(
             "tiergate worker   # the policy lives in the log: tiergate policy apply --kafka",
             "TIERGATE_KAFKA_BOOTSTRAP=broker1:9092 tiergate worker --web-port 6067",
@@ -187,7 +189,6 @@ def add_commands(commands: Any) -> None:
     work.add_argument("--policy", metavar="POLICY.yaml", help="(or TIERGATE_WORKER_POLICY)")
     work.add_argument("--bootstrap", help="host:port (or TIERGATE_KAFKA_BOOTSTRAP; default 127.0.0.1:19092)")
     work.add_argument("--web-port", type=int, help="loopback port of /metrics and /healthz (default 6066)")
-    work.add_argument("--data-dir", metavar="DIR", help="faust's data directory (default ./tiergate-worker-data)")
     work.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
     work.add_argument(
         "--ticks",
