@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EVENTS = "tiergate.events.v1"
+ACTIONS = "tiergate.actions.v1"  # agents' actions, forwarded into EVENTS by the workers (streams/forwarder.py)
+OUTCOMES = "tiergate.outcomes.v1"  # reporters' outcomes and checkpoints, forwarded likewise
 POLICIES = "tiergate.policies.v1"
 TIER_MAP = "tiergate.tier-map.v1"
 DECISIONS = "tiergate.decisions.v1"

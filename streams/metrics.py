@@ -167,9 +167,9 @@ class TiergateCollector(Collector):
 
 
 class WorkerCollector(Collector):
-    """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches, input read
-    again after a gap, failures that sent partitions back to their last snapshot, and the share of recent
-    input that was late."""
+    """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches, input offsets
+    stepped over (transaction markers), failures that sent partitions back to their last snapshot, the
+    share of recent input that was late, and ingress records forwarded and refused."""
 
     def __init__(
         self,
@@ -179,9 +179,10 @@ class WorkerCollector(Collector):
         gaps: Callable[[], int] | None = None,
         late_share: Callable[[], float] | None = None,
         failures: Callable[[], int] | None = None,
+        forwarded: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.lag, self.rebalances, self.batches = lag, rebalances, batches
-        self.gaps, self.late_share, self.failures = gaps, late_share, failures
+        self.gaps, self.late_share, self.failures, self.forwarded = gaps, late_share, failures, forwarded
 
     def collect(self) -> Iterator[Metric]:
         lag = GaugeMetricFamily(
@@ -197,7 +198,7 @@ class WorkerCollector(Collector):
         if self.gaps is not None:
             yield CounterMetricFamily(
                 "tiergate_worker_input_gaps",
-                "Times input arrived past a missing offset and the partition was read again from it",
+                "Input offsets stepped over: they hold no record (transaction markers, aborted transactions)",
                 value=self.gaps(),
             )
         if self.failures is not None:
@@ -205,6 +206,16 @@ class WorkerCollector(Collector):
                 "tiergate_worker_fold_failures",
                 "Times folding or delivering failed and partitions went back to their last snapshot",
                 value=self.failures(),
+            )
+        if self.forwarded is not None:
+            forwarded, refused = self.forwarded()
+            yield CounterMetricFamily(
+                "tiergate_worker_forwarded", "Ingress records forwarded into the events topic", value=forwarded
+            )
+            yield CounterMetricFamily(
+                "tiergate_worker_forward_refused",
+                "Ingress records of a type their topic does not take, set aside in the rejected-input topic",
+                value=refused,
             )
         if self.late_share is not None:
             yield GaugeMetricFamily(

@@ -4,9 +4,11 @@
   type), through aiokafka's public API: `subscribe` with a rebalance listener, `getmany`, `seek`,
   `pause`/`resume`, `commit`. Each `getmany` batch is folded partition by partition, key by key, through
   the one ingest pipeline with the Kafka admission (streams/keyed.py, streams/signing.py).
-- Each input partition is folded in offset order from its resume point. A record past a missing offset is
-  not folded: the partition is read again from the missing offset, and only if the broker's answer starts
-  past it too (offsets a transaction marker took) is the gap taken as real.
+- Each input partition is folded in offset order from its resume point; records below it are redeliveries.
+  The input is read `read_committed`: an aborted transaction's records never count, and the offsets the
+  client steps over (transaction markers) hold no record.
+- The worker also forwards the ingress topics (agents' actions, reporters' outcomes) into the input topic,
+  exactly once, in its own consumer group (streams/forwarder.py).
 - Each key's state (the core's `KeyState`, the offset of the last input record applied to it, the number
   of records folded) lives in memory while the worker owns the key's partition, and in the state changelog
   (streams/changelog.py): a *snapshot* writes the record of every key folded since the last one, every
@@ -65,6 +67,7 @@ from tiergate.models.wire import ACTION_TYPE_PATTERN
 from .changelog import Changelog, Restored
 from .clock import Clock, SystemClock
 from .codec import encode
+from .forwarder import Forwarder
 from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, BrokerLog, KafkaSettings, home_partition, read_topics
 from .keyed import KeyedFold, Outputs, Saved
 from .metrics import TiergateCollector, WorkerCollector, registry_with
@@ -93,6 +96,7 @@ class WorkerSettings(BaseSettings):
     stop_timeout: float = Field(20.0, gt=0, description="seconds a stop may take before the worker exits anyway")
     batch: int = Field(5000, gt=0, description="input records fetched and folded per batch at most")
     batch_within: float = Field(0.2, gt=0, description="seconds to wait for input when none is fetched yet")
+    forward: bool = Field(True, description="forward the ingress topics (actions, outcomes) into the events topic")
     snapshot_interval: float = Field(
         5.0, gt=0, description="seconds between snapshots of the keys' state (and offset commits)"
     )
@@ -108,21 +112,18 @@ def by_key(records: Sequence[Record]) -> dict[bytes, list[Record]]:
     return grouped
 
 
-def continuing(records: Sequence[Record], start: int, confirmed: int | None) -> tuple[list[Record], int | None]:
-    """The records that continue a partition's input from offset `start`, and the offset a gap begins at
-    (None: no gap), which must be read again. Offsets below `start` are redeliveries of what was folded. A
-    gap beginning at `confirmed` was read again already and the broker's answer began past it: the offsets
-    in it hold no records (a transaction's marker), so the records after it continue the input."""
+def continuing(records: Sequence[Record], start: int) -> tuple[list[Record], int]:
+    """The records that continue a partition's input from offset `start`, in offset order, and how many
+    offsets they step over. Offsets below `start` are redeliveries of what was folded. The client hands a
+    partition's records over in offset order from where it was sought to; the offsets it steps over hold
+    no record of the input (a transaction's markers, an aborted transaction's records)."""
     run: list[Record] = []
     expected = start
     for record in records:
-        if record.offset < expected:
-            continue
-        if record.offset > expected and expected != confirmed:
-            return run, expected
-        run.append(record)
-        expected = record.offset + 1
-    return run, None
+        if record.offset >= expected:
+            run.append(record)
+            expected = record.offset + 1
+    return run, expected - start - len(run)
 
 
 @dataclass(slots=True)
@@ -134,7 +135,6 @@ class Partition:
     next: int  # the next input offset to fold
     committed: int  # committed to the group: the input before it is covered by the changelog
     dirty: set[bytes] = field(default_factory=set)  # keys folded since their last snapshot
-    reread: int | None = None  # the offset the partition was last read again from (a gap being confirmed)
 
 
 class LateShare:
@@ -248,6 +248,7 @@ class Worker:
             compression_type="gzip",  # a state's remembered ids compress well; no extra library needed
         )
         self.changelog = Changelog(kafka, self.producer, settings.app_id)
+        self.forwarder = Forwarder(kafka, settings.app_id) if settings.forward else None
 
     def _consumer_settings(self) -> dict[str, Any]:
         session = int(self.settings.session_timeout * 1000)
@@ -273,13 +274,25 @@ class Worker:
         chores = [asyncio.create_task(self._every(1.0, self._check_broker))]
         if self.settings.ticks:
             chores.append(asyncio.create_task(self._every(self.settings.tick_interval, self._tick)))
+        forwarding = None if self.forwarder is None else asyncio.create_task(self.forwarder.run(self.stopping))
         try:
             await self._consume()
         finally:
             for chore in chores:
                 chore.cancel()
+            if forwarding is not None:
+                await self._stopped(forwarding)
             await self._leave()
             await web_runner.cleanup()
+
+    async def _stopped(self, forwarding: asyncio.Task[None]) -> None:
+        """The forwarder ends its loop on `stopping`: wait for it (its transaction commits), within bounds."""
+        try:
+            await asyncio.wait_for(forwarding, self.settings.stop_timeout / 3)
+        except TimeoutError:
+            log.warning("stopping: the forwarder did not finish; its open transaction is aborted by the next owner")
+        except Exception:
+            log.exception("the forwarder failed")
 
     def stop(self) -> None:
         self.stopping.set()
@@ -358,7 +371,7 @@ class Worker:
         committed = await self.consumer.committed(tp)
         first, keys = restored.first, restored.keys
         start = first if committed is None or restored.unreadable else max(first, committed)
-        self.owned[number] = Partition(number, keys, start, start, reread=start)
+        self.owned[number] = Partition(number, keys, start, start)
         self.failed.pop(number, None)
         self.consumer.seek(tp, start)
         self.consumer.resume(tp)
@@ -397,8 +410,9 @@ class Worker:
         return sum(n for (_, result), n in self.tallies.events.items() if result == LATE)
 
     async def _fold_partition(self, tp: TopicPartition, part: Partition, records: list[Record]) -> None:
-        """Fold the records that continue the partition from its next offset; read a gap again."""
-        run, gap = continuing(records, part.next, part.reread)
+        """Fold the records that continue the partition from its next offset, key by key."""
+        run, stepped = continuing(records, part.next)
+        self.gaps += stepped
         for key, events in by_key(run).items():
             if ACTION_TYPE.fullmatch(key) is None or home_partition(key, self.partitions) != part.number:
                 await self._misrouted(key, part.number, events)
@@ -407,16 +421,6 @@ class Worker:
                 part.dirty.add(key)
         if run:
             part.next = run[-1].offset + 1
-        if gap is not None:
-            self._read_again(tp, part, gap)
-
-    def _read_again(self, tp: TopicPartition, part: Partition, offset: int) -> None:
-        """Seek a partition back to the first offset it is missing: if the broker's answer begins past it
-        too, the offsets hold no records and the input goes on after them."""
-        self.gaps += 1
-        part.reread = offset
-        log.info("input partition %d: offset %d did not arrive in order; reading again from it", part.number, offset)
-        self.consumer.seek(tp, offset)
 
     def _failed(self, part: Partition, doing: str) -> None:
         """A failure while folding a partition: forget it (its unsnapshotted state may be half-advanced)
@@ -615,9 +619,14 @@ class Worker:
                 gaps=lambda: self.gaps,
                 late_share=lambda: self.late.share,
                 failures=lambda: self.failures,
+                forwarded=None if self.forwarder is None else self._forwarded,
             ),
         )
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _forwarded(self) -> tuple[int, int]:
+        assert self.forwarder is not None
+        return self.forwarder.forwarded, self.forwarder.refused
 
     async def _health(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -629,6 +638,7 @@ class Worker:
                 "batches": self.batches,
                 "batched_events": self.batched,
                 "folded_events": self.tallies.events.total(),
+                "forwarding": 0 if self.forwarder is None else len(self.forwarder.producers),
             }
         )
 

@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,17 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tiergate.streams.kafka import DECISIONS, DLQ, EVENTS, SINGLE_BROKER, KafkaSettings, create_topics, read_topics
+from tiergate.streams.kafka import (
+    ACTIONS,
+    DECISIONS,
+    DLQ,
+    EVENTS,
+    OUTCOMES,
+    SINGLE_BROKER,
+    KafkaSettings,
+    create_topics,
+    read_topics,
+)
 from tiergate.streams.kafka_replay import read_topic, replay_topic, verify, verify_state
 from tiergate.streams.policy_file import read_policy
 
@@ -90,21 +100,29 @@ class Deployment:
         asyncio.run(create_topics(self.settings, 1, TEST_TOPICS))
 
     def produce(
-        self, events: Iterable[bytes], raw_keys: Iterable[bytes] | None = None, per_second: float | None = None
+        self,
+        events: Iterable[bytes],
+        raw_keys: Iterable[bytes] | None = None,
+        per_second: float | None = None,
+        topic: str | Callable[[bytes], str] = EVENTS,
     ) -> int:
-        """Produce events keyed by their action type (or by `raw_keys`), as the SDK does; at most
-        `per_second` of them a second if given (a live stream rather than a backlog)."""
+        """Produce events keyed by their action type (or by `raw_keys`), as the SDK does, to `topic` (or the
+        topic it names for each event); at most `per_second` of them a second if given (a live stream rather
+        than a backlog)."""
         keys = None if raw_keys is None else list(raw_keys)
-        return asyncio.run(self._produce(list(events), keys, per_second))
+        to = topic if callable(topic) else lambda raw: str(topic)
+        return asyncio.run(self._produce(list(events), keys, per_second, to))
 
-    async def _produce(self, events: list[bytes], keys: list[bytes] | None, per_second: float | None) -> int:
+    async def _produce(
+        self, events: list[bytes], keys: list[bytes] | None, per_second: float | None, to: Callable[[bytes], str]
+    ) -> int:
         producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True)
         await producer.start()
         started = time.monotonic()
         try:
             for i, raw in enumerate(events):
                 key = keys[i] if keys is not None else _key_of(raw)
-                await producer.send(self.settings.topic(EVENTS), raw, key=key)
+                await producer.send(self.settings.topic(to(raw)), raw, key=key)
                 if per_second is not None:
                     await asyncio.sleep(max(0.0, started + i / per_second - time.monotonic()))
             await producer.flush()
@@ -129,7 +147,7 @@ class Deployment:
                 "--web-port",
                 str(port),
                 "--loglevel",
-                "info",
+                os.environ.get("TIERGATE_TEST_WORKER_LOGLEVEL", "info"),  # debug: every Kafka request
             ],
             cwd=ROOT,
             env=env,
@@ -177,6 +195,25 @@ class Deployment:
             try:
                 committed = await admin.list_consumer_group_offsets(self.settings.topic("tiergate-worker"))
                 partitions = _partitions(self.settings, EVENTS)
+                ends = await consumer.end_offsets(partitions)
+                return all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in partitions)
+            finally:
+                await consumer.stop()
+                await admin.close()
+
+        return asyncio.run(check())
+
+    def forwarded_all(self) -> bool:
+        """Has the workers' forwarding group committed every offset of the ingress topics?"""
+
+        async def check() -> bool:
+            admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+            consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP, isolation_level="read_committed")
+            await admin.start()
+            await consumer.start()
+            try:
+                committed = await admin.list_consumer_group_offsets(self.settings.topic("tiergate-worker-forward"))
+                partitions = _partitions(self.settings, ACTIONS) + _partitions(self.settings, OUTCOMES)
                 ends = await consumer.end_offsets(partitions)
                 return all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in partitions)
             finally:

@@ -27,27 +27,17 @@ def offsets(found: list[Any]) -> list[int]:
     return [record.offset for record in found]
 
 
-def test_a_partition_is_folded_only_as_far_as_it_continues_without_a_gap() -> None:
-    """From its next offset a partition's run takes each next offset in turn, skips redeliveries below it,
-    and stops at a gap, naming the offset to read again from."""
-    run, gap = continuing(records(8, 9, 10, 11, 13, 14), 10, None)
-    assert (offsets(run), gap) == ([10, 11], 12)
-    run, gap = continuing(records(5, 6, 7), 10, None)
-    assert (offsets(run), gap) == ([], None)
-    run, gap = continuing(records(10, 11, 12), 10, None)
-    assert (offsets(run), gap) == ([10, 11, 12], None)
-    run, gap = continuing(records(12, 13), 10, None)
-    assert (offsets(run), gap) == ([], 10)
-
-
-def test_a_gap_read_again_that_the_broker_confirms_is_stepped_over() -> None:
-    """Once the partition was read again from a missing offset and the broker's answer still begins past
-    it (the offsets held a transaction's markers), the records after it continue the input; a second gap
-    further on is read again in its turn."""
-    run, gap = continuing(records(12, 13, 15), 10, 10)
-    assert (offsets(run), gap) == ([12, 13], 14)
-    run, gap = continuing(records(15, 16), 14, 14)
-    assert (offsets(run), gap) == ([15, 16], None)
+def test_a_partition_is_folded_in_offset_order_from_its_next_offset() -> None:
+    """From its next offset a partition's run takes the records in offset order and skips redeliveries
+    below it; offsets that hold no record (a transaction's markers) are stepped over and counted."""
+    run, stepped = continuing(records(8, 9, 10, 11, 13, 14), 10)
+    assert (offsets(run), stepped) == ([10, 11, 13, 14], 1)
+    run, stepped = continuing(records(5, 6, 7), 10)
+    assert (offsets(run), stepped) == ([], 0)
+    run, stepped = continuing(records(10, 11, 12), 10)
+    assert (offsets(run), stepped) == ([10, 11, 12], 0)
+    run, stepped = continuing(records(12, 13, 11, 14), 10)  # 11 arrives after 13: never folded twice or back
+    assert (offsets(run), stepped) == ([12, 13, 14], 2)
 
 
 def test_the_late_warning_is_logged_once_per_change_of_state(caplog: pytest.LogCaptureFixture) -> None:

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from tiergate.streams.kafka import EVENTS, TIER_MAP, KafkaSettings
+from tiergate.streams.kafka import ACTIONS, OUTCOMES, TIER_MAP, KafkaSettings
 from tiergate.streams.sdk import KafkaEventSink, KafkaTierTransport, Reporter, TierMapClient, TierMapNotReady
 
 from .kafka_harness import BOOTSTRAP, Deployment, broker
@@ -124,7 +124,7 @@ def test_an_unreachable_broker_or_a_missing_topic_is_shown_in_status(deployment:
 
 def test_the_client_rides_out_a_broker_restart_and_the_sink_keys_events_by_type(deployment: Deployment) -> None:
     """A Kafka client keeps following after the broker restarts; the reporter's buffered events are produced
-    keyed by their type once flushed."""
+    keyed by their type once flushed, the action to the actions topic and the outcome to the outcomes topic."""
 
     async def scenario() -> bool:
         async with TierMapClient(KafkaTierTransport(sdk_settings(deployment))) as client:
@@ -143,5 +143,6 @@ def test_the_client_rides_out_a_broker_restart_and_the_sink_keys_events_by_type(
         return followed
 
     assert asyncio.run(scenario())
-    produced = [(key, orjson.loads(value)["event_id"]) for key, value, _ in records(deployment, EVENTS)]
-    assert produced == [(b"reply_to_ticket", "k-1/action"), (b"reply_to_ticket", "k-1/review")]
+    for topic, event_id in ((ACTIONS, "k-1/action"), (OUTCOMES, "k-1/review")):
+        produced = [(key, orjson.loads(value)["event_id"]) for key, value, _ in records(deployment, topic)]
+        assert produced == [(b"reply_to_ticket", event_id)]

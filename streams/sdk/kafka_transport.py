@@ -1,7 +1,8 @@
-"""Kafka: the compacted tier-map topic read from the beginning, and an event sink producing to the events
-topic keyed by action type. Topic names are the runtime's constants (with the settings' prefix);
-partitions come from the cluster's metadata, so nothing here reads a file. Needs aiokafka (the `kafka`
-extra); without it the transport stops with an error that says so (shown by the client's `status()`).
+"""Kafka: the compacted tier-map topic read from the beginning, and an event sink producing actions and
+outcomes to their ingress topics keyed by action type. Topic names are the runtime's constants (with the
+settings' prefix); partitions come from the cluster's metadata, so nothing here reads a file. Needs
+aiokafka (the `kafka` extra); without it the transport stops with an error that says so (shown by the
+client's `status()`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from tenacity import AsyncRetrying, retry_if_exception, wait_random_exponential
 
-from tiergate.streams.kafka import EVENTS, TIER_MAP
+from tiergate.streams.kafka import ACTIONS, OUTCOMES, TIER_MAP
 
 from .delivery import Rejection
 from .errors import TransportError
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tiergate.sdk")
 
 NEEDS_AIOKAFKA = "the Kafka transport needs aiokafka: pip install 'tiergate[kafka]'"
+INGRESS = {"action": ACTIONS, "outcome": OUTCOMES, "checkpoint": OUTCOMES}  # event type -> the topic it goes to
+WHERE = "overrides and policy events are operators', signed (tiergate override --kafka); ticks are the workers'"
 
 
 class KafkaTierTransport:
@@ -155,8 +158,10 @@ class KafkaTierTransport:
 
 
 class KafkaEventSink:
-    """Produces to the events topic, keyed by action type, with an idempotent producer. `async with`
-    stops the producer."""
+    """Produces actions to the actions topic and outcomes and checkpoints to the outcomes topic (agents and
+    reporters may write only those: the workers forward them into the events topic), keyed by action type,
+    with an idempotent producer. Any other event is refused here, not sent. `async with` stops the
+    producer."""
 
     def __init__(self, settings: KafkaSettings) -> None:
         self.settings = settings
@@ -167,15 +172,23 @@ class KafkaEventSink:
             from aiokafka.errors import KafkaError
         except ImportError:
             raise TransportError(NEEDS_AIOKAFKA, retryable=False) from None
-        topic = self.settings.topic(EVENTS)
+        sending, refused = [], []
+        for raw in events:
+            event = orjson.loads(raw)
+            ingress = INGRESS.get(event["type"])
+            if ingress is None:
+                reason = f"a {event['type']} event is not an agent's or a reporter's to send: {WHERE}"
+                refused.append(Rejection(event.get("event_id"), reason))
+            else:
+                sending.append((self.settings.topic(ingress), raw, event["action_type"].encode()))
         try:
             producer = await self._started()
-            for raw in events:
-                await producer.send(topic, raw, key=orjson.loads(raw)["action_type"].encode())
+            for topic, raw, key in sending:
+                await producer.send(topic, raw, key=key)
             await producer.flush()
         except KafkaError as error:
-            raise TransportError(f"producing to {topic} failed: {type(error).__name__}: {error}") from error
-        return []  # the worker judges the events; rejections land in its dead-letter topic
+            raise TransportError(f"producing to the ingress topics failed: {type(error).__name__}: {error}") from error
+        return refused  # the workers judge the rest; their rejections land in the dead-letter topic
 
     async def _started(self) -> Any:
         from aiokafka import AIOKafkaProducer

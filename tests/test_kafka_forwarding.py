@@ -1,0 +1,117 @@
+"""The ingress topics on the real broker: agents' actions and reporters' outcomes are forwarded into the one
+input log exactly once, through worker kills, and what an ingress topic does not take never reaches it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import threading
+import time
+from collections import Counter, defaultdict
+
+import orjson
+import pytest
+
+from tiergate.streams.forwarder import Admitted, Refused, admit
+from tiergate.streams.kafka import ACTIONS, DLQ, EVENTS, OUTCOMES
+from tiergate.streams.kafka_replay import read_topic
+
+from .kafka_harness import Deployment, wait_for
+from .test_kafka import deployment, story
+
+pytestmark = pytest.mark.kafka
+__all__ = ["deployment"]  # the fixture, shared with test_kafka
+
+OVERRIDE = orjson.dumps(
+    {
+        "type": "override",
+        "event_id": "slipped-in",
+        "ts": "2026-10-02T00:00:00Z",
+        "action_type": "reply_to_ticket",
+        "op": "promote",
+        "actor": "support-bot",
+        "reason": "I am doing fine",
+    }
+)
+TICK = orjson.dumps({"type": "tick", "event_id": "t", "ts": "2026-10-02T00:00:00Z", "action_type": "reply_to_ticket"})
+
+
+def ingress_of(raw: bytes) -> str:
+    """Where a producer of each role writes an event: actions by agents, outcomes by reporters; the rest
+    (ticks, overrides, policy events) is the workers' and operators', straight into the events topic —
+    but for the override an agent slips into the actions topic and the tick a reporter slips into its own."""
+    if raw in (OVERRIDE, TICK):
+        return ACTIONS if raw == OVERRIDE else OUTCOMES
+    kind = orjson.loads(raw)["type"]
+    return ACTIONS if kind == "action" else OUTCOMES if kind in ("outcome", "checkpoint") else EVENTS
+
+
+def test_an_ingress_topic_admits_only_its_own_types() -> None:
+    """The actions topic takes actions, the outcomes topic outcomes and checkpoints; an override, a tick or
+    a record that is not an event is refused with a reason that says where it belongs."""
+    action = orjson.dumps({"type": "action", "action_type": "reply_to_ticket"})
+    outcome = orjson.dumps({"type": "outcome", "action_type": "reply_to_ticket"})
+    assert admit(ACTIONS, action) == Admitted("reply_to_ticket")
+    assert admit(OUTCOMES, outcome) == Admitted("reply_to_ticket")
+    refused = admit(ACTIONS, OVERRIDE)
+    assert isinstance(refused, Refused) and "takes actions only" in refused.reason and "signed" in refused.reason
+    assert isinstance(admit(OUTCOMES, TICK), Refused)
+    assert isinstance(admit(ACTIONS, outcome), Refused)
+    assert isinstance(admit(ACTIONS, b"{not json"), Refused)
+    assert isinstance(admit(ACTIONS, orjson.dumps({"type": "action", "action_type": "no spaces"})), Refused)
+
+
+def test_every_ingress_record_is_appended_exactly_once_in_order_through_worker_kills(deployment: Deployment) -> None:
+    """While the story streams into the ingress topics (and ticks and overrides into the events topic), the
+    forwarding worker is killed (SIGKILL) and restarted four times: afterwards each admitted ingress record
+    is in the events topic exactly once, each ingress partition's records in their order, the refused ones
+    (an override slipped into the actions topic, a tick into the outcomes topic) only in the DLQ, and the
+    fold of the events topic equals what the workers recorded."""
+    events = list(story())
+    planted = [*events[:2000], OVERRIDE, *events[2000:4000], TICK, *events[4000:]]
+    producer = threading.Thread(
+        target=deployment.produce, args=(planted,), kwargs={"per_second": 600, "topic": ingress_of}
+    )
+    producer.start()
+    worker = deployment.start_worker()
+    schedule = random.Random(16)
+    for _ in range(4):
+        time.sleep(schedule.uniform(4.0, 8.0))
+        deployment.kill(worker, signal.SIGKILL)
+        worker = deployment.start_worker()
+    producer.join()
+    wait_for(deployment.forwarded_all, 120, "every ingress offset forwarded")
+    deployment.wait_consistent(timeout=120)
+
+    log = asyncio.run(read_topic(deployment.settings, EVENTS))
+    origins = [dict(r.headers)["tiergate-origin"].decode() for r in log if "tiergate-origin" in dict(r.headers)]
+    ingress = {name: asyncio.run(read_topic(deployment.settings, name)) for name in (ACTIONS, OUTCOMES)}
+    admitted = [
+        f"{r.topic}/{r.partition}:{r.offset}"
+        for records in ingress.values()
+        for r in records
+        if r.value not in (OVERRIDE, TICK)
+    ]
+    twice = [origin for origin, n in Counter(origins).items() if n > 1]
+    assert twice == [] and sorted(origins) == sorted(admitted)
+    assert _in_ingress_order(log)
+    rejected = {
+        r.value: dict(r.headers)["tiergate-reason"].decode() for r in asyncio.run(read_topic(deployment.settings, DLQ))
+    }
+    assert "takes actions only" in rejected[OVERRIDE] and "takes outcomes and checkpoints only" in rejected[TICK]
+    assert not {OVERRIDE, TICK} & {r.value for r in log}
+
+
+def _in_ingress_order(log: list) -> bool:  # type: ignore[type-arg]
+    """Within each events partition, the records forwarded from one ingress partition keep its order."""
+    last: dict[tuple[int, str], int] = defaultdict(lambda: -1)
+    for record in log:
+        origin = dict(record.headers).get("tiergate-origin")
+        if origin is None:
+            continue
+        source, _, offset = origin.decode().rpartition(":")
+        if int(offset) <= last[record.partition, source]:
+            return False
+        last[record.partition, source] = int(offset)
+    return True
