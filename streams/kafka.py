@@ -238,7 +238,7 @@ async def create_topics(
         await admin.close()
 
 
-async def _visible(admin: Any, names: set[str], timeout: float = 30.0) -> None:
+async def _visible(admin: Any, names: set[str], timeout: float = 60.0) -> None:
     """Wait until the cluster's metadata lists `names`: a topic is usable a moment after it is created."""
     import asyncio
 

@@ -131,7 +131,7 @@ def _config_override(item: str) -> tuple[str, str]:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from ..kafka import EVENTS, state_changelog
+    from ..kafka import ACTIONS, EVENTS, OUTCOMES, state_changelog
     from ..worker import WorkerSettings, run_worker
     from .serve import listening_socket
 
@@ -139,7 +139,8 @@ def _worker(args: argparse.Namespace) -> int:
     flags = {"policy": args.policy, "web_port": args.web_port, "ticks": args.ticks}
     settings = load(WorkerSettings, **flags)
     policy = None if settings.policy is None else read_policy(settings.policy)
-    preflight(kafka, (EVENTS, state_changelog(settings.app_id)))
+    ingress = (ACTIONS, OUTCOMES) if settings.forward else ()
+    preflight(kafka, (EVENTS, state_changelog(settings.app_id), *ingress))
     listening_socket(settings.web_host, settings.web_port).close()  # a busy port: one line, before joining the group
     run_worker(policy, settings, kafka, args.loglevel)
     return 0
