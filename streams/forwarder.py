@@ -148,12 +148,17 @@ class Forwarder:
                 await _stop(producer)
 
     async def _start_pending(self) -> None:
+        """Start the producers of the partitions given but not forwarded yet, all at once (each waits on the
+        broker to fence its predecessor)."""
         now = asyncio.get_running_loop().time()
-        for tp in sorted(self.assigned - set(self.producers)):
-            if self.retry_at.get(tp, 0.0) > now:
-                continue
-            async with self.lock:
-                if tp in self.assigned and tp in self.consumer.assignment() and not await self._start(tp):
+        pending = [tp for tp in sorted(self.assigned - set(self.producers)) if self.retry_at.get(tp, 0.0) <= now]
+        if not pending:
+            return
+        async with self.lock:
+            pending = [tp for tp in pending if tp in self.assigned and tp in self.consumer.assignment()]
+            started = await asyncio.gather(*(self._start(tp) for tp in pending))
+            for tp, ok in zip(pending, started, strict=True):
+                if not ok:
                     self.retry_at[tp] = now + 1.0
 
     async def _start(self, tp: TopicPartition) -> bool:

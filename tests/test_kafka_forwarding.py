@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-import threading
 import time
+import urllib.request
 from collections import Counter, defaultdict
 
 import orjson
@@ -17,7 +17,7 @@ from tiergate.streams.forwarder import Admitted, Refused, admit
 from tiergate.streams.kafka import ACTIONS, DLQ, EVENTS, OUTCOMES
 from tiergate.streams.kafka_replay import read_topic
 
-from .kafka_harness import Deployment, wait_for
+from .kafka_harness import Deployment, free_port, wait_for
 from .test_kafka import deployment, story
 
 pytestmark = pytest.mark.kafka
@@ -63,24 +63,25 @@ def test_an_ingress_topic_admits_only_its_own_types() -> None:
 
 
 def test_every_ingress_record_is_appended_exactly_once_in_order_through_worker_kills(deployment: Deployment) -> None:
-    """While the story streams into the ingress topics (and ticks and overrides into the events topic), the
-    forwarding worker is killed (SIGKILL) and restarted four times: afterwards each admitted ingress record
-    is in the events topic exactly once, each ingress partition's records in their order, the refused ones
-    (an override slipped into the actions topic, a tick into the outcomes topic) only in the DLQ, and the
-    fold of the events topic equals what the workers recorded."""
+    """The story goes to the ingress topics (ticks and overrides to the events topic) in five parts; after
+    each of the first four, a worker starts forwarding the backlog and is killed (SIGKILL) within a moment
+    of its first forwarded record, mid-batch; the fifth is forwarded by a worker left running. Afterwards
+    each admitted ingress record is in the events topic exactly once, each ingress partition's records in
+    their order, the refused ones (an override slipped into the actions topic, a tick into the outcomes
+    topic) only in the DLQ, and the fold of the events topic equals what the workers recorded."""
     events = list(story())
     planted = [*events[:2000], OVERRIDE, *events[2000:4000], TICK, *events[4000:]]
-    producer = threading.Thread(
-        target=deployment.produce, args=(planted,), kwargs={"per_second": 600, "topic": ingress_of}
-    )
-    producer.start()
-    worker = deployment.start_worker()
     schedule = random.Random(16)
-    for _ in range(4):
-        time.sleep(schedule.uniform(4.0, 8.0))
+    parts = [planted[i * len(planted) // 5 : (i + 1) * len(planted) // 5] for i in range(5)]
+    for part in parts[:4]:
+        deployment.produce(part, topic=ingress_of)
+        port = free_port()
+        worker = deployment.start_worker(web_port=port)
+        wait_for(lambda: _forwarded(port) > 0, 60, "the worker's first forwarded record")  # noqa: B023
+        time.sleep(schedule.uniform(0.0, 0.3))
         deployment.kill(worker, signal.SIGKILL)
-        worker = deployment.start_worker()
-    producer.join()
+    deployment.produce(parts[4], topic=ingress_of)
+    deployment.start_worker()
     wait_for(deployment.forwarded_all, 120, "every ingress offset forwarded")
     deployment.wait_consistent(timeout=120)
 
@@ -101,6 +102,16 @@ def test_every_ingress_record_is_appended_exactly_once_in_order_through_worker_k
     }
     assert "takes actions only" in rejected[OVERRIDE] and "takes outcomes and checkpoints only" in rejected[TICK]
     assert not {OVERRIDE, TICK} & {r.value for r in log}
+
+
+def _forwarded(port: int) -> float:
+    """tiergate_worker_forwarded_total of the worker on `port` (0 while it is not serving yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+            lines = response.read().decode().splitlines()
+    except OSError:
+        return 0.0
+    return sum(float(line.split()[1]) for line in lines if line.startswith("tiergate_worker_forwarded_total"))
 
 
 def _in_ingress_order(log: list) -> bool:  # type: ignore[type-arg]
