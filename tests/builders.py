@@ -92,18 +92,18 @@ class Log:
             self.outcome(hour, "review", "rejected", tier, **extra)
         return self
 
-    def internal(self, hour: float, completed: int, failed: int = 0, tier: str = "walk") -> Log:
+    def internal(self, hour: float, completed: int, failed: int = 0, tier: str = "walk", **extra: Any) -> Log:
         for _ in range(completed):
-            self.outcome(hour, "internal", "completed", tier)
+            self.outcome(hour, "internal", "completed", tier, **extra)
         for _ in range(failed):
-            self.outcome(hour, "internal", "failed", tier)
+            self.outcome(hour, "internal", "failed", tier, **extra)
         return self
 
-    def customer(self, hour: float, success: int, failure: int = 0, tier: str = "walk") -> Log:
+    def customer(self, hour: float, success: int, failure: int = 0, tier: str = "walk", **extra: Any) -> Log:
         for _ in range(success):
-            self.outcome(hour, "customer", "success", tier)
+            self.outcome(hour, "customer", "success", tier, **extra)
         for _ in range(failure):
-            self.outcome(hour, "customer", "failure", tier)
+            self.outcome(hour, "customer", "failure", tier, **extra)
         return self
 
     def override(self, hour: float, op: str, tier: str | None = None, **extra: Any) -> Log:
