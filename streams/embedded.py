@@ -105,7 +105,7 @@ def activation_row(event: PolicyEvent) -> ActivationRow:
             name: rules[name] for name in ("window", "allowed_lateness", "lookback", "confidence", "acceptance")
         }
         document["action_types"][event.action_type] = {
-            name: rules[name] for name in ("read_only", "max_tier", "tiers", "demotion")
+            name: rules[name] for name in ("read_only", "max_tier", "tiers", "demotion", "outcomes")
         }
     return ActivationRow(
         event.activation_id,

@@ -81,9 +81,8 @@ class Log:
         return self.add(type="action", ts=at(hour), tier=tier, action_id=action_id or f"a{self._n}", **extra)
 
     def outcome(self, hour: float, kind: str, result: str, tier: str = "crawl", **extra: Any) -> Log:
-        return self.add(
-            type="outcome", ts=at(hour), tier=tier, action_id=f"a{self._n}", kind=kind, result=result, **extra
-        )
+        extra.setdefault("action_id", f"a{self._n}")
+        return self.add(type="outcome", ts=at(hour), tier=tier, kind=kind, result=result, **extra)
 
     def reviews(self, hour: float, accepted: int, rejected: int = 0, tier: str = "crawl", **extra: Any) -> Log:
         for _ in range(accepted):
@@ -109,6 +108,10 @@ class Log:
     def override(self, hour: float, op: str, tier: str | None = None, **extra: Any) -> Log:
         event = {"type": "override", "ts": at(hour), "op": op, "actor": "ops@example.com", "reason": f"test {op}"}
         return self.add(**event, **({} if tier is None else {"tier": tier}), **extra)
+
+    def checkpoint(self, hour: float, through: float, **extra: Any) -> Log:
+        """The customer feed's word, at `hour`, that its failures are complete through `through`."""
+        return self.add(type="checkpoint", ts=at(hour), kind="customer", through=at(through), **extra)
 
     def tick(self, hour: float, **extra: Any) -> Log:
         return self.add(type="tick", ts=at(hour), **extra)
