@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 from unittest.mock import patch
 
@@ -207,3 +211,33 @@ def test_an_activation_that_changes_only_the_version_changes_no_tier(
     assert [d.to_json() for d in fold(models(redelivered), POLICY)[1]] == [
         d.to_json() for d in fold(models(activated), POLICY)[1]
     ]
+
+
+DETERMINISM_SCRIPT = """
+import json, sys
+from tests.test_properties import POLICY, fold, models
+events = json.load(sys.stdin)
+for decision in fold(models(events), POLICY)[1]:
+    print(decision.to_json())
+print(json.dumps(fold(models(events), POLICY)[0].to_dict(), sort_keys=True))
+"""
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(logs)
+def test_the_same_log_gives_the_same_bytes_under_another_hash_seed(events: list[dict[str, Any]]) -> None:
+    """Determinism across processes: string hashing is randomised per process (PYTHONHASHSEED), so a fold
+    that let set or dict order leak into its output would differ between these two runs."""
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-c", DETERMINISM_SCRIPT],
+            input=json.dumps(events),
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).parent.parent,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "4242")
+    ]
+    assert outputs[0] == outputs[1] and outputs[0].count("\n") >= 4
