@@ -26,7 +26,7 @@ from tiergate.models.wire import format_ts
 
 from .clock import Clock
 from .codec import encode
-from .pipeline import Admit, Counting, Handled, Input, Pipeline, Tallies
+from .pipeline import Admit, Counting, Handled, Input, Pipeline, Tallies, named_action_type
 from .store import Appended, Store, StoreError
 
 DB_NAME = "tiergate.db"
@@ -74,7 +74,7 @@ class StoreSink:
         logged = [i for i in self.items if i.logged]
         with self.store.transaction():
             self.store.append(
-                (Appended(i.action_type, i.result, i.input.raw) for i in logged),
+                (Appended(i.action_type, i.result, i.input.raw, i.input.principal) for i in logged),
                 (d for i in logged for d in i.decisions),
                 (r for i in self.items if (r := i.rejection) is not None),
             )
@@ -198,19 +198,33 @@ class EmbeddedRuntime:
 
     # -- the write path ------------------------------------------------------------------------------
 
-    def ingest(self, raws: Iterable[bytes], source: str, live: bool = True) -> Ingested:
+    def ingest(self, raws: Iterable[bytes], source: str, live: bool = True, principal: str | None = None) -> Ingested:
         """Fold a batch and commit it in one transaction. `live`: the clock checks apply (`future`,
-        `past`); an import of older history and the server's own ticks are not live."""
-        admit = past_and_future(self.clock.now(), self.max_skew, self.max_past) if live else None
-        inputs = [Input(source, index, raw) for index, raw in enumerate(raws)]
+        `past`); an import of older history and the server's own ticks are not live. `principal`: the
+        credential that posted the batch, kept beside each event and named in the decisions of overrides."""
+        inputs = [Input(source, index, raw, principal=principal) for index, raw in enumerate(raws)]
         self.since_snapshot += len(inputs)
         sink = StoreSink(self.store, self._snapshot if self._snapshot_due() else None)
         try:
-            Pipeline(self.policy, admit).run(inputs, self.state, Counting(sink, self.tallies, self.state))
+            self._pipeline(live).run(inputs, self.state, Counting(sink, self.tallies, self.state))
         except BaseException:
             self.state = self._restore()  # the batch never happened: forget what the fold did with it
             raise
         return self._published(sink.items)
+
+    def dry_run(self, raws: Iterable[bytes], source: str, principal: str | None = None) -> Ingested:
+        """What `ingest` would answer for a live batch, folded on a copy of the state of the types it names:
+        nothing is stored, counted or published."""
+        inputs = [Input(source, index, raw, principal=principal) for index, raw in enumerate(raws)]
+        named = {name for item in inputs if (name := named_action_type(item.raw)) in self.state.keys}
+        copy = State({name: KeyState.from_dict(self.state.keys[name].to_dict()) for name in named})
+        sink = _Kept()
+        self._pipeline(live=True).run(inputs, copy, sink)
+        return results_of(sink.items)
+
+    def _pipeline(self, live: bool) -> Pipeline:
+        admit = past_and_future(self.clock.now(), self.max_skew, self.max_past) if live else None
+        return Pipeline(self.policy, admit)
 
     def _snapshot_due(self) -> bool:
         """Often enough that a restart folds little of the log; seldom enough that writing a large state
@@ -223,12 +237,7 @@ class EmbeddedRuntime:
         return self.state.keys.values()
 
     def _published(self, items: list[Handled]) -> Ingested:
-        out = Ingested()
-        for item in items:
-            event_id = None if item.event is None else item.event.event_id
-            out.results.append(EventResult(item.input.position, event_id, item.result, item.reason))
-            out.decisions.extend(item.decisions)
-        out.tier_changes = [TierRecord.from_decision(d) for d in out.decisions if d.moves]
+        out = results_of(items)
         self.tiers = self.tiers | {r.action_type: r for r in out.tier_changes}  # readers see whole records
         return out
 
@@ -247,6 +256,30 @@ class EmbeddedRuntime:
     def tier_map(self) -> list[TierRecord]:
         """The published tier map (records replaced whole after each commit: safe to read from any thread)."""
         return [self.tiers[name] for name in sorted(self.tiers)]
+
+
+def results_of(items: list[Handled]) -> Ingested:
+    """A batch's per-event results, its decisions and the tier records they change."""
+    out = Ingested()
+    for item in items:
+        event_id = None if item.event is None else item.event.event_id
+        out.results.append(EventResult(item.input.position, event_id, item.result, item.reason))
+        out.decisions.extend(item.decisions)
+    out.tier_changes = [TierRecord.from_decision(d) for d in out.decisions if d.moves]
+    return out
+
+
+class _Kept:
+    """A sink that only keeps what it was handed (a dry run)."""
+
+    def __init__(self) -> None:
+        self.items: list[Handled] = []
+
+    def handled(self, item: Handled) -> None:
+        self.items.append(item)
+
+    def commit(self) -> None:
+        pass
 
 
 class _Discard:
