@@ -158,6 +158,30 @@ def _parsed(text: str, source: str) -> Credentials:
         raise SettingsError(str(error)) from None
 
 
+class OperatorSettings(_Layered):
+    """Where `tiergate override` sends, and with which credential (never a flag: it would show in `ps`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_", env_file=None, extra="ignore")
+
+    server: str = Field("http://127.0.0.1:8360", description="the embedded server's URL")
+    credential: SecretStr | None = Field(None, description="an operator credential's secret")
+    credential_file: Path | None = Field(None, description="a file holding an operator credential's secret")
+
+    def secret(self) -> str | None:
+        if self.credential is not None:
+            return self.credential.get_secret_value().strip()
+        if self.credential_file is None:
+            return None
+        try:
+            return self.credential_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            detail = getattr(error, "strerror", None) or str(error)
+            raise SettingsError(
+                f"TIERGATE_CREDENTIAL_FILE {self.credential_file}: cannot read it ({detail}); give the file that "
+                "holds an operator credential's secret"
+            ) from None
+
+
 def load(cls: type[Settings], config: Path | None = None, **flags: Any) -> Settings:
     """`cls` from flags (None = not given), its environment variables and the TOML `config` file, or a
     SettingsError that names the source of every bad value."""

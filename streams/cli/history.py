@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.markup import escape
 
 from tiergate.models.policy import Policy
@@ -110,13 +111,38 @@ def _import(args: argparse.Namespace) -> int:
     settings = load(StoreSettings, policy=args.policy, data_dir=args.data_dir)
     policy = policy_of(settings)
     source = input_file(args.events, HISTORY)  # before the store exists: a typo must not leave an empty one
+    activations = first_policy_event(source)
     runtime = open_runtime(policy, settings.data_dir, SystemClock())
     try:
+        if activations is not None and runtime.store.last_seq() > 0:
+            raise CommandError(
+                f"{source}:{activations} is a policy event, and {settings.data_dir} already holds a log: a history "
+                "with policy activations imports only into an empty data dir (its activations would otherwise "
+                "replace the policy under the events already folded); import it into a fresh --data-dir"
+            )
         closed_before = _last_close(runtime)
         counts = _import_lines(runtime, source, args.batch)
     finally:
         runtime.close()
     return _import_report(source, settings.data_dir, counts, closed_before, args.json)
+
+
+def first_policy_event(source: Path) -> int | None:
+    """The line number of the history's first `policy` event (an activation), or None. Lines that do not
+    mention "policy" are not parsed."""
+    with open(source, "rb") as stream:
+        for number, line in file_lines(stream):
+            if b'"policy"' in line and _is_policy(line):
+                return number
+    return None
+
+
+def _is_policy(line: bytes) -> bool:
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and data.get("type") == "policy"
 
 
 def _last_close(runtime: EmbeddedRuntime) -> int | None:
