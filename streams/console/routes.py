@@ -16,7 +16,7 @@ from urllib.parse import quote
 import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from tiergate.models.wire import TIERS, format_ts
 
@@ -40,6 +40,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 OPS = ("pin", "unpin", "cap", "uncap", "promote", "demote")
+STATIC = {"console.js": "text/javascript", "console.css": "text/css"}  # the only files served; nothing else is
 PARTS = ("tiers", "log", "overrides", "rejected")
 HEARTBEAT = 15.0
 READ_ONLY = Caller(None, "reader")
@@ -53,7 +54,6 @@ class Console:
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
-            undefined=StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
         )
@@ -76,7 +76,7 @@ class Console:
             signed_in=session.caller is not None,
             open_server=self.gate.open,
             may_act=viewer is not None and viewer.role == "operator",
-            tiers=TIERS,
+            tier_names=TIERS,
             ops=OPS,
             **values,
         )
@@ -102,7 +102,7 @@ def mount(app: web.Application, writer: Writer, gate: Gate) -> None:
             web.post("/console/override", override),
         ]
     )
-    app.router.add_static("/console/static", HERE / "static", follow_symlinks=False)
+    app.router.add_get("/console/static/{name}", static)
     app.on_response_prepare.append(_secure)
 
 
@@ -110,6 +110,17 @@ async def _secure(request: web.Request, response: web.StreamResponse) -> None:
     """Every response of the server gets the strict policy: nothing but this origin's own files runs."""
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
+
+
+async def static(request: web.Request) -> web.StreamResponse:
+    """The console's script and style sheet, from the package."""
+    name = request.match_info["name"]
+    if name not in STATIC:
+        raise web.HTTPNotFound()
+    body = (HERE / "static" / name).read_bytes()
+    response = web.Response(body=body, content_type=STATIC[name], charset="utf-8")
+    response.headers["Cache-Control"] = "no-cache"
+    return response
 
 
 # -- sessions ------------------------------------------------------------------------------------------
