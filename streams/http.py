@@ -132,16 +132,18 @@ def roles_for(method: str, route: str) -> frozenset[Role] | None:
     return POSTERS if (method, route) == ("POST", "/v1/events") else OPERATORS
 
 
-def _route(request: web.Request) -> str:
+def _route(request: web.Request) -> str | None:
+    """The matched route's pattern (`/v1/tiers/{action_type}`), or None when no route matches (a 404)."""
     resource = request.match_info.route.resource
-    return request.path if resource is None else resource.canonical
+    return None if resource is None else resource.canonical
 
 
 @web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 for a missing or unknown credential, 403 for a role that may not call the route; else the handler
     runs with the caller in request[CALLER]."""
-    roles = roles_for(request.method, _route(request))
+    route = _route(request)
+    roles = None if route is None else roles_for(request.method, route)
     if roles is None:
         return await handler(request)
     gate = request.app[GATE]

@@ -40,7 +40,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 OPS = ("pin", "unpin", "cap", "uncap", "promote", "demote")
-STATIC = {"console.js": "text/javascript", "console.css": "text/css"}  # the only files served; nothing else is
+STATIC = {"console.js": "text/javascript", "console.css": "text/css", "favicon.svg": "image/svg+xml"}
+"""The only files the console serves from its package."""
 PARTS = ("tiers", "log", "overrides", "rejected")
 HEARTBEAT = 15.0
 READ_ONLY = Caller(None, "reader")
