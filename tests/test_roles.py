@@ -4,6 +4,7 @@ principal recorded beside the actor. A real aiohttp server on loopback, a real c
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -326,3 +327,35 @@ async def test_a_history_goes_in_with_its_producers_credentials(server: Running)
 
     await feed(server.client.app, CLIMB, send)  # type: ignore[arg-type]
     assert server.evaluator.tiers["reply_to_ticket"].tier == 2
+
+
+def test_serve_warns_that_a_lone_token_is_an_operator_and_reads_are_open(tmp_path: Path) -> None:
+    """`tiergate serve` with only TIERGATE_TOKEN starts, and says at start what the token may do."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from .test_restart import free_port
+
+    port = free_port()
+    env = {**os.environ, "TIERGATE_TOKEN": "legacy-token-0123456789"}
+    argv = ["serve", "--policy", str(POLICY), "--data-dir", str(tmp_path / "d"), "--port", str(port)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tiergate.streams.cli", *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=20)
+    assert "a lone token (TIERGATE_TOKEN) acts as an operator" in stderr.decode()
