@@ -32,7 +32,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 async def draw(output: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "data"
-        runtime = EmbeddedRuntime(read_policy(HERE / "policy.yaml"), data, ManualClock(parse_ts("2026-11-05T00:00:00Z")))
+        runtime = EmbeddedRuntime(
+            read_policy(HERE / "policy.yaml"), data, ManualClock(parse_ts("2026-11-05T00:00:00Z"))
+        )
         runtime.ingest((HERE / "events.jsonl").read_bytes().splitlines(), "import(events.jsonl)", live=False)
         credentials = Credentials.parse(f"ops@example.com operator {SECRET}\n", "screenshot")
         settings = ServeSettings(policy=HERE / "policy.yaml", data_dir=data)

@@ -2,8 +2,11 @@
 
     initial_state(policy)            -> State, every catalog type at its starting tier
     initial_decisions(policy)        -> the `initial` decision of each type, in name order
-    step(state, event, policy)       -> Stepped(state, decisions, result, reason)
-    fold(events, policy[, state])    -> (state, decisions)
+    step(state, event)               -> Stepped(state, decisions, result, reason)
+    fold(events[, policy][, state])  -> (state, decisions)
+
+Each key carries its own rules: from the policy activations in its log (models/activations.py), or, for
+the events of an old log before its first activation, from the `policy` a fold starts with.
 
 `step` owns the state it is given and returns it advanced (it is mutated in place: copying per event
 would cost more than the fold itself). Callers that need the state before a step keep a snapshot with
@@ -13,27 +16,19 @@ would cost more than the fold itself). Callers that need the state before a step
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final, Literal, NamedTuple
+from typing import NamedTuple
 
-from . import closes, overrides, windows
+from . import activations, closes, overrides, windows
 from .decisions import Decision, TierRecord
 from .evidence import SCORES
 from .policy import Policy
+from .results import APPLIED, DUPLICATE, DUPLICATE_REASON, LATE, REJECTED, RESULTS, Result
 from .state import RUN, KeyState, State
 from .transition import KeyStep
-from .wire import TIER_INDEX, TIERS, Action, Outcome, Override, Tick
+from .wire import TIER_INDEX, TIERS, Action, Outcome, Override, PolicyEvent, Tick
 
-Event = Action | Outcome | Override | Tick
-Result = Literal["applied", "duplicate", "late", "rejected"]
-APPLIED: Final = "applied"
-DUPLICATE: Final = "duplicate"
-LATE: Final = "late"
-REJECTED: Final = "rejected"
-RESULTS: tuple[Result, ...] = (APPLIED, DUPLICATE, LATE, REJECTED)
-
-DUPLICATE_REASON = (
-    "duplicate event_id: the first copy with this id counted (whatever its ts or content); this one changes nothing"
-)
+Event = Action | Outcome | Override | Tick | PolicyEvent
+__all__ = ["APPLIED", "DUPLICATE", "LATE", "REJECTED", "RESULTS", "Event", "Result", "Stepped", "fold", "step"]
 
 
 class Stepped(NamedTuple):
@@ -50,6 +45,7 @@ def starting_tier(read_only: bool) -> int:
 
 
 def initial_key(policy: Policy, name: str) -> KeyState:
+    """A catalog type of the policy an old log folds under, before any activation."""
     rules = policy.types[name]
     return KeyState(
         action_type=name,
@@ -61,13 +57,17 @@ def initial_key(policy: Policy, name: str) -> KeyState:
     )
 
 
-def initial_state(policy: Policy) -> State:
-    return State({name: initial_key(policy, name) for name in policy.catalog})
+def initial_state(policy: Policy | None = None) -> State:
+    """Every catalog type of `policy` at its starting tier; no type at all for a log that brings its own
+    policy (its activations introduce the types)."""
+    return State({} if policy is None else {name: initial_key(policy, name) for name in policy.catalog})
 
 
-def initial_decisions(policy: Policy) -> list[Decision]:
+def initial_decisions(policy: Policy | None) -> list[Decision]:
     """Every catalog type starts at Crawl, except a read-only one, which is Run and never evaluated."""
-    decisions = []
+    decisions: list[Decision] = []
+    if policy is None:
+        return decisions
     for name in policy.catalog:
         read_only = policy.types[name].read_only
         reason = (
@@ -81,7 +81,7 @@ def initial_decisions(policy: Policy) -> list[Decision]:
                 action_type=name,
                 seq=0,
                 kind="initial",
-                from_tier=tier,
+                from_tier=None,
                 to_tier=tier,
                 version=0,
                 at=None,
@@ -94,16 +94,21 @@ def initial_decisions(policy: Policy) -> list[Decision]:
     return decisions
 
 
-def step(state: State, event: Event, policy: Policy) -> Stepped:
+def step(state: State, event: Event) -> Stepped:
     """Apply one event of the log: close the windows its `ts` closes, then aggregate it (or count it late).
 
     The common case (an action or outcome in an open window that closes nothing) stays on a short path:
     this runs once per event of every history."""
+    if isinstance(event, PolicyEvent):
+        decisions, result, reason = activations.activate(state, event)
+        return Stepped(state, decisions, result, reason)
     name = event.action_type
     key = state.keys.get(name)
     if key is None:
         reason = f"unknown action_type {name!r}: add it to the policy's action_types or fix the producer"
         return Stepped(state, (), REJECTED, reason)
+    if key.retired or key.halted is not None:
+        return _stopped(state, key, event)
     if isinstance(event, Override):
         return _override(state, key, event)
     event_id = event.event_id
@@ -150,17 +155,38 @@ def _override(state: State, key: KeyState, event: Override) -> Stepped:
     return Stepped(state, tuple(out), APPLIED if refused is None else REJECTED, refused)
 
 
+def _stopped(state: State, key: KeyState, event: Event) -> Stepped:
+    """A retired or halted key folds nothing and moves no time; an action a retired type still took above
+    Crawl is a violation (the tier map answers Crawl for it)."""
+    if key.halted is not None:
+        return Stepped(state, (), REJECTED, f"halted: {key.halted}")
+    reason = (
+        f"retired: {key.action_type} left the catalog in activation {key.activation_id} and the tier map answers "
+        "crawl for it; stop sending it, or name it in a policy again"
+    )
+    out: list[Decision] = []
+    if isinstance(event, Action) and TIER_INDEX[event.tier] > 0:
+        violation = f"action {event.action_id} ran at {event.tier} while {key.action_type} is retired (crawl)"
+        KeyStep(key, out).note(
+            "violation", None, event.ts, violation, from_tier=None, action_id=event.action_id, agent=event.agent
+        )
+    return Stepped(state, tuple(out), REJECTED, reason)
+
+
 def _violation(step: KeyStep, event: Action) -> None:
     reason = f"action {event.action_id} ran at {event.tier} while the tier map held {TIERS[step.key.tier]}"
     step.note("violation", step.key.tier, event.ts, reason, action_id=event.action_id, agent=event.agent)
 
 
-def fold(events: Iterable[Event], policy: Policy, state: State | None = None) -> tuple[State, list[Decision]]:
-    """Fold a log from the start (initial decisions included) or onward from a saved `state`."""
+def fold(
+    events: Iterable[Event], policy: Policy | None = None, state: State | None = None
+) -> tuple[State, list[Decision]]:
+    """Fold a log from the start (the initial decisions of `policy`, for an old log, included) or onward
+    from a saved `state`."""
     decisions = initial_decisions(policy) if state is None else []
     state = initial_state(policy) if state is None else state
     for event in events:
-        decisions.extend(step(state, event, policy).decisions)
+        decisions.extend(step(state, event).decisions)
     return state, decisions
 
 
@@ -177,4 +203,5 @@ def tier_records(state: State) -> list[TierRecord]:
             policy_sha256=key.policy_sha256,
         )
         for name, key in sorted(state.keys.items())
+        if not key.retired
     ]

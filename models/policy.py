@@ -11,8 +11,8 @@ canonical JSON; both are written into every decision.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -129,8 +129,12 @@ def _check(mapping: dict[str, Any], where: Path, problems: Problems) -> RulesSpe
     return None if found else spec
 
 
-def load_policy(raw: Any) -> Policy:
-    """Validate a policy mapping (as read from YAML) and resolve every action type's rules."""
+Digest = Callable[[Mapping[str, Any]], str]
+
+
+def load_policy(raw: Any, digest: Digest) -> Policy:
+    """Validate a policy mapping (as read from YAML) and resolve every action type's rules. `digest` gives
+    the normalised document its identity (streams/canonical.py: sha256 of its RFC 8785 form)."""
     if not isinstance(raw, dict):
         raise PolicyError([((), "the policy must be a mapping of fields (policy_version, window, tiers, …)")])
     try:
@@ -151,7 +155,7 @@ def load_policy(raw: Any) -> Policy:
     normalised = _normalise(document, types)
     return Policy(
         version=document.policy_version,
-        sha256=hashlib.sha256(canonical_json(normalised).encode()).hexdigest(),
+        sha256=digest(normalised),
         window=document.window,
         allowed_lateness=document.allowed_lateness,
         types=types,

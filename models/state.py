@@ -7,6 +7,7 @@ carries `state_schema`, and a runtime that finds another schema refolds the log 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -30,7 +31,7 @@ class KeyState:
 
     action_type: str
     rules: Rules
-    policy_version: str
+    policy_version: str  # the policy in force: an activation's, or the --policy an old log folds under
     policy_sha256: str
     tier: int
     lookback: windows.Lookback
@@ -46,7 +47,11 @@ class KeyState:
     next_close: int | None = None  # index of the oldest open window
     open: dict[int, windows.Counters] = field(default_factory=dict)  # open windows that hold anything
     seen: dict[str, int] = field(default_factory=dict)  # event id -> window of its first copy
-    kept_ids: set[str] = field(default_factory=set)  # override ids: remembered for good
+    kept_ids: set[str] = field(default_factory=set)  # override and policy ids: remembered for good
+    activation_id: str | None = None  # the key's latest activation (None: none yet, folding under --policy)
+    activation_sha: str | None = None  # its policy_sha256: the parent the next activation must name
+    retired: bool = False  # left the catalog: out of the tier map, its events rejected
+    halted: str | None = None  # why the fold stopped this key (rules it cannot read): nothing folds until fixed
     # derived, never serialised: (lookback revision, tier, a keep bar falls, the gate passes)
     verdicts: tuple[int, int, bool, bool] | None = None
     sweep_at: int = SWEEP_MIN  # forget ids that left the lookback once `seen` grows past this
@@ -110,6 +115,10 @@ class KeyState:
             "open": {str(k): v for k, v in sorted(self.open.items())},
             "seen": _by_window(self.live_ids()),
             "kept_ids": sorted(self.kept_ids),
+            "activation_id": self.activation_id,
+            "activation_sha": self.activation_sha,
+            "retired": self.retired,
+            "halted": self.halted,
             "horizon": self.lookback.horizon,
             "closed": [[k, c] for k, c in self.lookback.windows],
         }
@@ -121,7 +130,7 @@ class KeyState:
                 f"saved state of {data.get('action_type')!r} has state_schema {data.get('state_schema')!r}, "
                 f"this tiergate writes {STATE_SCHEMA}: refold the log"
             )
-        rules = _rules(json.dumps(data["rules"], sort_keys=True))
+        rules = rules_of(data["rules"])
         lookback = windows.Lookback(rules.lookback_windows, data["horizon"])
         for index, counters in data["closed"]:
             lookback.windows.append((index, counters))
@@ -146,6 +155,10 @@ class KeyState:
             open={int(k): list(v) for k, v in data["open"].items()},
             seen={i: int(w) for w, ids in data["seen"].items() for i in ids},
             kept_ids=set(data["kept_ids"]),
+            activation_id=data["activation_id"],
+            activation_sha=data["activation_sha"],
+            retired=data["retired"],
+            halted=data["halted"],
         )
 
 
@@ -169,7 +182,12 @@ def _by_window(seen: dict[str, int]) -> dict[str, list[str]]:
     return {str(w): sorted(ids) for w, ids in sorted(grouped.items())}
 
 
+def rules_of(mapping: Mapping[str, Any]) -> Rules:
+    """Validated rules from their mapping; equal rules give one shared `Rules` (a catalog's keys mostly
+    share theirs, and every key of an activation carries them again)."""
+    return _rules(json.dumps(mapping, sort_keys=True))
+
+
 @lru_cache(maxsize=256)
 def _rules(mapping_json: str) -> Rules:
-    """Equal rules restore to one shared `Rules` (a catalog's keys mostly share theirs)."""
     return rules_from_mapping(json.loads(mapping_json))

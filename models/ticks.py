@@ -18,7 +18,7 @@ def due_ticks(state: State, now: int) -> list[Tick]:
     """The ticks the clock reading `now` owes, in action type order."""
     ticks = []
     for name, key in sorted(state.keys.items()):
-        if key.next_close is None:
+        if key.next_close is None or key.retired or key.halted is not None:
             continue
         size = key.rules.window
         boundary = (now - key.rules.allowed_lateness) // size * size

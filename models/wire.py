@@ -147,8 +147,38 @@ class Tick(_Event):
     type: Literal["tick"]
 
 
-Event = Annotated[Action | Outcome | Override | Tick, Field(discriminator="type")]
-EVENT_ADAPTER: TypeAdapter[Action | Outcome | Override | Tick] = TypeAdapter(Event)
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class PolicyEvent(_Event):
+    """One action type's part of a policy activation: its complete rules, or its retirement.
+
+    The rules are checked by the fold, not here: a runtime that meets rules it cannot read (an unknown
+    schema or field) must stop that key rather than reject the event as bad input."""
+
+    type: Literal["policy"]
+    activation_id: Annotated[str, Field(min_length=1, max_length=128)]
+    parent_sha256: Sha256 | None
+    policy_version: Annotated[str, Field(min_length=1)]
+    policy_sha256: Sha256
+    actor: Annotated[str, Field(min_length=1)]
+    reason: Annotated[str, Field(min_length=1)]
+    rules: dict[str, Any] | None = None
+    retired: Literal[True] | None = None
+
+    @model_validator(mode="after")
+    def _rules_or_retired(self) -> PolicyEvent:
+        if (self.rules is None) == (self.retired is None):
+            raise ValueError("a policy event carries either rules or retired: true, not both, not neither")
+        expected = f"policy/{self.activation_id}/{self.action_type}"
+        if self.event_id != expected:
+            raise ValueError(f"event_id of a policy event is policy/<activation_id>/<action_type>: use {expected!r}")
+        return self
+
+
+AnyEvent = Action | Outcome | Override | Tick | PolicyEvent
+Event = Annotated[AnyEvent, Field(discriminator="type")]
+EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
 
 
 class EventError(ValueError):
@@ -168,12 +198,12 @@ def describe_validation_error(error: ValidationError) -> str:
         if item["type"] == "missing":
             message = "is required"
         elif item["type"] == "union_tag_invalid" or item["type"] == "union_tag_not_found":
-            field, message = "type", "must be one of action, outcome, override, tick"
+            field, message = "type", "must be one of action, outcome, override, tick, policy"
         parts.append(f"{field}: {message}")
     return "; ".join(parts)
 
 
-def event_from_dict(data: dict[str, Any]) -> Action | Outcome | Override | Tick:
+def event_from_dict(data: dict[str, Any]) -> AnyEvent:
     """An already-decoded JSON object -> its event model, or EventError with the reason."""
     try:
         return EVENT_ADAPTER.validate_python(data)

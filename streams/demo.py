@@ -240,9 +240,9 @@ def _finish(data_dir: Path, policy_path: Path, posted: Counter[str]) -> DemoResu
                 write_stored(record)
     finally:
         store.close()
-    with line_writer(replayed) as write_replayed, line_writer(data_dir / "kept.jsonl", lazy=True) as keep:
-        policy = read_policy(policy_path)
-        replay_file(events, policy, lambda d: write_replayed(d.to_json()), lambda k: keep(k.to_json().decode()))
+    with line_writer(replayed) as write_replayed, line_writer(data_dir / "rejected.jsonl", lazy=True) as keep:
+        # the exported log carries its policy: the replay needs none
+        replay_file(events, None, lambda d: write_replayed(d.to_json()), lambda r: keep(r.to_json().decode()))
     decisions = [orjson.loads(line) for line in stored.read_bytes().splitlines()]
     return DemoResult(data_dir, posted, decisions, stored.read_bytes() == replayed.read_bytes())
 
@@ -255,7 +255,7 @@ def summary(result: DemoResult) -> Group:
     for d in moves:
         log.add_row(
             d["decision_id"],
-            d["at"][:16],
+            (d["at"] or "")[:16],
             f"{d['from_tier']} → {d['to_tier']}"
             + (f" ({d['op']} by {d['actor']})" if d["kind"] == "override" else f" ({d['kind']})"),
             d["reason"],

@@ -14,20 +14,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 from filelock import FileLock, Timeout
 
 from tiergate.models.decisions import Decision, TierRecord
 from tiergate.models.durations import format_duration
-from tiergate.models.fold import initial_decisions, initial_state, tier_records
-from tiergate.models.policy import Policy
+from tiergate.models.fold import APPLIED, REJECTED, initial_state, tier_records
+from tiergate.models.policy import Policy, load_policy
 from tiergate.models.state import KeyState, State, StateSchemaError
 from tiergate.models.ticks import due_ticks
-from tiergate.models.wire import format_ts
+from tiergate.models.wire import PolicyEvent, format_ts
 
+from .activation import Catalog, Diff, diff, new_activation_id, policy_events
+from .canonical import legacy_sha256, policy_sha256
 from .clock import Clock
 from .codec import encode
 from .pipeline import Admit, Counting, Handled, Input, Pipeline, Tallies, named_action_type
-from .store import Appended, Store, StoreError
+from .store import ActivationRow, Appended, Store, StoreError
 
 DB_NAME = "tiergate.db"
 WRITABLE = "give a writable --data-dir (or TIERGATE_DATA_DIR)"
@@ -63,8 +66,13 @@ class StoreSink:
     """The pipeline's sink for the embedded runtime: a batch, committed in one transaction (with a
     snapshot of the state when one is due)."""
 
-    def __init__(self, store: Store, snapshot: Callable[[], Iterable[KeyState]] | None) -> None:
-        self.store, self.snapshot = store, snapshot
+    def __init__(
+        self,
+        store: Store,
+        snapshot: Callable[[], Iterable[KeyState]] | None,
+        also: Callable[[Store], None] | None = None,
+    ) -> None:
+        self.store, self.snapshot, self.also = store, snapshot, also
         self.items: list[Handled] = []
 
     def handled(self, item: Handled) -> None:
@@ -78,8 +86,39 @@ class StoreSink:
                 (d for i in logged for d in i.decisions),
                 (r for i in self.items if (r := i.rejection) is not None),
             )
+            if self.also is not None:
+                self.also(self.store)
+            for item in logged:
+                if isinstance(item.event, PolicyEvent) and item.result == APPLIED:
+                    self.store.record_activation(activation_row(item.event))
             if self.snapshot is not None:
                 self.store.save_snapshot(self.snapshot())
+
+
+def activation_row(event: PolicyEvent) -> ActivationRow:
+    """What an activation's event says of its document: the globals and its type's entry (a retirement
+    adds nothing). The events of one activation together rebuild its normalised document."""
+    document: dict[str, Any] = {"policy_version": event.policy_version, "action_types": {}}
+    if event.rules is not None:
+        rules = event.rules
+        document |= {
+            name: rules[name] for name in ("window", "allowed_lateness", "lookback", "confidence", "acceptance")
+        }
+        document["action_types"][event.action_type] = {
+            name: rules[name] for name in ("read_only", "max_tier", "tiers", "demotion")
+        }
+    return ActivationRow(
+        event.activation_id,
+        0,
+        event.ts,
+        "log",
+        event.actor,
+        None,
+        event.reason,
+        event.policy_version,
+        event.policy_sha256,
+        document,
+    )
 
 
 def past_and_future(now: int, max_skew: int, max_past: int) -> Admit:
@@ -88,6 +127,8 @@ def past_and_future(now: int, max_skew: int, max_past: int) -> Admit:
     and every later event would close them window by window. History goes in with `tiergate import`."""
 
     def admit(item: Input, event: Any, state: State) -> str | None:
+        if isinstance(event, PolicyEvent):
+            return None  # never late, moves no time: an applier's clock does not matter
         if event.ts > now + max_skew:
             return (
                 f"future: ts {format_ts(event.ts)} is more than {format_duration(max_skew)} ahead of the server "
@@ -133,18 +174,57 @@ class DataDirLock:
         self.lock.release()
 
 
+class PolicyRefused(StoreError):
+    """An activation that cannot be applied (invalid, a refused change, a stale parent): nothing was written."""
+
+
+@dataclass(slots=True)
+class Applied:
+    """What an activation did, or would do (a dry run): its diff, its decisions, the tier changes."""
+
+    activation_id: str
+    policy: Policy
+    diff: Diff
+    decisions: list[Decision]
+    dry_run: bool
+
+    @property
+    def moves(self) -> list[Decision]:
+        return [d for d in self.decisions if d.kind == "policy" and d.from_tier != d.to_tier]
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "activation_id": self.activation_id,
+            "policy_version": self.policy.version,
+            "policy_sha256": self.policy.sha256,
+            "dry_run": self.dry_run,
+            "diff": self.diff.record(),
+            "moves": [d.record() for d in self.moves],
+            "decisions": [d.record() for d in self.decisions],
+        }
+
+
 class EmbeddedRuntime:
-    """The fold, its state and its store, for one data directory and one policy."""
+    """The fold, its state and its store, for one data directory. The policy lives in the log: `policy`,
+    when given, is applied as an activation if it differs from the last one that came from a file (what
+    `tiergate serve --policy` does); a store made before activations existed is migrated with it."""
 
     def __init__(
-        self, policy: Policy, data_dir: Path, clock: Clock, max_skew: int = 300, max_past: int = 86400
+        self,
+        policy: Policy | None,
+        data_dir: Path,
+        clock: Clock,
+        max_skew: int = 300,
+        max_past: int = 86400,
+        policy_origin: str = "policy file",
     ) -> None:
-        self.policy, self.clock, self.max_skew, self.max_past = policy, clock, max_skew, max_past
+        self.clock, self.max_skew, self.max_past = clock, max_skew, max_past
+        self.problems: list[str] = []  # why the server is degraded (a refused policy file), if it is
         self.lock = DataDirLock(data_dir)
         self.lock.acquire()
         try:
             self.store = Store(data_dir / DB_NAME)
-            self._start()
+            self.fallback = self._fallback(policy)
             self.state = self._restore()
         except BaseException:
             self.lock.release()
@@ -153,6 +233,18 @@ class EmbeddedRuntime:
         self.tallies = Tallies.empty()
         self._count_history()
         self.since_snapshot = 0
+        self.tier_changes: list[TierRecord] = []  # committed, not yet told to the server's subscribers
+        self.decided = 0  # decisions committed, not yet told to the console's watchers
+        if self.fallback is not None and not self.store.activations():
+            self._apply(
+                self.fallback,
+                "migration",
+                "tiergate",
+                f"this store was decided under policy {self.fallback.version} before policies lived in the log",
+                activation_id="0",
+            )
+        if policy is not None:
+            self.use_policy_file(policy, policy_origin)
 
     def close(self) -> None:
         self.store.close()
@@ -160,25 +252,37 @@ class EmbeddedRuntime:
 
     # -- start-up ------------------------------------------------------------------------------------
 
-    def _start(self) -> None:
-        """Bind a new store to the policy and record the initial decision of every catalog type."""
-        new = self.store.last_seq() == 0 and not self.store.decisions(limit=1)
-        self.store.claim_policy(self.policy.version, self.policy.sha256)
-        if new:
-            with self.store.transaction():
-                self.store.append((), initial_decisions(self.policy), ())
+    def _fallback(self, policy: Policy | None) -> Policy | None:
+        """The policy the events before the log's first activation fold under: the one a store made before
+        activations existed was bound to (kept as its migration activation), or None for any other store."""
+        migrated = self.store.activations(source="migration")
+        if migrated:
+            return load_policy(migrated[0].document, digest=policy_sha256)
+        claim = self.store.legacy_claim()
+        if claim is None:
+            return None
+        version, sha = claim
+        if policy is None or sha not in (policy.sha256, legacy_sha256(policy)):
+            raise StoreError(
+                f"{self.store.path} was made before policies lived in the log and is bound to policy {version} "
+                f"(sha256 {sha[:12]}…): start it once with --policy set to that policy file to migrate it; "
+                "apply a new policy after that"
+            )
+        return policy
 
     def _restore(self) -> State:
-        """The saved snapshot, then a fold of the log after it: the state equals a fold of the stored log."""
+        """The saved snapshot, then a fold of the log after it: the state equals a fold of the stored log.
+        A halted key is refolded from the start, in case this tiergate can read what stopped it."""
         snapshot, position = self.store.snapshot()
-        state = initial_state(self.policy)
         try:
             restored = {name: KeyState.from_dict(saved) for name, saved in snapshot.items()}
         except StateSchemaError:
             restored, position = {}, 0  # saved by another tiergate: refold the whole log
-        state.keys.update((name, key) for name, key in restored.items() if name in state.keys)
+        if any(key.halted for key in restored.values()):
+            restored, position = {}, 0
+        state = initial_state(self.fallback) if position == 0 else State(restored)
         tail = (Input("log", seq, raw) for seq, raw in self.store.events(after=position))
-        Pipeline(self.policy).run(tail, state, _Discard())
+        Pipeline().run(tail, state, _Discard())
         return state
 
     def _count_history(self) -> None:
@@ -196,15 +300,99 @@ class EmbeddedRuntime:
         ).fetchone()[0] - self.store.counts().get("rejected", 0)
         events["", "rejected"] += refused
 
+    # -- the policy ------------------------------------------------------------------------------------
+
+    def current_policy(self) -> ActivationRow | None:
+        """The latest activation: the policy document in force for every type it names."""
+        rows = self.store.activations()
+        return rows[-1] if rows else None
+
+    def rules_in_force(self) -> dict[str, Any]:
+        """Each catalog type's rules as the state holds them (what a new activation is diffed against)."""
+        return {name: key.rules.mapping for name, key in self.state.keys.items() if not key.retired}
+
+    def use_policy_file(self, policy: Policy, origin: str) -> Applied | None:
+        """`serve --policy`: apply the file when it differs from the last activation that came from a file
+        (never reverting a later activation made through the API); a file that cannot be applied leaves the
+        current policy in force and the server degraded, with the reason — unless there is none to keep."""
+        files = self.store.activations(source="file")
+        if files and files[-1].policy_sha256 == policy.sha256:
+            return None
+        try:
+            return self.apply(policy, "file", "tiergate serve", f"{origin} ({policy.version})")
+        except PolicyRefused as refused:
+            if self.current_policy() is None:
+                raise
+            self.problems.append(f"{origin} not applied: {refused}; still serving the policy in force")
+            return None
+
+    def apply(
+        self,
+        policy: Policy,
+        source: str,
+        actor: str,
+        reason: str,
+        principal: str | None = None,
+        activation_id: str | None = None,
+        dry_run: bool = False,
+        if_match: str | None = None,
+    ) -> Applied:
+        """Activate `policy`: validate, diff, and append its events in one transaction (or, `dry_run`, say
+        what it would do against the live state without writing). Refused whole, before anything is written,
+        if any of its events would be: a stale parent, a changed window or lateness, a retired type retired
+        again. `if_match`: the sha of the policy in force the caller has seen."""
+        current = self.current_policy()
+        if if_match is not None and (current is None or current.policy_sha256 != if_match):
+            held = "none" if current is None else current.policy_sha256[:12] + "…"
+            raise PolicyRefused(f"If-Match {if_match[:12]}… is not the policy in force ({held}): reload and retry")
+        return self._apply(policy, source, actor, reason, principal, activation_id, dry_run)
+
+    def _apply(
+        self,
+        policy: Policy,
+        source: str,
+        actor: str,
+        reason: str,
+        principal: str | None = None,
+        activation_id: str | None = None,
+        dry_run: bool = False,
+    ) -> Applied:
+        now = self.clock.now()
+        activation_id = activation_id or new_activation_id(now)
+        events = policy_events(policy, Catalog.of(self.state), activation_id, actor, reason, now)
+        raws = [orjson.dumps(event) for event in events]
+        trial = State.from_dict(self.state.to_dict())
+        decisions: list[Decision] = []
+        for item in (Pipeline().handle(trial, Input("policy", i, raw)) for i, raw in enumerate(raws)):
+            if item.result == REJECTED:
+                raise PolicyRefused(f"{item.action_type}: {item.reason}")
+            decisions.extend(item.decisions)
+        applied = Applied(activation_id, policy, diff(self.rules_in_force(), policy), decisions, dry_run)
+        if dry_run:
+            return applied
+        row = ActivationRow(
+            activation_id, 0, now, source, actor, principal, reason, policy.version, policy.sha256, policy.normalised
+        )
+        self.ingest(raws, f"policy({activation_id})", live=False, also=lambda store: store.record_activation(row))
+        return applied
+
     # -- the write path ------------------------------------------------------------------------------
 
-    def ingest(self, raws: Iterable[bytes], source: str, live: bool = True, principal: str | None = None) -> Ingested:
-        """Fold a batch and commit it in one transaction. `live`: the clock checks apply (`future`,
-        `past`); an import of older history and the server's own ticks are not live. `principal`: the
-        credential that posted the batch, kept beside each event and named in the decisions of overrides."""
+    def ingest(
+        self,
+        raws: Iterable[bytes],
+        source: str,
+        live: bool = True,
+        also: Callable[[Store], None] | None = None,
+        principal: str | None = None,
+    ) -> Ingested:
+        """Fold a batch and commit it in one transaction (with `also`'s writes). `live`: the clock checks
+        apply (`future`, `past`); an import of older history and the server's own ticks are not live.
+        `principal`: the credential that posted the batch, kept beside each event and named in the
+        decisions of overrides."""
         inputs = [Input(source, index, raw, principal=principal) for index, raw in enumerate(raws)]
         self.since_snapshot += len(inputs)
-        sink = StoreSink(self.store, self._snapshot if self._snapshot_due() else None)
+        sink = StoreSink(self.store, self._snapshot if self._snapshot_due() else None, also)
         try:
             self._pipeline(live).run(inputs, self.state, Counting(sink, self.tallies, self.state))
         except BaseException:
@@ -224,7 +412,7 @@ class EmbeddedRuntime:
 
     def _pipeline(self, live: bool) -> Pipeline:
         admit = past_and_future(self.clock.now(), self.max_skew, self.max_past) if live else None
-        return Pipeline(self.policy, admit)
+        return Pipeline(admit)
 
     def _snapshot_due(self) -> bool:
         """Often enough that a restart folds little of the log; seldom enough that writing a large state
@@ -238,7 +426,12 @@ class EmbeddedRuntime:
 
     def _published(self, items: list[Handled]) -> Ingested:
         out = results_of(items)
-        self.tiers = self.tiers | {r.action_type: r for r in out.tier_changes}  # readers see whole records
+        self.tier_changes.extend(out.tier_changes)
+        self.decided += len(out.decisions)
+        changed = {r.action_type: r for r in out.tier_changes}
+        self.tiers = {  # replaced whole: safe to read from any thread; retired types leave the map
+            name: record for name, record in (self.tiers | changed).items() if not record.retired
+        }
         return out
 
     # -- the clock -------------------------------------------------------------------------------------
@@ -252,6 +445,16 @@ class EmbeddedRuntime:
         return self.ingest(ticks, "clock", live=False) if ticks else None
 
     # -- reading ---------------------------------------------------------------------------------------
+
+    def take_tier_changes(self) -> list[TierRecord]:
+        """The tier changes committed since the last call, in order (call on the writer thread)."""
+        changes, self.tier_changes = self.tier_changes, []
+        return changes
+
+    def take_decided(self) -> int:
+        """How many decisions were committed since the last call (call on the writer thread)."""
+        decided, self.decided = self.decided, 0
+        return decided
 
     def tier_map(self) -> list[TierRecord]:
         """The published tier map (records replaced whole after each commit: safe to read from any thread)."""

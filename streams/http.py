@@ -23,21 +23,23 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import SecretStr
 
 from tiergate.models.decisions import TierRecord
+from tiergate.models.policy import PolicyError
 from tiergate.models.views import key_view
 from tiergate.models.wire import parse_ts
 
 from . import __version__, console
 from .access import ANONYMOUS, ROLES, Caller, Credentials, Role, first_forbidden
-from .embedded import EmbeddedRuntime, Ingested
+from .embedded import EmbeddedRuntime, Ingested, PolicyRefused
 from .metrics import TiergateCollector, registry_with
+from .policy_file import PolicyFileError, parse_policy, policy_from_mapping
 from .settings import ServeSettings
 from .store import RejectedQuery
 
 log = logging.getLogger("tiergate.serve")
+T = TypeVar("T")
 
 SSE_HEARTBEAT = 15.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-T = TypeVar("T")
 
 
 def problem(status: int, error: str, fix: str) -> web.Response:
@@ -45,8 +47,8 @@ def problem(status: int, error: str, fix: str) -> web.Response:
     return json({"error": error, "fix": fix}, status)
 
 
-def json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+def json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
 class Writer:
@@ -54,6 +56,8 @@ class Writer:
 
     def __init__(self, evaluator: EmbeddedRuntime) -> None:
         self.evaluator = evaluator
+        evaluator.take_tier_changes()  # made before anyone could listen: a subscriber gets the whole map first
+        evaluator.take_decided()
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiergate-writer")
         self.subscribers: set[asyncio.Queue[TierRecord | None]] = set()  # None: the server is shutting down
         self.watchers: set[asyncio.Queue[int | None]] = set()  # decisions per committed batch (the console)
@@ -62,17 +66,22 @@ class Writer:
         """Run `work` on the writer thread, after the writes queued before it (it sees their state)."""
         return await asyncio.get_running_loop().run_in_executor(self.thread, work)
 
-    async def run(self, work: Callable[[], Ingested | None]) -> Ingested | None:
-        """Run a write on the writer thread, then tell subscribers of its tier changes and watchers of its
-        decisions."""
-        done = await self.call(work)
-        if done is not None:
-            for record in done.tier_changes:
-                for queue in self.subscribers:
-                    queue.put_nowait(record)
-            if done.decisions:
-                for watcher in self.watchers:
-                    watcher.put_nowait(len(done.decisions))
+    async def run(self, work: Callable[[], T]) -> T:
+        """Run `work` on the writer thread, then tell subscribers of every tier change it committed and the
+        console's watchers how many decisions it made. (What was committed is taken on the writer thread, so
+        a write queued behind this one cannot slip between.)"""
+
+        def work_then_take() -> tuple[T, list[TierRecord], int]:
+            done = work()
+            return done, self.evaluator.take_tier_changes(), self.evaluator.take_decided()
+
+        done, changes, decided = await self.call(work_then_take)
+        for record in changes:
+            for queue in self.subscribers:
+                queue.put_nowait(record)
+        if decided:
+            for watcher in self.watchers:
+                watcher.put_nowait(decided)
         return done
 
     def close(self) -> None:
@@ -252,14 +261,14 @@ def answer(done: Ingested) -> dict[str, Any]:
 
 async def get_tiers(request: web.Request) -> web.Response:
     evaluator = request.app[EVALUATOR]
-    policy = evaluator.policy
-    return json(
-        {
-            "tiers": [r.record() for r in evaluator.tier_map()],
-            "policy_version": policy.version,
-            "policy_sha256": policy.sha256,
-        }
-    )
+    version, sha = identity(evaluator)
+    return json({"tiers": [r.record() for r in evaluator.tier_map()], "policy_version": version, "policy_sha256": sha})
+
+
+def identity(runtime: EmbeddedRuntime) -> tuple[str, str]:
+    """(version, sha256) of the policy in force: the latest activation's."""
+    current = runtime.current_policy()
+    return ("", "") if current is None else (current.policy_version, current.policy_sha256)
 
 
 async def get_tier(request: web.Request) -> web.Response:
@@ -309,7 +318,13 @@ async def stream_tiers(request: web.Request) -> web.StreamResponse:
 
 
 async def _send(stream: EventSourceResponse, record: TierRecord) -> None:
-    await stream.send(record.to_json(), id=f"{record.action_type}/{record.version}", event="tier")
+    """A tier record, or for a retired type a `retired` event: the type left the map (readers answer crawl)."""
+    sse_id = f"{record.action_type}/{record.version}"
+    if record.retired:
+        retired = orjson.dumps({"action_type": record.action_type, "version": record.version}).decode()
+        await stream.send(retired, id=sse_id, event="retired")
+    else:
+        await stream.send(record.to_json(), id=sse_id, event="tier")
 
 
 MAX_PAGE = 10_000
@@ -387,8 +402,71 @@ async def get_rejected(request: web.Request) -> web.Response:
 
 
 async def get_policy(request: web.Request) -> web.Response:
-    policy = request.app[EVALUATOR].policy
-    return json({"policy": policy.normalised, "policy_version": policy.version, "policy_sha256": policy.sha256})
+    """The policy document in force (the latest activation's), normalised, with its identity."""
+    current = request.app[EVALUATOR].current_policy()
+    if current is None:
+        return problem(
+            404, "no policy has been activated yet", "start tiergate serve with --policy, or POST /v1/policy"
+        )
+    return json({"policy": current.document, **current.record()}, headers={"ETag": f'"{current.policy_sha256}"'})
+
+
+async def get_policy_history(request: web.Request) -> web.Response:
+    """Every activation, oldest first: who changed the policy, when, why, from which source."""
+    rows = await asyncio.to_thread(request.app[EVALUATOR].store.activations)
+    return json({"activations": [row.record() for row in rows]})
+
+
+async def post_policy(request: web.Request) -> web.Response:
+    """Apply a policy (operator): validate, diff and append its activation in one transaction.
+    Body: {"policy": "<YAML text>" or {…mapping…}, "actor": …, "reason": …, "activation_id": optional};
+    `?dry_run=1` answers the diff and what would move at once without writing; `If-Match: "<sha>"`
+    refuses the apply unless that is the policy in force (two operators cannot overwrite each other)."""
+    try:
+        body = orjson.loads(await request.read())
+        policy = _policy_of(body)
+        actor, reason = _required(body, "actor"), _required(body, "reason")
+    except (orjson.JSONDecodeError, TypeError, ValueError) as error:
+        return problem(
+            422, f"the policy cannot be applied: {error}", "send {policy, actor, reason}; fix each field named"
+        )
+    dry_run = request.query.get("dry_run", "0") not in ("0", "false", "")
+    if_match = request.headers.get("If-Match", "").strip('"') or None
+    writer = request.app[WRITER]
+    try:
+        applied = await writer.run(
+            lambda: writer.evaluator.apply(
+                policy,
+                "api",
+                actor,
+                reason,
+                principal=request[CALLER].name,
+                activation_id=body.get("activation_id"),
+                dry_run=dry_run,
+                if_match=if_match,
+            )
+        )
+    except PolicyRefused as refused:
+        status = 412 if if_match is not None and "If-Match" in str(refused) else 409
+        return problem(status, str(refused), "diff against GET /v1/policy, fix the change, and apply again")
+    return json(applied.record())
+
+
+def _policy_of(body: Any) -> Any:
+    if not isinstance(body, dict) or "policy" not in body:
+        raise ValueError("the body needs a `policy`: its YAML text or its mapping")
+    given = body["policy"]
+    try:
+        return parse_policy(given, "policy") if isinstance(given, str) else policy_from_mapping(given)
+    except (PolicyFileError, PolicyError) as error:
+        raise ValueError(str(error)) from None
+
+
+def _required(body: dict[str, Any], field: str) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"`{field}` is required: who is applying it and why are part of the promotion log")
+    return value
 
 
 async def get_metrics(request: web.Request) -> web.Response:
@@ -400,9 +478,10 @@ async def get_health(request: web.Request) -> web.Response:
     evaluator = request.app[EVALUATOR]
     return json(
         {
-            "status": "ok",
+            "status": "degraded" if evaluator.problems else "ok",
+            "problems": evaluator.problems,
             "version": __version__,
-            "policy_version": evaluator.policy.version,
+            "policy_version": identity(evaluator)[0],
             "events": evaluator.store.last_seq(),
             "clock": evaluator.clock.now(),
         }
@@ -440,7 +519,7 @@ def make_app(
     writer = Writer(evaluator)
     registry = registry_with(
         TiergateCollector(
-            evaluator.policy,
+            lambda: identity(evaluator),
             lambda: evaluator.state,
             lambda: evaluator.tallies,
             evaluator.clock.now,
@@ -458,6 +537,8 @@ def make_app(
             web.get("/v1/decisions", get_decisions),
             web.get("/v1/rejected", get_rejected),
             web.get("/v1/policy", get_policy),
+            web.post("/v1/policy", post_policy),
+            web.get("/v1/policy/history", get_policy_history),
             web.get("/metrics", get_metrics),
             web.get("/healthz", get_health),
         ]

@@ -64,7 +64,7 @@ class KafkaReplay:
             yield from self.decisions[name]
 
 
-async def replay_topic(settings: KafkaSettings, policy: Policy) -> KafkaReplay:
+async def replay_topic(settings: KafkaSettings, policy: Policy | None) -> KafkaReplay:
     records = await read_topic(settings, EVENTS)
     out: dict[str, list[str]] = defaultdict(list)
     rejected: list[Rejected] = []

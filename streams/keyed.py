@@ -61,16 +61,16 @@ class Outputs:
 class KeyedFold:
     """The fold of one key's records of a batch, in log order, from its saved state."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy | None = None) -> None:
         self.policy = policy
-        self.pipeline = Pipeline(policy, key_matches)
+        self.pipeline = Pipeline(key_matches)
         self.initial = {d.action_type: d for d in initial_decisions(policy)}
 
     def start(self, name: str) -> tuple[Saved, tuple[Decision, ...]]:
         """A key seen for the first time: its initial state and its `initial` decision (none outside the
         catalog, whose events the fold rejects)."""
-        if name not in self.policy.types:
-            return Saved(None), ()
+        if self.policy is None or name not in self.policy.types:
+            return Saved(None), ()  # its activations, if it has any, bring it in
         return Saved(initial_key(self.policy, name)), (self.initial[name],)
 
     def fold(self, name: str, saved: Saved, records: Iterable[Input], sink: Sink) -> Saved:
@@ -79,5 +79,5 @@ class KeyedFold:
         fresh = [record for record in records if record.position > saved.offset]
         if fresh:
             self.pipeline.run(fresh, state, sink)
-            saved.offset = fresh[-1].position
+            saved.state, saved.offset = state.keys.get(name), fresh[-1].position
         return saved

@@ -15,19 +15,12 @@ from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTO
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tiergate.models.policy import Policy
 from tiergate.models.state import State
 from tiergate.models.views import key_view
 from tiergate.models.wire import TIERS
 
 from . import __version__
 from .pipeline import Tallies
-
-
-def catalog_label(policy: Policy, action_type: str) -> str:
-    """The action_type label of a count: the type itself if the catalog has it, else "" (unattributed) —
-    labels stay bounded by the catalog whatever producers send."""
-    return action_type if action_type in policy.types else ""
 
 
 def registry_with(*collectors: Collector) -> CollectorRegistry:
@@ -44,21 +37,21 @@ class TiergateCollector(Collector):
 
     def __init__(
         self,
-        policy: Policy,
+        identity: Callable[[], tuple[str, str]],
         state: Callable[[], State],
         tallies: Callable[[], Tallies],
         clock: Callable[[], int],
         stale_after: int = 6 * 3600,
     ) -> None:
-        self.policy, self.state, self.tallies, self.clock = policy, state, tallies, clock
+        self.identity, self.state, self.tallies, self.clock = identity, state, tallies, clock
         self.stale_after = stale_after
 
     def collect(self) -> Iterator[Metric]:
-        policy = self.policy
-        info = InfoMetricFamily("tiergate_build", "tiergate version and the policy it runs")
-        info.add_metric([], {"version": __version__, "policy_version": policy.version, "policy_sha256": policy.sha256})
+        version, sha = self.identity()
+        info = InfoMetricFamily("tiergate_build", "tiergate version and the policy it runs (the latest activation)")
+        info.add_metric([], {"version": __version__, "policy_version": version, "policy_sha256": sha})
         yield info
-        yield from self._per_type(policy)
+        yield from self._per_type()
         tallies = self.tallies()
         yield from self._events(tallies)
         decisions = CounterMetricFamily(
@@ -94,7 +87,7 @@ class TiergateCollector(Collector):
         yield events
         yield unattributed
 
-    def _per_type(self, policy: Policy) -> Iterator[Metric]:
+    def _per_type(self) -> Iterator[Metric]:
         tier = GaugeMetricFamily("tiergate_tier", "1 for the tier an action type holds", labels=["action_type", "tier"])
         level = GaugeMetricFamily(
             "tiergate_tier_level", "The tier as a number: 0 crawl, 1 walk, 2 run", labels=["action_type"]
@@ -131,8 +124,16 @@ class TiergateCollector(Collector):
             f"1 when no window has closed for {self.stale_after}s of runtime clock: the bars are not being judged",
             labels=["action_type"],
         )
+        halted = GaugeMetricFamily(
+            "tiergate_key_halted",
+            "1 when the fold stopped an action type (an activation whose rules this tiergate cannot read)",
+            labels=["action_type"],
+        )
         now = self.clock()
         for key in sorted(self.state().keys.values(), key=lambda k: k.action_type):
+            if key.retired:
+                continue  # out of the tier map
+            halted.add_metric([key.action_type], float(key.halted is not None))
             view = key_view(key)
             name = view.action_type
             for t in TIERS:
@@ -162,7 +163,7 @@ class TiergateCollector(Collector):
                 closed.add_metric([name], view.last_close)
                 stale.add_metric([name], float(now - view.last_close > self.stale_after))
         yield from (tier, level, since, rate, samples, lower, upper, target, threshold, hold, watermark, lag)
-        yield from (in_tier, closed, stale)
+        yield from (in_tier, closed, stale, halted)
 
 
 class WorkerCollector(Collector):

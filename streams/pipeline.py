@@ -25,7 +25,6 @@ import orjson
 
 from tiergate.models.decisions import Decision
 from tiergate.models.fold import LATE, REJECTED, Event, Result, step
-from tiergate.models.policy import Policy
 from tiergate.models.state import State
 from tiergate.models.wire import Override
 
@@ -124,10 +123,10 @@ Admit = Callable[[Input, Event, State], str | None]
 
 
 class Pipeline:
-    """decode → admit → step for one policy; the runtimes differ only in `admit` and their sink."""
+    """decode → admit → step; the runtimes differ only in `admit` and their sink."""
 
-    def __init__(self, policy: Policy, admit: Admit | None = None) -> None:
-        self.policy, self.admit = policy, admit
+    def __init__(self, admit: Admit | None = None) -> None:
+        self.admit = admit
 
     def handle(self, state: State, item: Input) -> Handled:
         try:
@@ -138,7 +137,7 @@ class Pipeline:
             refused = self.admit(item, event, state)
             if refused is not None:
                 return Handled(item, event, REJECTED, refused, (), False)
-        stepped = step(state, event, self.policy)
+        stepped = step(state, event)
         decisions = with_principal(item, event, stepped.decisions)
         return Handled(item, event, stepped.result, stepped.reason, decisions, True)
 

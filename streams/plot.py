@@ -42,7 +42,7 @@ def timelines(lines: Iterable[bytes], policy: Policy) -> dict[str, Timeline]:
             continue
         key = state.keys.get(event.action_type)
         before = None if key is None else key.next_close
-        step(state, event, policy)
+        step(state, event)
         if key is not None and not key.read_only and key.next_close != before and before is not None:
             line = out[key.action_type]
             line.action_type = key.action_type

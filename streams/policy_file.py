@@ -9,6 +9,8 @@ import yaml
 
 from tiergate.models.policy import Policy, PolicyError, load_policy
 
+from .canonical import policy_sha256
+
 
 class PolicyFileError(ValueError):
     """A policy file that cannot be used; the message lists `file:line: field: problem — fix`."""
@@ -52,6 +54,17 @@ def read_policy(path: str | Path) -> Policy:
         text = path.read_text(encoding="utf-8")
     except OSError as error:
         raise PolicyFileError(f"{path}: cannot read the policy file: {error.strerror}") from None
+    return parse_policy(text, str(path))
+
+
+def policy_from_mapping(raw: Any) -> Policy:
+    """A policy from an already-parsed mapping (its identity: sha256 of the RFC 8785 normalised form)."""
+    return load_policy(raw, digest=policy_sha256)
+
+
+def parse_policy(text: str, name: str) -> Policy:
+    """A policy from YAML text (a file's, or a request body's); errors name `name:line: field`."""
+    path = name
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         raw: Any = yaml.safe_load(text)
@@ -66,7 +79,7 @@ def read_policy(path: str | Path) -> Policy:
     if duplicates:
         raise PolicyFileError("\n".join(f"{path}:{problem}" for problem in duplicates))
     try:
-        return load_policy(raw)
+        return policy_from_mapping(raw)
     except PolicyError as error:
         report = [
             f"{path}:{_line_of(field, lines)}: {'.'.join(map(str, field)) or 'policy'}: {message}"

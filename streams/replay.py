@@ -38,16 +38,19 @@ class Replay:
     """A fold of a history in progress or done: the state, and counts of what became of the inputs.
     It is the pipeline's sink for replay: decisions and rejected input go on as they come."""
 
-    policy: Policy
+    policy: Policy | None
     state: State
     on_decision: DecisionSink
     on_rejected: RejectedSink
     results: Counter[str] = field(default_factory=Counter)
     decisions: int = 0
     rejected: int = 0
+    first_types: dict[str, str] | None = None  # each key's first event type, when a fallback policy is given
 
     def handled(self, item: Handled) -> None:
         self.results[item.result] += 1
+        if self.first_types is not None and item.event is not None:
+            self.first_types.setdefault(item.event.action_type, item.event.type)
         for decision in item.decisions:
             self.decisions += 1
             self.on_decision(decision)
@@ -59,6 +62,11 @@ class Replay:
     def commit(self) -> None:
         """Nothing to make durable: the writers flush when they close."""
 
+    @property
+    def carries_its_policy(self) -> bool:
+        """Did every key of the log begin with an activation (so a --policy was not needed)?"""
+        return bool(self.first_types) and all(kind == "policy" for kind in (self.first_types or {}).values())
+
     def tier_lines(self) -> Iterator[str]:
         for record in tier_records(self.state):
             yield record.to_json()
@@ -66,7 +74,7 @@ class Replay:
 
 def replay_inputs(
     inputs: Iterable[Input],
-    policy: Policy,
+    policy: Policy | None,
     on_decision: DecisionSink,
     on_rejected: RejectedSink,
     state: State | None = None,
@@ -75,17 +83,19 @@ def replay_inputs(
     """The fold of a log from its start (initial decisions first) or from a saved `state`: what `replay`
     does, and what the runtimes' checks compare with."""
     replay = Replay(policy, initial_state(policy) if state is None else state, on_decision, on_rejected)
+    if policy is not None:
+        replay.first_types = {}
     if state is None:
         for decision in initial_decisions(policy):
             replay.decisions += 1
             on_decision(decision)
-    Pipeline(policy, admit).run(inputs, replay.state, replay)
+    Pipeline(admit).run(inputs, replay.state, replay)
     return replay
 
 
 def fold_lines(
     lines: Iterable[tuple[int, bytes]],
-    policy: Policy,
+    policy: Policy | None,
     on_decision: DecisionSink,
     on_rejected: RejectedSink,
     source: str = "",
@@ -133,7 +143,7 @@ def progress_bar(
 
 def replay_file(
     path: Path,
-    policy: Policy,
+    policy: Policy | None,
     on_decision: DecisionSink,
     on_rejected: RejectedSink,
     progress: bool | None = None,
@@ -174,9 +184,13 @@ def line_writer(target: Path | IO[str] | None, lazy: bool = False) -> Iterator[C
         out = open(temporary, "w", encoding="utf-8")  # noqa: SIM115
     try:
         yield write
-    finally:
-        if out is not None:
+    except BaseException:
+        if out is not None:  # a failed run leaves the previous file as it was, not half a log
             out.close()
-            os.replace(temporary, target)
-        else:
-            target.unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
+        raise
+    if out is not None:
+        out.close()
+        os.replace(temporary, target)
+    else:
+        target.unlink(missing_ok=True)

@@ -153,7 +153,7 @@ def history(fleet: Fleet, policy: Policy, start: int, hours: int) -> Iterator[di
 
     for hour in range(hours):
         for event in fleet.hour(start + hour * HOUR, tier_of):
-            step(state, event_from_dict(event), policy)
+            step(state, event_from_dict(event))
             yield event
 
 

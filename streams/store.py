@@ -22,6 +22,7 @@ import orjson
 
 from tiergate.models.decisions import Decision
 from tiergate.models.state import STATE_SCHEMA, KeyState
+from tiergate.models.wire import format_ts
 
 from .pipeline import Rejected, named_action_type
 
@@ -55,6 +56,19 @@ CREATE TABLE IF NOT EXISTS rejected (  -- input that did not count (bad input, r
 CREATE TABLE IF NOT EXISTS state (
     action_type TEXT PRIMARY KEY,
     snapshot TEXT NOT NULL            -- KeyState.to_dict() as JSON, as of meta.snapshot_seq
+);
+CREATE TABLE IF NOT EXISTS activations (  -- each policy activation whose events are in the log
+    seq INTEGER PRIMARY KEY,
+    activation_id TEXT NOT NULL UNIQUE,
+    log_seq INTEGER NOT NULL,         -- the log position of its last event
+    ts INTEGER NOT NULL,
+    source TEXT NOT NULL,             -- file | api | migration
+    actor TEXT NOT NULL,
+    principal TEXT,                   -- who applied it, as authenticated (the actor is self-declared)
+    reason TEXT NOT NULL,
+    policy_version TEXT NOT NULL,
+    policy_sha256 TEXT NOT NULL,
+    document TEXT NOT NULL            -- the normalised policy document, JSON
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -90,6 +104,34 @@ class RejectedQuery:
                 clauses.append(clause)
                 params.append(value)
         return clauses, params
+
+
+@dataclass(frozen=True, slots=True)
+class ActivationRow:
+    """A policy activation as the store keeps it, for people to read (its events are in the log)."""
+
+    activation_id: str
+    log_seq: int
+    ts: int
+    source: str
+    actor: str
+    principal: str | None
+    reason: str
+    policy_version: str
+    policy_sha256: str
+    document: dict[str, Any]
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "activation_id": self.activation_id,
+            "ts": format_ts(self.ts),
+            "source": self.source,
+            "actor": self.actor,
+            "principal": self.principal,
+            "reason": self.reason,
+            "policy_version": self.policy_version,
+            "policy_sha256": self.policy_sha256,
+        }
 
 
 class StoreError(RuntimeError):
@@ -182,24 +224,50 @@ class Store:
     def close(self) -> None:
         self.db.close()
 
-    # -- policy identity ---------------------------------------------------------------------------
+    # -- policies ------------------------------------------------------------------------------------
 
-    def claim_policy(self, version: str, sha256: str) -> None:
-        """Bind the store to one policy (version 1 runs one policy per log); refuse another."""
-        with _explained(self.path):
-            row = self.db.execute("SELECT value FROM meta WHERE key = 'policy_sha256'").fetchone()
-            if row is None:
-                with self.transaction():
-                    self.db.execute(
-                        "INSERT INTO meta VALUES ('policy_sha256', ?), ('policy_version', ?)", (sha256, version)
-                    )
-                return
-        if row[0] != sha256:
-            held = self.db.execute("SELECT value FROM meta WHERE key = 'policy_version'").fetchone()[0]
-            raise StoreError(
-                f"{self.path} holds a log decided under policy {held} (sha256 {row[0][:12]}…), not "
-                f"{version} ({sha256[:12]}…): one log runs one policy; use a new --data-dir, or the old policy"
-            )
+    def legacy_claim(self) -> tuple[str, str] | None:
+        """(policy_version, sha256) a store made before policies lived in the log was bound to, if any."""
+        rows = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('policy_version', 'policy_sha256')"))
+        return (rows["policy_version"], rows["policy_sha256"]) if len(rows) == 2 else None
+
+    def record_activation(self, row: ActivationRow) -> None:
+        """Keep an activation's document; call inside the transaction that appends its events. An
+        activation recorded again (resumed, or its events arriving over several batches of an import) merges
+        into the row it has: the first record's source, actor and principal stay."""
+        self.db.execute(
+            "INSERT INTO activations (activation_id, log_seq, ts, source, actor, principal, reason, "
+            "policy_version, policy_sha256, document) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (activation_id) DO UPDATE SET document = json_patch(document, excluded.document), "
+            "log_seq = excluded.log_seq",
+            (
+                row.activation_id,
+                self.last_seq(),
+                row.ts,
+                row.source,
+                row.actor,
+                row.principal,
+                row.reason,
+                row.policy_version,
+                row.policy_sha256,
+                orjson.dumps(row.document, option=orjson.OPT_SORT_KEYS).decode(),
+            ),
+        )
+
+    def activations(self, source: str | None = None) -> list[ActivationRow]:
+        """Every activation, oldest first (or those from one source: file, api, migration)."""
+        query = (
+            "SELECT activation_id, log_seq, ts, source, actor, principal, reason, policy_version, policy_sha256, "
+            "document FROM activations"
+        )
+        rows = self.db.execute(
+            query + " ORDER BY seq" if source is None else query + " WHERE source = ? ORDER BY seq",
+            () if source is None else (source,),
+        )
+        return [
+            ActivationRow(i, log_seq, ts, source, actor, principal, reason, version, sha, orjson.loads(document))
+            for i, log_seq, ts, source, actor, principal, reason, version, sha, document in rows
+        ]
 
     # -- writing -------------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ class WorkerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TIERGATE_WORKER_", extra="ignore")
 
-    policy: Path
+    policy: Path | None = Field(None, description="only for a log whose events begin before its first activation")
     app_id: str = "tiergate-worker"
     web_host: str = Field("127.0.0.1", description="/metrics and /healthz bind here (loopback by default)")
     web_port: int = 6066
@@ -82,7 +82,7 @@ class Worker:
     """The faust app and the fold it runs; `app` is what `faust worker` would run."""
 
     def __init__(
-        self, policy: Policy, settings: WorkerSettings, kafka: KafkaSettings, clock: Clock | None = None
+        self, policy: Policy | None, settings: WorkerSettings, kafka: KafkaSettings, clock: Clock | None = None
     ) -> None:
         self.policy, self.settings, self.kafka = policy, settings, kafka
         self.clock = clock or SystemClock()
@@ -259,7 +259,7 @@ class Worker:
         registry = CollectorRegistry()
         registry.register(
             TiergateCollector(
-                self.policy,
+                lambda: ("", "") if self.policy is None else (self.policy.version, self.policy.sha256),
                 self.local_state,
                 lambda: self.tallies,
                 self.clock.now,
@@ -273,7 +273,7 @@ class Worker:
         return web.json(
             {
                 "status": "ok",
-                "policy_version": self.policy.version,
+                "fallback_policy": None if self.policy is None else self.policy.version,
                 "assigned": len(self.app.assignor.assigned_actives()),
                 "batches": self.batches,
                 "batched_events": self.batched,

@@ -1,5 +1,6 @@
 """Posting a recorded history to a live embedded server the way it arose: its producers' events over HTTP,
-its clock ticks through the server's own writer (ticks are the server's: no credential may post one)."""
+its clock ticks and policy activations through the server's own writer (both are the server's: no credential
+may post one to /v1/events)."""
 
 from __future__ import annotations
 
@@ -11,23 +12,25 @@ from aiohttp import web
 
 from tiergate.streams.http import WRITER
 
-TICK = b'"type":"tick"'
+SERVERS = (b'"type":"tick"', b'"type":"policy"')
 
 
 def runs(history: bytes) -> Iterator[tuple[bool, list[bytes]]]:
-    """The history's lines in order, grouped into runs of ticks (True) and of other events (False)."""
+    """The history's lines in order, grouped into runs of the server's own events (ticks and activations:
+    True) and of its producers' events (False)."""
     lines = (line for line in history.splitlines() if line.strip())
-    for ticks, run in groupby(lines, key=lambda line: TICK in line):
-        yield ticks, list(run)
+    for servers, run in groupby(lines, key=lambda line: any(kind in line for kind in SERVERS)):
+        yield servers, list(run)
 
 
 async def feed(app: web.Application, history: bytes, post: Callable[[bytes], Awaitable[object]]) -> Counter[str]:
-    """Fold `history` into the server of `app`: each run of events through `post`, each run of ticks through
-    the writer as the server's clock does; the results of the ticks and of what the runtime folded."""
+    """Fold `history` into the server of `app`: each run of events through `post`, each run of ticks and
+    activations through the writer as the server's clock and policy do; the results of what the runtime
+    folded that way."""
     writer, counts = app[WRITER], Counter[str]()
-    for ticks, lines in runs(history):
-        if ticks:
-            done = await writer.run(lambda lines=lines: writer.evaluator.ingest(lines, "clock", live=False))  # type: ignore[misc]
+    for servers, lines in runs(history):
+        if servers:
+            done = await writer.run(lambda lines=lines: writer.evaluator.ingest(lines, "server", live=False))  # type: ignore[misc]
             assert done is not None
             counts.update(r.result for r in done.results)
         else:

@@ -51,6 +51,7 @@ class Deployment:
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}.")
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     worker_env: dict[str, str] = field(default_factory=dict)  # extra TIERGATE_WORKER_* settings
+    policy: Path | None = POLICY  # for logs that begin before their first activation; None: the log carries it
 
     @property
     def settings(self) -> KafkaSettings:
@@ -90,8 +91,7 @@ class Deployment:
                 "-m",
                 "tiergate.streams.cli",
                 "worker",
-                "--policy",
-                str(POLICY),
+                *([] if self.policy is None else ["--policy", str(self.policy)]),
                 "--web-port",
                 str(port),
                 "--data-dir",
@@ -152,10 +152,35 @@ class Deployment:
 
         return asyncio.run(check())
 
+    def output_offsets(self) -> tuple[int, ...]:
+        """The end offsets of the decisions and rejected-input topics (they stop moving once all is out)."""
+
+        async def ends() -> tuple[int, ...]:
+            consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+            await consumer.start()
+            try:
+                partitions = [
+                    tp for name in (DECISIONS, DLQ) for tp in await _partitions(consumer, self.settings.topic(name))
+                ]
+                found = await consumer.end_offsets(partitions)
+                return tuple(found[tp] for tp in partitions)
+            finally:
+                await consumer.stop()
+
+        return asyncio.run(ends())
+
     def wait_drained(self, timeout: float = 90) -> None:
-        """Until every input offset is committed (so folded, and its outputs produced), then a moment more."""
+        """Until every input offset is committed (so folded) and the output topics have stopped growing."""
         wait_for(self.committed_all, timeout, "the workers to commit every input offset")
-        time.sleep(1.0)
+        last: tuple[int, ...] = ()
+
+        def settled() -> bool:
+            nonlocal last
+            now, last = self.output_offsets(), last
+            done, last = now == last, now
+            return done
+
+        wait_for(settled, timeout, "the output topics to stop growing")
 
     def outcome(self, out: Any) -> Any:
         """Fill a contract `Outcome` from the decisions and rejected-input topics."""

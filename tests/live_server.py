@@ -60,11 +60,13 @@ class LiveServer:
         self.evaluator.close()
 
     def events(self) -> list[bytes]:
-        """Every event in the store's log, in order."""
-        return [raw for _, raw in self.evaluator.store.events()]
+        """Every event posted to the store's log, in order (the policy's activation left out)."""
+        return [raw for _, raw in self.evaluator.store.events() if not raw.startswith(b'{"type":"policy"')]
 
     def results(self) -> list[str]:
-        return [result for (result,) in self.evaluator.store.db.execute("SELECT result FROM events ORDER BY rowid")]
+        """What became of each posted event, in order (the policy's activation left out)."""
+        rows = self.evaluator.store.db.execute("SELECT result, raw FROM events ORDER BY rowid")
+        return [result for result, raw in rows if not bytes(raw).startswith(b'{"type":"policy"')]
 
 
 @pytest.fixture

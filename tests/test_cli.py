@@ -24,8 +24,10 @@ from tiergate.streams.settings import ServeSettings, SettingsError
 ROOT = Path(__file__).parent.parent
 GOLDEN = ROOT / "tests" / "golden"
 POLICY = GOLDEN / "policy.yaml"
-CLIMB = GOLDEN / "clean_climb" / "events.jsonl"
+CLIMB = GOLDEN / "clean_climb" / "events.jsonl"  # a log that carries its policy (it begins with an activation)
 EXPECTED = GOLDEN / "clean_climb" / "expected.jsonl"
+OLD_CLIMB = GOLDEN / "old_log" / "events.jsonl"  # the same story from before policies lived in the log
+OLD_EXPECTED = GOLDEN / "old_log" / "expected.jsonl"
 
 
 def tiergate(
@@ -58,20 +60,20 @@ def refused(done: subprocess.CompletedProcess[str], code: int, *fragments: str) 
 def test_replay_runs_as_a_console_script_and_writes_the_tier_map(tmp_path: Path) -> None:
     """`tiergate replay` (a real subprocess) writes the decision log to stdout and the final tier map."""
     tiers = tmp_path / "tiers.jsonl"
-    done = tiergate("replay", str(CLIMB), "--policy", str(POLICY), "--tiers", str(tiers))
+    done = tiergate("replay", str(CLIMB), "--tiers", str(tiers))
     assert done.returncode == 0, done.stderr
     assert done.stdout == EXPECTED.read_text()
     records = {r["action_type"]: r for r in map(json.loads, tiers.read_text().splitlines())}
     assert (records["reply_to_ticket"]["tier"], records["reply_to_ticket"]["version"]) == ("run", 2)
     assert records["lookup_order"]["tier"] == "run" and records["refund_over_50"]["since"] is None
-    assert "281 applied" in done.stderr
+    assert "285 applied" in done.stderr
 
 
 def test_replay_reads_stdin_and_takes_its_policy_from_the_environment() -> None:
     """`tiergate replay -` folds what is piped in, under TIERGATE_POLICY when --policy is not given."""
-    done = tiergate("replay", "-", env={"TIERGATE_POLICY": str(POLICY)}, stdin=CLIMB.read_bytes())
+    done = tiergate("replay", "-", env={"TIERGATE_POLICY": str(POLICY)}, stdin=OLD_CLIMB.read_bytes())
     assert done.returncode == 0, done.stderr
-    assert done.stdout == EXPECTED.read_text()
+    assert done.stdout == OLD_EXPECTED.read_text()
     assert "replayed stdin: 281 applied" in done.stderr
 
 
@@ -81,12 +83,12 @@ def test_set_aside_events_are_printed_and_kept_only_where_asked(
     """A malformed line and an unknown type are printed with their line; no file appears beside the input
     unless --rejects names one, which then holds both with their reasons; the rest folds."""
     events = tmp_path / "events.jsonl"
-    good = CLIMB.read_text().splitlines()
+    good = OLD_CLIMB.read_text().splitlines()
     bad = ['{"type":"action"', '{"type":"tick","event_id":"x","ts":"2026-11-02T00:00:00Z","action_type":"nope"}']
     events.write_text("\n".join(good[:3] + bad + good[3:]) + "\n")
     out = tmp_path / "decisions.jsonl"
     assert main(["replay", str(events), "--policy", str(POLICY), "-o", str(out)]) == 0
-    assert out.read_bytes() == EXPECTED.read_bytes()
+    assert out.read_bytes() == OLD_EXPECTED.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["decisions.jsonl", "events.jsonl"]
     err = capsys.readouterr().err
     assert "events.jsonl:4: rejected: malformed JSON" in err and "unknown action_type 'nope'" in err
@@ -101,11 +103,20 @@ def test_set_aside_events_are_printed_and_kept_only_where_asked(
     ]
 
 
+def test_policy_is_refused_for_a_log_that_carries_its_own(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--policy is for old logs: on a log where every type begins with an activation it is an error, and no
+    half-written decision log is left behind."""
+    out = tmp_path / "decisions.jsonl"
+    assert main(["replay", str(CLIMB), "--policy", str(POLICY), "-o", str(out)]) == 2
+    assert "carries its own policy" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 def test_a_bad_policy_stops_replay_with_the_loaders_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A policy error exits non-zero and prints file:line: field: problem."""
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY.read_text().replace("lookback: 1d", "lookback: 90m"))
-    assert main(["replay", str(CLIMB), "--policy", str(policy)]) == 2
+    assert main(["replay", str(OLD_CLIMB), "--policy", str(policy)]) == 2
     assert "policy.yaml:6: lookback: 1h30m is not a whole number of windows" in capsys.readouterr().err
 
 
@@ -134,13 +145,13 @@ def test_version_and_every_commands_help_ends_with_examples() -> None:
 
 def test_the_progress_bar_never_mixes_into_the_decision_log_on_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     """With the bar forced on, stdout still holds nothing but canonical decision lines."""
-    assert main(["replay", str(CLIMB), "--policy", str(POLICY), "--progress"]) == 0
+    assert main(["replay", str(CLIMB), "--progress"]) == 0
     assert capsys.readouterr().out == EXPECTED.read_text()
 
 
 def test_replay_writes_through_to_a_device_path_and_leaves_it_a_device() -> None:
     """`-o /dev/null` must not replace the device with a file (the temp-and-rename is for regular files)."""
-    argv = ["replay", str(CLIMB), "--policy", str(POLICY), "-o", "/dev/null", "--rejects", "/dev/null"]
+    argv = ["replay", str(CLIMB), "-o", "/dev/null", "--rejects", "/dev/null"]
     assert main(argv) == 0
     assert Path("/dev/null").is_char_device()
 
@@ -255,13 +266,17 @@ def test_duplicate_keys_in_a_policy_are_an_error_naming_both_lines(tmp_path: Pat
 def test_export_and_import_take_the_data_dir_from_the_environment(tmp_path: Path) -> None:
     """TIERGATE_DATA_DIR and TIERGATE_POLICY stand in for --data-dir and --policy in import and export."""
     env = {"TIERGATE_DATA_DIR": str(tmp_path / "data"), "TIERGATE_POLICY": str(POLICY)}
-    done = tiergate("import", str(CLIMB), "--json", env=env, cwd=tmp_path)
+    done = tiergate("import", str(OLD_CLIMB), "--json", env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["applied"] == 281
     assert (tmp_path / "data" / "tiergate.db").is_file() and not (tmp_path / "tiergate-data").exists()
-    exported = tiergate("export", "--decisions", str(tmp_path / "decisions.jsonl"), env=env, cwd=tmp_path)
-    assert exported.returncode == 0 and exported.stdout == CLIMB.read_text()
-    assert (tmp_path / "decisions.jsonl").read_text() == EXPECTED.read_text()
+    decisions = tmp_path / "decisions.jsonl"
+    exported = tiergate("export", "--decisions", str(decisions), env=env, cwd=tmp_path)
+    assert exported.returncode == 0 and exported.stdout.endswith(OLD_CLIMB.read_text())
+    assert exported.stdout.startswith('{"type":"policy","event_id":"policy/')  # the policy came first
+    replayed = tiergate("replay", "-", stdin=exported.stdout.encode())  # the export carries its policy
+    assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout == decisions.read_text()
 
 
 # -- user errors: one line, no traceback ---------------------------------------------------------------
@@ -273,7 +288,7 @@ def test_export_and_import_take_the_data_dir_from_the_environment(tmp_path: Path
         (["explain", "x", "--log", "nothere.jsonl"], {}, ["nothere.jsonl: no such file; give a decision log"]),
         (["plot", "nothere.jsonl", "--policy", str(POLICY)], {}, ["nothere.jsonl: no such file"]),
         (["replay", "nothere.jsonl", "--policy", str(POLICY)], {}, ["nothere.jsonl: no such file"]),
-        (["replay", str(CLIMB)], {}, ["no policy: give --policy POLICY.yaml or set TIERGATE_POLICY"]),
+        (["replay", str(OLD_CLIMB)], {}, ["has no policy activation", "replay it with --policy POLICY.yaml"]),
         (["export", "--data-dir", "nothere"], {}, ["nothere/tiergate.db: no store here"]),
         (["serve", "--policy", str(POLICY)], {"TIERGATE_PORT": "abc"}, ["TIERGATE_PORT: Input should be"]),
         (["serve", "--policy", str(POLICY), "--config", "nothere.toml"], {}, ["nothere.toml: no such settings"]),
@@ -366,14 +381,14 @@ def test_import_into_a_served_data_dir_says_its_history_turned_late(tmp_path: Pa
     served = EmbeddedRuntime(read_policy(POLICY), data, ManualClock(1_900_000_000))
     tick = {"type": "tick", "ts": "2030-03-17T17:46:40Z"}
     served.ingest(
-        [orjson.dumps({**tick, "event_id": f"t-{name}", "action_type": name}) for name in served.policy.types],
+        [orjson.dumps({**tick, "event_id": f"t-{name}", "action_type": name}) for name in served.state.keys],
         "server",
     )
     served.close()
-    done = tiergate("import", str(CLIMB), "--policy", str(POLICY), "--data-dir", str(data))
+    done = tiergate("import", str(OLD_CLIMB), "--policy", str(POLICY), "--data-dir", str(data))
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "281 late" in done.stderr
     assert "281 of 281 events (100%) were late: this data dir had already closed their windows (up to " in done.stderr
     assert "Import history before serving the data dir, or import it into a fresh --data-dir." in done.stderr
-    fresh = tiergate("import", str(CLIMB), "--policy", str(POLICY), "--data-dir", str(tmp_path / "fresh"))
+    fresh = tiergate("import", str(OLD_CLIMB), "--policy", str(POLICY), "--data-dir", str(tmp_path / "fresh"))
     assert fresh.returncode == 0 and "late" not in fresh.stderr

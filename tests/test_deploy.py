@@ -86,10 +86,10 @@ def k8s() -> dict[str, dict[str, Any]]:
 def test_the_kubernetes_manifests_run_what_the_code_serves() -> None:
     """Probes hit /healthz on the ports the runtimes listen on; the policy in the ConfigMap loads; the
     server, bound beyond loopback, gets its token from a secret; the worker's web server binds the pod."""
-    from tiergate.models.policy import load_policy
+    from tiergate.streams.policy_file import policy_from_mapping
 
     manifests = k8s()
-    load_policy(yaml.safe_load(manifests["ConfigMap/tiergate-policy"]["data"]["policy.yaml"]))
+    policy_from_mapping(yaml.safe_load(manifests["ConfigMap/tiergate-policy"]["data"]["policy.yaml"]))
     worker = manifests["Deployment/tiergate-worker"]["spec"]["template"]["spec"]["containers"][0]
     serve = manifests["StatefulSet/tiergate-serve"]["spec"]["template"]["spec"]["containers"][0]
     worker_env = {e["name"]: e.get("value") for e in worker["env"]}

@@ -25,7 +25,9 @@ from .histories import feed
 
 GOLDEN = Path(__file__).parent / "golden"
 POLICY = GOLDEN / "policy.yaml"
-CLIMB = (GOLDEN / "clean_climb" / "events.jsonl").read_bytes()
+LOG = (GOLDEN / "clean_climb" / "events.jsonl").read_bytes().splitlines()
+ACTIVATION = [line for line in LOG if line.startswith(b'{"type":"policy"')]  # the golden policy's activation
+CLIMB = b"\n".join(line for line in LOG if line not in ACTIVATION)  # what agents and reviewers post
 
 
 @dataclass
@@ -42,7 +44,8 @@ async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
     ticking = getattr(request, "param", {}).get("ticking", False)
     token = getattr(request, "param", {}).get("token")
     clock = ManualClock(parse_ts("2026-11-02T12:00:00Z"))
-    evaluator = EmbeddedRuntime(read_policy(POLICY), tmp_path / "data", clock, max_skew=300)
+    evaluator = EmbeddedRuntime(None, tmp_path / "data", clock, max_skew=300)
+    evaluator.ingest(ACTIVATION, "policy(golden-1)", live=False)  # as an operator's apply writes it
     settings = ServeSettings(policy=POLICY, data_dir=tmp_path / "data", tick_interval=0.02, token=token, max_batch=1000)
     http = TestServer(make_app(evaluator, settings, ticking=ticking), host="127.0.0.1")
     async with http, TestClient(http) as client:
@@ -203,7 +206,8 @@ async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
         for s in family.samples
     }
     assert samples[("tiergate_tier", (("action_type", "reply_to_ticket"), ("tier", "run")))] == 1
-    assert samples[("tiergate_events_total", (("action_type", "reply_to_ticket"), ("result", "applied")))] == 281
+    applied = samples[("tiergate_events_total", (("action_type", "reply_to_ticket"), ("result", "applied")))]
+    assert applied == 281 + 1  # its events and its part of the policy's activation
     assert samples[("tiergate_decisions_total", (("action_type", "reply_to_ticket"), ("kind", "promote")))] == 2
     assert samples[("tiergate_unattributed_events_total", (("result", "rejected"),))] == 1
     assert (
@@ -243,7 +247,7 @@ async def test_export_then_replay_reproduces_the_stored_decisions(server: Runnin
     )
     exported, replayed = tmp_path / "events.jsonl", tmp_path / "decisions.jsonl"
     assert main(["export", "--data-dir", str(server.data_dir), "-o", str(exported)]) == 0
-    assert main(["replay", str(exported), "--policy", str(POLICY), "-o", str(replayed)]) == 0
+    assert main(["replay", str(exported), "-o", str(replayed)]) == 0
     assert replayed.read_text().splitlines() == list(server.evaluator.store.all_decisions())
     assert b'"type":"tick"' in exported.read_bytes()
 
@@ -256,8 +260,6 @@ def test_import_appends_history_without_ticks_and_refuses_a_busy_data_dir(tmp_pa
             [
                 "import",
                 str(GOLDEN / "regression_and_cooldown" / "events.jsonl"),
-                "--policy",
-                str(POLICY),
                 "--data-dir",
                 str(data),
                 "--batch",
@@ -276,8 +278,6 @@ def test_import_appends_history_without_ticks_and_refuses_a_busy_data_dir(tmp_pa
                 [
                     "import",
                     str(GOLDEN / "thin_evidence" / "events.jsonl"),
-                    "--policy",
-                    str(POLICY),
                     "--data-dir",
                     str(data),
                 ]
@@ -288,13 +288,39 @@ def test_import_appends_history_without_ticks_and_refuses_a_busy_data_dir(tmp_pa
         holder.close()
 
 
-def test_a_data_dir_keeps_its_policy(tmp_path: Path) -> None:
-    """A log decided under one policy is not continued under another."""
-    EmbeddedRuntime(read_policy(POLICY), tmp_path, ManualClock(0)).close()
-    other = tmp_path / "other.yaml"
-    other.write_text(POLICY.read_text().replace('"golden-1"', '"golden-2"'))
-    with pytest.raises(Exception, match="one log runs one policy"):
-        EmbeddedRuntime(read_policy(other), tmp_path, ManualClock(0))
+def test_a_restart_with_an_edited_policy_file_activates_it_and_keeps_every_tier_and_evidence(tmp_path: Path) -> None:
+    """`serve --policy` on an existing data dir applies an edited file as an activation: reply_to_ticket stays
+    at run with its evidence; the same file again is no activation; a file that cannot apply (another window)
+    leaves the policy in force and the server degraded with the reason."""
+    data, clock = tmp_path / "data", ManualClock(parse_ts("2026-11-02T12:00:00Z"))
+    first = EmbeddedRuntime(read_policy(POLICY), data, clock)
+    first.ingest(CLIMB.splitlines(), "http(test)")
+    before = first.state.keys["reply_to_ticket"].to_dict()
+    first.close()
+    raised = tmp_path / "raised.yaml"
+    raised.write_text(POLICY.read_text().replace('"golden-1"', '"golden-2"').replace("target: 0.85", "target: 0.8"))
+    second = EmbeddedRuntime(read_policy(raised), data, clock)
+    key = second.state.keys["reply_to_ticket"]
+    assert (key.tier, key.version, key.lookback.totals) == (before["tier"], before["version"], first_totals(before))
+    assert [r.source for r in second.store.activations()] == ["file", "file"] and not second.problems
+    policy_decisions = [d for d in map(json.loads, second.store.all_decisions()) if d["kind"] == "policy"]
+    assert {d["action_type"] for d in policy_decisions} == set(read_policy(raised).types)
+    second.close()
+    EmbeddedRuntime(read_policy(raised), data, clock).close()  # unchanged: nothing new
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(raised.read_text().replace("window: 1h", "window: 2h").replace("lookback: 1d", "lookback: 2d"))
+    third = EmbeddedRuntime(read_policy(moved), data, clock)
+    assert len(third.store.activations()) == 2
+    assert third.problems and "window cannot change for an existing action type" in third.problems[0]
+    third.close()
+
+
+def first_totals(saved: dict[str, object]) -> list[int]:
+    """The lookback totals a saved key state adds up to."""
+    totals = [0] * 18
+    for _, counters in saved["closed"]:  # type: ignore[attr-defined]
+        totals = [a + b for a, b in zip(totals, counters, strict=True)]
+    return totals
 
 
 def test_settings_come_from_flags_then_environment_then_the_config_file(

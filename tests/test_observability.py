@@ -70,14 +70,15 @@ def test_every_alert_links_its_runbook_and_a_down_target_alerts() -> None:
 
 def exported_names() -> set[str]:
     """Every metric name the embedded server's and the worker's collectors expose (sample names)."""
-    policy = read_policy(GOLDEN / "policy.yaml")
     events = [decode(line) for line in (GOLDEN / "clean_climb" / "events.jsonl").read_bytes().splitlines()]
-    state, _ = fold(events, policy)
+    state, _ = fold(events)  # the log carries its policy
     registry = CollectorRegistry()
     tallies = Tallies(
         events=Counter({("reply_to_ticket", "applied"): 1}), decisions=Counter({("reply_to_ticket", "violation"): 1})
     )
-    registry.register(TiergateCollector(policy, lambda: state, lambda: tallies, lambda: 1_800_000_000))
+    registry.register(
+        TiergateCollector(lambda: ("golden-1", "0" * 64), lambda: state, lambda: tallies, lambda: 1_800_000_000)
+    )
     registry.register(WorkerCollector(lambda: {0: 5}, lambda: 1, lambda: 2))
     text = generate_latest(registry).decode()
     return {s.name for family in text_string_to_metric_families(text) for s in family.samples}

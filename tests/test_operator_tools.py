@@ -29,6 +29,7 @@ from .test_restart import free_port
 GOLDEN = Path(__file__).parent / "golden"
 POLICY = GOLDEN / "policy.yaml"
 CLIMB = GOLDEN / "clean_climb" / "events.jsonl"
+FIRST_EVENT = next(line for line in CLIMB.read_text().splitlines() if '"type":"policy"' not in line)
 OPERATOR, AGENT, READER = "operator-secret-0123456789", "agent-secret-0123456789", "reader-secret-0123456789"
 CREDENTIALS = f"alice@ops operator {OPERATOR}\nsupport-bot agent {AGENT}\ngrafana reader {READER}\n"
 
@@ -151,13 +152,14 @@ def test_import_refuses_policy_events_into_a_data_dir_that_holds_a_log(tmp_path:
     before = (data / DB_NAME).read_bytes()
     history = tmp_path / "with-policy.jsonl"
     activation = '{"type":"policy","event_id":"policy/a1/reply_to_ticket","ts":"2026-11-03T00:00:00Z"}'
-    history.write_text(CLIMB.read_text().splitlines()[0] + "\n" + activation + "\n")
+    history.write_text(FIRST_EVENT + "\n" + activation + "\n")
     refused = tiergate("import", str(history), "--policy", str(POLICY), "--data-dir", str(data))
     assert refused.returncode == 2, refused.stderr
-    assert "with-policy.jsonl:2 is a policy event" in refused.stderr and "fresh --data-dir" in refused.stderr
+    assert "with-policy.jsonl carries policy activations" in refused.stderr, refused.stderr
+    assert "only into an empty --data-dir" in refused.stderr
     assert (data / DB_NAME).read_bytes() == before
     plain = tmp_path / "mentions-policy.jsonl"  # the word in a reason is no activation
-    plain.write_text(CLIMB.read_text().splitlines()[0].replace('"accepted"', '"accepted","note":"policy"') + "\n")
+    plain.write_text(FIRST_EVENT.replace('"accepted"', '"accepted","note":"policy"') + "\n")
     assert tiergate("import", str(plain), "--policy", str(POLICY), "--data-dir", str(data)).returncode == 0
 
 

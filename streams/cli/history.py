@@ -37,7 +37,7 @@ def policy_of(settings: StoreSettings) -> Policy:
 
 
 def open_runtime(
-    policy: Policy, data_dir: Path, clock: Clock, max_skew: int = 300, max_past: int = 86400
+    policy: Policy | None, data_dir: Path, clock: Clock, max_skew: int = 300, max_past: int = 86400
 ) -> EmbeddedRuntime:
     """The embedded runtime over `data_dir`, or a CommandError when the directory cannot be written."""
     try:
@@ -53,7 +53,8 @@ def open_runtime(
 
 
 def _replay(args: argparse.Namespace) -> int:
-    policy = policy_of(load(StoreSettings, policy=args.policy))
+    given = load(StoreSettings, policy=args.policy).policy
+    policy = None if given is None else read_policy(given)
     if args.from_kafka:
         from .kafka import replay_from_kafka
 
@@ -76,6 +77,16 @@ def _replay(args: argparse.Namespace) -> int:
         line_writer(rejects, lazy=True) as write_rejected,
     ):
         result, name = _fold_input(args, policy, lambda d: write_decision(d.to_json()), keep)
+        if policy is None and not result.state.keys and any(result.results.values()):
+            raise CommandError(
+                f"{name} has no policy activation, so every event names an unknown action type: it is a log "
+                "from before policies lived in the log; replay it with --policy POLICY.yaml (or TIERGATE_POLICY)"
+            )
+        if result.carries_its_policy:
+            raise CommandError(
+                f"{name} carries its own policy (every action type in it begins with an activation): "
+                "replay it without --policy (or TIERGATE_POLICY)"
+            )
     if args.tiers:
         with line_writer(Path(args.tiers)) as write_tier:
             for line in result.tier_lines():
@@ -84,7 +95,7 @@ def _replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fold_input(args: argparse.Namespace, policy: Policy, decide: Any, keep: Any) -> tuple[Replay, str]:
+def _fold_input(args: argparse.Namespace, policy: Policy | None, decide: Any, keep: Any) -> tuple[Replay, str]:
     if args.events == "-":
         return fold_lines(file_lines(sys.stdin.buffer), policy, decide, keep, source="stdin"), "stdin"
     events = input_file(args.events, HISTORY + ", or - for stdin")
@@ -108,18 +119,24 @@ def _replay_summary(result: Replay, name: str, rejects: Path | None, show: int) 
 
 
 def _import(args: argparse.Namespace) -> int:
+    """Append a history. A history that carries its policy (activations) goes only into an empty data
+    dir: an activation in the middle of someone else's log would be applied by nobody who decided to. An
+    old history is imported under --policy, which is activated first when it is not the policy in force."""
     settings = load(StoreSettings, policy=args.policy, data_dir=args.data_dir)
-    policy = policy_of(settings)
     source = input_file(args.events, HISTORY)  # before the store exists: a typo must not leave an empty one
-    activations = first_policy_event(source)
-    runtime = open_runtime(policy, settings.data_dir, SystemClock())
+    carries_policy = _has_activations(source)
+    if settings.policy is None and not carries_policy:
+        raise CommandError(f"{source} has no policy activation: give --policy POLICY.yaml (or TIERGATE_POLICY)")
+    policy = None if settings.policy is None else read_policy(settings.policy)
+    runtime = open_runtime(None, settings.data_dir, SystemClock())
     try:
-        if activations is not None and runtime.store.last_seq() > 0:
+        if carries_policy and runtime.store.last_seq() > 0:
             raise CommandError(
-                f"{source}:{activations} is a policy event, and {settings.data_dir} already holds a log: a history "
-                "with policy activations imports only into an empty data dir (its activations would otherwise "
-                "replace the policy under the events already folded); import it into a fresh --data-dir"
+                f"{source} carries policy activations and {settings.data_dir} already holds a log: import a history "
+                "with its own policy only into an empty --data-dir; apply policies with `tiergate policy apply`"
             )
+        if policy is not None:
+            runtime.use_policy_file(policy, f"policy file {settings.policy}")
         closed_before = _last_close(runtime)
         counts = _import_lines(runtime, source, args.batch)
     finally:
@@ -127,22 +144,17 @@ def _import(args: argparse.Namespace) -> int:
     return _import_report(source, settings.data_dir, counts, closed_before, args.json)
 
 
-def first_policy_event(source: Path) -> int | None:
-    """The line number of the history's first `policy` event (an activation), or None. Lines that do not
-    mention "policy" are not parsed."""
+def _has_activations(source: Path) -> bool:
+    """Does the history hold any policy event? (A text scan first; a candidate line is parsed to be sure.)"""
     with open(source, "rb") as stream:
-        for number, line in file_lines(stream):
-            if b'"policy"' in line and _is_policy(line):
-                return number
-    return None
-
-
-def _is_policy(line: bytes) -> bool:
-    try:
-        data = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(data, dict) and data.get("type") == "policy"
+        for _, line in file_lines(stream):
+            if b'"policy"' in line:
+                try:
+                    if orjson.loads(line).get("type") == "policy":
+                        return True
+                except (orjson.JSONDecodeError, AttributeError):
+                    continue
+    return False
 
 
 def _last_close(runtime: EmbeddedRuntime) -> int | None:

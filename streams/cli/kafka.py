@@ -74,7 +74,7 @@ def preflight(settings: KafkaSettings, needed: tuple[str, ...] = ()) -> None:
         )
 
 
-def replay_from_kafka(args: argparse.Namespace, policy: Policy) -> int:
+def replay_from_kafka(args: argparse.Namespace, policy: Policy | None) -> int:
     from ..kafka import DECISIONS, EVENTS, TIER_MAP
     from ..kafka_replay import replay_topic, verify
     from ..replay import line_writer
@@ -128,7 +128,7 @@ def _worker(args: argparse.Namespace) -> int:
     kafka = kafka_settings(args)
     flags = {"policy": args.policy, "web_port": args.web_port, "data_dir": args.data_dir}
     settings = load(WorkerSettings, **flags)
-    policy = read_policy(settings.policy)
+    policy = None if settings.policy is None else read_policy(settings.policy)
     preflight(kafka, (EVENTS,))
     worker = Worker(policy, settings, kafka)
     faust.Worker(worker.app, loglevel=args.loglevel, quiet=True).execute_from_commandline()

@@ -308,8 +308,8 @@ def _outcome(done: Ingested) -> tuple[str, str]:
     result = done.results[0]
     if result.result != "applied":
         return "error", f"{result.result}: {result.reason}"
-    made = [d for d in done.decisions if d.kind == "override"]
-    said = "; ".join(f"{d.decision_id}: {TIERS[d.from_tier]} → {TIERS[d.to_tier]}" for d in made)
+    made = [d.record() for d in done.decisions if d.kind == "override"]
+    said = "; ".join(f"{r['decision_id']}: {r['from_tier']} → {r['to_tier']}" for r in made)
     return "ok", f"applied ({said})" if said else "applied"
 
 

@@ -73,12 +73,13 @@ def rejected_rows(runtime: EmbeddedRuntime, filters: Filters) -> list[dict[str, 
 
 def everything(runtime: EmbeddedRuntime, filters: Filters) -> dict[str, Any]:
     """All the page's data at one moment."""
+    policy = runtime.current_policy()
     return {
         "tiers": tier_rows(runtime),
         "log": log_rows(runtime, filters),
         "overrides": override_rows(runtime),
         "rejected": rejected_rows(runtime, filters),
-        "policy_version": runtime.policy.version,
-        "policy_sha256": runtime.policy.sha256,
+        "policy_version": None if policy is None else policy.policy_version,
+        "policy_sha256": None if policy is None else policy.policy_sha256,
         "catalog": sorted(runtime.state.keys),
     }

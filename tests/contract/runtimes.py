@@ -45,7 +45,9 @@ class Runtime(Protocol):
     keyed: ClassVar[bool]  # does its transport carry a message key (and so check it)?
     lazy: ClassVar[bool]  # does it publish a key's `initial` decision only when the key first appears?
 
-    def run(self, records: list[Record], policy: Policy, tmp: Path, restart_at: int | None = None) -> Outcome: ...
+    def run(
+        self, records: list[Record], policy: Policy | None, tmp: Path, restart_at: int | None = None
+    ) -> Outcome: ...
 
 
 def inputs(records: list[Record], source: str, start: int = 0) -> Iterator[Input]:
@@ -59,7 +61,7 @@ class Replay:
     keyed = False
     lazy = False
 
-    def run(self, records: list[Record], policy: Policy, tmp: Path, restart_at: int | None = None) -> Outcome:
+    def run(self, records: list[Record], policy: Policy | None, tmp: Path, restart_at: int | None = None) -> Outcome:
         out = Outcome()
         cut = len(records) if restart_at is None else restart_at
         head = replay_inputs(inputs(records[:cut], "log"), policy, out.decided, out.reject)
@@ -78,7 +80,7 @@ class Embedded:
     lazy = False
     batch = 7
 
-    def run(self, records: list[Record], policy: Policy, tmp: Path, restart_at: int | None = None) -> Outcome:
+    def run(self, records: list[Record], policy: Policy | None, tmp: Path, restart_at: int | None = None) -> Outcome:
         clock = ManualClock(_latest(records))
         data = tmp / "embedded"
         runtime = EmbeddedRuntime(policy, data, clock, max_skew=0, max_past=TS_MAX)
@@ -112,7 +114,7 @@ class WorkerFold:
     lazy = True
     batch = 5
 
-    def run(self, records: list[Record], policy: Policy, tmp: Path, restart_at: int | None = None) -> Outcome:
+    def run(self, records: list[Record], policy: Policy | None, tmp: Path, restart_at: int | None = None) -> Outcome:
         fold, out = KeyedFold(policy), Outcome()
         table: dict[bytes, dict[str, object]] = {}
         numbered = list(inputs(records, "events/0"))
@@ -165,10 +167,10 @@ class Kafka:
     keyed = True
     lazy = True
 
-    def run(self, records: list[Record], policy: Policy, tmp: Path, restart_at: int | None = None) -> Outcome:
+    def run(self, records: list[Record], policy: Policy | None, tmp: Path, restart_at: int | None = None) -> Outcome:
         from tests.kafka_harness import Deployment
 
-        deployment = Deployment(tmp, worker_env={"TIERGATE_WORKER_TICKS": "false"})
+        deployment = Deployment(tmp, worker_env={"TIERGATE_WORKER_TICKS": "false"}, policy=None)
         deployment.create_topics()
         cut = len(records) if restart_at is None else restart_at
         try:

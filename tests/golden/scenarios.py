@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from tests.builders import Log
+from tiergate.models.policy import Policy
 
 HERE = Path(__file__).parent
 
@@ -103,6 +105,17 @@ def _interleave(*logs: Log) -> Log:
     return merged
 
 
+def golden_policy() -> Policy:
+    from tiergate.streams.policy_file import read_policy
+
+    return read_policy(HERE / "policy.yaml")
+
+
+def activation() -> list[dict[str, Any]]:
+    """Every scenario's log starts with the activation of the golden policy: the log carries its policy."""
+    return Log().activate(0, golden_policy(), "golden-1", reason="the golden scenarios' policy").events
+
+
 SCENARIOS: dict[str, Callable[[], Log]] = {
     "clean_climb": clean_climb,
     "customer_blocks_run": customer_blocks_run,
@@ -110,29 +123,31 @@ SCENARIOS: dict[str, Callable[[], Log]] = {
     "cap_and_pin": cap_and_pin,
     "late_and_out_of_order": late_and_out_of_order,
     "thin_evidence": thin_evidence,
+    "old_log": clean_climb,
 }
+OLD_LOGS = {"old_log"}  # made before policies lived in the log: no activation, replayed with --policy policy.yaml
 
 
-def events_jsonl(log: Log) -> bytes:
-    return b"".join(orjson.dumps(event) + b"\n" for event in log.events)
+def events_jsonl(name: str) -> bytes:
+    """The scenario's events file: the policy's activation (unless it is an old log), then the story."""
+    head = [] if name in OLD_LOGS else activation()
+    return b"".join(orjson.dumps(event) + b"\n" for event in head + SCENARIOS[name]().events)
 
 
 def main() -> None:
-    from tiergate.streams.policy_file import read_policy
     from tiergate.streams.replay import fold_lines
 
-    policy = read_policy(HERE / "policy.yaml")
-    for name, story in SCENARIOS.items():
+    for name in SCENARIOS:
         folder = HERE / name
         folder.mkdir(exist_ok=True)
-        data = events_jsonl(story())
+        data = events_jsonl(name)
         (folder / "events.jsonl").write_bytes(data)
         lines = list(enumerate(data.splitlines(), 1))
         decisions: list[str] = []
         rejected: list[bytes] = []
         fold_lines(
             lines,
-            policy,
+            golden_policy() if name in OLD_LOGS else None,
             lambda d, out=decisions: out.append(d.to_json() + "\n"),  # type: ignore[misc]
             lambda r, out=rejected: out.append(r.to_json() + b"\n"),  # type: ignore[misc]
             source="events.jsonl",
