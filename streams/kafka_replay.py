@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -20,7 +21,7 @@ from tiergate.models.decisions import Decision
 from tiergate.models.policy import Policy
 
 from .kafka import DECISIONS, EVENTS, TIER_MAP, KafkaSettings, read_topics
-from .pipeline import Input, Rejected, key_matches
+from .pipeline import Input, Rejected, key_matches, named_action_type
 from .replay import Replay, replay_inputs
 
 
@@ -49,6 +50,20 @@ async def read_topic(settings: KafkaSettings, name: str) -> list[ConsumerRecord[
         return [record for tp in partitions for record in records[tp]]
     finally:
         await consumer.stop()
+
+
+def dlq_row(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    """A DLQ record as a rejected-input row: its headers give the result, reason and origin."""
+    headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
+    raw: bytes = record.value or b""
+    return {
+        "id": f"{record.partition}:{record.offset}",
+        "origin": headers.get("tiergate-origin", ""),
+        "result": headers.get("tiergate-result", ""),
+        "reason": headers.get("tiergate-reason", ""),
+        "action_type": named_action_type(raw),
+        "event": raw.decode("utf-8", "replace"),
+    }
 
 
 @dataclass

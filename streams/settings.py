@@ -158,6 +158,38 @@ def _parsed(text: str, source: str) -> Credentials:
         raise SettingsError(str(error)) from None
 
 
+class ConsoleSettings(_Layered):
+    """`tiergate console --kafka`: the read-only console of a Kafka deployment, on its own port. Readers and
+    operators sign in with the credentials of TIERGATE_CREDENTIALS_FILE (or TIERGATE_CREDENTIALS); without
+    any it binds to loopback only."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_", env_file=None, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="bind address; anything but loopback needs credentials")
+    port: int = Field(8362, ge=0, le=65535)
+    credentials: SecretStr | None = Field(None, description="credentials, one `name role secret` a line")
+    credentials_file: Path | None = Field(None, description="a file of credentials, one `name role secret` a line")
+
+    def check_exposure(self) -> None:
+        """Without credentials the console binds to loopback only: the whole promotion log would be open."""
+        if self.credentials is None and self.credentials_file is None and not _is_loopback(self.host):
+            raise SettingsError(
+                f"host {self.host} is not loopback and no credentials are set: set TIERGATE_CREDENTIALS_FILE "
+                "(reader and operator credentials sign in to the console), or bind to 127.0.0.1"
+            )
+
+    def load_credentials(self) -> Credentials | None:
+        if self.credentials is not None and self.credentials_file is not None:
+            raise SettingsError(
+                "both TIERGATE_CREDENTIALS and TIERGATE_CREDENTIALS_FILE are set: keep one (the file is preferred)"
+            )
+        if self.credentials is not None:
+            return _parsed(self.credentials.get_secret_value(), "TIERGATE_CREDENTIALS")
+        if self.credentials_file is not None:
+            return _parsed(_read_secret_file(self.credentials_file), str(self.credentials_file))
+        return None
+
+
 class OperatorSettings(_Layered):
     """Where `tiergate override` sends, and with which credential (never a flag: it would show in `ps`)."""
 

@@ -62,7 +62,7 @@ CREATE TABLE IF NOT EXISTS activations (  -- each policy activation whose events
     activation_id TEXT NOT NULL UNIQUE,
     log_seq INTEGER NOT NULL,         -- the log position of its last event
     ts INTEGER NOT NULL,
-    source TEXT NOT NULL,             -- file | api | migration
+    source TEXT NOT NULL,             -- file | api | console | migration
     actor TEXT NOT NULL,
     principal TEXT,                   -- who applied it, as authenticated (the actor is self-declared)
     reason TEXT NOT NULL,
@@ -255,7 +255,7 @@ class Store:
         )
 
     def activations(self, source: str | None = None) -> list[ActivationRow]:
-        """Every activation, oldest first (or those from one source: file, api, migration)."""
+        """Every activation, oldest first (or those from one source: file, api, console, migration)."""
         query = (
             "SELECT activation_id, log_seq, ts, source, actor, principal, reason, policy_version, policy_sha256, "
             "document FROM activations"

@@ -19,7 +19,7 @@ from tiergate.streams.http import make_app
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.settings import ServeSettings
 
-from .histories import feed
+from .histories import feed, producers_events
 
 GOLDEN = Path(__file__).parent / "golden"
 POLICY = GOLDEN / "policy.yaml"
@@ -54,12 +54,13 @@ class Console:
             return await response.json()  # type: ignore[no-any-return]
 
     async def climb(self) -> None:
-        """The golden climb: reviews and outcomes from the reporter, ticks from the server's clock."""
+        """The golden climb: reviews and outcomes from the reporter, ticks from the server's clock (the
+        server's policy file is the climb's policy)."""
 
         async def send(body: bytes) -> None:
             await self.post(body, "billing-feed")
 
-        await feed(self.server.app, CLIMB, send)
+        await feed(self.server.app, producers_events(CLIMB), send)
 
     def decisions(self) -> list[str]:
         return list(self.runtime.store.all_decisions())

@@ -15,6 +15,12 @@ from tiergate.streams.http import WRITER
 SERVERS = (b'"type":"tick"', b'"type":"policy"')
 
 
+def producers_events(history: bytes) -> bytes:
+    """A history without its policy activations: for a server that was started with the same policy file
+    (its own activation of it is already in the log; the history's would be stale)."""
+    return b"\n".join(line for line in history.splitlines() if b'"type":"policy"' not in line)
+
+
 def runs(history: bytes) -> Iterator[tuple[bool, list[bytes]]]:
     """The history's lines in order, grouped into runs of the server's own events (ticks and activations:
     True) and of its producers' events (False)."""

@@ -1,9 +1,11 @@
 """The console in a real headless Chromium (Debian's `chromium`, driven by Playwright; no browser download):
 the page loads, a promotion shows up live as it happens, an override made in the page reaches the log,
-injected markup stays text, and a form without its CSRF token is refused."""
+injected markup stays text, a form without its CSRF token is refused, and a policy is previewed, applied
+and seen live."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +15,7 @@ from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
 from .console_app import Console, console_server, secret
 from .test_console import MARKUP, hostile_action, hostile_override
+from .test_console_policy import LOWERED
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -33,17 +36,23 @@ async def console(tmp_path: Path) -> AsyncIterator[Console]:
         yield running
 
 
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
+@contextlib.asynccontextmanager
+async def chromium(profile: Path) -> AsyncIterator[BrowserContext]:
     """A fresh Chromium profile, headless."""
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True
+            str(profile), executable_path=CHROMIUM, args=FLAGS, headless=True
         )
         try:
             yield context
         finally:
             await context.close()
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
+    async with chromium(tmp_path / "profile") as context:
+        yield context
 
 
 async def sign_in(browser: BrowserContext, console: Console, who: str) -> Page:
@@ -142,3 +151,41 @@ async def test_a_form_without_its_csrf_token_is_refused(browser: BrowserContext,
     assert (await answer.value).status == 403
     await expect(page.locator("#refused")).to_contain_text("CSRF token is missing")
     assert console.runtime.store.last_seq() == before
+
+
+async def test_a_policy_applied_from_the_page_is_previewed_then_moves_the_map_live(
+    browser: BrowserContext, console: Console, tmp_path: Path
+) -> None:
+    """An operator pastes a policy that lowers a ceiling and retires a type: the preview shows the diff and
+    the drop before anything is written; once confirmed, the activation heads the history and a reader's
+    open tier map shows the drop and the retired type without a reload."""
+    await console.climb()
+    reader = await sign_in(browser, console, "grafana")
+    await expect(tier_cell(reader, "reply_to_ticket")).to_have_text("run")  # type: ignore[arg-type]
+    async with chromium(tmp_path / "operator") as other:
+        operator = await sign_in(other, console, "alice@ops")
+        await _apply_lowered(operator, console)
+    await expect(tier_cell(reader, "reply_to_ticket")).to_have_text("walk", timeout=WAIT)  # type: ignore[arg-type]
+    await expect(tier_cell(reader, "refund_over_50")).to_have_text("retired", timeout=WAIT)  # type: ignore[arg-type]
+    assert reader.errors == []  # type: ignore[attr-defined]
+
+
+async def _apply_lowered(operator: Page, console: Console) -> None:
+    """Preview LOWERED from the policy page, check what it shows, confirm, and check the history."""
+    await operator.click("header a[href='/console/policy']")
+    form = operator.locator("#policy-form")
+    await form.locator("textarea[name=policy]").fill(LOWERED)
+    await form.locator("input[name=reason]").fill("incident 4411: hold reply_to_ticket at walk")
+    before = console.runtime.store.last_seq()
+    await form.locator("button").click()
+    await expect(operator.locator("#diff")).to_contain_text("- refund_over_50 (retired: leaves the tier map)")
+    await expect(operator.locator('#moves tr[data-action-type="reply_to_ticket"]')).to_contain_text("run → walk")
+    assert console.runtime.store.last_seq() == before  # a preview writes nothing
+    await operator.locator("#confirm button").click()
+    await expect(operator.locator("#notice")).to_contain_text("applied: policy golden-2; 1 type(s) moved at once")
+    current = console.runtime.current_policy()
+    assert current is not None and current.principal == "alice@ops"
+    newest = operator.locator("#activations tbody tr").first
+    await expect(newest).to_have_attribute("data-activation-id", current.activation_id)
+    await expect(newest.locator(".reason")).to_have_text("incident 4411: hold reply_to_ticket at walk")
+    assert operator.errors == []  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from tiergate.streams.http import make_app
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.settings import ServeSettings, SettingsError
 
-from .histories import feed
+from .histories import feed, producers_events
 from .test_cli import tiergate
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -325,7 +325,7 @@ async def test_a_history_goes_in_with_its_producers_credentials(server: Running)
     async def send(body: bytes) -> None:
         await server.post(body, "billing-feed")
 
-    await feed(server.client.app, CLIMB, send)  # type: ignore[arg-type]
+    await feed(server.client.app, producers_events(CLIMB), send)  # type: ignore[arg-type]
     assert server.evaluator.tiers["reply_to_ticket"].tier == 2
 
 

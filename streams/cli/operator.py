@@ -1,5 +1,6 @@
-"""Operators' commands: `override` (pin, unpin, cap, uncap, promote, demote a type on a server) and
-`rejected` (the input that did not count, from an embedded data dir or the Kafka DLQ).
+"""Operators' commands: `override` (pin, unpin, cap, uncap, promote, demote a type on a server),
+`rejected` (the input that did not count, from an embedded data dir or the Kafka DLQ) and `console --kafka`
+(the read-only console of a Kafka deployment).
 
 `override` checks first (a dry run on the server: the fold's own rules, against the live state), says why
 an override cannot apply and what to do instead, and only then sends it; it prints the decision it made.
@@ -13,11 +14,13 @@ import asyncio
 import sqlite3
 import sys
 import uuid
+from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 import orjson
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tiergate.models.wire import format_ts
@@ -26,7 +29,6 @@ from ..clock import SystemClock
 from ..codec import EventError, decode
 from ..embedded import DB_NAME
 from ..explain import plain
-from ..pipeline import named_action_type
 from ..settings import OperatorSettings, StoreSettings, load
 from ..store import RejectedQuery, Store, StoreError
 from .terminal import CommandError, err, examples, print_json
@@ -181,7 +183,7 @@ def _from_store(args: argparse.Namespace, query: RejectedQuery) -> list[dict[str
 def _from_kafka(args: argparse.Namespace, query: RejectedQuery) -> list[dict[str, Any]]:
     """The DLQ topic from offset 0 to its end, filtered like the store's rows (kept in topic order)."""
     from ..kafka import DLQ
-    from ..kafka_replay import read_topic
+    from ..kafka_replay import dlq_row, read_topic
     from .kafka import kafka_settings, preflight
 
     if query.after:
@@ -190,20 +192,6 @@ def _from_kafka(args: argparse.Namespace, query: RejectedQuery) -> list[dict[str
     preflight(settings, (DLQ,))
     rows = [dlq_row(record) for record in asyncio.run(read_topic(settings, DLQ))]
     return [row for row in rows if _matches(row, query)][: query.limit]
-
-
-def dlq_row(record: Any) -> dict[str, Any]:
-    """A DLQ record as a rejected-input row: its headers give the result, reason and origin."""
-    headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
-    raw: bytes = record.value or b""
-    return {
-        "id": f"{record.partition}:{record.offset}",
-        "origin": headers.get("tiergate-origin", ""),
-        "result": headers.get("tiergate-result", ""),
-        "reason": headers.get("tiergate-reason", ""),
-        "action_type": named_action_type(raw),
-        "event": raw.decode("utf-8", "replace"),
-    }
 
 
 def _matches(row: dict[str, Any], query: RejectedQuery) -> bool:
@@ -229,9 +217,67 @@ def _print_rejected(rows: list[dict[str, Any]]) -> None:
 # -- the commands ----------------------------------------------------------------------------------------
 
 
+# -- console --kafka ---------------------------------------------------------------------------------------
+
+
+def _console(args: argparse.Namespace) -> int:
+    """The read-only console of a Kafka deployment, until interrupted."""
+    from aiohttp import web
+
+    from ..console.readonly import make_app
+    from ..console.topics import KafkaSource
+    from ..kafka import DECISIONS, DLQ, TIER_MAP
+    from ..settings import ConsoleSettings
+    from .kafka import kafka_settings, preflight
+    from .serve import listening_socket
+
+    if not args.kafka:
+        raise CommandError(
+            "the embedded server serves its console itself, at /console of `tiergate serve`; "
+            "`tiergate console --kafka` is the read-only console of a Kafka deployment"
+        )
+    settings = load(ConsoleSettings, host=args.host, port=args.port, credentials_file=args.credentials_file)
+    settings.check_exposure()
+    credentials = settings.load_credentials()
+    kafka = kafka_settings(args)
+    preflight(kafka, (TIER_MAP, DECISIONS, DLQ))
+    sock = listening_socket(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    err.print(
+        f"tiergate console: reading {escape(kafka.topic(TIER_MAP))}, {escape(kafka.topic(DECISIONS))} and "
+        f"{escape(kafka.topic(DLQ))} on {escape(kafka.bootstrap)}; read-only at http://{settings.host}:{port}/console"
+    )
+    web.run_app(make_app(KafkaSource(kafka), credentials), sock=sock, print=None, access_log=None)
+    return 0
+
+
 def add_commands(commands: Any) -> None:
     _add_override(commands)
     _add_rejected(commands)
+    _add_console(commands)
+
+
+def _add_console(commands: Any) -> None:
+    console = commands.add_parser(
+        "console",
+        help="the read-only console of a Kafka deployment (tiergate serve has its own at /console)",
+        description="Serve the console of a Kafka deployment: the tier map, the promotion log, the activations "
+        "and rejected input, read live from the workers' topics. It writes nothing: for an override or a policy "
+        "it shows the CLI command to run, which signs it. Readers and operators sign in with the credentials of "
+        "TIERGATE_CREDENTIALS_FILE; without credentials it binds to loopback only.",
+        **examples(
+            "tiergate console --kafka",
+            "TIERGATE_CREDENTIALS_FILE=/etc/tiergate/console tiergate console --kafka --host 0.0.0.0 "
+            "--bootstrap kafka:9092",
+        ),
+    )
+    console.add_argument("--kafka", action="store_true", help="read a Kafka deployment's topics (required)")
+    console.add_argument("--host", help="(or TIERGATE_HOST; default 127.0.0.1)")
+    console.add_argument("--port", type=int, help="(or TIERGATE_PORT; default 8362)")
+    console.add_argument("--credentials-file", type=Path, metavar="FILE", help="(or TIERGATE_CREDENTIALS_FILE)")
+    console.add_argument("--bootstrap", help="host:port (or TIERGATE_KAFKA_BOOTSTRAP; default 127.0.0.1:19092)")
+    console.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
+    console.set_defaults(run=_console)
 
 
 def _add_override(commands: Any) -> None:

@@ -1,31 +1,33 @@
-"""The console's routes, mounted on `tiergate serve` by `mount(app, writer, gate)`.
+"""The console's routes: reading (the page, its live parts and stream, the policy page) and signing in.
 
-Reading needs a reader or operator (signed in, unless the server's reads are open); acting needs an operator.
-Every form carries the session's CSRF token; every response carries a strict Content-Security-Policy; every
-value from the log is escaped by the templates (autoescape), never trusted as markup.
+`mount(app, writer, gate)` serves the console of `tiergate serve` (with acting: streams/console/acting.py);
+`mount_source(app, source, gate)` serves any source, read-only where the source cannot write (a Kafka
+deployment: streams/console/topics.py). Reading needs a reader or operator (signed in, unless reads are
+open); acting needs an operator. Every form carries the session's CSRF token; every response carries a strict
+Content-Security-Policy; every value from the log is escaped by the templates (autoescape), never trusted
+as markup.
 """
 
 from __future__ import annotations
 
 import asyncio
-import uuid
+from email.parser import BytesParser
+from email.policy import HTTP
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
-import orjson
 from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from tiergate.models.wire import TIERS, format_ts
+from tiergate.models.wire import TIERS
 
 from ..access import ANONYMOUS, Caller
 from . import views
 from .sessions import COOKIE, Session, Sessions
+from .sources import EmbeddedSource, Source
 
 if TYPE_CHECKING:
-    from ..embedded import EmbeddedRuntime, Ingested
     from ..http import Gate, Writer
 
 HERE = Path(__file__).parent
@@ -42,16 +44,17 @@ SECURITY_HEADERS = {
 OPS = ("pin", "unpin", "cap", "uncap", "promote", "demote")
 STATIC = {"console.js": "text/javascript", "console.css": "text/css", "favicon.svg": "image/svg+xml"}
 """The only files the console serves from its package."""
-PARTS = ("tiers", "log", "overrides", "rejected")
+PARTS = ("tiers", "log", "overrides", "rejected", "activations")
 HEARTBEAT = 15.0
 READ_ONLY = Caller(None, "reader")
 
 
 class Console:
-    """The console's state: the writer it reads and writes through, who may do what, and the sessions."""
+    """The console's state: the source it reads (and, embedded, writes) through, who may do what, and the
+    sessions."""
 
-    def __init__(self, writer: Writer, gate: Gate) -> None:
-        self.writer, self.gate, self.sessions = writer, gate, Sessions()
+    def __init__(self, source: Source, gate: Gate) -> None:
+        self.source, self.gate, self.sessions = source, gate, Sessions()
         self.templates = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
@@ -60,8 +63,9 @@ class Console:
         )
 
     @property
-    def runtime(self) -> EmbeddedRuntime:
-        return self.writer.evaluator
+    def embedded(self) -> EmbeddedSource | None:
+        """The embedded source, which can write; None on a read-only (Kafka) console."""
+        return self.source if isinstance(self.source, EmbeddedSource) else None
 
     def viewer(self, session: Session) -> Caller | None:
         """Who the session reads as: its signed-in caller; on a server whose reads are open, a reader."""
@@ -76,7 +80,8 @@ class Console:
             viewer=viewer,
             signed_in=session.caller is not None,
             open_server=self.gate.open,
-            may_act=viewer is not None and viewer.role == "operator",
+            may_act=self.source.writable and viewer is not None and viewer.role == "operator",
+            kafka=not self.source.writable,
             tier_names=TIERS,
             ops=OPS,
             **values,
@@ -90,17 +95,25 @@ CONSOLE = web.AppKey("console", Console)
 
 
 def mount(app: web.Application, writer: Writer, gate: Gate) -> None:
-    """Serve the console at /console on `app`."""
-    app[CONSOLE] = Console(writer, gate)
+    """Serve the embedded server's console at /console on `app`: reading, and acting for operators."""
+    from . import acting
+
+    mount_source(app, EmbeddedSource(writer), gate)
+    acting.mount(app)
+
+
+def mount_source(app: web.Application, source: Source, gate: Gate) -> None:
+    """Serve the console of `source` at /console on `app` (read-only unless the source can write)."""
+    app[CONSOLE] = Console(source, gate)
     app.add_routes(
         [
             web.get("/console", page),
+            web.get("/console/policy", policy_page),
             web.get("/console/parts/{part}", part),
             web.get("/console/stream", stream),
             web.get("/console/sign-in", sign_in_form),
             web.post("/console/sign-in", sign_in),
             web.post("/console/sign-out", sign_out),
-            web.post("/console/override", override),
         ]
     )
     app.router.add_get("/console/static/{name}", static)
@@ -151,22 +164,63 @@ def refused(console: Console, session: Session, status: int, text: str) -> web.R
 
 
 async def form_of(request: web.Request, session: Session) -> dict[str, str] | None:
-    """The posted form's fields, or None when its CSRF token is missing or not the session's."""
-    fields = {name: value for name, value in (await request.post()).items() if isinstance(value, str)}
+    """The posted form's text fields, or None when its CSRF token is missing or not the session's."""
+    fields, _ = await posted(request)
     return fields if session.csrf_matches(fields.get("csrf")) else None
+
+
+async def posted(request: web.Request) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
+    """A posted form's text fields and its uploaded files (name -> (file name, bytes)). The server reads
+    every body before its handler runs (the body deadline), so a multipart form is parsed from those bytes
+    with the standard library's MIME parser, not from the spent stream."""
+    if request.content_type != "multipart/form-data":
+        return {name: value for name, value in (await request.post()).items() if isinstance(value, str)}, {}
+    head = f"Content-Type: {request.headers['Content-Type']}\r\n\r\n".encode("latin-1", "replace")
+    message = BytesParser(policy=HTTP).parsebytes(head + await request.read())
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str, bytes]] = {}
+    for part in message.iter_parts() if message.is_multipart() else ():
+        name, body = part.get_param("name", header="content-disposition"), part.get_payload(decode=True)
+        if not isinstance(name, str) or not isinstance(body, bytes):
+            continue
+        filename = part.get_filename()
+        if filename is not None:
+            files[name] = (filename, body)
+        else:
+            fields[name] = body.decode("utf-8", "replace")
+    return fields, files
+
+
+def viewer_or_sign_in(request: web.Request) -> tuple[Console, Session, bool, web.StreamResponse | None]:
+    """The console, the session (True: new), and the redirect to send when nobody may read."""
+    console = request.app[CONSOLE]
+    session, new = session_of(request)
+    if console.viewer(session) is None:
+        return console, session, new, with_cookie(see_other("/console/sign-in"), session, request)
+    return console, session, new, None
 
 
 # -- reading -------------------------------------------------------------------------------------------
 
 
 async def page(request: web.Request) -> web.StreamResponse:
-    console = request.app[CONSOLE]
-    session, new = session_of(request)
-    if console.viewer(session) is None:
-        return with_cookie(see_other("/console/sign-in"), session, request)
-    filters = views.Filters.of(request.query, set(console.runtime.state.keys))
-    data = await console.writer.call(lambda: views.everything(console.runtime, filters))
+    console, session, new, away = viewer_or_sign_in(request)
+    if away is not None:
+        return away
+    filters = views.Filters.of(request.query, console.source.catalog())
+    data = await console.source.everything(filters)
     response = console.render("page.html", session, notice=session.take_notice(), filters=filters, **data)
+    return with_cookie(response, session, request) if new else response
+
+
+async def policy_page(request: web.Request) -> web.StreamResponse:
+    """The policy in force, every activation (who, when, why, from where, as whom) and, for operators,
+    applying a new one (embedded) or the command that does it (Kafka)."""
+    console, session, new, away = viewer_or_sign_in(request)
+    if away is not None:
+        return away
+    data = await console.source.policy()
+    response = console.render("policy.html", session, notice=session.take_notice(), draft=None, **data)
     return with_cookie(response, session, request) if new else response
 
 
@@ -179,19 +233,20 @@ async def part(request: web.Request) -> web.StreamResponse:
         return refused(console, session, 401, "sign in again")
     if name not in PARTS:
         raise web.HTTPNotFound()
-    filters = views.Filters.of(request.query, set(console.runtime.state.keys))
-    data = await console.writer.call(lambda: views.everything(console.runtime, filters))
+    filters = views.Filters.of(request.query, console.source.catalog())
+    data = await (console.source.policy() if name == "activations" else console.source.everything(filters))
     return console.render(f"_{name}.html", session, filters=filters, **data)
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: `changed` (with the number of decisions) after every batch that made decisions."""
+    """Server-sent events: `changed` (with how many new facts) after every commit that made decisions (or,
+    on Kafka, after records arrived)."""
     console = request.app[CONSOLE]
     session, _ = session_of(request)
     if console.viewer(session) is None:
         return refused(console, session, 401, "sign in again")
     queue: asyncio.Queue[int | None] = asyncio.Queue()
-    console.writer.watchers.add(queue)
+    console.source.watchers.add(queue)
     response = EventSourceResponse(sep="\n", ping_interval=HEARTBEAT)
     try:
         await response.prepare(request)
@@ -201,7 +256,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     except (ConnectionResetError, TimeoutError):  # the reader left, or stalled and was cut off
         pass
     finally:
-        console.writer.watchers.discard(queue)
+        console.source.watchers.discard(queue)
     return response
 
 
@@ -256,62 +311,3 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
         return refused(console, session, 403, "the form's CSRF token is missing or stale: reload the page and retry")
     console.sessions.end(session)
     return with_cookie(see_other("/console/sign-in"), console.sessions.new(), request)
-
-
-# -- acting --------------------------------------------------------------------------------------------
-
-
-async def override(request: web.Request) -> web.StreamResponse:
-    """An operator's override from the page: checked by a dry run with the fold's own rules, then posted
-    under the operator's credential (its name is the decision's principal)."""
-    console = request.app[CONSOLE]
-    session, _ = session_of(request)
-    fields = await form_of(request, session)
-    if fields is None:
-        return refused(console, session, 403, "the form's CSRF token is missing or stale: reload the page and retry")
-    caller = session.caller
-    if caller is None or caller.role != "operator":
-        return refused(console, session, 403, "overrides need an operator: sign in with an operator credential")
-    raw = override_event(fields, console.runtime.clock.now())
-    session.notice = await _apply(console, raw, caller)
-    return see_other(f"/console?type={_query_value(fields.get('action_type', ''))}#log")
-
-
-def override_event(fields: dict[str, str], now: int) -> bytes:
-    """The override the form asks for, as wire JSON (the decoder judges it like any posted event)."""
-    event: dict[str, Any] = {
-        "type": "override",
-        "event_id": f"console/{uuid.uuid4()}",
-        "ts": format_ts(now),
-        "action_type": fields.get("action_type", ""),
-        "op": fields.get("op", ""),
-        "actor": fields.get("actor", "").strip(),
-        "reason": fields.get("reason", "").strip(),
-    }
-    if fields.get("tier"):
-        event["tier"] = fields["tier"]
-    return orjson.dumps(event)
-
-
-async def _apply(console: Console, raw: bytes, caller: Caller) -> tuple[str, str]:
-    """Dry-run the override, then post it if the fold would apply it: the notice to show."""
-    runtime, source = console.runtime, f"console({caller.name})"
-    tried = await console.writer.call(lambda: runtime.dry_run([raw], source, caller.name))
-    if tried.results[0].result != "applied":
-        return "error", f"not sent: {tried.results[0].reason}"
-    done = await console.writer.run(lambda: runtime.ingest([raw], source, principal=caller.name))
-    assert done is not None
-    return _outcome(done)
-
-
-def _outcome(done: Ingested) -> tuple[str, str]:
-    result = done.results[0]
-    if result.result != "applied":
-        return "error", f"{result.result}: {result.reason}"
-    made = [d.record() for d in done.decisions if d.kind == "override"]
-    said = "; ".join(f"{r['decision_id']}: {r['from_tier']} → {r['to_tier']}" for r in made)
-    return "ok", f"applied ({said})" if said else "applied"
-
-
-def _query_value(value: str) -> str:
-    return quote(value, safe="")

@@ -14,11 +14,25 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from tiergate.models.policy import Policy
+
 from ..access import Caller
 
 COOKIE = "tiergate_console"
 IDLE = 8 * 3600.0
 MOST = 10_000  # sessions kept at once; the least recently used goes first
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPolicy:
+    """A previewed policy awaiting its operator's confirmation: what was shown is exactly what is applied,
+    and only if the policy in force is still the one the preview was made against (`if_match`)."""
+
+    id: str
+    policy: Policy
+    actor: str
+    reason: str
+    if_match: str | None
 
 
 @dataclass(slots=True)
@@ -30,6 +44,7 @@ class Session:
     caller: Caller | None = None
     used: float = field(default_factory=time.monotonic)
     notice: tuple[str, str] | None = None  # (kind, text): shown once, after a redirect
+    pending: PendingPolicy | None = None  # the policy previewed last, until confirmed or replaced
 
     def csrf_matches(self, supplied: str | None) -> bool:
         """The form's token, compared in constant time."""

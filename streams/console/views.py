@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import yaml
 
 from tiergate.models.decisions import KINDS
 from tiergate.models.views import key_view
@@ -48,10 +49,13 @@ class Filters:
 
 
 def tier_rows(runtime: EmbeddedRuntime) -> list[dict[str, Any]]:
-    """Each action type's tier record and its view: bars against targets with samples, hold progress."""
+    """Each action type's tier record and its view: bars against targets with samples, hold progress. A
+    retired type is listed as such (it has left the tier map; its history stays in the log)."""
     records = {r.action_type: r.record() for r in runtime.tier_map()}
     keys = sorted(runtime.state.keys.values(), key=lambda k: k.action_type)
-    return [key_view(key).record() | {"record": records.get(key.action_type, {})} for key in keys]
+    return [
+        key_view(key).record() | {"record": records.get(key.action_type, {}), "retired": key.retired} for key in keys
+    ]
 
 
 def log_rows(runtime: EmbeddedRuntime, filters: Filters) -> list[dict[str, Any]]:
@@ -81,5 +85,19 @@ def everything(runtime: EmbeddedRuntime, filters: Filters) -> dict[str, Any]:
         "rejected": rejected_rows(runtime, filters),
         "policy_version": None if policy is None else policy.policy_version,
         "policy_sha256": None if policy is None else policy.policy_sha256,
-        "catalog": sorted(runtime.state.keys),
+        "catalog": sorted(runtime.state.keys),  # retired types too: their history can be filtered
+        "live_types": sorted(name for name, key in runtime.state.keys.items() if not key.retired),
+        "kinds": KINDS,
+    }
+
+
+def policy_view(runtime: EmbeddedRuntime) -> dict[str, Any]:
+    """The policy in force (its activation, and its document as YAML, a starting point for the next one)
+    and every activation, newest first: who, when, why, from where, as which credential."""
+    rows = runtime.store.activations()
+    current = rows[-1] if rows else None
+    return {
+        "current": None if current is None else current.record(),
+        "document": "" if current is None else yaml.safe_dump(current.document, sort_keys=False),
+        "activations": [row.record() for row in reversed(rows)],
     }

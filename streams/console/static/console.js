@@ -2,7 +2,7 @@
 // and escaped by the server) and swap them in. No inline script, no markup built from data here.
 "use strict";
 (function () {
-  const PARTS = ["tiers", "log", "overrides", "rejected"];
+  const PARTS = ["tiers", "log", "overrides", "rejected", "activations"];
   const live = document.getElementById("live");
   let queued = false;
   let opened = false;
