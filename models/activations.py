@@ -77,6 +77,7 @@ def _adopt(key: KeyState, event: PolicyEvent, rules: Rules) -> None:
     key.lookback.length = rules.lookback_windows
     key.policy_version, key.policy_sha256 = event.policy_version, event.policy_sha256
     key.activation_id, key.activation_sha = event.activation_id, event.policy_sha256
+    key.operators = tuple(event.operators)
 
 
 def _introduce(state: State, event: PolicyEvent, rules: Rules) -> tuple[Decision, ...]:
@@ -174,6 +175,7 @@ def _retire(key: KeyState | None, event: PolicyEvent) -> Applied:
     key.kept_ids.add(event.event_id)
     key.activation_id, key.activation_sha = event.activation_id, event.policy_sha256
     key.policy_version, key.policy_sha256 = event.policy_version, event.policy_sha256
+    key.operators = tuple(event.operators)
     out: list[Decision] = []
     KeyStep(key, out).move("retire", None, _last_close(key), event.reason, **_details(event))
     key.retired, key.pinned, key.cap = True, None, None

@@ -10,13 +10,15 @@ canonical JSON; both are written into every decision.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import Field, ValidationError
+from pydantic import AfterValidator, Field, ValidationError
 
 from .durations import format_duration
 from .rules import (
@@ -56,6 +58,24 @@ class _ActionTypeSpec(Strict):
 ActionTypeName = Annotated[str, Field(pattern=ACTION_TYPE_PATTERN)]
 
 
+def _ed25519_public_key(value: str) -> str:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("must be an Ed25519 public key: 32 bytes, base64 (tiergate keys new prints it)")
+    return value
+
+
+class Operator(Strict):
+    """An operator key the deployment trusts to sign overrides and policy activations (on Kafka)."""
+
+    key_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:-]{0,127}$")]
+    public_key: Annotated[str, AfterValidator(_ed25519_public_key)]
+    actor: Annotated[str, Field(min_length=1)]
+
+
 class _Document(Strict):
     policy_version: Annotated[str, Field(min_length=1)]
     window: PositiveDuration
@@ -68,6 +88,7 @@ class _Document(Strict):
     action_types: Annotated[
         dict[Annotated[str, Field(pattern=ACTION_TYPE_PATTERN)], _ActionTypeSpec | None], Field(min_length=1)
     ]
+    operators: list[Operator] = Field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +101,7 @@ class Policy:
     allowed_lateness: int
     types: dict[str, Rules]
     normalised: dict[str, Any]
+    operators: tuple[dict[str, str], ...] = ()  # the keys trusted to sign its successor (on Kafka)
 
     @property
     def catalog(self) -> list[str]:
@@ -159,6 +181,7 @@ def load_policy(raw: Any, digest: Digest) -> Policy:
         window=document.window,
         allowed_lateness=document.allowed_lateness,
         types=types,
+        operators=tuple(normalised.get("operators", ())),
         normalised=normalised,
     )
 
@@ -177,8 +200,10 @@ def _names_the_fix(problems: Problems) -> Problems:
 
 
 def _normalise(document: _Document, types: dict[str, Rules]) -> dict[str, Any]:
-    """The document in its normalised form (what is hashed): globals, then every type merged and whole."""
-    return {
+    """The document in its normalised form (what is hashed): globals, then every type merged and whole,
+    then the trusted operator keys (only when there are any, in key_id order)."""
+    operators = sorted((o.model_dump() for o in document.operators), key=lambda o: o["key_id"])
+    return ({"operators": operators} if operators else {}) | {
         "policy_version": document.policy_version,
         "window": format_duration(document.window),
         "allowed_lateness": format_duration(document.allowed_lateness),

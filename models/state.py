@@ -50,6 +50,7 @@ class KeyState:
     kept_ids: set[str] = field(default_factory=set)  # override and policy ids: remembered for good
     activation_id: str | None = None  # the key's latest activation (None: none yet, folding under --policy)
     activation_sha: str | None = None  # its policy_sha256: the parent the next activation must name
+    operators: tuple[dict[str, str], ...] = ()  # keys its latest activation trusts to sign (on Kafka)
     retired: bool = False  # left the catalog: out of the tier map, its events rejected
     halted: str | None = None  # why the fold stopped this key (rules it cannot read): nothing folds until fixed
     # derived, never serialised: (lookback revision, tier, a keep bar falls, the gate passes)
@@ -117,6 +118,7 @@ class KeyState:
             "kept_ids": sorted(self.kept_ids),
             "activation_id": self.activation_id,
             "activation_sha": self.activation_sha,
+            "operators": list(self.operators),
             "retired": self.retired,
             "halted": self.halted,
             "horizon": self.lookback.horizon,
@@ -157,6 +159,7 @@ class KeyState:
             kept_ids=set(data["kept_ids"]),
             activation_id=data["activation_id"],
             activation_sha=data["activation_sha"],
+            operators=tuple(data["operators"]),
             retired=data["retired"],
             halted=data["halted"],
         )

@@ -165,6 +165,7 @@ class PolicyEvent(_Event):
     reason: Annotated[str, Field(min_length=1)]
     rules: dict[str, Any] | None = None
     retired: Literal[True] | None = None
+    operators: list[dict[str, str]] = Field(default_factory=list)  # keys trusted to sign the next activation
 
     @model_validator(mode="after")
     def _rules_or_retired(self) -> PolicyEvent:

@@ -62,6 +62,8 @@ def policy_events(
             event["rules"] = dict(policy.types[name].mapping)
         else:
             event["retired"] = True
+        if policy.operators:
+            event["operators"] = list(policy.operators)
         events.append(event)
     return events
 

@@ -417,6 +417,16 @@ async def get_policy_history(request: web.Request) -> web.Response:
     return json({"activations": [row.record() for row in rows]})
 
 
+async def get_activation(request: web.Request) -> web.Response:
+    """One activation's policy document (what `tiergate policy rollback` activates again)."""
+    wanted = request.match_info["activation_id"]
+    rows = await asyncio.to_thread(request.app[EVALUATOR].store.activations)
+    row = next((row for row in rows if row.activation_id == wanted), None)
+    if row is None:
+        return problem(404, f"no activation {wanted!r}", "GET /v1/policy/history lists them")
+    return json({"policy": row.document, **row.record()})
+
+
 async def post_policy(request: web.Request) -> web.Response:
     """Apply a policy (operator): validate, diff and append its activation in one transaction.
     Body: {"policy": "<YAML text>" or {…mapping…}, "actor": …, "reason": …, "activation_id": optional};
@@ -539,6 +549,7 @@ def make_app(
             web.get("/v1/policy", get_policy),
             web.post("/v1/policy", post_policy),
             web.get("/v1/policy/history", get_policy_history),
+            web.get("/v1/policy/activations/{activation_id}", get_activation),
             web.get("/metrics", get_metrics),
             web.get("/healthz", get_health),
         ]

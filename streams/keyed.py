@@ -18,7 +18,7 @@ from tiergate.models.fold import initial_decisions, initial_key
 from tiergate.models.policy import Policy
 from tiergate.models.state import KeyState, State
 
-from .pipeline import Handled, Input, Pipeline, Rejected, Sink, key_matches
+from .pipeline import Admit, Handled, Input, Pipeline, Rejected, Sink, key_matches
 
 
 @dataclass(slots=True)
@@ -28,14 +28,16 @@ class Saved:
 
     state: KeyState | None
     offset: int = -1
+    folded: int = 0  # input records folded into it, all told (what `replay --verify` checks against the topic)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"state": None if self.state is None else self.state.to_dict(), "offset": self.offset}
+        state = None if self.state is None else self.state.to_dict()
+        return {"state": state, "offset": self.offset, "folded": self.folded}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Saved:
         state = None if data["state"] is None else KeyState.from_dict(data["state"])
-        return cls(state, data["offset"])
+        return cls(state, data["offset"], data.get("folded", 0))
 
 
 @dataclass(slots=True)
@@ -61,9 +63,9 @@ class Outputs:
 class KeyedFold:
     """The fold of one key's records of a batch, in log order, from its saved state."""
 
-    def __init__(self, policy: Policy | None = None) -> None:
+    def __init__(self, policy: Policy | None = None, admit: Admit = key_matches) -> None:
         self.policy = policy
-        self.pipeline = Pipeline(key_matches)
+        self.pipeline = Pipeline(admit)
         self.initial = {d.action_type: d for d in initial_decisions(policy)}
 
     def start(self, name: str) -> tuple[Saved, tuple[Decision, ...]]:
@@ -80,4 +82,5 @@ class KeyedFold:
         if fresh:
             self.pipeline.run(fresh, state, sink)
             saved.state, saved.offset = state.keys.get(name), fresh[-1].position
+            saved.folded += len(fresh)
         return saved

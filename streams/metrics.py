@@ -167,12 +167,19 @@ class TiergateCollector(Collector):
 
 
 class WorkerCollector(Collector):
-    """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches."""
+    """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches, input read
+    again after a gap, and the share of recent input that was late."""
 
     def __init__(
-        self, lag: Callable[[], dict[int, int]], rebalances: Callable[[], int], batches: Callable[[], int]
+        self,
+        lag: Callable[[], dict[int, int]],
+        rebalances: Callable[[], int],
+        batches: Callable[[], int],
+        gaps: Callable[[], int] | None = None,
+        late_share: Callable[[], float] | None = None,
     ) -> None:
         self.lag, self.rebalances, self.batches = lag, rebalances, batches
+        self.gaps, self.late_share = gaps, late_share
 
     def collect(self) -> Iterator[Metric]:
         lag = GaugeMetricFamily(
@@ -185,3 +192,15 @@ class WorkerCollector(Collector):
             "tiergate_worker_rebalances", "Partition assignments this worker received", value=self.rebalances()
         )
         yield CounterMetricFamily("tiergate_worker_batches", "Batches folded", value=self.batches())
+        if self.gaps is not None:
+            yield CounterMetricFamily(
+                "tiergate_worker_input_gaps",
+                "Times input arrived past a missing offset and the partition was read again from it",
+                value=self.gaps(),
+            )
+        if self.late_share is not None:
+            yield GaugeMetricFamily(
+                "tiergate_worker_late_share",
+                "Share of the worker's recent input (the last 1,000 events or so) that was late",
+                value=self.late_share(),
+            )

@@ -7,9 +7,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from tiergate.streams.kafka import read_topics
+from tiergate.streams.kafka import check_replication, read_topics
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.kafka.yml").read_text())
@@ -66,6 +67,19 @@ def test_the_topic_definition_keeps_the_changelog_co_partitioned_and_the_tier_ma
     assert topics["tiergate-worker-state-changelog"].partitions == topics["tiergate.events.v1"].partitions
     assert topics["tiergate.tier-map.v1"].config["cleanup.policy"] == "compact"
     assert topics["tiergate.events.v1"].config["retention.ms"] == "-1"
+
+
+def test_the_topic_definition_has_production_settings_and_a_single_broker_must_override_them() -> None:
+    """Every topic keeps acknowledged writes on two replicas and no test-only compaction setting;
+    creating them with one replica without overriding min.insync.replicas is refused with the fix."""
+    topics = read_topics(ROOT / "deploy" / "topics.yaml")
+    assert all(spec.config["min.insync.replicas"] == "2" for spec in topics.values())
+    assert not {"segment.ms", "min.cleanable.dirty.ratio"} & {key for spec in topics.values() for key in spec.config}
+    with pytest.raises(ValueError, match=r"min.insync.replicas=2 needs a replication factor of at least 2.*--config"):
+        check_replication(topics, 1)
+    check_replication(read_topics(ROOT / "deploy" / "topics.yaml", {"min.insync.replicas": "1"}), 1)
+    command = COMPOSE["services"]["topics"]["command"]
+    assert command[command.index("--config") + 1] == "min.insync.replicas=1"  # compose runs one broker
 
 
 def test_prometheus_in_compose_scrapes_the_worker() -> None:

@@ -161,8 +161,10 @@ def _latest(records: list[Record]) -> int:
 class Kafka:
     """The worker on the real broker: the log produced to a fresh deployment's input topic, one worker with
     its clock ticks off (the log is history), outputs read back from the decisions and rejected-input
-    topics once the worker has committed every input offset. A restart is a SIGKILL of the worker after
-    the first part was folded, and a new worker for the rest."""
+    topics once the worker has committed every input offset. Operator events (activations, overrides) are
+    signed with the golden operator key, which the worker trusts as a genesis key, as an operator's CLI
+    would sign them; the rejected input is compared as it was before signing. A restart is a SIGKILL of the
+    worker after the first part was folded, and a new worker for the rest."""
 
     keyed = True
     lazy = True
@@ -170,18 +172,45 @@ class Kafka:
     def run(self, records: list[Record], policy: Policy | None, tmp: Path, restart_at: int | None = None) -> Outcome:
         from tests.kafka_harness import Deployment
 
-        deployment = Deployment(tmp, worker_env={"TIERGATE_WORKER_TICKS": "false"}, policy=None)
+        env = {"TIERGATE_WORKER_TICKS": "false", "TIERGATE_KAFKA_GENESIS_KEYS": str(GOLDEN / "genesis.yaml")}
+        deployment = Deployment(tmp, worker_env=env, policy=None)
         deployment.create_topics()
+        signed, unsigned = _signed(records)
         cut = len(records) if restart_at is None else restart_at
         try:
-            deployment.produce([raw for _, raw in records[:cut]], [key or b"" for key, _ in records[:cut]])
+            deployment.produce([raw for _, raw in signed[:cut]], [key or b"" for key, _ in signed[:cut]])
             worker = deployment.start_worker()
             deployment.wait_drained()
             if cut < len(records):
                 deployment.kill(worker)
-                deployment.produce([raw for _, raw in records[cut:]], [key or b"" for key, _ in records[cut:]])
+                deployment.produce([raw for _, raw in signed[cut:]], [key or b"" for key, _ in signed[cut:]])
                 deployment.start_worker()
                 deployment.wait_drained()
-            return deployment.outcome(Outcome())
+            out = deployment.outcome(Outcome())
+            out.rejected = [(result, reason, unsigned.get(raw, raw)) for result, reason, raw in out.rejected]
+            return out
         finally:
             deployment.stop_all()
+
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+
+
+def _signed(records: list[Record]) -> tuple[list[Record], dict[bytes, bytes]]:
+    """The log with its operator events signed by the golden operator key, and signed bytes -> as given."""
+    from tiergate.streams.signing import OperatorKey
+
+    key = OperatorKey.read(GOLDEN / "operator.key")
+    out: list[Record] = []
+    unsigned: dict[bytes, bytes] = {}
+    for message_key, raw in records:
+        try:
+            event = json.loads(raw)
+        except ValueError:
+            event = None
+        if isinstance(event, dict) and event.get("type") in ("policy", "override"):
+            signed = json.dumps(key.sign(event, "tiergate"), separators=(",", ":")).encode()
+            unsigned[signed] = raw
+            raw = signed
+        out.append((message_key, raw))
+    return out, unsigned
