@@ -1,8 +1,9 @@
-"""Draw docs/console.png: the example history (examples/events.jsonl) in an embedded server, its console
-opened in headless chromium by an operator. Needs Debian's chromium and Playwright (make setup; make
-system-deps).
+"""Draw docs/console.png and docs/console-policy.png: the example history (examples/events.jsonl) in an
+embedded server, its console opened in headless chromium by an operator; then the preview of a policy
+that lowers reply_to_ticket's ceiling (it is at run) and retires escalate_to_human. Needs Debian's
+chromium and Playwright (make setup; make system-deps).
 
-    python examples/console_screenshot.py [docs/console.png]
+    python examples/console_screenshot.py [docs/console.png [docs/console-policy.png]]
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
 
 
-async def draw(output: Path) -> None:
+def lowered() -> str:
+    """The example policy with reply_to_ticket's ceiling at walk and escalate_to_human retired."""
+    text = (HERE / "policy.yaml").read_text().replace('"2026-11-26.1"', '"2026-11-27.1"')
+    text = text.replace("  reply_to_ticket: {}", "  reply_to_ticket: {max_tier: walk}")
+    return "\n".join(line for line in text.splitlines() if not line.startswith("  escalate_to_human:"))
+
+
+async def draw(output: Path, policy_output: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "data"
         runtime = EmbeddedRuntime(
@@ -50,9 +58,19 @@ async def draw(output: Path) -> None:
             await page.click("#sign-in button")
             await page.wait_for_selector("#live.live")
             await page.screenshot(path=str(output), full_page=False)
+            await page.click("header a[href='/console/policy']")
+            await page.fill("#policy-form textarea[name=policy]", lowered())
+            await page.fill("#policy-form input[name=reason]", "incident 2211: replies need a human again")
+            await page.click("#policy-form button")
+            await page.wait_for_selector("#confirm")
+            await page.set_viewport_size({"width": 1500, "height": 460})
+            await page.screenshot(path=str(policy_output), full_page=False)
             await browser.close()
         runtime.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(draw(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/console.png")))
+    given = sys.argv[1:]
+    page_picture = Path(given[0]) if given else Path("docs/console.png")
+    policy_picture = Path(given[1]) if len(given) > 1 else Path("docs/console-policy.png")
+    asyncio.run(draw(page_picture, policy_picture))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -110,6 +111,31 @@ def test_activations_are_read_from_the_decisions_they_made(tmp_path: Path) -> No
     assert rows["reply_to_ticket"]["latest"]["kind"] == "policy"
 
 
+def test_an_activation_on_the_policies_topic_gives_when_who_why_and_its_key(tmp_path: Path) -> None:
+    """The signed document `tiergate policy apply --kafka` records makes the policy in force, with its time,
+    actor, reason and signing key, and its document to read; the decisions add what it moved."""
+    from tiergate.streams.kafka_policy import plan
+    from tiergate.streams.policy_file import parse_policy
+    from tiergate.streams.signing import OperatorKey
+
+    runtime = folded_store(tmp_path)
+    try:
+        view = view_of(runtime)
+        newest = runtime.store.activations()[-1]
+    finally:
+        runtime.close()
+    key = OperatorKey.new("ops-2026")
+    planned = plan([], parse_policy(LOWERED, "lowered"), key, "prod", newest.activation_id, "ops", "incident", NOON)
+    view.policy_record(json.dumps(planned.document).encode())
+    policy = view.policy()
+    assert policy["current"]["activation_id"] == newest.activation_id
+    assert (policy["current"]["ts"], policy["current"]["principal"]) == ("2026-11-02T12:00:00Z", "ops-2026")
+    assert policy["current"]["moved"] == ["refund_over_50: crawl → retired", "reply_to_ticket: run → walk"]
+    assert "policy_version: golden-2" in policy["document"] and "refund_over_50" not in policy["document"]
+    older = policy["activations"][1]
+    assert older["principal"] is None and older["ts"] is None  # known from its decisions only
+
+
 def test_the_log_and_rejected_input_are_filtered_like_the_embedded_store(tmp_path: Path) -> None:
     """The promotion log by type and kind, newest first; the DLQ rows by reason, result and type."""
     runtime = folded_store(tmp_path)
@@ -166,28 +192,55 @@ def test_a_command_that_cannot_be_right_names_the_field(fields: dict[str, str], 
         override_command(fields)
 
 
+def test_tiergate_console_says_what_it_is_for_and_refuses_an_open_port(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Without --kafka it points at serve's own console; on a non-loopback address it needs credentials
+    (unreadable credentials are named); each is one line and exit 2, before any broker is contacted."""
+    from tiergate.streams.cli import main
+
+    assert main(["console"]) == 2
+    assert "the embedded server serves its console itself, at /console" in capsys.readouterr().err
+    assert main(["console", "--kafka", "--host", "0.0.0.0"]) == 2
+    assert "not loopback and no credentials are set" in capsys.readouterr().err
+    missing = tmp_path / "nope"
+    assert main(["console", "--kafka", "--host", "0.0.0.0", "--credentials-file", str(missing)]) == 2
+    assert f"{missing}: cannot read it" in capsys.readouterr().err
+
+
 # -- on the real broker ----------------------------------------------------------------------------------
+
+
+GOLDEN = ROOT / "tests" / "golden"
 
 
 @pytest.fixture
 def deployment(kafka_broker: None, tmp_path: Path) -> Iterator[Any]:
-    """A fresh deployment on the local broker with one worker (its clock off: the history brings ticks)."""
+    """A fresh deployment on the local broker whose workers trust the golden operator key (a genesis key)
+    and leave ticks to the history."""
     from .kafka_harness import Deployment
 
-    deployment = Deployment(tmp_path, worker_env={"TIERGATE_WORKER_TICKS": "false"}, policy=None)
+    env = {"TIERGATE_WORKER_TICKS": "false", "TIERGATE_KAFKA_GENESIS_KEYS": str(GOLDEN / "genesis.yaml")}
+    deployment = Deployment(tmp_path, worker_env=env, policy=None)
     deployment.create_topics()
     yield deployment
     deployment.stop_all()
 
 
+def kafka_env(deployment: Any) -> dict[str, str]:
+    from .kafka_harness import BOOTSTRAP
+
+    return dict(os.environ) | {"TIERGATE_KAFKA_BOOTSTRAP": BOOTSTRAP, "TIERGATE_KAFKA_TOPIC_PREFIX": deployment.prefix}
+
+
 @pytest.fixture
 def console_process(deployment: Any, tmp_path: Path) -> Iterator[str]:
     """`tiergate console --kafka` on a free port of loopback, once it has read the topics; its URL."""
-    from .kafka_harness import BOOTSTRAP, wait_for
+    from .kafka_harness import wait_for
     from .test_restart import free_port
 
     port = free_port()
-    env = os.environ | {"TIERGATE_KAFKA_BOOTSTRAP": BOOTSTRAP, "TIERGATE_KAFKA_TOPIC_PREFIX": deployment.prefix}
+    env = kafka_env(deployment)
     log = open(tmp_path / "console.log", "wb")  # noqa: SIM115 - the process owns it
     process = subprocess.Popen(
         [sys.executable, "-m", "tiergate.streams.cli", "console", "--kafka", "--port", str(port)],
@@ -222,31 +275,49 @@ def _get(url: str) -> tuple[int, str]:
         return error.code, error.read().decode()
 
 
-HALF = producers_events(CLIMB).splitlines()
-ACTIVATION = [line for line in CLIMB.splitlines() if b'"type":"policy"' in line]
-FIRST, REST = ACTIVATION + HALF[: len(HALF) // 2], HALF[len(HALF) // 2 :]
+PRODUCED = producers_events(CLIMB).splitlines()
+FIRST, REST = PRODUCED[: len(PRODUCED) // 2], PRODUCED[len(PRODUCED) // 2 :]
 
 
 @pytest.fixture
 def half_climbed(deployment: Any) -> Any:
-    """The worker has folded the activation and the first half of the climb (reply_to_ticket is at walk)."""
+    """The golden policy activated with `tiergate policy apply --kafka` (signed with the golden operator
+    key), then a worker folding the first half of the climb (which ends with reply_to_ticket at walk); the
+    tests wait for the console to show that."""
+    apply = [sys.executable, "-m", "tiergate.streams.cli", "policy", "apply", str(POLICY), "--kafka"]
+    who = ["--key", str(GOLDEN / "operator.key"), "--actor", "ops@example.com", "--reason", "the first policy"]
+    done = subprocess.run([*apply, *who], cwd=ROOT, env=kafka_env(deployment), capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr
     deployment.produce(FIRST)
     deployment.start_worker()
-    deployment.wait_drained()
     return deployment
+
+
+def _walk_shown(url: str) -> bool:
+    """Does the console's tier map show reply_to_ticket at walk (the worker got through the first half)?"""
+    _, tiers = _get(f"{url}/console/parts/tiers")
+    row = re.search(r'<tr data-action-type="reply_to_ticket">.*?</tr>', tiers, re.S)
+    return row is not None and '<span class="tier walk">walk</span>' in row.group(0)
 
 
 @pytest.mark.kafka
 def test_the_kafka_console_reads_the_topics_and_writes_nothing(half_climbed: Any, console_process: str) -> None:
     """The page shows the worker's tier map, decisions and the activation; it has no acting forms (POSTs are
     not routes), and an override is a command to run."""
+    from .kafka_harness import wait_for
+
+    wait_for(lambda: _walk_shown(console_process), 90, "the console to show reply_to_ticket at walk")
     status, page = _get(f"{console_process}/console")
     assert status == 200 and "Kafka, read-only" in page
-    assert 'data-action-type="reply_to_ticket"><td><a' in page.replace("\n", "").replace("  ", "")
-    assert '<span class="tier walk">walk</span>' in page and 'data-decision-id="reply_to_ticket/1"' in page
+    assert 'data-decision-id="reply_to_ticket/1"' in page and "Kafka, read-only" in page
     assert 'id="override"' not in page and 'id="command"' in page
     status, policy = _get(f"{console_process}/console/policy")
-    assert status == 200 and 'data-activation-id="golden-1"' in policy and "ops@example.com" in policy
+    assert status == 200 and 'id="in-force-version">golden-1<' in policy and "policy_version: golden-1" in policy
+    newest = re.search(r'<tr data-activation-id="[^"]+">.*?</tr>', policy, re.S)
+    assert newest is not None, policy
+    for cell in ("<td>kafka</td>", '<td class="actor">ops@example.com</td>', '<td class="principal">golden-ops</td>'):
+        assert cell in newest.group(0)
+    assert '<td class="reason">the first policy</td>' in newest.group(0)
     request = urllib.request.Request(f"{console_process}/console/override", data=b"x=1", method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(request, timeout=10)
@@ -275,7 +346,7 @@ async def test_a_promotion_and_rejected_input_show_up_live_in_the_browser(
         await page.goto(f"{console_process}/console")
         await expect(page.locator("#live")).to_have_text("live", timeout=WAIT)
         tier = page.locator('#tiers tr[data-action-type="reply_to_ticket"] .tier')
-        await expect(tier).to_have_text("walk")
+        await expect(tier).to_have_text("walk", timeout=90_000)  # the worker got through the first half
         await page.evaluate("window.sameDocument = true")
         await asyncio.to_thread(half_climbed.produce, [*REST, b'{"type":"action","action_type":"reply_to_ticket"'])
         await expect(tier).to_have_text("run", timeout=60_000)

@@ -171,7 +171,7 @@ async def _policy_again(
     data = await console.source.policy()
     notice = ("error", f"not applied: {problem}")
     values = {"draft": text, "draft_actor": fields.get("actor", ""), "draft_reason": fields.get("reason", "")}
-    return console.render("policy.html", session, status=422, notice=notice, **data, **values)
+    return console.render("policy.html", session, status=422, notice=notice, live_page=True, **data, **values)
 
 
 async def apply_policy(request: web.Request) -> web.StreamResponse:

@@ -209,7 +209,8 @@ async def page(request: web.Request) -> web.StreamResponse:
         return away
     filters = views.Filters.of(request.query, console.source.catalog())
     data = await console.source.everything(filters)
-    response = console.render("page.html", session, notice=session.take_notice(), filters=filters, **data)
+    notice = session.take_notice()
+    response = console.render("page.html", session, notice=notice, filters=filters, live_page=True, **data)
     return with_cookie(response, session, request) if new else response
 
 
@@ -220,7 +221,8 @@ async def policy_page(request: web.Request) -> web.StreamResponse:
     if away is not None:
         return away
     data = await console.source.policy()
-    response = console.render("policy.html", session, notice=session.take_notice(), draft=None, **data)
+    notice = session.take_notice()
+    response = console.render("policy.html", session, notice=notice, draft=None, live_page=True, **data)
     return with_cookie(response, session, request) if new else response
 
 

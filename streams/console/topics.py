@@ -4,12 +4,13 @@
 tier map (the newest version per action type; a tombstone or a record without a tier is a retired type),
 the promotion log (the decisions topic) and rejected input (the DLQ topic, its headers giving result,
 reason and origin). It keeps the newest `KEEP` decisions and rejected inputs; the whole log stays in the
-topics. Policy activations are read from the decisions they made (`initial`, `policy` and `retire`
-decisions name their activation, version, sha and actor).
+topics. Policy activations come from the policies topic (each activation's signed document: when, who,
+why, which key) and from the decisions they made (`initial`, `policy` and `retire` decisions name their
+activation; their moves are what it moved at once).
 
-`KafkaSource` tails the three topics from offset 0 with one consumer and tells the console's watchers
-when something arrived. Nothing here writes to Kafka: on this deployment an operator acts with the signed
-CLI commands the page shows.
+`KafkaSource` tails the topics from offset 0 with one consumer and tells the console's watchers when
+something arrived. Nothing here writes to Kafka: on this deployment an operator acts with the signed CLI
+commands the page shows.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from tiergate.models.decisions import KINDS
+from tiergate.models.wire import format_ts
 
-from ..kafka import DECISIONS, DLQ, TIER_MAP
+from ..kafka import DECISIONS, DLQ, POLICIES, TIER_MAP, read_topics
 from ..kafka_replay import dlq_row
-from .views import ROWS, Filters
+from .views import ROWS, Filters, policy_yaml
 
 if TYPE_CHECKING:
     from aiokafka import AIOKafkaConsumer
@@ -52,6 +54,8 @@ class TopicView:
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)  # action type -> its newest decision
     rejected: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=KEEP))
     activations: dict[str, dict[str, Any]] = field(default_factory=dict)  # in the order first read
+    documents: dict[str, dict[str, Any]] = field(default_factory=dict)  # activation id -> its policy document
+    in_force: str | None = None  # the newest activation on the policies topic
     unreadable: int = 0  # records that are not what the workers write (counted, shown, never a crash)
 
     # -- reading records ---------------------------------------------------------------------------------
@@ -91,19 +95,43 @@ class TopicView:
     def rejected_input(self, record: ConsumerRecord[bytes, bytes]) -> None:
         self.rejected.append(dlq_row(record))
 
-    def _activation(self, decision: dict[str, Any]) -> None:
-        found = self.activations.setdefault(
-            str(decision["activation_id"]),
+    def policy_record(self, value: bytes | None) -> None:
+        """An activation's document as `tiergate policy apply --kafka` records it (signed by a key)."""
+        record = None if value is None else self._json(value)
+        if record is None or not isinstance(record.get("activation_id"), str):
+            return
+        found = self._activation_of(record["activation_id"], record)
+        ts = record.get("ts")
+        found |= {
+            "ts": format_ts(ts) if isinstance(ts, int) else None,
+            "actor": record.get("actor"),
+            "reason": record.get("reason"),
+            "principal": record.get("key_id"),  # the operator key that signed it
+            "source": "kafka",
+        }
+        if isinstance(record.get("policy"), dict):
+            self.documents[record["activation_id"]] = record["policy"]
+        self.in_force = record["activation_id"]
+
+    def _activation_of(self, activation_id: str, first: dict[str, Any]) -> dict[str, Any]:
+        return self.activations.setdefault(
+            activation_id,
             {
-                "activation_id": decision["activation_id"],
-                "policy_version": decision.get("policy_version"),
-                "policy_sha256": decision.get("policy_sha256"),
-                "actor": decision.get("actor"),
+                "activation_id": activation_id,
+                "policy_version": first.get("policy_version"),
+                "policy_sha256": first.get("policy_sha256"),
+                "actor": first.get("actor"),
                 "reason": None,
+                "ts": None,
+                "principal": None,
+                "source": None,
                 "types": [],
                 "moved": [],
             },
         )
+
+    def _activation(self, decision: dict[str, Any]) -> None:
+        found = self._activation_of(str(decision["activation_id"]), decision)
         found["types"].append(decision["action_type"])
         if decision.get("kind") != "initial" and found["reason"] is None:
             found["reason"] = decision.get("reason")  # policy and retire decisions carry the activation's
@@ -187,10 +215,19 @@ class TopicView:
         return found
 
     def current(self) -> dict[str, Any] | None:
+        """The newest activation of the policies topic, else the newest the decisions name."""
+        if self.in_force is not None:
+            return self.activations[self.in_force]
         return next(reversed(self.activations.values()), None)
 
     def policy(self) -> dict[str, Any]:
-        return {"current": self.current(), "document": "", "activations": list(reversed(self.activations.values()))}
+        current = self.current()
+        document = None if current is None else self.documents.get(current["activation_id"])
+        return {
+            "current": current,
+            "document": "" if document is None else policy_yaml(document),
+            "activations": list(reversed(self.activations.values())),
+        }
 
 
 class KafkaSource:
@@ -215,25 +252,30 @@ class KafkaSource:
         return self.view.catalog()
 
     async def everything(self, filters: Filters) -> dict[str, Any]:
-        return self.view.everything(filters)
+        return self.view.everything(filters) | {"problem": self.problem}
 
     async def policy(self) -> dict[str, Any]:
         return self.view.policy()
 
     async def start(self) -> None:
-        """Assign every partition of the three topics from offset 0 and start tailing them."""
+        """Assign every partition of the topics (their counts from the topic definition, as `read_topic`
+        takes them: a consumer without a subscription knows no topic's partitions) from offset 0, and start
+        tailing them."""
         from aiokafka import AIOKafkaConsumer, TopicPartition
 
         consumer = AIOKafkaConsumer(**self.settings.client_kwargs(), enable_auto_commit=False)
         await consumer.start()
         try:
             known = await consumer.topics()
+            counts = read_topics(self.settings.topics_file)  # as read_topic does: the definition's partitions
             partitions = []
-            for name in (TIER_MAP, DECISIONS, DLQ):
+            for name in (TIER_MAP, DECISIONS, DLQ, POLICIES):
                 topic = self.settings.topic(name)
+                if topic not in known and name == POLICIES:
+                    continue  # a deployment from before activations were recorded there: decisions suffice
                 if topic not in known:
                     raise ValueError(f"topic {topic} does not exist: run `tiergate topics create`")
-                partitions += [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+                partitions += [TopicPartition(topic, p) for p in range(counts[name].partitions)]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             ends = await consumer.end_offsets(partitions)
@@ -292,6 +334,8 @@ class KafkaSource:
                 self.view.tier_record(record.key, record.value)
             elif topic == self.settings.topic(DECISIONS):
                 self.view.decision(record.value)
+            elif topic == self.settings.topic(POLICIES):
+                self.view.policy_record(record.value)
             else:
                 self.view.rejected_input(record)
         return count

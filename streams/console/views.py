@@ -98,6 +98,16 @@ def policy_view(runtime: EmbeddedRuntime) -> dict[str, Any]:
     current = rows[-1] if rows else None
     return {
         "current": None if current is None else current.record(),
-        "document": "" if current is None else yaml.safe_dump(current.document, sort_keys=False),
+        "document": "" if current is None else policy_yaml(current.document),
         "activations": [row.record() for row in reversed(rows)],
     }
+
+
+FIRST = ("policy_version", "window", "allowed_lateness", "lookback", "confidence", "acceptance", "demotion", "tiers")
+"""The policy file's usual order (the stored document is canonical JSON, its keys sorted)."""
+
+
+def policy_yaml(document: dict[str, Any]) -> str:
+    """A policy document as YAML in the policy file's order: a draft an operator can read and edit."""
+    ordered = {key: document[key] for key in FIRST if key in document}
+    return yaml.safe_dump(ordered | document, sort_keys=False, allow_unicode=True)
