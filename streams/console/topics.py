@@ -252,7 +252,7 @@ class KafkaSource:
         return self.view.catalog()
 
     async def everything(self, filters: Filters) -> dict[str, Any]:
-        return self.view.everything(filters) | {"problem": self.problem}
+        return self.view.everything(filters) | {"problem": self.problem, "reading": not self.caught_up.is_set()}
 
     async def policy(self) -> dict[str, Any]:
         return self.view.policy()
@@ -304,9 +304,10 @@ class KafkaSource:
             for tp, records in batch.items():
                 if tp in behind and records and records[-1].offset >= behind[tp] - 1:
                     del behind[tp]
-            if not behind and not self.caught_up.is_set():
+            arrived = not behind and not self.caught_up.is_set()
+            if arrived:
                 self.caught_up.set()
-            if read and self.caught_up.is_set():
+            if read or arrived:
                 for watcher in self._watchers:
                     watcher.put_nowait(read)
 
