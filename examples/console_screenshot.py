@@ -21,7 +21,6 @@ from tiergate.streams.access import Credentials
 from tiergate.streams.clock import ManualClock
 from tiergate.streams.embedded import EmbeddedRuntime
 from tiergate.streams.http import make_app
-from tiergate.streams.policy_file import read_policy
 from tiergate.streams.settings import ServeSettings
 
 HERE = Path(__file__).parent
@@ -40,9 +39,7 @@ def lowered() -> str:
 async def draw(output: Path, policy_output: Path) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         data = Path(scratch) / "data"
-        runtime = EmbeddedRuntime(
-            read_policy(HERE / "policy.yaml"), data, ManualClock(parse_ts("2026-11-05T00:00:00Z"))
-        )
+        runtime = EmbeddedRuntime(None, data, ManualClock(parse_ts("2026-11-05T00:00:00Z")))  # the log has its policy
         runtime.ingest((HERE / "events.jsonl").read_bytes().splitlines(), "import(events.jsonl)", live=False)
         credentials = Credentials.parse(f"ops@example.com operator {SECRET}\n", "screenshot")
         settings = ServeSettings(policy=HERE / "policy.yaml", data_dir=data)

@@ -33,7 +33,7 @@ from .embedded import EmbeddedRuntime, Ingested, PolicyRefused
 from .metrics import TiergateCollector, registry_with
 from .policy_file import PolicyFileError, parse_policy, policy_from_mapping
 from .settings import ServeSettings
-from .store import RejectedQuery
+from .store import RejectedQuery, StoreError
 
 log = logging.getLogger("tiergate.serve")
 T = TypeVar("T")
@@ -238,8 +238,12 @@ async def post_events(request: web.Request) -> web.Response:
             return problem(403, f"a dry run is for operators, not role {caller.role}", "post without dry_run")
         tried = await writer.call(lambda: evaluator.dry_run(raws, source, caller.name))
         return json(answer(tried) | {"dry_run": True})
-    done = await writer.run(lambda: evaluator.ingest(raws, source, principal=caller.name))
-    assert done is not None
+    try:
+        done = await writer.run(lambda: evaluator.ingest(raws, source, principal=caller.name))
+    except StoreError as error:
+        return problem(
+            503, f"the batch was not stored: {error}", "nothing of it counts: retry it once the store is fixed"
+        )
     return json(answer(done))
 
 
@@ -486,15 +490,17 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 async def get_health(request: web.Request) -> web.Response:
     evaluator = request.app[EVALUATOR]
+    failing = evaluator.write_error is not None
     return json(
         {
-            "status": "degraded" if evaluator.problems else "ok",
-            "problems": evaluator.problems,
+            "status": "failing" if failing else "degraded" if evaluator.problems else "ok",
+            "problems": ([f"writes fail: {evaluator.write_error}"] if failing else []) + evaluator.problems,
             "version": __version__,
             "policy_version": identity(evaluator)[0],
             "events": evaluator.store.last_seq(),
             "clock": evaluator.clock.now(),
-        }
+        },
+        503 if failing else 200,
     )
 
 

@@ -180,3 +180,35 @@ async def test_a_part_or_the_stream_needs_a_session(console: Console) -> None:
         assert (await http.get(f"{console.url}/console/stream")).status == 401
         await signed_in(http, console.url, "grafana")
         assert (await http.get(f"{console.url}/console/parts/nothing")).status == 404
+
+
+async def test_pending_customer_units_are_shown_per_tier_under_a_maturity(tmp_path: Path) -> None:
+    """A type whose customer outcomes mature after 3h shows its units still waiting (10 at walk) and that no
+    checkpoint has come yet; once the feed's checkpoint covers them, none are pending."""
+    from aiohttp.test_utils import TestServer
+
+    from tiergate.streams.clock import ManualClock
+    from tiergate.streams.embedded import EmbeddedRuntime
+    from tiergate.streams.http import make_app
+    from tiergate.streams.settings import ServeSettings
+
+    from .builders import T0
+    from .console_app import POLICY
+    from .test_maturity import acting, walking
+
+    log = acting(walking(), 1.5, 10, failures=2).tick(6.1)
+    runtime = EmbeddedRuntime(None, tmp_path / "data", ManualClock(T0 + 7 * 3600))
+    runtime.ingest([json.dumps(event).encode() for event in log.events], "import", live=False)
+    server = TestServer(make_app(runtime, ServeSettings(policy=POLICY, data_dir=tmp_path / "data"), ticking=False))
+    try:
+        async with server, browser() as http:
+            url = f"http://127.0.0.1:{server.port}/console/parts/tiers"
+            tiers = await (await http.get(url)).text()
+            assert "customer outcomes count 3.0h after their action" in tiers
+            assert '<span class="pending">walk 10</span>' in tiers and "feed checkpoint none yet" in tiers
+            later = log.checkpoint(6.2, through=5.0).tick(7.1).events[-2:]
+            runtime.ingest([json.dumps(event).encode() for event in later], "import", live=False)
+            tiers = await (await http.get(url)).text()
+            assert "pending: none; feed checkpoint 2026-" in tiers
+    finally:
+        runtime.close()

@@ -23,6 +23,7 @@ from tiergate.models.wire import format_ts
 from ..access import Caller
 from ..embedded import Applied, Ingested, PolicyRefused
 from ..policy_file import PolicyFileError, parse_policy
+from ..store import StoreError
 from .routes import CONSOLE, Console, form_of, posted, refused, see_other, session_of
 from .sessions import PendingPolicy, Session
 from .sources import EmbeddedSource
@@ -99,7 +100,10 @@ async def _override(source: EmbeddedSource, raw: bytes, caller: Caller) -> tuple
     tried = await writer.call(lambda: runtime.dry_run([raw], origin, caller.name))
     if tried.results[0].result != "applied":
         return "error", f"not sent: {tried.results[0].reason}"
-    done = await writer.run(lambda: runtime.ingest([raw], origin, principal=caller.name))
+    try:
+        done = await writer.run(lambda: runtime.ingest([raw], origin, principal=caller.name))
+    except StoreError as error:
+        return "error", f"not stored: {error}; nothing was written: retry once the store is fixed"
     return _outcome(done)
 
 
@@ -201,6 +205,8 @@ async def _apply(source: EmbeddedSource, pending: PendingPolicy, caller: Caller)
         applied = await source.writer.run(activate)
     except PolicyRefused as refusal:
         return "error", f"not applied: {refusal}; nothing was written: preview again"
+    except StoreError as error:
+        return "error", f"not stored: {error}; nothing was written: retry once the store is fixed"
     return "ok", _applied_notice(applied.activation_id, pending.policy, len(applied.moves))
 
 
