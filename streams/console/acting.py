@@ -133,9 +133,9 @@ async def preview_policy(request: web.Request) -> web.StreamResponse:
         if not actor or not reason:
             raise ValueError("actor and reason are required: who applies it and why go into the promotion log")
         policy = parse_policy(text, name)
-        current = source.runtime.current_policy()
-        dry = await source.writer.call(
-            lambda: source.runtime.apply(policy, SOURCE, actor, reason, caller.name, dry_run=True)
+        runtime = source.runtime
+        current, dry = await source.writer.call(  # one moment: the sha shown is the one the diff was made against
+            lambda: (runtime.current_policy(), runtime.apply(policy, SOURCE, actor, reason, caller.name, dry_run=True))
         )
     except (ValueError, PolicyFileError, PolicyRefused) as error:
         return await _policy_again(console, session, text, fields, str(error))
