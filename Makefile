@@ -16,10 +16,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 
-# Debian's Prometheus (prometheus, promtool) for the observability tests; Java and Maven for the Kafka broker
-# come with the machine. The broker itself is started by the tests (tests/test_kafka.py) when it is not running.
+# Debian's Prometheus (prometheus, promtool) for the observability tests and Debian's chromium for the console's
+# browser tests (Playwright drives it; it downloads no browser); Java and Maven for the Kafka broker come with
+# the machine. The broker itself is started by the tests (tests/test_kafka.py) when it is not running.
 system-deps:
 	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	@command -v java >/dev/null && command -v mvn >/dev/null || { echo "Java and Maven are needed for the Kafka broker" >&2; exit 1; }
 
 demo: setup

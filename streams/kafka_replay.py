@@ -27,7 +27,7 @@ from tiergate.models.state import KeyState
 
 from .kafka import DECISIONS, EVENTS, STATE_CHANGELOG, TIER_MAP, KafkaSettings, home_partition, read_topics
 from .keyed import KeyedFold, Outputs
-from .pipeline import Input, Rejected
+from .pipeline import Input, Rejected, named_action_type
 from .replay import Replay, replay_inputs
 from .signing import kafka_admission
 
@@ -57,6 +57,20 @@ async def read_topic(settings: KafkaSettings, name: str) -> list[ConsumerRecord[
         return [record for tp in partitions for record in records[tp]]
     finally:
         await consumer.stop()
+
+
+def dlq_row(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    """A DLQ record as a rejected-input row: its headers give the result, reason and origin."""
+    headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
+    raw: bytes = record.value or b""
+    return {
+        "id": f"{record.partition}:{record.offset}",
+        "origin": headers.get("tiergate-origin", ""),
+        "result": headers.get("tiergate-result", ""),
+        "reason": headers.get("tiergate-reason", ""),
+        "action_type": named_action_type(raw),
+        "event": raw.decode("utf-8", "replace"),
+    }
 
 
 @dataclass

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -25,6 +26,7 @@ import orjson
 from tiergate.models.decisions import Decision
 from tiergate.models.fold import LATE, REJECTED, Event, Result, step
 from tiergate.models.state import State
+from tiergate.models.wire import Override
 
 from .codec import EventError, decode
 
@@ -36,6 +38,7 @@ class Input(NamedTuple):
     position: int  # line number, index in the request, offset
     raw: bytes
     key: bytes | None = None  # the message key, where the transport has one
+    principal: str | None = None  # who sent it, authenticated (a credential's name), where the runtime knows
 
     @property
     def origin(self) -> str:
@@ -49,6 +52,7 @@ class Rejected(NamedTuple):
     result: str
     reason: str
     raw: bytes
+    action_type: str | None = None  # the event's, or the one undecodable input names (None if it names none)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -78,11 +82,32 @@ class Handled(NamedTuple):
         if self.result != LATE and self.result != REJECTED:
             return None
         assert self.reason is not None  # the fold and the pipeline give a reason for both
-        return Rejected(self.input.origin, self.result, self.reason, self.input.raw)
+        action_type = self.action_type if self.event is not None else named_action_type(self.input.raw)
+        return Rejected(self.input.origin, self.result, self.reason, self.input.raw, action_type)
 
     @property
     def action_type(self) -> str | None:
         return None if self.event is None else self.event.action_type
+
+
+def named_action_type(raw: bytes) -> str | None:
+    """The `action_type` that input the decoder refused names, if it is a JSON object naming one: so rejected
+    input can be found by type even when it is malformed in another field."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    named = data.get("action_type") if isinstance(data, dict) else None
+    return named if isinstance(named, str) else None
+
+
+def with_principal(item: Input, event: Event, decisions: tuple[Decision, ...]) -> tuple[Decision, ...]:
+    """An override's decision records who posted it (`principal`, authenticated) beside the `actor` it
+    declares. The principal comes with the input (stored beside the event in the log), not from its bytes."""
+    if item.principal is None or not isinstance(event, Override):
+        return decisions
+    principal = {"principal": item.principal}
+    return tuple(replace(d, details=d.details | principal) if d.kind == "override" else d for d in decisions)
 
 
 class Sink(Protocol):
@@ -113,7 +138,8 @@ class Pipeline:
             if refused is not None:
                 return Handled(item, event, REJECTED, refused, (), False)
         stepped = step(state, event)
-        return Handled(item, event, stepped.result, stepped.reason, stepped.decisions, True)
+        decisions = with_principal(item, event, stepped.decisions)
+        return Handled(item, event, stepped.result, stepped.reason, decisions, True)
 
     def run(self, inputs: Iterable[Input], state: State, sink: Sink) -> None:
         """Fold a batch of inputs into `state`, in order, and commit it to `sink`."""

@@ -19,6 +19,7 @@ from tiergate.streams.http import make_app
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.settings import ServeSettings
 
+from .histories import feed
 from .test_restart import free_port
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -77,12 +78,17 @@ async def server(tmp_path: Path) -> AsyncIterator[LiveServer]:
 
 
 async def post(server: LiveServer, body: bytes) -> None:
-    """Post events as an operator's tool would (not through the SDK)."""
+    """Post events as an operator's tool would (not through the SDK); ticks in `body` go in as the server's
+    clock (tests/histories.py)."""
     async with aiohttp.ClientSession() as http:
-        response = await http.post(
-            f"{server.url}/v1/events", data=body, headers={"Content-Type": "application/x-ndjson"}
-        )
-        assert response.status == 200, await response.text()
+
+        async def send(events: bytes) -> None:
+            response = await http.post(
+                f"{server.url}/v1/events", data=events, headers={"Content-Type": "application/x-ndjson"}
+            )
+            assert response.status == 200, await response.text()
+
+        await feed(server.runner.app, body, send)
 
 
 def promote_override(event_id: str, action_type: str = "refund_up_to_50") -> bytes:

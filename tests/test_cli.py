@@ -293,7 +293,7 @@ def test_export_and_import_take_the_data_dir_from_the_environment(tmp_path: Path
         (["serve", "--policy", str(POLICY)], {"TIERGATE_PORT": "abc"}, ["TIERGATE_PORT: Input should be"]),
         (["serve", "--policy", str(POLICY), "--config", "nothere.toml"], {}, ["nothere.toml: no such settings"]),
         (["serve", "--policy", str(POLICY), "--host", "0.0.0.0", "--token", ""], {}, ["--token: the token is empty"]),
-        (["serve", "--policy", str(POLICY), "--host", "0.0.0.0"], {}, ["not loopback and no token is set"]),
+        (["serve", "--policy", str(POLICY), "--host", "0.0.0.0"], {}, ["not loopback and no credentials are set"]),
         (["serve", "--policy", "nothere.yaml"], {}, ["invalid policy", "nothere.yaml: cannot read the policy"]),
         (
             ["topics", "describe", "--bootstrap", "127.0.0.1:1", "--definition", str(ROOT / "deploy" / "topics.yaml")],

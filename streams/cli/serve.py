@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import errno
 import socket
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
 
+from ..access import Credentials
 from ..policy_file import read_policy
 from ..settings import ServeSettings
 from .history import open_runtime
@@ -50,8 +52,10 @@ def _serve(args: argparse.Namespace) -> int:
     from ..http import make_app
 
     flags = {"policy": args.policy, "data_dir": args.data_dir, "host": args.host, "port": args.port}
-    settings = ServeSettings.load(args.config, **flags, token=args.token)
+    settings = ServeSettings.load(args.config, **flags, token=args.token, credentials_file=args.credentials_file)
     settings.check_exposure()
+    credentials = settings.load_credentials()
+    _warn_about_access(settings, credentials)
     policy = read_policy(settings.policy)
     sock = listening_socket(settings.host, settings.port)
     try:
@@ -65,11 +69,27 @@ def _serve(args: argparse.Namespace) -> int:
             f"tiergate serve: policy {escape(policy.version)} ({len(policy.catalog)} action types), "
             f"data in {escape(str(settings.data_dir))}, http://{settings.host}:{port}/v1/tiers"
         )
-        app = make_app(evaluator, settings)
+        app = make_app(evaluator, settings, credentials=credentials)
         web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
     finally:
         evaluator.close()
     return 0
+
+
+def _warn_about_access(settings: ServeSettings, credentials: Credentials | None) -> None:
+    """Say at start what guards the server, and warn where it is weaker than it should be."""
+    if credentials is not None:
+        roles = Counter(c.role for c in credentials.all)
+        err.print(f"credentials: {', '.join(f'{n} {role}' for role, n in sorted(roles.items()))}")
+        if settings.credentials_file is not None and settings.credentials_file.stat().st_mode & 0o077:
+            err.print(
+                f"[yellow]warning:[/] {escape(str(settings.credentials_file))} can be read by other users: chmod 600 it"
+            )
+    elif settings.token is not None:
+        err.print(
+            "[yellow]warning:[/] a lone token (TIERGATE_TOKEN) acts as an operator for every write, and reads stay "
+            "open; give agents, reporters and readers their own credentials in TIERGATE_CREDENTIALS_FILE"
+        )
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -100,7 +120,7 @@ def add_commands(commands: Any) -> None:
         "a SQLite store. Settings: flags, then TIERGATE_* variables, then the --config TOML file.",
         **examples(
             "tiergate serve --policy policy.yaml --data-dir tiergate-data",
-            "TIERGATE_TOKEN=$(cat token) tiergate serve --policy policy.yaml --host 0.0.0.0",
+            "TIERGATE_CREDENTIALS_FILE=/etc/tiergate/credentials tiergate serve --policy policy.yaml --host 0.0.0.0",
             "tiergate serve --config tiergate.toml --port 8361",
         ),
     )
@@ -108,7 +128,13 @@ def add_commands(commands: Any) -> None:
     serve.add_argument("--data-dir", metavar="DIR", help="(or TIERGATE_DATA_DIR; default ./tiergate-data)")
     serve.add_argument("--host", help="(or TIERGATE_HOST; default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="(or TIERGATE_PORT; default 8360)")
-    serve.add_argument("--token", help="bearer token for writes (or TIERGATE_TOKEN, which keeps it out of ps)")
+    serve.add_argument(
+        "--credentials-file",
+        type=Path,
+        metavar="FILE",
+        help="credentials, one `name role secret` a line (or TIERGATE_CREDENTIALS_FILE, or TIERGATE_CREDENTIALS)",
+    )
+    serve.add_argument("--token", help="legacy: one operator token (prefer TIERGATE_TOKEN, which keeps it out of ps)")
     serve.add_argument("--config", type=Path, metavar="FILE.toml", help="settings file (lowest precedence)")
     serve.set_defaults(run=_serve)
 
