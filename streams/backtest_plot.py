@@ -48,6 +48,7 @@ def render(report: dict[str, Any], output: Path) -> None:
     for row, name in enumerate(names):
         _panel(axes[row][0], name, report["types"][name], None if start is None else parse_ts(start))
     axes[0][0].legend(loc="upper left", fontsize=8, ncols=4)
+    figure.autofmt_xdate()  # slanted dates: they never run into each other
     candidate = report["candidate"]
     figure.suptitle(f"backtest of {report['log']}: candidate {candidate['policy_version']} against the record")
     figure.tight_layout()
