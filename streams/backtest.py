@@ -5,7 +5,7 @@ Two folds of one history run side by side, event by event, each with its own sta
 - the **record**: the log folded as it is, its own activations included (what was decided);
 - the **candidate**: each action type's log as recorded up to its *split* — its first event dated at or
   after `--from` (without `--from`, its first event) — then, at the split, the candidate activated on the
-  type (the activation event `tiergate policy apply` would write, over the catalog the log holds there),
+  type (the activation event `tiergate policy apply` would write, over the catalog folded so far),
   then the rest of the type's log without its recorded activations. With `--from`, the type's time is
   first brought to `--from` (a clock tick, as a runtime would send), so windows that ended before it are
   judged under the policy that was in force, exactly as recorded.
@@ -84,6 +84,11 @@ class Question:
 def unobserved(action: Action) -> Tick:
     """An action as the candidate's fold sees it: time passing (its id remembered), never a violation."""
     return Tick.model_construct(type="tick", event_id=action.event_id, ts=action.ts, action_type=action.action_type)
+
+
+def clock_tick(name: str, ts: int) -> Tick:
+    """The backtest's own clock at --from, for a type that has seen time (a runtime would have ticked it)."""
+    return Tick.model_construct(type="tick", event_id=f"backtest/{name}/from", ts=ts, action_type=name)
 
 
 class Side:
@@ -293,7 +298,7 @@ class Backtest:
         start = self.question.start
         key = self.candidate.state.keys.get(name)
         if bring_time and start is not None and key is not None and key.max_ts is not None:
-            self._step(Tick.model_construct(type="tick", event_id=f"backtest/{name}/from", ts=start, action_type=name))
+            self._step(clock_tick(name, start))
         activation = self._activation(name, ts if start is None else start)
         if activation is None:
             return

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from tiergate.models.decisions import Decision
-from tiergate.models.durations import format_duration
 from tiergate.models.wire import TIERS, format_ts
 
 OUT = "out"  # the name of "not in the catalog" where tiers are counted
@@ -175,7 +174,3 @@ def without_evidence(recorded: list[Segment], candidate: list[Segment]) -> int:
         if theirs.tier is not None and theirs.tier != ran_at:
             seconds += end - start
     return seconds
-
-
-def duration(seconds: int) -> str:
-    return format_duration(seconds)

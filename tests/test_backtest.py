@@ -249,6 +249,18 @@ def test_a_type_only_the_candidate_names_starts_at_crawl_with_no_evidence() -> N
     assert report["types"]["new_type"]["tier"] == {"recorded": None, "candidate": "crawl"}
 
 
+def test_reporting_one_type_reports_it_as_the_whole_backtest_does() -> None:
+    """--type folds only the named types; each type folds alone, so its report is the same as in a backtest of
+    every type (the span included: it runs over the whole log)."""
+    log = climbed(Log().activate(0, V1, "a1")).tick(6.5)  # t's log runs on after capped's
+    log.events += [{**event, "event_id": f"capped-{event['event_id']}"} for event in climbed(Log("capped")).events]
+    whole, _ = run(log, Question(crawl_gate(hold="1h")))
+    alone, _ = run(log, Question(crawl_gate(hold="1h"), types=frozenset({"capped"})))
+    assert list(alone["types"]) == ["capped"]
+    assert alone["types"]["capped"] == whole["types"]["capped"] and alone["span"] == whole["span"]
+    assert whole["types"]["capped"]["first_divergence"] is not None
+
+
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(events=logs, cut=st.floats(0, 1))
 def test_backtesting_the_logs_own_policy_changes_no_decision(events: list[dict[str, Any]], cut: float) -> None:
