@@ -103,6 +103,17 @@ class Acceptance(Strict):
     minor_edits_accepted: bool = False
 
 
+class CustomerOutcomes(Strict):
+    maturity: Duration | None = None  # how long after its action a customer failure can still come
+
+
+class Outcomes(Strict):
+    """How outcomes are known: with a customer maturity, an action counts for the customer only once it is
+    old enough and the outcome feed's checkpoint says its failures are in (DESIGN §12)."""
+
+    customer: CustomerOutcomes = Field(default_factory=CustomerOutcomes)
+
+
 class RulesSpec(Strict):
     """The complete rules of one action type, as an activation carries them."""
 
@@ -114,6 +125,7 @@ class RulesSpec(Strict):
     acceptance: Acceptance = Field(default_factory=Acceptance)
     demotion: Demotion = Field(default_factory=Demotion)
     tiers: Tiers = Field(default_factory=Tiers)
+    outcomes: Outcomes = Field(default_factory=Outcomes)
     max_tier: Tier = "run"
     read_only: bool = False
 
@@ -148,6 +160,7 @@ class Rules:
     hold: tuple[int, ...]  # per tier
     keep_bars: tuple[tuple[BarRule, ...], ...]  # per tier
     cooldown: int
+    maturity: int | None  # customer outcomes known only this long after their action (None: as they come)
     mapping: Mapping[str, Any]  # the same rules in the policy's vocabulary, normalised (what the log keeps)
 
     @property
@@ -276,6 +289,7 @@ def resolve(spec: RulesSpec) -> Rules:
             tuple(_resolve_bar(b, demotion.min_samples, demotion.margin) for b in getattr(tiers, t).keep) for t in TIERS
         ),
         cooldown=demotion.cooldown,
+        maturity=spec.outcomes.customer.maturity,
         mapping=normalise(spec),
     )
 
@@ -312,6 +326,11 @@ def normalise_demotion(demotion: Demotion) -> dict[str, Any]:
     }
 
 
+def normalise_outcomes(outcomes: Outcomes) -> dict[str, Any]:
+    maturity = outcomes.customer.maturity
+    return {"customer": {"maturity": None if maturity is None else format_duration(maturity)}}
+
+
 def normalise(spec: RulesSpec) -> dict[str, Any]:
     """The rules in the policy's vocabulary: every default written out, durations normalised."""
     return {
@@ -323,6 +342,7 @@ def normalise(spec: RulesSpec) -> dict[str, Any]:
         "acceptance": spec.acceptance.model_dump(),
         "demotion": normalise_demotion(spec.demotion),
         "tiers": normalise_tiers(spec.tiers),
+        "outcomes": normalise_outcomes(spec.outcomes),
         "max_tier": spec.max_tier,
         "read_only": spec.read_only,
     }

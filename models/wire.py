@@ -110,6 +110,7 @@ class Outcome(_Event):
     result: str
     edit: Literal["minor", "major"] | None = None
     reason: str | None = None
+    action_ts: Timestamp | None = None  # when the action it judges ran (its receipt carries it): for a maturity
 
     @model_validator(mode="after")
     def _result_fits_kind(self) -> Outcome:
@@ -139,6 +140,15 @@ class Override(_Event):
         if self.op in ("unpin", "uncap", "promote") and self.tier is not None:
             raise ValueError(f"op {self.op!r} takes no tier: remove the tier field")
         return self
+
+
+class Checkpoint(_Event):
+    """An outcome feed's word that its failures are complete up to `through`: customer cells whose maturity
+    ended by then can be counted (a silent feed leaves them pending; nothing is presumed a success)."""
+
+    type: Literal["checkpoint"]
+    kind: Literal["customer"]
+    through: Timestamp
 
 
 class Tick(_Event):
@@ -177,7 +187,7 @@ class PolicyEvent(_Event):
         return self
 
 
-AnyEvent = Action | Outcome | Override | Tick | PolicyEvent
+AnyEvent = Action | Outcome | Override | Tick | PolicyEvent | Checkpoint
 Event = Annotated[AnyEvent, Field(discriminator="type")]
 EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
 
@@ -199,7 +209,7 @@ def describe_validation_error(error: ValidationError) -> str:
         if item["type"] == "missing":
             message = "is required"
         elif item["type"] == "union_tag_invalid" or item["type"] == "union_tag_not_found":
-            field, message = "type", "must be one of action, outcome, override, tick, policy"
+            field, message = "type", "must be one of action, outcome, checkpoint, override, tick, policy"
         parts.append(f"{field}: {message}")
     return "; ".join(parts)
 

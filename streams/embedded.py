@@ -105,7 +105,7 @@ def activation_row(event: PolicyEvent) -> ActivationRow:
             name: rules[name] for name in ("window", "allowed_lateness", "lookback", "confidence", "acceptance")
         }
         document["action_types"][event.action_type] = {
-            name: rules[name] for name in ("read_only", "max_tier", "tiers", "demotion")
+            name: rules[name] for name in ("read_only", "max_tier", "tiers", "demotion", "outcomes")
         }
     return ActivationRow(
         event.activation_id,
@@ -220,6 +220,8 @@ class EmbeddedRuntime:
     ) -> None:
         self.clock, self.max_skew, self.max_past = clock, max_skew, max_past
         self.problems: list[str] = []  # why the server is degraded (a refused policy file), if it is
+        self.write_error: str | None = None  # why the last write failed, until one succeeds
+        self.broken: str | None = None  # the state in memory cannot be trusted: refuse writes until a restart
         self.lock = DataDirLock(data_dir)
         self.lock.acquire()
         try:
@@ -382,16 +384,30 @@ class EmbeddedRuntime:
     ) -> Ingested:
         """Fold a batch and commit it in one transaction (with `also`'s writes). `live`: the clock checks
         apply (`future`, `past`); an import of older history and the server's own ticks are not live."""
+        if self.broken is not None:
+            raise StoreError(f"{self.broken}: restart tiergate serve (the state is rebuilt from the store)")
         admit = past_and_future(self.clock.now(), self.max_skew, self.max_past) if live else None
         inputs = [Input(source, index, raw) for index, raw in enumerate(raws)]
         self.since_snapshot += len(inputs)
         sink = StoreSink(self.store, self._snapshot if self._snapshot_due() else None, also)
         try:
             Pipeline(admit).run(inputs, self.state, Counting(sink, self.tallies, self.state))
-        except BaseException:
-            self.state = self._restore()  # the batch never happened: forget what the fold did with it
+        except BaseException as error:
+            if isinstance(error, StoreError):
+                self.write_error = str(error)
+            self._forget_batch()
             raise
+        self.write_error = None
         return self._published(sink.items)
+
+    def _forget_batch(self) -> None:
+        """The batch never happened: rebuild the state from the store. If even that fails, the state in memory
+        cannot be trusted: every later write is refused until the server is restarted."""
+        try:
+            self.state = self._restore()
+        except BaseException as error:
+            self.broken = f"the state could not be rebuilt from the store after a failed batch ({error})"
+            raise
 
     def _snapshot_due(self) -> bool:
         """Often enough that a restart folds little of the log; seldom enough that writing a large state

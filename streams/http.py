@@ -32,6 +32,7 @@ from .embedded import EmbeddedRuntime, PolicyRefused
 from .metrics import TiergateCollector, registry_with
 from .policy_file import PolicyFileError, parse_policy, policy_from_mapping
 from .settings import ServeSettings
+from .store import StoreError
 
 log = logging.getLogger("tiergate.serve")
 T = TypeVar("T")
@@ -134,8 +135,12 @@ async def post_events(request: web.Request) -> web.Response:
         return problem(
             413, f"{len(raws)} events in one request, over the limit of {settings.max_batch}", "split the batch"
         )
-    done = await writer.run(lambda: writer.evaluator.ingest(raws, f"http({request.remote})"))
-    assert done is not None
+    try:
+        done = await writer.run(lambda: writer.evaluator.ingest(raws, f"http({request.remote})"))
+    except StoreError as error:
+        return problem(
+            503, f"the batch was not stored: {error}", "nothing of it counts: retry it once the store is fixed"
+        )
     counts: dict[str, int] = {}
     for result in done.results:
         counts[result.result] = counts.get(result.result, 0) + 1
@@ -343,15 +348,17 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 async def get_health(request: web.Request) -> web.Response:
     evaluator = request.app[EVALUATOR]
+    failing = evaluator.write_error is not None
     return json(
         {
-            "status": "degraded" if evaluator.problems else "ok",
-            "problems": evaluator.problems,
+            "status": "failing" if failing else "degraded" if evaluator.problems else "ok",
+            "problems": ([f"writes fail: {evaluator.write_error}"] if failing else []) + evaluator.problems,
             "version": __version__,
             "policy_version": identity(evaluator)[0],
             "events": evaluator.store.last_seq(),
             "clock": evaluator.clock.now(),
-        }
+        },
+        503 if failing else 200,
     )
 
 

@@ -25,7 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from tiergate.streams.kafka import DECISIONS, DLQ, EVENTS, SINGLE_BROKER, KafkaSettings, create_topics
+from tiergate.streams.kafka import DECISIONS, DLQ, EVENTS, SINGLE_BROKER, KafkaSettings, create_topics, read_topics
 from tiergate.streams.kafka_replay import read_topic, replay_topic, verify, verify_state
 from tiergate.streams.policy_file import read_policy
 
@@ -169,6 +169,11 @@ class Deployment:
 
         return asyncio.run(check())
 
+    def partitions(self, name: str) -> list[TopicPartition]:
+        """A defined topic's partitions (the count from the topic definition, not the client's metadata)."""
+        count = read_topics(self.settings.topics_file)[name].partitions
+        return [TopicPartition(self.settings.topic(name), p) for p in range(count)]
+
     def committed_all(self) -> bool:
         """Has the workers' consumer group committed every input offset (the end of each partition)?"""
 
@@ -179,8 +184,7 @@ class Deployment:
             await consumer.start()
             try:
                 committed = await admin.list_consumer_group_offsets(self.settings.topic("tiergate-worker"))
-                topic = self.settings.topic(EVENTS)
-                partitions = [tp for tp in await _partitions(consumer, topic)]
+                partitions = self.partitions(EVENTS)
                 ends = await consumer.end_offsets(partitions)
                 return all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in partitions)
             finally:
@@ -196,9 +200,7 @@ class Deployment:
             consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
             await consumer.start()
             try:
-                partitions = [
-                    tp for name in (DECISIONS, DLQ) for tp in await _partitions(consumer, self.settings.topic(name))
-                ]
+                partitions = self.partitions(DECISIONS) + self.partitions(DLQ)
                 found = await consumer.end_offsets(partitions)
                 return tuple(found[tp] for tp in partitions)
             finally:
@@ -241,10 +243,6 @@ class Deployment:
             return not last
 
         wait_for(consistent, timeout, "decisions equal to the reference fold", lambda: "; ".join(last[:5]))
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    return [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
 
 
 def _key_of(raw: bytes) -> bytes:

@@ -16,9 +16,11 @@ from tiergate.streams.simulate import Delivery
 
 
 def test_the_demo_tells_its_four_stories_and_its_log_replays(tmp_path: Path) -> None:
-    """One type climbs to Run, one is held at Walk, one is capped by an operator, one is demoted; exit 0
-    means replaying the exported log reproduced the promotion log byte for byte; the summary counts every
-    result the server gave, and no event was rejected `future`."""
+    """One type climbs to Run, one is held at Walk, one is capped by an operator, one is demoted; half way
+    an operator activates a changed policy that adds summarize_thread, which starts at Crawl and climbs,
+    while the refunds' customer units wait for their 2-day maturity; exit 0 means replaying the exported log
+    reproduced the promotion log byte for byte; the summary counts every result the server gave, and no
+    event was rejected `future`."""
     data = tmp_path / "demo"
     done = subprocess.run(
         [sys.executable, "-m", "tiergate.streams.cli", "demo", "--data-dir", str(data), "--seconds", "4", "--json"],
@@ -35,8 +37,16 @@ def test_the_demo_tells_its_four_stories_and_its_log_replays(tmp_path: Path) -> 
         "refund_over_50": "crawl",
         "escalate_to_human": "crawl",
         "lookup_order": "run",
+        "summarize_thread": "run",
     }
     decisions = [json.loads(line) for line in (data / "decisions.jsonl").read_text().splitlines()]
+    added = [d for d in decisions if d["action_type"] == "summarize_thread"]
+    assert (added[0]["kind"], added[0]["to_tier"], added[0]["policy_version"]) == ("initial", "crawl", "demo-2")
+    changed = {d["action_type"] for d in decisions if d["kind"] == "policy"}
+    assert changed == set(figures["tiers"]) - {"summarize_thread"}  # every other type kept its tier through it
+    assert all(d["from_tier"] == d["to_tier"] for d in decisions if d["kind"] == "policy")
+    raws = [bytes(raw) for (raw,) in sqlite3.connect(data / "tiergate.db").execute("SELECT raw FROM events")]
+    assert any(b'"type":"checkpoint"' in raw for raw in raws)  # the refunds' customer feed
     assert any(d["kind"] == "override" and d["op"] == "cap" and d["from_tier"] == "walk" for d in decisions)
     assert any(d["kind"] == "demote" and d["action_type"] == "escalate_to_human" for d in decisions)
 

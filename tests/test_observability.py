@@ -26,10 +26,12 @@ from tiergate.streams.codec import decode
 from tiergate.streams.metrics import Tallies, TiergateCollector, WorkerCollector
 from tiergate.streams.policy_file import read_policy
 
+from .builders import Log, policy
 from .test_restart import free_port, post, start
 
 ROOT = Path(__file__).parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
+
 GOLDEN = ROOT / "tests" / "golden"
 pytestmark = pytest.mark.prometheus
 COUNTER = itertools.count()
@@ -72,6 +74,9 @@ def exported_names() -> set[str]:
     """Every metric name the embedded server's and the worker's collectors expose (sample names)."""
     events = [decode(line) for line in (GOLDEN / "clean_climb" / "events.jsonl").read_bytes().splitlines()]
     state, _ = fold(events)  # the log carries its policy
+    maturing = Log().activate(0, policy(outcomes={"customer": {"maturity": "3h"}}), "m")
+    maturing.override(0.1, "promote").action(0.5, tier="walk").checkpoint(0.6, through=0.5)
+    state.keys |= fold(maturing.models())[0].keys  # a type with customer units waiting to mature
     registry = CollectorRegistry()
     tallies = Tallies(
         events=Counter({("reply_to_ticket", "applied"): 1}), decisions=Counter({("reply_to_ticket", "violation"): 1})

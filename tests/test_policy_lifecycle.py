@@ -7,12 +7,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
+from tiergate.models.wire import format_ts
 from tiergate.streams.cli import main
 
 from .test_restart import POLICY, batches, free_port, post, start
@@ -135,3 +138,39 @@ def test_a_window_change_is_refused_before_anything_is_written(served: tuple[str
     refused = httpx.post(f"{server}/v1/policy", json=body)
     assert refused.status_code == 409 and "window cannot change" in refused.json()["error"]
     assert len(httpx.get(f"{server}/v1/policy/history").json()["activations"]) == 1
+
+
+def test_a_maturity_keeps_customer_units_pending_and_a_reporter_checkpoints_over_the_cli(tmp_path: Path) -> None:
+    """Under a 1h maturity, accepted reviews are customer units waiting (shown per tier in /v1/status);
+    `tiergate checkpoint` records how far the feed is complete."""
+    policy = edited(tmp_path, ("confidence: 0.95", "confidence: 0.95\noutcomes: {customer: {maturity: 1h}}"))
+    data, port = tmp_path / "data", free_port()
+    process = start(data, port, policy)
+    server = f"http://127.0.0.1:{port}"
+    try:
+        now = int(time.time()) - 100
+        reviews = [
+            {
+                "type": "outcome",
+                "event_id": f"r{i}/review",
+                "ts": format_ts(now),
+                "action_type": "reply_to_ticket",
+                "action_id": f"r{i}",
+                "tier": "crawl",
+                "kind": "review",
+                "result": "accepted",
+                "action_ts": format_ts(now - 60),
+            }
+            for i in range(5)
+        ]
+        assert post(port, b"\n".join(orjson.dumps(r) for r in reviews))
+        status = {s["action_type"]: s for s in httpx.get(f"{server}/v1/status").json()["action_types"]}
+        customer = status["reply_to_ticket"]["customer"]
+        assert customer["maturity"] == 3600 and customer["pending"] == {"crawl": 5} and customer["checkpoint"] is None
+        done = tiergate("checkpoint", "reply_to_ticket", "--through", format_ts(now), server=server)
+        assert done.returncode == 0 and "applied" in done.stderr, done.stderr
+        status = {s["action_type"]: s for s in httpx.get(f"{server}/v1/status").json()["action_types"]}
+        assert status["reply_to_ticket"]["customer"]["checkpoint"] == format_ts(now)
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

@@ -54,7 +54,7 @@ def client(server: str) -> httpx.Client:
     return httpx.Client(base_url=server, headers=headers, timeout=TIMEOUT)
 
 
-def _call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
     """One request; the server's {error, fix} as a CommandError; an unreachable server said plainly."""
     try:
         response = http.request(method, path, **kwargs)
@@ -124,10 +124,10 @@ def _activate(args: argparse.Namespace, body: dict[str, Any], dry_run: bool) -> 
     if args.activation_id:
         body["activation_id"] = args.activation_id
     with client(args.server) as http:
-        current = _call(http, "GET", "/v1/policy") if not args.activation_id else None
+        current = call(http, "GET", "/v1/policy") if not args.activation_id else None
         headers = {} if current is None else {"If-Match": f'"{current["policy_sha256"]}"'}
         params = {"dry_run": "1"} if dry_run else {}
-        applied = _call(http, "POST", "/v1/policy", json=body, headers=headers, params=params)
+        applied = call(http, "POST", "/v1/policy", json=body, headers=headers, params=params)
     if args.json:
         print_json(applied)
         return 0
@@ -146,9 +146,9 @@ def _activate(args: argparse.Namespace, body: dict[str, Any], dry_run: bool) -> 
 
 def _rollback(args: argparse.Namespace) -> int:
     with client(args.server) as http:
-        history = _call(http, "GET", "/v1/policy/history")["activations"]
+        history = call(http, "GET", "/v1/policy/history")["activations"]
         target = _rollback_target(history, args.to)
-        document = _call(http, "GET", f"/v1/policy/activations/{target['activation_id']}")["policy"]
+        document = call(http, "GET", f"/v1/policy/activations/{target['activation_id']}")["policy"]
     err.print(
         f"rolling back to {escape(target['policy_version'])} (activation {target['activation_id']}): a new "
         "activation of that document. Types a lowered ceiling dropped stay where they are, with their cooldown; "
@@ -171,7 +171,7 @@ def _rollback_target(history: list[dict[str, Any]], to: str | None) -> dict[str,
 
 def _history(args: argparse.Namespace) -> int:
     with client(args.server) as http:
-        rows = _call(http, "GET", "/v1/policy/history")["activations"]
+        rows = call(http, "GET", "/v1/policy/history")["activations"]
     if args.json:
         print_json(rows)
         return 0
