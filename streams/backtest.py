@@ -10,10 +10,11 @@ Two folds of one history run side by side, event by event, each with its own sta
   first brought to `--from` (a clock tick, as a runtime would send), so windows that ended before it are
   judged under the policy that was in force, exactly as recorded.
 
-After the split the candidate's fold sees recorded actions only as time passing: an action ran at the tier
-the agents were given, not at the candidate's, so it is never a violation of the candidate's tier map. Its
-outcomes stay in the counters of the tier the action ran at, and the fold judges a tier only on its own
-counters: the candidate is judged on an outcome only where it held the tier the action really ran at.
+After the split the candidate's fold emits no violations (`step(..., violations=False)`): an action ran at
+the tier the agents were given, not at the candidate's. Actions and outcomes are otherwise folded as they
+are: outcomes (and, under a maturity, customer units) stay in the counters of the tier their action ran
+at, and the fold judges a tier only on its own counters, so the candidate is judged on an outcome only
+where it held the tier the action really ran at.
 Recorded overrides go through the candidate's fold, which applies them where they can apply and rejects
 them, with its reason, where they cannot.
 
@@ -37,6 +38,7 @@ from tiergate.models.wire import (
     TIER_INDEX,
     TIERS,
     Action,
+    Checkpoint,
     Outcome,
     Override,
     PolicyEvent,
@@ -79,11 +81,6 @@ class Question:
     def reason(self) -> str:
         when = "the start of the log" if self.start is None else format_ts(self.start)
         return f"backtest: candidate {self.candidate.version} in force from {when}"
-
-
-def unobserved(action: Action) -> Tick:
-    """An action as the candidate's fold sees it: time passing (its id remembered), never a violation."""
-    return Tick.model_construct(type="tick", event_id=action.event_id, ts=action.ts, action_type=action.action_type)
 
 
 def clock_tick(name: str, ts: int) -> Tick:
@@ -220,7 +217,7 @@ class Backtest:
         except EventError:
             self.undecodable += 1  # neither fold can read it: it counts in neither
             return
-        if not isinstance(event, PolicyEvent):  # a policy event's ts is recorded only: it is no time
+        if not isinstance(event, PolicyEvent | Checkpoint):  # they move no time: their ts is recorded only
             self._clock(event.ts)
         name = event.action_type
         if self.question.types is not None and name not in self.question.types:
@@ -255,14 +252,14 @@ class Backtest:
                 self._rejected(event, stepped, recorded)
 
     def _step(self, event: Event, floor: int | None = None) -> Stepped:
-        stepped = step(self.candidate.state, event)
+        stepped = step(self.candidate.state, event, violations=event.action_type not in self.switched)
         self.candidate.take(stepped.decisions, floor)
         for decision in stepped.decisions:
             self.on_decision(decision)
         return stepped
 
     def _action(self, event: Action) -> None:
-        stepped = self._step(unobserved(event))
+        stepped = self._step(event)
         if stepped.result != DUPLICATE:
             name = event.action_type
             self._exposure(name).action(event, self._held(name), self.candidate.state.keys.get(name))

@@ -18,6 +18,7 @@ from tiergate.streams.backtest import BacktestError, Question, backtest
 from .builders import BASE_POLICY, HOUR, T0, Log, at, climb_to_walk, end_of_hour, policy, policy_without
 from .test_cli import CLIMB, OLD_CLIMB, refused, tiergate
 from .test_cli import POLICY as GOLDEN_POLICY
+from .test_maturity import acting, walking
 from .test_properties import POLICY as PROPERTY_POLICY
 from .test_properties import logs
 
@@ -153,6 +154,21 @@ def test_the_candidate_is_judged_only_on_outcomes_of_actions_at_the_tier_it_hold
     report, _ = run(log, Question(crawl_gate(hold="1h")))
     moves = [(m["kind"], m["to"]) for m in report["types"]["t"]["moves"]["candidate"]["changes"]]
     assert moves == [("promote", "walk")] + ([("demote", "crawl")] if demoted else [])
+
+
+def test_under_a_maturity_the_candidate_counts_the_customer_units_of_the_actions_at_its_tier() -> None:
+    """Given Walk actions whose customer outcomes mature after 3h (units counted from the actions themselves),
+    when a candidate that differs only in its version takes over from the start, then it promotes to Run when
+    the record did: the actions reach its fold as actions, units and all, not only as time."""
+    log = walking()
+    for hour in range(6):
+        acting(log, hour + 0.5, 10)
+    for hour in range(4, 10):
+        log.checkpoint(hour + 0.2, through=hour).tick(hour + 0.3)
+    report, _ = run(log, Question(policy(outcomes={"customer": {"maturity": "3h"}}, policy_version="same-rules")))
+    changes = report["types"]["t"]["moves"]
+    assert [(c["to"], c["at"]) for c in changes["recorded"]["changes"]] == [("walk", at(0.1)), ("run", end_of_hour(7))]
+    assert [(c["to"], c["at"]) for c in changes["candidate"]["changes"]] == [("walk", at(0.1)), ("run", end_of_hour(7))]
 
 
 def test_an_override_the_candidate_cannot_take_is_rejected_and_reported() -> None:
