@@ -3,6 +3,7 @@
     initial_state(policy)            -> State, every catalog type at its starting tier
     initial_decisions(policy)        -> the `initial` decision of each type, in name order
     step(state, event)               -> Stepped(state, decisions, result, reason)
+    step(state, event, violations=False): the same, for a counterfactual fold (a backtest)
     fold(events[, policy][, state])  -> (state, decisions)
 
 Each key carries its own rules: from the policy activations in its log (models/activations.py), or, for
@@ -94,8 +95,11 @@ def initial_decisions(policy: Policy | None) -> list[Decision]:
     return decisions
 
 
-def step(state: State, event: Event) -> Stepped:
+def step(state: State, event: Event, violations: bool = True) -> Stepped:
     """Apply one event of the log: close the windows its `ts` closes, then aggregate it (or count it late).
+
+    `violations=False` folds a counterfactual (a backtest's candidate policy): the agents ran under another
+    tier map than this fold's, so an action above its tier is no violation; everything else is the same.
 
     The common case (an action or outcome in an open window that closes nothing) stays on a short path:
     this runs once per event of every history."""
@@ -108,7 +112,7 @@ def step(state: State, event: Event) -> Stepped:
         reason = f"unknown action_type {name!r}: add it to the policy's action_types or fix the producer"
         return Stepped(state, (), REJECTED, reason)
     if key.retired or key.halted is not None:
-        return _stopped(state, key, event)
+        return _stopped(state, key, event, violations)
     if isinstance(event, Override):
         return _override(state, key, event)
     if isinstance(event, Checkpoint):
@@ -152,7 +156,7 @@ def step(state: State, event: Event) -> Stepped:
     if isinstance(event, Action):
         if event.tier != "crawl" and (key.rules.maturity is not None or key.cells):
             maturity.add_unit(key, (index, TIER_INDEX[event.tier]))
-        if TIER_INDEX[event.tier] > key.tier:
+        if violations and TIER_INDEX[event.tier] > key.tier:
             _violation(KeyStep(key, out), event)
     return Stepped(state, tuple(out), APPLIED, None)
 
@@ -197,7 +201,7 @@ def _override(state: State, key: KeyState, event: Override) -> Stepped:
     return Stepped(state, tuple(out), APPLIED if refused is None else REJECTED, refused)
 
 
-def _stopped(state: State, key: KeyState, event: Event) -> Stepped:
+def _stopped(state: State, key: KeyState, event: Event, violations: bool) -> Stepped:
     """A retired or halted key folds nothing and moves no time; an action a retired type still took above
     Crawl is a violation (the tier map answers Crawl for it)."""
     if key.halted is not None:
@@ -207,7 +211,7 @@ def _stopped(state: State, key: KeyState, event: Event) -> Stepped:
         "crawl for it; stop sending it, or name it in a policy again"
     )
     out: list[Decision] = []
-    if isinstance(event, Action) and TIER_INDEX[event.tier] > 0:
+    if violations and isinstance(event, Action) and TIER_INDEX[event.tier] > 0:
         violation = f"action {event.action_id} ran at {event.tier} while {key.action_type} is retired (crawl)"
         KeyStep(key, out).note(
             "violation", None, event.ts, violation, from_tier=None, action_id=event.action_id, agent=event.agent
