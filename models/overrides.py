@@ -36,7 +36,7 @@ def apply(step: KeyStep, event: Override) -> str | None:
         key.cap = None
     elif key.pinned is not None:  # a human promote/demote carries the pin along
         key.pinned = target
-    details: dict[str, Any] = {"op": event.op, "actor": event.actor}
+    details: dict[str, Any] = {"op": event.op, "actor": event.actor, "event_id": event.event_id}
     if target != key.tier:
         step.move("override", target, at, event.reason, **details)
     else:

@@ -101,13 +101,21 @@ def named_action_type(raw: bytes) -> str | None:
     return named if isinstance(named, str) else None
 
 
-def with_principal(item: Input, event: Event, decisions: tuple[Decision, ...]) -> tuple[Decision, ...]:
-    """An override's decision records who posted it (`principal`, authenticated) beside the `actor` it
-    declares. The principal comes with the input (stored beside the event in the log), not from its bytes."""
-    if item.principal is None or not isinstance(event, Override):
+def carried(item: Input, event: Event) -> str | None:
+    """Who sent an input, as the runtime authenticated it and stored it beside the event."""
+    return item.principal
+
+
+Principal = Callable[[Input, Event], str | None]
+"""A runtime's answer to who sent an input (None: it cannot tell)."""
+
+
+def with_principal(principal: str | None, event: Event, decisions: tuple[Decision, ...]) -> tuple[Decision, ...]:
+    """An override's decision records who sent it (`principal`, authenticated) beside the `actor` it declares."""
+    if principal is None or not isinstance(event, Override):
         return decisions
-    principal = {"principal": item.principal}
-    return tuple(replace(d, details=d.details | principal) if d.kind == "override" else d for d in decisions)
+    named = {"principal": principal}
+    return tuple(replace(d, details=d.details | named) if d.kind == "override" else d for d in decisions)
 
 
 class Sink(Protocol):
@@ -125,8 +133,8 @@ Admit = Callable[[Input, Event, State], str | None]
 class Pipeline:
     """decode → admit → step; the runtimes differ only in `admit` and their sink."""
 
-    def __init__(self, admit: Admit | None = None) -> None:
-        self.admit = admit
+    def __init__(self, admit: Admit | None = None, principal: Principal = carried) -> None:
+        self.admit, self.principal = admit, principal
 
     def handle(self, state: State, item: Input) -> Handled:
         try:
@@ -138,7 +146,7 @@ class Pipeline:
             if refused is not None:
                 return Handled(item, event, REJECTED, refused, (), False)
         stepped = step(state, event)
-        decisions = with_principal(item, event, stepped.decisions)
+        decisions = with_principal(self.principal(item, event), event, stepped.decisions)
         return Handled(item, event, stepped.result, stepped.reason, decisions, True)
 
     def run(self, inputs: Iterable[Input], state: State, sink: Sink) -> None:

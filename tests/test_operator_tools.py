@@ -253,12 +253,13 @@ def test_override_checks_then_sends_and_prints_the_decision(served: str) -> None
 
 
 def test_override_mistakes_are_caught_before_anything_is_sent(tmp_path: Path) -> None:
-    """A pin without a tier is refused locally; --kafka says it is not there yet; no server, a clear line."""
+    """A pin without a tier is refused locally; --kafka without an operator key says how to give one; no
+    server, a clear line."""
     url = f"http://127.0.0.1:{free_port()}"
     missing_tier = override(url, OPERATOR, "pin", "reply_to_ticket", "--reason", "r")
     assert missing_tier.returncode == 2 and "op 'pin' needs a tier" in missing_tier.stderr
     kafka = tiergate("override", "demote", "reply_to_ticket", "--actor", "a", "--reason", "r", "--kafka")
-    assert kafka.returncode == 2 and "not yet" in kafka.stderr
+    assert kafka.returncode == 2 and "--key FILE or TIERGATE_OPERATOR_KEY_FILE" in kafka.stderr
     down = override(url, OPERATOR, "demote", "reply_to_ticket", "--reason", "r")
     assert down.returncode == 2 and "cannot reach" in down.stderr and "Traceback" not in down.stderr
 

@@ -84,19 +84,11 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
     from ..activation import new_activation_id
     from ..kafka import EVENTS, POLICIES
     from ..kafka_policy import history, plan, produce, refusals
-    from ..signing import OperatorKey, OperatorKeyError
     from .kafka import kafka_settings, preflight
+    from .keys import operator_key
 
     settings = kafka_settings(args)
-    key_file = args.key or os.environ.get("TIERGATE_OPERATOR_KEY_FILE")
-    if not key_file:
-        raise CommandError(
-            "give the operator's signing key: --key FILE or TIERGATE_OPERATOR_KEY_FILE (tiergate keys new)"
-        )
-    try:
-        key = OperatorKey.read(Path(key_file))
-    except OperatorKeyError as error:
-        raise CommandError(str(error)) from None
+    key = operator_key(args.key)
     preflight(settings, (EVENTS, POLICIES))
     activations = asyncio.run(history(settings))
     problems = refusals(activations, policy)
