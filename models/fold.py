@@ -1,4 +1,4 @@
-"""The decider over the ordered event log of each action type (DESIGN §6).
+"""The decider over the ordered event log of each action type.
 
     initial_state(policy)            -> State, every catalog type at its starting tier
     initial_decisions(policy)        -> the `initial` decision of each type, in name order

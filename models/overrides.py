@@ -1,4 +1,4 @@
-"""Operators' overrides (DESIGN §4, §6.6): pin, unpin, cap, uncap, demote, promote.
+"""Operators' overrides: pin, unpin, cap, uncap, demote, promote.
 
 Overrides are never late: one takes effect at `max(ts, end of the key's last closed window)`, after the
 windows its own `ts` closes. One that cannot apply is rejected with its reason and changes nothing (its

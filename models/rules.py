@@ -109,7 +109,7 @@ class CustomerOutcomes(Strict):
 
 class Outcomes(Strict):
     """How outcomes are known: with a customer maturity, an action counts for the customer only once it is
-    old enough and the outcome feed's checkpoint says its failures are in (DESIGN §12)."""
+    old enough and the outcome feed's checkpoint says its failures are in."""
 
     customer: CustomerOutcomes = Field(default_factory=CustomerOutcomes)
 

@@ -88,7 +88,7 @@ class KeyState:
     def watermark(self) -> int | None:
         return None if self.max_ts is None else self.max_ts - self.rules.allowed_lateness
 
-    # -- remembered ids (§6.6) -------------------------------------------------------------------------
+    # -- remembered ids -------------------------------------------------------------------------
 
     def remembers(self, event_id: str) -> bool:
         """An id is remembered until the window of its first copy leaves the lookback."""

@@ -1,4 +1,4 @@
-"""Input events, wire version 1 (DESIGN.md §4).
+"""Input events, wire version 1.
 
 This module is a storage format: every event ever accepted is kept in this shape, in the input log, for
 good. Change it only by adding optional fields; a field that changes meaning needs a new wire version.

@@ -1,5 +1,5 @@
 """Turning a policy document into an activation: one `policy` event per action type of the old or the new
-catalog (DESIGN §11), and the diff an operator reads before applying it.
+catalog, and the diff an operator reads before applying it.
 
 The events are the same whichever runtime writes them: the embedded server appends them in one
 transaction; `tiergate policy apply --kafka` signs and produces them. Each names, per key, the activation

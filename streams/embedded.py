@@ -1,4 +1,4 @@
-"""The embedded runtime: the fold over a SQLite-backed log on one machine (DESIGN §8).
+"""The embedded runtime: the fold over a SQLite-backed log on one machine.
 
 `EmbeddedRuntime.ingest` is the one write path, for HTTP posts, clock ticks and `tiergate import` alike:
 the ingest pipeline folds a batch into the state and its store sink commits the batch's events,

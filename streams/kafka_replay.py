@@ -2,7 +2,7 @@
 the result with what the workers recorded: the decisions topic, the compacted tier map, and the state
 the workers saved in their changelog.
 
-Logs from different runtimes are compared per key, and within a key byte for byte (DESIGN.md §6.7). The
+Logs from different runtimes are compared per key, and within a key byte for byte. The
 decisions topic is at-least-once: a decision id seen twice must carry the same bytes both times, and
 counts once. Decisions alone can agree while input went missing (a lost outcome need not change a
 decision), so each key's saved state is checked too: its input offset, the number of input events it

@@ -1,4 +1,4 @@
-"""Operators' signatures on Kafka (DESIGN §14): overrides and policy activations are signed with Ed25519.
+"""Operators' signatures on Kafka: overrides and policy activations are signed with Ed25519.
 
 On Kafka, whoever may write to the input topic could otherwise post a `promote`; so an override or a policy
 event counts only if an operator key trusted by the key's policy signed it. The signature covers the event

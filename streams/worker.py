@@ -1,4 +1,4 @@
-"""`tiergate worker`: the fold as a faust-streaming worker on Apache Kafka (DESIGN.md §8, §10).
+"""`tiergate worker`: the fold as a faust-streaming worker on Apache Kafka.
 
 - One agent consumes `tiergate.events.v1` (keyed by action type) in batches (`take_events`). Each input
   partition is folded in offset order from its resume point, without a gap: faust can deliver messages

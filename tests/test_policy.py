@@ -1,4 +1,4 @@
-"""The policy loader: every rule of DESIGN.md §1/§5 enforced at load, with messages that name the field and the fix."""
+"""The policy loader: every rule of the policy enforced at load, with messages that name the field and the fix."""
 
 from __future__ import annotations
 
