@@ -141,8 +141,8 @@ def test_a_window_change_is_refused_before_anything_is_written(served: tuple[str
 
 
 def test_a_maturity_keeps_customer_units_pending_and_a_reporter_checkpoints_over_the_cli(tmp_path: Path) -> None:
-    """Under a 1h maturity, accepted reviews are customer units waiting (shown per tier in /v1/status);
-    `tiergate checkpoint` records how far the feed is complete."""
+    """Under a 1h maturity, accepted reviews are customer units waiting (shown per tier in /v1/status and by
+    `tiergate explain --server`); `tiergate checkpoint` records how far the feed is complete."""
     policy = edited(tmp_path, ("confidence: 0.95", "confidence: 0.95\noutcomes: {customer: {maturity: 1h}}"))
     data, port = tmp_path / "data", free_port()
     process = start(data, port, policy)
@@ -167,10 +167,17 @@ def test_a_maturity_keeps_customer_units_pending_and_a_reporter_checkpoints_over
         status = {s["action_type"]: s for s in httpx.get(f"{server}/v1/status").json()["action_types"]}
         customer = status["reply_to_ticket"]["customer"]
         assert customer["maturity"] == 3600 and customer["pending"] == {"crawl": 5} and customer["checkpoint"] is None
+        explained = tiergate("explain", "reply_to_ticket", "--server", server, server=server)
+        assert explained.returncode == 0, explained.stderr
+        assert "customer outcomes mature after 1h: pending 5 at crawl; the feed's checkpoint not yet sent" in (
+            explained.stdout
+        )
         done = tiergate("checkpoint", "reply_to_ticket", "--through", format_ts(now), server=server)
         assert done.returncode == 0 and "applied" in done.stderr, done.stderr
         status = {s["action_type"]: s for s in httpx.get(f"{server}/v1/status").json()["action_types"]}
         assert status["reply_to_ticket"]["customer"]["checkpoint"] == format_ts(now)
+        explained = tiergate("explain", "reply_to_ticket", "--server", server, "--json", server=server)
+        assert orjson.loads(explained.stdout)["now"]["customer"]["checkpoint"] == format_ts(now)
     finally:
         process.terminate()
         process.wait(timeout=20)

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.markup import escape
 
 from ..explain import ExplainError, decisions_for, explain, explanation
 from ..policy_file import read_policy
 from ..replay import file_lines
-from ..settings import StoreSettings, load
+from ..settings import OperatorSettings, StoreSettings, load
 from .history import policy_of
 from .terminal import CommandError, err, examples, input_file, print_json
 
@@ -33,17 +34,53 @@ def _check_policy(args: argparse.Namespace) -> int:
 
 
 def _explain(args: argparse.Namespace) -> int:
-    log = input_file(args.log, "a decision log (the output of tiergate replay, or export --decisions)")
-    with open(log, "rb") as lines:
-        decisions = decisions_for(lines, args.action_type)
+    now = None
+    if args.server is not None:
+        decisions, now = _from_server(args.server, args.action_type)
+    else:
+        log = input_file(args.log, "a decision log (the output of tiergate replay, or export --decisions)")
+        with open(log, "rb") as lines:
+            decisions = decisions_for(lines, args.action_type)
     try:
         if args.json:
-            print_json(explanation(decisions, args.action_type).record())
+            print_json(explanation(decisions, args.action_type, now).record())
         else:
-            explain(decisions, args.action_type, Console(highlight=False, soft_wrap=True))
+            explain(decisions, args.action_type, Console(highlight=False, soft_wrap=True), now)
     except ExplainError as error:
         raise CommandError(str(error), code=1) from None
     return 0
+
+
+def _from_server(server: str, action_type: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """A running server's decisions about the type (every page) and its live view (GET /v1/status)."""
+    settings = load(OperatorSettings, server=server)
+    secret = settings.secret()
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    decisions: list[dict[str, Any]] = []
+    try:
+        with httpx.Client(base_url=settings.server.rstrip("/"), headers=headers, timeout=30) as http:
+            after = 0
+            while True:
+                page = _ok(http.get("/v1/decisions", params={"action_type": action_type, "after": after}))
+                decisions += page["decisions"]
+                if not page["decisions"]:
+                    break
+                after = page["next_after"]
+            views = _ok(http.get("/v1/status"))["action_types"]
+    except httpx.HTTPError as error:
+        raise CommandError(
+            f"cannot reach {settings.server} ({type(error).__name__}): start `tiergate serve`, or give --server"
+        ) from None
+    return decisions, next((v for v in views if v["action_type"] == action_type), None)
+
+
+def _ok(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code == 401:
+        raise CommandError("the server wants a credential: set TIERGATE_CREDENTIAL_FILE (or TIERGATE_CREDENTIAL)")
+    if response.status_code != 200:
+        raise CommandError(f"the server answered {response.status_code}: {response.text[:200]}")
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -82,16 +119,19 @@ def add_commands(commands: Any) -> None:
     why = commands.add_parser(
         "explain",
         help="an action type's tier, since when, why, and the evidence behind it",
-        description="Read a decision log: the tier an action type holds, the decision that put it there, the "
-        "operator's pin or cap that holds it there, the evidence, and its history. Exit 1 if the log never "
-        "mentions the type.",
+        description="Read a decision log, or a running server: the tier an action type holds, the decision that put "
+        "it there, the operator's pin or cap that holds it there, the evidence, and its history; from a server also "
+        "its bars and hold now and the customer units still maturing. Exit 1 if the log never mentions the type.",
         **examples(
             "tiergate explain refund_up_to_50 --log decisions.jsonl",
             "tiergate explain refund_up_to_50 --log decisions.jsonl --json | jq .why",
+            "tiergate explain refund_over_50 --server http://127.0.0.1:8360",
         ),
     )
     why.add_argument("action_type", metavar="ACTION_TYPE")
-    why.add_argument("--log", required=True, metavar="DECISIONS.jsonl", help="a decision log (replay's output)")
+    source = why.add_mutually_exclusive_group(required=True)
+    source.add_argument("--log", metavar="DECISIONS.jsonl", help="a decision log (replay's output)")
+    source.add_argument("--server", metavar="URL", help="a running `tiergate serve` (credential: TIERGATE_CREDENTIAL)")
     why.add_argument("--json", action="store_true", help="print the explanation as JSON")
     why.set_defaults(run=_explain)
 
