@@ -10,7 +10,11 @@ import orjson
 from tiergate.models.fold import Event
 from tiergate.models.wire import MAX_EVENT_BYTES, EventError, event_from_dict
 
-__all__ = ["Event", "EventError", "decode", "encode", "iter_lines"]
+__all__ = ["EXCERPT", "Event", "EventError", "decode", "encode", "excerpt", "iter_lines"]
+
+EXCERPT = 200
+"""Characters of a raw input shown where rows are listed (a table, the console); the whole of it is in --json,
+/v1/rejected and the console's expansion."""
 
 
 def decode(raw: bytes) -> Event:
@@ -41,3 +45,10 @@ def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
         line = line.rstrip(b"\r\n")
         if line.strip():
             yield number, line
+
+
+def excerpt(raw: str, limit: int = EXCERPT) -> str:
+    """Raw input as a listing shows it: whole when short, else its first `limit` characters and its size."""
+    if len(raw) <= limit:
+        return raw
+    return f"{raw[:limit]}… ({len(raw.encode('utf-8', 'surrogateescape'))} bytes)"

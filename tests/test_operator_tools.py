@@ -144,6 +144,20 @@ def test_tiergate_rejected_reads_a_data_dir_as_a_table_or_json(tmp_path: Path) -
     assert missing.returncode == 2 and "no store here" in missing.stderr
 
 
+def test_a_large_rejected_event_is_shortened_in_the_table_and_whole_in_json(tmp_path: Path) -> None:
+    """A 70 KB rejected event shows in the table as its first 200 characters and its size, so no line is
+    wider than a screenful; --json gives it whole."""
+    data, history = tmp_path / "data", tmp_path / "large.jsonl"
+    large = FIRST_EVENT.replace('"accepted"', '"accepted","note":"' + "x" * 70_000 + '"')
+    history.write_text(large + "\n")
+    assert tiergate("import", str(history), "--policy", str(POLICY), "--data-dir", str(data)).returncode == 0
+    table = tiergate("rejected", "--data-dir", str(data))
+    assert table.returncode == 0 and f"… ({len(large.encode())} bytes)" in table.stdout
+    assert max(len(line) for line in table.stdout.splitlines()) < 600
+    as_json = json.loads(tiergate("rejected", "--data-dir", str(data), "--json").stdout)
+    assert [r["event"] for r in as_json["rejected"]] == [large]
+
+
 def test_import_refuses_policy_events_into_a_data_dir_that_holds_a_log(tmp_path: Path) -> None:
     """A history with a policy activation is refused before anything is written when the data dir already
     holds events: the store is byte for byte as it was."""

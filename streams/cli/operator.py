@@ -26,7 +26,7 @@ from rich.table import Table
 from tiergate.models.wire import format_ts
 
 from ..clock import SystemClock
-from ..codec import EventError, decode
+from ..codec import EventError, decode, excerpt
 from ..embedded import DB_NAME
 from ..explain import plain
 from ..settings import OperatorSettings, StoreSettings, load
@@ -221,7 +221,8 @@ def _print_rejected(rows: list[dict[str, Any]]) -> None:
         return
     table = Table("id", "origin", "result", "type", "reason", "input")
     for row in rows:
-        cells = (row["id"], row["origin"], row["result"], row["action_type"] or "—", row["reason"], row["event"])
+        shown = excerpt(row["event"])  # the whole of it: --json
+        cells = (row["id"], row["origin"], row["result"], row["action_type"] or "—", row["reason"], shown)
         table.add_row(*(plain(cell) for cell in cells))
     wide = None if sys.stdout.isatty() else 100_000  # piped: one line a row, for grep
     Console(highlight=False, file=sys.stdout, width=wide).print(table)
@@ -333,7 +334,8 @@ def _add_rejected(commands: Any) -> None:
         "rejected",
         help="the input that did not count (bad, refused or late), with its reason",
         description="Read rejected input from an embedded data dir (oldest first, paged by id) or, with "
-        "--kafka, from the DLQ topic tiergate.events.v1.dlq. Filter by reason (a substring), result and type.",
+        "--kafka, from the DLQ topic tiergate.events.v1.dlq. Filter by reason (a substring), result and type. "
+        "The table shows the first 200 characters of a long input and its size; --json has all of it.",
         **examples(
             "tiergate rejected --data-dir tiergate-data",
             "tiergate rejected --data-dir tiergate-data --reason 'unknown action_type' --json",
@@ -349,5 +351,5 @@ def _add_rejected(commands: Any) -> None:
     rejected.add_argument("--action-type", metavar="TYPE")
     rejected.add_argument("--after", type=int, default=0, metavar="ID", help="the page after this id")
     rejected.add_argument("--limit", type=int, default=100, metavar="N")
-    rejected.add_argument("--json", action="store_true", help="print JSON: rows and next_after")
+    rejected.add_argument("--json", action="store_true", help="print JSON: rows (each input whole) and next_after")
     rejected.set_defaults(run=_rejected)

@@ -23,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from tiergate.models.wire import TIERS
 
 from ..access import ANONYMOUS, Caller
+from ..codec import excerpt
 from . import views
 from .sessions import COOKIE, Session, Sessions
 from .sources import EmbeddedSource, Source
@@ -61,6 +62,7 @@ class Console:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        self.templates.filters["excerpt"] = excerpt
 
     @property
     def embedded(self) -> EmbeddedSource | None:
