@@ -27,11 +27,25 @@ def decode(raw: bytes) -> Event:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
-        strict = "strict JSON: no NaN, Infinity or numbers beyond a double"
-        raise EventError(f"malformed JSON: {error} ({strict})") from None
+        raise EventError(_malformed(error)) from None
     if not isinstance(data, dict):
         raise EventError("an event is one JSON object ({...}); send arrays as NDJSON, one object a line")
     return event_from_dict(data)
+
+
+NOT_JSON_NUMBERS = ("nan", "infinity", "inf")
+STRICT = "strict JSON: no NaN, Infinity or numbers beyond a double; send null or a string"
+
+
+def _malformed(error: orjson.JSONDecodeError) -> str:
+    """The reason for input that is not JSON, with the fix where the error shows it: a number JSON cannot
+    carry (NaN, Infinity, one beyond a double), or an event cut short."""
+    at = str(error.doc)[error.pos : error.pos + 8].lower()
+    if "infinity when parsed as double" in error.msg or at.startswith(NOT_JSON_NUMBERS):
+        return f"malformed JSON: {error} ({STRICT})"
+    if error.msg.startswith("unexpected end of data"):
+        return f"malformed JSON: {error}: the event is cut short; send the whole object"
+    return f"malformed JSON: {error}"
 
 
 def encode(event: Event) -> bytes:

@@ -481,8 +481,7 @@ def results_of(items: list[Handled]) -> Ingested:
     """A batch's per-event results, its decisions and the tier records they change."""
     out = Ingested()
     for item in items:
-        event_id = None if item.event is None else item.event.event_id
-        out.results.append(EventResult(item.input.position, event_id, item.result, item.reason))
+        out.results.append(EventResult(item.input.position, item.event_id, item.result, item.reason))
         out.decisions.extend(item.decisions)
     out.tier_changes = [TierRecord.from_decision(d) for d in out.decisions if d.moves]
     return out

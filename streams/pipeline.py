@@ -82,23 +82,37 @@ class Handled(NamedTuple):
         if self.result != LATE and self.result != REJECTED:
             return None
         assert self.reason is not None  # the fold and the pipeline give a reason for both
-        action_type = self.action_type if self.event is not None else named_action_type(self.input.raw)
-        return Rejected(self.input.origin, self.result, self.reason, self.input.raw, action_type)
+        return Rejected(self.input.origin, self.result, self.reason, self.input.raw, self.named_action_type)
 
     @property
     def action_type(self) -> str | None:
         return None if self.event is None else self.event.action_type
 
+    @property
+    def named_action_type(self) -> str | None:
+        """The event's action type, or the one input the decoder refused names."""
+        return self.action_type if self.event is not None else named_action_type(self.input.raw)
 
-def named_action_type(raw: bytes) -> str | None:
-    """The `action_type` that input the decoder refused names, if it is a JSON object naming one: so rejected
-    input can be found by type even when it is malformed in another field."""
+    @property
+    def event_id(self) -> str | None:
+        """The event's id, or the one input the decoder refused names: so its producer can tell which it was."""
+        return self.event.event_id if self.event is not None else named(self.input.raw, "event_id")
+
+
+def named(raw: bytes, field: str) -> str | None:
+    """The string `field` of input the decoder refused, if it is a JSON object naming one."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    named = data.get("action_type") if isinstance(data, dict) else None
-    return named if isinstance(named, str) else None
+    value = data.get(field) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def named_action_type(raw: bytes) -> str | None:
+    """The `action_type` that input the decoder refused names, if it is a JSON object naming one: so rejected
+    input can be found by type even when it is malformed in another field."""
+    return named(raw, "action_type")
 
 
 def carried(item: Input, event: Event) -> str | None:
@@ -179,14 +193,15 @@ class Tallies(NamedTuple):
 
 class Counting:
     """Counts what a sink committed. Event counts are labelled by action type only for types the state
-    holds, so labels stay bounded by the catalog whatever producers send."""
+    holds, so labels stay bounded by the catalog whatever producers send; input the decoder refused counts
+    under the catalog type it names, as `tiergate rejected` lists it."""
 
     def __init__(self, inner: Sink, tallies: Tallies, state: State) -> None:
         self.inner, self.tallies, self.state = inner, tallies, state
         self.batch = Tallies.empty()
 
     def handled(self, item: Handled) -> None:
-        name = item.action_type
+        name = item.named_action_type
         self.batch.events[name if name is not None and name in self.state.keys else "", item.result] += 1
         for decision in item.decisions:
             self.batch.decisions[decision.action_type, decision.kind] += 1

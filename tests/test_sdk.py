@@ -114,7 +114,7 @@ async def test_bad_events_never_leave_and_the_size_limit_counts_utf8_bytes() -> 
     sink = MemoryEventSink()
     reporter = Reporter(sink, clock=lambda: TEN)
     receipt = Receipt("a-2", "refund_up_to_50", "crawl", TEN)
-    with pytest.raises(InvalidEvent, match="result 'great' is not valid for kind 'review'"):
+    with pytest.raises(InvalidEvent, match="result: 'great' is not valid for kind 'review'"):
         await reporter.report_outcome(receipt, "review", "great")
     with pytest.raises(InvalidEvent, match="not JSON"):
         await reporter.record_action("refund_up_to_50", "crawl", attributes={"when": object()})
