@@ -191,6 +191,15 @@ def override(op: str, tier: str | None, reason: str, actor: str = "ops@example.c
     return event if tier is None else {**event, "tier": tier}
 
 
+def test_explain_without_a_source_asks_for_one_unless_tiergate_server_is_set() -> None:
+    """With neither --log nor --server, explain reads TIERGATE_SERVER (here: a server that is not running,
+    so it says it cannot reach it); without that either, it asks for a source, exit 2."""
+    nothing = tiergate("explain", "reply_to_ticket", env={"TIERGATE_SERVER": ""})
+    refused(nothing, 2, "give --log DECISIONS.jsonl or --server URL (or set TIERGATE_SERVER)")
+    url = "http://127.0.0.1:9"  # discard: nothing serves tiergate there
+    refused(tiergate("explain", "reply_to_ticket", env={"TIERGATE_SERVER": url}), 2, f"cannot reach {url}")
+
+
 def test_explain_says_an_operators_cap_holds_a_type_at_crawl(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -392,3 +401,19 @@ def test_import_into_a_served_data_dir_says_its_history_turned_late(tmp_path: Pa
     assert "Import history before serving the data dir, or import it into a fresh --data-dir." in done.stderr
     fresh = tiergate("import", str(OLD_CLIMB), "--policy", str(POLICY), "--data-dir", str(tmp_path / "fresh"))
     assert fresh.returncode == 0 and "late" not in fresh.stderr
+
+
+def test_every_command_is_in_the_command_table_of_docs_cli_md() -> None:
+    """Each subcommand the parser registers has a row in docs/cli.md's command table, and the table names
+    no command that does not exist."""
+    import argparse
+    import re
+
+    from tiergate.streams.cli import parser
+
+    [commands] = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    text = (ROOT / "docs" / "cli.md").read_text()
+    table = text[text.index("| command | what |") : text.index("## Conventions")]
+    first_cells = [row.split("|")[1] for row in table.splitlines()[2:] if row.startswith("|")]
+    documented = {name.split()[0] for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
+    assert set(commands.choices) == documented

@@ -266,6 +266,26 @@ def test_override_checks_then_sends_and_prints_the_decision(served: str) -> None
     assert as_json["decisions"][0]["to_tier"] == "crawl" and as_json["decisions"][0]["principal"] == "alice@ops"
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("policy", "history"),
+        ("explain", "reply_to_ticket"),
+        ("checkpoint", "reply_to_ticket", "--through", "2026-11-02T10:00:00Z"),
+        ("override", "demote", "reply_to_ticket", "--actor", "a", "--reason", "r"),
+    ],
+)
+def test_a_command_without_a_credential_names_the_clients_variables(served: str, argv: tuple[str, ...]) -> None:
+    """Against a server with credentials, a server command sent without one exits 2 saying how to give the
+    client its credential (TIERGATE_CREDENTIAL[_FILE]), not the server's credentials file."""
+    env = {"TIERGATE_SERVER": served, "TIERGATE_CREDENTIAL": "", "TIERGATE_CREDENTIAL_FILE": ""}
+    server = ("--server", served) if argv[0] in ("policy", "checkpoint", "override") else ()
+    done = tiergate(*argv, *server, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "TIERGATE_CREDENTIAL_FILE" in done.stderr and "TIERGATE_CREDENTIAL" in done.stderr
+    assert "TIERGATE_CREDENTIALS" not in done.stderr
+
+
 def test_override_mistakes_are_caught_before_anything_is_sent(tmp_path: Path) -> None:
     """A pin without a tier is refused locally; --kafka without an operator key says how to give one; no
     server, a clear line."""

@@ -60,7 +60,8 @@ def edited(tmp_path: Path, *changes: tuple[str, str]) -> Path:
 
 
 def test_diff_names_what_changes_per_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`policy diff` lists the added type, and the changed bar of every type in the policy's words."""
+    """`policy diff` lists the added type, and the changed bar of every type in the policy's words; a
+    read-only type's change to a bar it never reads is marked as having no effect."""
     new = edited(
         tmp_path,
         ("target: 0.85", "target: 0.8"),
@@ -71,6 +72,8 @@ def test_diff_names_what_changes_per_type(tmp_path: Path, capsys: pytest.Capture
     assert "+ escalate (new action type: starts at crawl)" in out
     bar = "{metric: customer_success_rate, target: %s}"
     assert f"~ reply_to_ticket: tiers.run.keep: [{bar % 0.85}] → [{bar % 0.8}]" in out
+    assert f"~ lookup_order: tiers.run.keep: [{bar % 0.85}] → [{bar % 0.8}] (no effect: read-only)" in out
+    assert not [line for line in out if "read-only" in line and not line.startswith("~ lookup_order:")]
 
 
 def test_apply_dry_run_apply_history_and_rollback_on_a_running_server(
@@ -89,6 +92,7 @@ def test_apply_dry_run_apply_history_and_rollback_on_a_running_server(
     dry = tiergate("policy", "apply", str(new), "--actor", "ops", "--reason", "try it", "--dry-run", server=server)
     assert dry.returncode == 0, dry.stderr
     assert "would activate" in dry.stderr and "+ escalate" in dry.stdout
+    assert dry.stderr.splitlines()[-1] == "dry run: nothing was written; nothing moves at once"
     assert len(httpx.get(f"{server}/v1/policy/history").json()["activations"]) == 1  # nothing written
 
     done = tiergate("policy", "apply", str(new), "--actor", "ops", "--reason", "finance review", server=server)
@@ -142,7 +146,8 @@ def test_a_window_change_is_refused_before_anything_is_written(served: tuple[str
 
 def test_a_maturity_keeps_customer_units_pending_and_a_reporter_checkpoints_over_the_cli(tmp_path: Path) -> None:
     """Under a 1h maturity, accepted reviews are customer units waiting (shown per tier in /v1/status and by
-    `tiergate explain --server`); `tiergate checkpoint` records how far the feed is complete."""
+    `tiergate explain --server`, or TIERGATE_SERVER without a flag); `tiergate checkpoint` records how far the
+    feed is complete."""
     policy = edited(tmp_path, ("confidence: 0.95", "confidence: 0.95\noutcomes: {customer: {maturity: 1h}}"))
     data, port = tmp_path / "data", free_port()
     process = start(data, port, policy)
@@ -176,7 +181,7 @@ def test_a_maturity_keeps_customer_units_pending_and_a_reporter_checkpoints_over
         assert done.returncode == 0 and "applied" in done.stderr, done.stderr
         status = {s["action_type"]: s for s in httpx.get(f"{server}/v1/status").json()["action_types"]}
         assert status["reply_to_ticket"]["customer"]["checkpoint"] == format_ts(now)
-        explained = tiergate("explain", "reply_to_ticket", "--server", server, "--json", server=server)
+        explained = tiergate("explain", "reply_to_ticket", "--json", server=server)  # TIERGATE_SERVER
         assert orjson.loads(explained.stdout)["now"]["customer"]["checkpoint"] == format_ts(now)
     finally:
         process.terminate()

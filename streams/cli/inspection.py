@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,7 @@ from ..explain import ExplainError, decisions_for, explain, explanation
 from ..policy_file import read_policy
 from ..replay import file_lines
 from ..settings import OperatorSettings, StoreSettings, load
-from .history import policy_of
-from .terminal import CommandError, err, examples, input_file, print_json
+from .terminal import NO_CREDENTIAL, CommandError, err, examples, input_file, print_json
 
 
 def _check_policy(args: argparse.Namespace) -> int:
@@ -35,8 +35,11 @@ def _check_policy(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     now = None
-    if args.server is not None:
-        decisions, now = _from_server(args.server, args.action_type)
+    server = args.server or (None if args.log else os.environ.get("TIERGATE_SERVER"))
+    if server:
+        decisions, now = _from_server(server, args.action_type)
+    elif args.log is None:
+        raise CommandError("give --log DECISIONS.jsonl or --server URL (or set TIERGATE_SERVER)")
     else:
         log = input_file(args.log, "a decision log (the output of tiergate replay, or export --decisions)")
         with open(log, "rb") as lines:
@@ -76,7 +79,7 @@ def _from_server(server: str, action_type: str) -> tuple[list[dict[str, Any]], d
 
 def _ok(response: httpx.Response) -> dict[str, Any]:
     if response.status_code == 401:
-        raise CommandError("the server wants a credential: set TIERGATE_CREDENTIAL_FILE (or TIERGATE_CREDENTIAL)")
+        raise CommandError(f"the server wants a credential: {NO_CREDENTIAL}")
     if response.status_code != 200:
         raise CommandError(f"the server answered {response.status_code}: {response.text[:200]}")
     body: dict[str, Any] = response.json()
@@ -84,7 +87,8 @@ def _ok(response: httpx.Response) -> dict[str, Any]:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    policy = policy_of(load(StoreSettings, policy=args.policy))
+    given = load(StoreSettings, policy=args.policy).policy
+    policy = None if given is None else read_policy(given)  # None: the log's own activations
     events = input_file(args.events, "a JSONL event history (one JSON object a line)")
     try:
         from ..plot import render, timelines
@@ -95,8 +99,12 @@ def _plot(args: argparse.Namespace) -> int:
     if args.types:
         lines = {name: line for name, line in lines.items() if name in args.types.split(",")}
     if not lines:
-        raise CommandError(f"{events}: no window of an evaluated action type closed in this history: nothing to plot")
-    render(lines, Path(args.output), f"{events.name} under policy {policy.version}")
+        hint = "" if policy is not None else " (it carries no policy activation? give --policy POLICY.yaml)"
+        raise CommandError(
+            f"{events}: no window of an evaluated action type closed in this history: nothing to plot{hint}"
+        )
+    under = f"policy {policy.version}" if policy is not None else "the policy in its log"
+    render(lines, Path(args.output), f"{events.name} under {under}")
     err.print(f"wrote {escape(args.output)}: {', '.join(sorted(lines))}")
     return 0
 
@@ -129,9 +137,14 @@ def add_commands(commands: Any) -> None:
         ),
     )
     why.add_argument("action_type", metavar="ACTION_TYPE")
-    source = why.add_mutually_exclusive_group(required=True)
+    source = why.add_mutually_exclusive_group()
     source.add_argument("--log", metavar="DECISIONS.jsonl", help="a decision log (replay's output)")
-    source.add_argument("--server", metavar="URL", help="a running `tiergate serve` (credential: TIERGATE_CREDENTIAL)")
+    source.add_argument(
+        "--server",
+        metavar="URL",
+        help="a running `tiergate serve` (default: TIERGATE_SERVER, when --log is not given; credential: "
+        "TIERGATE_CREDENTIAL[_FILE])",
+    )
     why.add_argument("--json", action="store_true", help="print the explanation as JSON")
     why.set_defaults(run=_explain)
 
@@ -139,14 +152,18 @@ def add_commands(commands: Any) -> None:
         "plot",
         help="each type's bars, samples and tier over time as a PNG (plot extra)",
         description="Fold a history and draw, per evaluated action type, its rates against its bars (with "
-        "the keep margin band), its sample sizes and its tier over time. Needs the plot extra (matplotlib).",
+        "the keep margin band), its sample sizes and its tier over time. A log that carries its policy (as "
+        "replay's and export's do) needs no --policy. Needs the plot extra (matplotlib).",
         **examples(
+            "tiergate plot examples/events.jsonl -o tiers.png",
             "tiergate plot events.jsonl --policy policy.yaml -o tiers.png",
             "tiergate plot events.jsonl --policy policy.yaml --types reply_to_ticket,refund_up_to_50",
         ),
     )
     plot.add_argument("events", metavar="EVENTS.jsonl")
-    plot.add_argument("--policy", metavar="POLICY.yaml", help="(or TIERGATE_POLICY)")
+    plot.add_argument(
+        "--policy", metavar="POLICY.yaml", help="(or TIERGATE_POLICY) for a log from before policies lived in it"
+    )
     plot.add_argument("-o", "--output", default="tiers.png", metavar="FILE.png")
     plot.add_argument("--types", help="comma-separated action types (default: every evaluated type)")
     plot.set_defaults(run=_plot)

@@ -31,7 +31,7 @@ from ..embedded import DB_NAME
 from ..explain import plain
 from ..settings import OperatorSettings, StoreSettings, load
 from ..store import RejectedQuery, Store, StoreError
-from .terminal import CommandError, err, examples, print_json
+from .terminal import NO_CREDENTIAL, CommandError, err, examples, print_json
 
 EXIT_PENDING = 3  # Kafka: produced, but no worker answered in time
 OPS = ("pin", "unpin", "cap", "uncap", "promote", "demote")
@@ -76,7 +76,7 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
         return body
     error, fix = (body.get("error"), body.get("fix")) if isinstance(body, dict) else (None, None)
     if response.status_code == 401:
-        fix = "set TIERGATE_CREDENTIAL_FILE (or TIERGATE_CREDENTIAL) to an operator credential's secret"
+        fix = NO_CREDENTIAL
     raise CommandError(f"the server answered {response.status_code}: {error or response.text[:200]}; {fix or ''}")
 
 

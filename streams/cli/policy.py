@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from tiergate.models.policy import Policy
 
 from ..activation import Diff, diff
 from ..policy_file import read_policy
-from .terminal import CommandError, err, examples, print_json
+from .terminal import NO_CREDENTIAL, CommandError, err, examples, print_json
 
 TIMEOUT = 30.0
 
@@ -64,7 +65,7 @@ def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str,
         ) from None
     body: dict[str, Any] = response.json() if response.content else {}
     if response.status_code >= 400:
-        fix = body.get("fix", "")
+        fix = NO_CREDENTIAL if response.status_code == 401 else body.get("fix", "")
         raise CommandError(f"{response.status_code}: {body.get('error', response.text)}" + (f"; {fix}" if fix else ""))
     return body
 
@@ -109,6 +110,8 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
     )
     for line in planned.diff.lines():
         print(line)
+    if args.dry_run:
+        _dry_run_said("nothing was produced")
     return 0
 
 
@@ -133,7 +136,17 @@ def _activate(args: argparse.Namespace, body: dict[str, Any], dry_run: bool) -> 
         print(line)
     for move in applied["moves"]:
         print(f"moves at once: {move['action_type']} {move['from_tier']} → {move['to_tier']}")
+    if dry_run:
+        moves = len(applied["moves"])
+        moving = f"{moves} type{'s' if moves != 1 else ''} would move at once" if moves else "nothing moves at once"
+        _dry_run_said(f"nothing was written; {moving}")
     return 0
+
+
+def _dry_run_said(what: str) -> None:
+    """A dry run's last line, after the diff on stdout (flushed first, so it ends a terminal's output)."""
+    sys.stdout.flush()
+    err.print(f"dry run: {what}")
 
 
 def _rollback(args: argparse.Namespace) -> int:

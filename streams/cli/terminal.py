@@ -15,6 +15,11 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_USAGE = 2  # bad input, settings or environment; argparse's own usage errors exit 2 too
 
+NO_CREDENTIAL = (
+    "set TIERGATE_CREDENTIAL_FILE (a file holding the secret of a credential the server knows) or TIERGATE_CREDENTIAL"
+)
+"""The fix for a server's 401, in the client's words (the server's own answer names its credentials file)."""
+
 
 class CommandError(Exception):
     """A mistake the user can fix: the message says what is wrong and what to do."""
