@@ -248,12 +248,21 @@ def pydantic_problems(error: ValidationError, prefix: Path = ()) -> Problems:
             message = "is required: add it"
         elif item["type"] == "extra_forbidden":
             message = "is not a policy field: remove it or check its spelling"
+        elif item["type"] in ("model_type", "dict_type"):
+            message = _mapping_wanted(prefix + tuple(item["loc"]))
         elif item["type"] == "literal_error" and item["loc"] and item["loc"][-1] == "metric":
             message = f"unknown metric {item['input']!r}: use one of {', '.join(METRICS)}"
         elif item["type"] == "literal_error" and item["loc"] and item["loc"][-1] == "schema":
             message = f"unknown rules schema {item['input']!r}: this tiergate knows schema {RULES_SCHEMA}; upgrade it"
         problems.append((prefix + tuple(item["loc"]), message))
     return problems
+
+
+def _mapping_wanted(path: Path) -> str:
+    """What a field that must be a mapping takes (a catalog entry: the fields an action type may set)."""
+    if len(path) == 2 and path[0] == "action_types":
+        return "must be a mapping (e.g. {} or {max_tier: walk})"
+    return "must be a mapping of its fields (name: value pairs, in braces or indented lines)"
 
 
 def rules_from_mapping(mapping: Mapping[str, Any]) -> Rules:

@@ -16,6 +16,7 @@ and counts only what was committed.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -43,6 +44,26 @@ class Input(NamedTuple):
     @property
     def origin(self) -> str:
         return f"{self.source}:{self.position}"
+
+
+def request_source(remote: str | None, credential: str | None) -> str:
+    """The source of events posted over HTTP: the sender's address, and its credential where there is one
+    (so a rejected input's origin says who sent it: `http(127.0.0.1 as support-bot):3`)."""
+    return f"http({remote})" if credential is None else f"http({remote} as {credential})"
+
+
+POSTED = re.compile(r"http\((?P<remote>[^ )]*)(?: as (?P<credential>[^)]+))?\):(?P<index>\d+)")
+
+
+def readable_origin(origin: str) -> str:
+    """An origin as people read it: a posted event's sender, address and place in its request
+    (`support-bot from 127.0.0.1, event 4 of its request`); any other origin (`file:line`,
+    `topic/partition:offset`) as it is."""
+    posted = POSTED.fullmatch(origin)
+    if posted is None:
+        return origin
+    sender = posted["remote"] if posted["credential"] is None else f"{posted['credential']} from {posted['remote']}"
+    return f"{sender}, event {int(posted['index']) + 1} of its request"
 
 
 class Rejected(NamedTuple):

@@ -341,6 +341,30 @@ def test_a_busy_port_is_reported_before_the_banner(tmp_path: Path) -> None:
     assert "tiergate serve:" not in done.stderr
 
 
+def test_one_action_type_is_counted_in_the_singular(tmp_path: Path) -> None:
+    """A policy with one action type is `1 action type` in check-policy's verdict and serve's banner."""
+    import yaml
+
+    raw = yaml.safe_load(POLICY.read_text())
+    raw["action_types"] = {"reply_to_ticket": {}}
+    single = tmp_path / "single.yaml"
+    single.write_text(yaml.safe_dump(raw))
+    assert "golden-1, 1 action type, sha256" in tiergate("check-policy", str(single)).stderr
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "tiergate.streams.cli", "serve", "--policy", str(single), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert serve.stderr is not None
+        banner = next(line for line in serve.stderr if line.startswith("tiergate serve:"))
+    finally:
+        serve.terminate()
+        serve.wait(timeout=20)
+    assert "policy golden-1 (1 action type), data in" in banner
+
+
 def run_read_only(directory: Path, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """`tiergate ARGV` with `directory` read-only: a read-only bind mount in a private mount namespace when
     root (whom permissions do not stop), else the directory's write bits removed."""

@@ -17,7 +17,7 @@ from ..explain import ExplainError, decisions_for, explain, explanation
 from ..policy_file import read_policy
 from ..replay import file_lines
 from ..settings import OperatorSettings, StoreSettings, load
-from .terminal import NO_CREDENTIAL, CommandError, err, examples, input_file, print_json
+from .terminal import NO_CREDENTIAL, CommandError, counted, err, examples, input_file, print_json
 
 
 def _check_policy(args: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def _check_policy(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(policy.normalised, indent=2, sort_keys=True) + "\n")
     err.print(
         f"{escape(args.policy)}: valid; policy_version {escape(policy.version)}, "
-        f"{len(policy.catalog)} action types, sha256 {policy.sha256}"
+        f"{counted(len(policy.catalog), 'action type')}, sha256 {policy.sha256}"
     )
     return 0
 

@@ -29,6 +29,7 @@ from ..clock import SystemClock
 from ..codec import EventError, decode, excerpt
 from ..embedded import DB_NAME
 from ..explain import plain
+from ..pipeline import readable_origin
 from ..settings import OperatorSettings, StoreSettings, load
 from ..store import RejectedQuery, Store, StoreError
 from .terminal import NO_CREDENTIAL, CommandError, err, examples, print_json
@@ -222,7 +223,14 @@ def _print_rejected(rows: list[dict[str, Any]]) -> None:
     table = Table("id", "origin", "result", "type", "reason", "input")
     for row in rows:
         shown = excerpt(row["event"])  # the whole of it: --json
-        cells = (row["id"], row["origin"], row["result"], row["action_type"] or "—", row["reason"], shown)
+        cells = (
+            row["id"],
+            readable_origin(row["origin"]),
+            row["result"],
+            row["action_type"] or "—",
+            row["reason"],
+            shown,
+        )
         table.add_row(*(plain(cell) for cell in cells))
     wide = None if sys.stdout.isatty() else 100_000  # piped: one line a row, for grep
     Console(highlight=False, file=sys.stdout, width=wide).print(table)

@@ -16,7 +16,7 @@ from ..access import Credentials
 from ..policy_file import read_policy
 from ..settings import ServeSettings
 from .history import open_runtime
-from .terminal import CommandError, err, examples, print_json
+from .terminal import CommandError, counted, err, examples, print_json
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -66,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         port = sock.getsockname()[1]
         err.print(
-            f"tiergate serve: policy {escape(policy.version)} ({len(policy.catalog)} action types), "
+            f"tiergate serve: policy {escape(policy.version)} ({counted(len(policy.catalog), 'action type')}), "
             f"data in {escape(str(settings.data_dir))}, http://{settings.host}:{port}/v1/tiers"
         )
         app = make_app(evaluator, settings, credentials=credentials)

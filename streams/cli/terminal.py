@@ -29,6 +29,11 @@ class CommandError(Exception):
         self.code = code
 
 
+def counted(n: int, noun: str) -> str:
+    """`1 action type`, `2 action types`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def print_json(data: Any) -> None:
     """Data on stdout as indented JSON with sorted keys."""
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode() + "\n")
