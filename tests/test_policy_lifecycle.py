@@ -77,8 +77,9 @@ def test_apply_dry_run_apply_history_and_rollback_on_a_running_server(
     served: tuple[str, int, Path], tmp_path: Path
 ) -> None:
     """A dry run writes nothing; an apply adds a type and lowers a ceiling (the capped type moves at once),
-    keeping every other type's tier and evidence; history lists who did what; a rollback activates the
-    first document again; the exported log replays to the stored decisions byte for byte."""
+    keeping every other type's tier and evidence; applying it again writes nothing; history lists who did
+    what; a rollback activates the first document again; the exported log replays to the stored decisions
+    byte for byte."""
     server, _, data = served
     status = httpx.get(f"{server}/v1/status").json()["action_types"]
     evidence_before = {s["action_type"]: s["promote"] for s in status}
@@ -99,6 +100,8 @@ def test_apply_dry_run_apply_history_and_rollback_on_a_running_server(
     status = {s["action_type"]: s for s in httpx.get(f"{server}/v1/status").json()["action_types"]}
     assert status["reply_to_ticket"]["promote"] == evidence_before["reply_to_ticket"]  # evidence kept
 
+    again = tiergate("policy", "apply", str(new), "--actor", "ops", "--reason", "twice", server=server)
+    assert again.returncode == 0 and "is already in force as activation" in again.stderr, again.stderr
     history = tiergate("policy", "history", "--json", server=server)
     rows = json.loads(history.stdout)
     assert [(r["source"], r["actor"], r["reason"]) for r in rows][1:] == [("api", "ops", "finance review")]
