@@ -357,7 +357,7 @@ def test_a_read_only_data_dir_is_an_error_not_a_traceback(tmp_path: Path) -> Non
     EmbeddedRuntime(read_policy(POLICY), data, ManualClock(0)).close()  # an existing store, now read-only
     for argv in (
         ["serve", "--policy", str(POLICY), "--data-dir", str(data), "--port", "0"],
-        ["import", str(CLIMB), "--policy", str(POLICY), "--data-dir", str(data / "fresh")],
+        ["import", str(CLIMB), "--data-dir", str(data / "fresh")],
     ):
         done = run_read_only(data, argv)
         refused(done, 2, "cannot use this data directory", "give a writable --data-dir")
