@@ -184,3 +184,24 @@ def test_a_maturity_keeps_customer_units_pending_and_a_reporter_checkpoints_over
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_serve_with_a_policy_the_log_cannot_take_says_so_and_keeps_the_policy_in_force(tmp_path: Path) -> None:
+    """A data dir made under one window, restarted with a file that redraws it: the banner names the policy in
+    force (not the file's), a warning says why the file was not applied, and /healthz is degraded."""
+    data, port = tmp_path / "data", free_port()
+    first = start(data, port)
+    first.terminate()
+    first.wait(timeout=20)
+    redrawn = edited(tmp_path, ("window: 1h", "window: 2h"), ("lookback: 1d", "lookback: 2d"), ("golden-1", "other"))
+    second = start(data, port, redrawn)
+    try:
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
+        assert health["status"] == "degraded" and "window cannot change" in " ".join(health["problems"])
+    finally:
+        second.terminate()
+        second.wait(timeout=20)
+    assert second.stderr is not None
+    said = second.stderr.read().decode()
+    assert "tiergate serve: policy golden-1 (" in said, said
+    assert "warning:" in said and "not applied" in said and "degraded" in said
