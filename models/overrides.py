@@ -37,6 +37,8 @@ def apply(step: KeyStep, event: Override) -> str | None:
     elif key.pinned is not None:  # a human promote/demote carries the pin along
         key.pinned = target
     details: dict[str, Any] = {"op": event.op, "actor": event.actor, "event_id": event.event_id}
+    if event.tier is not None:
+        details["tier"] = event.tier  # what the operator named (a cap above the tier moves nothing)
     if target != key.tier:
         step.move("override", target, at, event.reason, **details)
     else:

@@ -66,7 +66,7 @@ class Explanation:
             if hold["op"] == "pin":
                 return f"pinned at {self.tier} by an operator: automatic moves are suspended until an unpin"
         for hold in self.holds:
-            if hold["op"] == "cap" and hold["to_tier"] == self.tier:
+            if hold["op"] == "cap" and hold.get("tier", hold["to_tier"]) == self.tier:
                 return f"held at {self.tier} by an operator's cap: no promotion above it until an uncap"
         current = self.current
         moved = {

@@ -204,7 +204,8 @@ def test_explain_says_an_operators_cap_holds_a_type_at_crawl(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A type capped at Crawl is not explained as "every action type starts at crawl": the cap, its actor
-    and reason come first; after an uncap the start is the reason again."""
+    and reason come first; after an uncap the start is the reason again; a cap at Walk does not hold a
+    type at Crawl (it has not earned Walk yet)."""
     log = decision_log(tmp_path, override("cap", "crawl", "finance review pending"))
     assert main(["explain", "refund_up_to_50", "--log", str(log), "--json"]) == 0
     told = json.loads(capsys.readouterr().out)
@@ -219,6 +220,10 @@ def test_explain_says_an_operators_cap_holds_a_type_at_crawl(
     assert main(["explain", "refund_up_to_50", "--log", str(lifted), "--json"]) == 0
     told = json.loads(capsys.readouterr().out)
     assert (told["held_by"], told["why"]) == ([], "every action type starts at crawl")
+    above = decision_log(tmp_path, override("cap", "walk", "no run yet"))
+    assert main(["explain", "refund_up_to_50", "--log", str(above), "--json"]) == 0
+    told = json.loads(capsys.readouterr().out)
+    assert told["why"] == "every action type starts at crawl" and told["held_by"][0]["tier"] == "walk"
 
 
 def test_explain_shows_what_operators_wrote_as_inert_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -385,7 +390,7 @@ def test_a_read_only_data_dir_is_an_error_not_a_traceback(tmp_path: Path) -> Non
     EmbeddedRuntime(read_policy(POLICY), data, ManualClock(0)).close()  # an existing store, now read-only
     for argv in (
         ["serve", "--policy", str(POLICY), "--data-dir", str(data), "--port", "0"],
-        ["import", str(CLIMB), "--policy", str(POLICY), "--data-dir", str(data / "fresh")],
+        ["import", str(CLIMB), "--data-dir", str(data / "fresh")],
     ):
         done = run_read_only(data, argv)
         refused(done, 2, "cannot use this data directory", "give a writable --data-dir")

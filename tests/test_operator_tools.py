@@ -160,18 +160,22 @@ def test_a_large_rejected_event_is_shortened_in_the_table_and_whole_in_json(tmp_
 
 def test_import_refuses_policy_events_into_a_data_dir_that_holds_a_log(tmp_path: Path) -> None:
     """A history with a policy activation is refused before anything is written when the data dir already
-    holds events: the store is byte for byte as it was."""
+    holds events (the store is byte for byte as it was), and with a --policy that would contradict it."""
     data = tmp_path / "data"
-    assert tiergate("import", str(CLIMB), "--policy", str(POLICY), "--data-dir", str(data)).returncode == 0
+    assert tiergate("import", str(CLIMB), "--data-dir", str(data)).returncode == 0
     before = (data / DB_NAME).read_bytes()
     history = tmp_path / "with-policy.jsonl"
     activation = '{"type":"policy","event_id":"policy/a1/reply_to_ticket","ts":"2026-11-03T00:00:00Z"}'
     history.write_text(FIRST_EVENT + "\n" + activation + "\n")
-    refused = tiergate("import", str(history), "--policy", str(POLICY), "--data-dir", str(data))
+    refused = tiergate("import", str(history), "--data-dir", str(data))
     assert refused.returncode == 2, refused.stderr
     assert "with-policy.jsonl carries policy activations" in refused.stderr, refused.stderr
     assert "only into an empty --data-dir" in refused.stderr
     assert (data / DB_NAME).read_bytes() == before
+    fresh = tmp_path / "fresh"
+    doubled = tiergate("import", str(history), "--policy", str(POLICY), "--data-dir", str(fresh))
+    assert doubled.returncode == 2 and "carries its own policy (activations)" in doubled.stderr, doubled.stderr
+    assert not fresh.exists()
     plain = tmp_path / "mentions-policy.jsonl"  # the word in a reason is no activation
     plain.write_text(FIRST_EVENT.replace('"accepted"', '"accepted","note":"policy"') + "\n")
     assert tiergate("import", str(plain), "--policy", str(POLICY), "--data-dir", str(data)).returncode == 0

@@ -80,8 +80,9 @@ def test_apply_dry_run_apply_history_and_rollback_on_a_running_server(
     served: tuple[str, int, Path], tmp_path: Path
 ) -> None:
     """A dry run writes nothing; an apply adds a type and lowers a ceiling (the capped type moves at once),
-    keeping every other type's tier and evidence; history lists who did what; a rollback activates the
-    first document again; the exported log replays to the stored decisions byte for byte."""
+    keeping every other type's tier and evidence; applying it again writes nothing; history lists who did
+    what; a rollback activates the first document again; the exported log replays to the stored decisions
+    byte for byte."""
     server, _, data = served
     status = httpx.get(f"{server}/v1/status").json()["action_types"]
     evidence_before = {s["action_type"]: s["promote"] for s in status}
@@ -103,6 +104,8 @@ def test_apply_dry_run_apply_history_and_rollback_on_a_running_server(
     status = {s["action_type"]: s for s in httpx.get(f"{server}/v1/status").json()["action_types"]}
     assert status["reply_to_ticket"]["promote"] == evidence_before["reply_to_ticket"]  # evidence kept
 
+    again = tiergate("policy", "apply", str(new), "--actor", "ops", "--reason", "twice", server=server)
+    assert again.returncode == 0 and "is already in force as activation" in again.stderr, again.stderr
     history = tiergate("policy", "history", "--json", server=server)
     rows = json.loads(history.stdout)
     assert [(r["source"], r["actor"], r["reason"]) for r in rows][1:] == [("api", "ops", "finance review")]
@@ -186,3 +189,24 @@ def test_a_maturity_keeps_customer_units_pending_and_a_reporter_checkpoints_over
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_serve_with_a_policy_the_log_cannot_take_says_so_and_keeps_the_policy_in_force(tmp_path: Path) -> None:
+    """A data dir made under one window, restarted with a file that redraws it: the banner names the policy in
+    force (not the file's), a warning says why the file was not applied, and /healthz is degraded."""
+    data, port = tmp_path / "data", free_port()
+    first = start(data, port)
+    first.terminate()
+    first.wait(timeout=20)
+    redrawn = edited(tmp_path, ("window: 1h", "window: 2h"), ("lookback: 1d", "lookback: 2d"), ("golden-1", "other"))
+    second = start(data, port, redrawn)
+    try:
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
+        assert health["status"] == "degraded" and "window cannot change" in " ".join(health["problems"])
+    finally:
+        second.terminate()
+        second.wait(timeout=20)
+    assert second.stderr is not None
+    said = second.stderr.read().decode()
+    assert "tiergate serve: policy golden-1 (" in said, said
+    assert "warning:" in said and "not applied" in said and "degraded" in said

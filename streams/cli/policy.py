@@ -92,6 +92,9 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
     key = operator_key(args.key)
     preflight(settings, (EVENTS, POLICIES))
     activations = asyncio.run(history(settings))
+    if activations and activations[-1].record["policy_sha256"] == policy.sha256:
+        err.print(f"{escape(policy.version)} is already in force as activation {activations[-1].activation_id}")
+        return 0
     problems = refusals(activations, policy)
     if problems:
         raise CommandError("refused before anything was written: " + "; ".join(problems))
@@ -125,6 +128,12 @@ def _activate(args: argparse.Namespace, body: dict[str, Any], dry_run: bool) -> 
         applied = call(http, "POST", "/v1/policy", json=body, headers=headers, params=params)
     if args.json:
         print_json(applied)
+        return 0
+    if applied["unchanged"]:
+        err.print(
+            f"{escape(applied['policy_version'])} (sha256 {applied['policy_sha256'][:12]}…) is already in force as "
+            f"activation {applied['activation_id']}: nothing written"
+        )
         return 0
     verb = "would activate" if dry_run else "activated"
     err.print(
@@ -164,10 +173,11 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _rollback_target(history: list[dict[str, Any]], to: str | None) -> dict[str, Any]:
-    if to is None:
-        if len(history) < 2:
-            raise CommandError("nothing to roll back to: there has been one activation only")
-        return history[-2]
+    if to is None:  # the newest activation of another document than the one in force
+        earlier = [row for row in history[:-1] if row["policy_sha256"] != history[-1]["policy_sha256"]]
+        if not earlier:
+            raise CommandError("nothing to roll back to: no earlier activation had another policy")
+        return earlier[-1]
     for row in history:
         if row["activation_id"] == to:
             return row
@@ -227,7 +237,7 @@ def add_commands(commands: Any) -> None:
     apply.set_defaults(run=_apply)
 
     back = actions.add_parser("rollback", help="activate an earlier activation's document again")
-    back.add_argument("--to", metavar="ACTIVATION", help="default: the activation before the current one")
+    back.add_argument("--to", metavar="ACTIVATION", help="default: the newest earlier activation of another policy")
     changing(back)
     back.set_defaults(run=_rollback)
 

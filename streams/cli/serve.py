@@ -67,10 +67,15 @@ def _serve(args: argparse.Namespace) -> int:
         raise
     try:
         port = sock.getsockname()[1]
+        in_force = evaluator.current_policy()
+        version = policy.version if in_force is None else in_force.policy_version
+        types = sum(not key.retired for key in evaluator.state.keys.values())
         err.print(
-            f"tiergate serve: policy {escape(policy.version)} ({counted(len(policy.catalog), 'action type')}), "
+            f"tiergate serve: policy {escape(version)} ({counted(types, 'action type')}), "
             f"data in {escape(str(settings.data_dir))}, http://{settings.host}:{port}/v1/tiers"
         )
+        for problem in evaluator.problems:
+            err.print(f"[yellow]warning:[/] {escape(problem)} (/healthz says degraded)")
         app = make_app(evaluator, settings, credentials=credentials)
         web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
     finally:
