@@ -1,11 +1,11 @@
-"""Event time moving on: the watermark rises, windows close, and at each close the bars are judged
-(DESIGN §6.1–§6.5). Demotion is checked before promotion; a promotion needs every promote bar passing
+"""Event time moving on: the watermark rises, windows close, and at each close the bars are judged.
+Demotion is checked before promotion; a promotion needs every promote bar passing
 at every close of a streak at least `hold` long, the cooldown over, no pin and room under the ceiling.
 """
 
 from __future__ import annotations
 
-from . import windows
+from . import maturity, windows
 from .durations import format_duration
 from .evidence import judge_bars
 from .stats import Verdict, falls, judge_keep, judge_promote, passes
@@ -39,8 +39,10 @@ def advance(step: KeyStep, ts: int) -> None:
 def close(step: KeyStep, index: int) -> None:
     key, size = step.key, step.rules.window
     counters = key.open.pop(index, None)
+    if key.cells:
+        counters = maturity.mature(key, (index + 1) * size, counters)
     if key.since is not None and index < key.since // size:
-        counters = None  # before the window holding `since`: no evidence for the current tier (§6.2)
+        counters = None  # before the window holding `since`: no evidence for the current tier
     key.lookback.push(index, counters)
     key.next_close = index + 1
     key.forget()
@@ -59,6 +61,9 @@ def next_event(step: KeyStep) -> int:
     expiry = key.lookback.next_expiry()
     if expiry is not None:
         due.append(expiry)
+    ripe = maturity.next_due(key) if key.cells else None
+    if ripe is not None:
+        due.append(ripe)
     if key.passing_since is not None and key.pinned is None and key.tier + 1 <= key.ceiling:
         promotable = key.passing_since + rules.hold[key.tier]
         if key.last_demotion is not None:

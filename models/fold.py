@@ -1,8 +1,9 @@
-"""The decider over the ordered event log of each action type (DESIGN §6).
+"""The decider over the ordered event log of each action type.
 
     initial_state(policy)            -> State, every catalog type at its starting tier
     initial_decisions(policy)        -> the `initial` decision of each type, in name order
     step(state, event)               -> Stepped(state, decisions, result, reason)
+    step(state, event, violations=False): the same, for a counterfactual fold (a backtest)
     fold(events[, policy][, state])  -> (state, decisions)
 
 Each key carries its own rules: from the policy activations in its log (models/activations.py), or, for
@@ -18,16 +19,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from . import activations, closes, overrides, windows
+from . import activations, closes, maturity, overrides, windows
 from .decisions import Decision, TierRecord
 from .evidence import SCORES
 from .policy import Policy
 from .results import APPLIED, DUPLICATE, DUPLICATE_REASON, LATE, REJECTED, RESULTS, Result
 from .state import RUN, KeyState, State
 from .transition import KeyStep
-from .wire import TIER_INDEX, TIERS, Action, Outcome, Override, PolicyEvent, Tick
+from .wire import TIER_INDEX, TIERS, Action, Checkpoint, Outcome, Override, PolicyEvent, Tick
 
-Event = Action | Outcome | Override | Tick | PolicyEvent
+Event = Action | Outcome | Override | Tick | PolicyEvent | Checkpoint
 __all__ = ["APPLIED", "DUPLICATE", "LATE", "REJECTED", "RESULTS", "Event", "Result", "Stepped", "fold", "step"]
 
 
@@ -94,8 +95,11 @@ def initial_decisions(policy: Policy | None) -> list[Decision]:
     return decisions
 
 
-def step(state: State, event: Event) -> Stepped:
+def step(state: State, event: Event, violations: bool = True) -> Stepped:
     """Apply one event of the log: close the windows its `ts` closes, then aggregate it (or count it late).
+
+    `violations=False` folds a counterfactual (a backtest's candidate policy): the agents ran under another
+    tier map than this fold's, so an action above its tier is no violation; everything else is the same.
 
     The common case (an action or outcome in an open window that closes nothing) stays on a short path:
     this runs once per event of every history."""
@@ -108,11 +112,13 @@ def step(state: State, event: Event) -> Stepped:
         reason = f"unknown action_type {name!r}: add it to the policy's action_types or fix the producer"
         return Stepped(state, (), REJECTED, reason)
     if key.retired or key.halted is not None:
-        return _stopped(state, key, event)
+        return _stopped(state, key, event, violations)
     if isinstance(event, Override):
         return _override(state, key, event)
+    if isinstance(event, Checkpoint):
+        return _checkpoint(state, key, event)
     event_id = event.event_id
-    if key.remembers(event_id):
+    if key.remembers(event_id) or event_id in key.failure_ids:
         return Stepped(state, (), DUPLICATE, DUPLICATE_REASON)
     out: list[Decision] = []
     rules = key.rules
@@ -123,21 +129,71 @@ def step(state: State, event: Event) -> Stepped:
         else:
             closes.advance(KeyStep(key, out), ts)
     index = ts // size
-    key.remember(event_id, index)
     if index < key.next_close:  # type: ignore[operator]  # advance() has set it
+        key.remember(event_id, index)
         return Stepped(state, tuple(out), LATE, closes.late_reason(KeyStep(key, out), index))
     if key.read_only:  # never evaluated: time moves and ids are remembered, nothing is aggregated
+        key.remember(event_id, index)
         return Stepped(state, tuple(out), APPLIED, None)
     if isinstance(event, Outcome):
+        if event.kind == "customer" and (key.rules.maturity is not None or key.cells):
+            matured = _customer_under_maturity(key, event)
+            if matured is not None:
+                return Stepped(state, tuple(out), *matured)
+        key.remember(event_id, index)
         at, success = SCORES[rules.minor_edits_accepted][event.kind, event.result, event.edit, event.tier]
         counters = key.open.get(index)
         if counters is None:
             counters = key.open[index] = windows.empty()
         counters[at] += 1
         counters[at + 1] += success
-    elif isinstance(event, Action) and TIER_INDEX[event.tier] > key.tier:
-        _violation(KeyStep(key, out), event)
+        if event.kind == "review" and (key.rules.maturity is not None or key.cells):
+            cell = maturity.unit_of_review(event, size)
+            if cell is not None:
+                maturity.add_unit(key, cell)
+        return Stepped(state, tuple(out), APPLIED, None)
+    key.remember(event_id, index)
+    if isinstance(event, Action):
+        if event.tier != "crawl" and (key.rules.maturity is not None or key.cells):
+            maturity.add_unit(key, (index, TIER_INDEX[event.tier]))
+        if violations and TIER_INDEX[event.tier] > key.tier:
+            _violation(KeyStep(key, out), event)
     return Stepped(state, tuple(out), APPLIED, None)
+
+
+def _checkpoint(state: State, key: KeyState, event: Checkpoint) -> Stepped:
+    """How far the customer feed is complete: never late, moves no event time; a re-sent one is a duplicate.
+    A feed can only vouch for what has already happened, so `through` may not be after its own `ts`."""
+    if key.remembers(event.event_id):
+        return Stepped(state, (), DUPLICATE, DUPLICATE_REASON)
+    if event.through > event.ts:
+        reason = (
+            "through: a checkpoint cannot vouch for the future (through is after its own ts): send it once the "
+            "feed has reported every failure up to through"
+        )
+        return Stepped(state, (), REJECTED, reason)
+    key.remember(event.event_id, event.ts // key.rules.window)
+    if key.checkpoint is None or event.through > key.checkpoint:
+        key.checkpoint = event.through
+    return Stepped(state, (), APPLIED, None)
+
+
+def _customer_under_maturity(key: KeyState, event: Outcome) -> tuple[Result, str | None] | None:
+    """A customer outcome where a maturity applies: a success changes nothing and leaves no id (the absence
+    of a failure is the success); a failure marks its cell, or is late after its action's maturity. None:
+    no maturity applies to it after all (it counts as it comes)."""
+    if event.result == "success":
+        cell = None if event.action_ts is None else (event.action_ts // key.rules.window, TIER_INDEX[event.tier])
+        if key.rules.maturity is None and cell not in key.cells:
+            return None
+        return APPLIED, None
+    cell, why = maturity.failure_cell(key, event)
+    if why is not None:
+        return (LATE if why.startswith("after maturity") else REJECTED), why
+    if cell is None:
+        return None
+    maturity.add_failure(key, cell, event.event_id)
+    return APPLIED, None
 
 
 def _override(state: State, key: KeyState, event: Override) -> Stepped:
@@ -155,7 +211,7 @@ def _override(state: State, key: KeyState, event: Override) -> Stepped:
     return Stepped(state, tuple(out), APPLIED if refused is None else REJECTED, refused)
 
 
-def _stopped(state: State, key: KeyState, event: Event) -> Stepped:
+def _stopped(state: State, key: KeyState, event: Event, violations: bool) -> Stepped:
     """A retired or halted key folds nothing and moves no time; an action a retired type still took above
     Crawl is a violation (the tier map answers Crawl for it)."""
     if key.halted is not None:
@@ -165,7 +221,7 @@ def _stopped(state: State, key: KeyState, event: Event) -> Stepped:
         "crawl for it; stop sending it, or name it in a policy again"
     )
     out: list[Decision] = []
-    if isinstance(event, Action) and TIER_INDEX[event.tier] > 0:
+    if violations and isinstance(event, Action) and TIER_INDEX[event.tier] > 0:
         violation = f"action {event.action_id} ran at {event.tier} while {key.action_type} is retired (crawl)"
         KeyStep(key, out).note(
             "violation", None, event.ts, violation, from_tier=None, action_id=event.action_id, agent=event.agent

@@ -1,4 +1,4 @@
-"""The promotion policy document (DESIGN §5): declarative data, validated once, at load.
+"""The promotion policy document: declarative data, validated once, at load.
 
 The loader takes the policy as a mapping (streams/ reads the YAML) and either returns a `Policy` whose
 every per-action-type `Rules` is merged and valid, or raises `PolicyError` whose messages name the field
@@ -53,6 +53,7 @@ class _ActionTypeSpec(Strict):
     read_only: bool = False
     tiers: dict[str, Any] | None = None
     demotion: dict[str, Any] | None = None
+    outcomes: dict[str, Any] | None = None
 
 
 ActionTypeName = Annotated[str, Field(pattern=ACTION_TYPE_PATTERN)]
@@ -85,6 +86,7 @@ class _Document(Strict):
     acceptance: Acceptance = Field(default_factory=Acceptance)
     demotion: dict[str, Any] = Field(default_factory=dict)
     tiers: dict[str, Any] = Field(default_factory=dict)
+    outcomes: dict[str, Any] = Field(default_factory=dict)
     action_types: Annotated[
         dict[Annotated[str, Field(pattern=ACTION_TYPE_PATTERN)], _ActionTypeSpec | None], Field(min_length=1)
     ]
@@ -134,6 +136,7 @@ def _type_mapping(raw: dict[str, Any], spec: _ActionTypeSpec) -> dict[str, Any]:
     return mapping | {
         "demotion": deep_merge(raw.get("demotion") or {}, spec.demotion or {}),
         "tiers": deep_merge(raw.get("tiers") or {}, spec.tiers or {}),
+        "outcomes": deep_merge(raw.get("outcomes") or {}, spec.outcomes or {}),
         "max_tier": spec.max_tier,
         "read_only": spec.read_only,
     }
@@ -216,6 +219,7 @@ def _normalise(document: _Document, types: dict[str, Rules]) -> dict[str, Any]:
                 "max_tier": rules.mapping["max_tier"],
                 "tiers": rules.mapping["tiers"],
                 "demotion": rules.mapping["demotion"],
+                "outcomes": rules.mapping["outcomes"],
             }
             for name, rules in types.items()
         },

@@ -103,6 +103,17 @@ class Acceptance(Strict):
     minor_edits_accepted: bool = False
 
 
+class CustomerOutcomes(Strict):
+    maturity: Duration | None = None  # how long after its action a customer failure can still come
+
+
+class Outcomes(Strict):
+    """How outcomes are known: with a customer maturity, an action counts for the customer only once it is
+    old enough and the outcome feed's checkpoint says its failures are in."""
+
+    customer: CustomerOutcomes = Field(default_factory=CustomerOutcomes)
+
+
 class RulesSpec(Strict):
     """The complete rules of one action type, as an activation carries them."""
 
@@ -114,6 +125,7 @@ class RulesSpec(Strict):
     acceptance: Acceptance = Field(default_factory=Acceptance)
     demotion: Demotion = Field(default_factory=Demotion)
     tiers: Tiers = Field(default_factory=Tiers)
+    outcomes: Outcomes = Field(default_factory=Outcomes)
     max_tier: Tier = "run"
     read_only: bool = False
 
@@ -148,6 +160,7 @@ class Rules:
     hold: tuple[int, ...]  # per tier
     keep_bars: tuple[tuple[BarRule, ...], ...]  # per tier
     cooldown: int
+    maturity: int | None  # customer outcomes known only this long after their action (None: as they come)
     mapping: Mapping[str, Any]  # the same rules in the policy's vocabulary, normalised (what the log keeps)
 
     @property
@@ -235,12 +248,21 @@ def pydantic_problems(error: ValidationError, prefix: Path = ()) -> Problems:
             message = "is required: add it"
         elif item["type"] == "extra_forbidden":
             message = "is not a policy field: remove it or check its spelling"
+        elif item["type"] in ("model_type", "dict_type"):
+            message = _mapping_wanted(prefix + tuple(item["loc"]))
         elif item["type"] == "literal_error" and item["loc"] and item["loc"][-1] == "metric":
             message = f"unknown metric {item['input']!r}: use one of {', '.join(METRICS)}"
         elif item["type"] == "literal_error" and item["loc"] and item["loc"][-1] == "schema":
             message = f"unknown rules schema {item['input']!r}: this tiergate knows schema {RULES_SCHEMA}; upgrade it"
         problems.append((prefix + tuple(item["loc"]), message))
     return problems
+
+
+def _mapping_wanted(path: Path) -> str:
+    """What a field that must be a mapping takes (a catalog entry: the fields an action type may set)."""
+    if len(path) == 2 and path[0] == "action_types":
+        return "must be a mapping (e.g. {} or {max_tier: walk})"
+    return "must be a mapping of its fields (name: value pairs, in braces or indented lines)"
 
 
 def rules_from_mapping(mapping: Mapping[str, Any]) -> Rules:
@@ -276,6 +298,7 @@ def resolve(spec: RulesSpec) -> Rules:
             tuple(_resolve_bar(b, demotion.min_samples, demotion.margin) for b in getattr(tiers, t).keep) for t in TIERS
         ),
         cooldown=demotion.cooldown,
+        maturity=spec.outcomes.customer.maturity,
         mapping=normalise(spec),
     )
 
@@ -312,6 +335,11 @@ def normalise_demotion(demotion: Demotion) -> dict[str, Any]:
     }
 
 
+def normalise_outcomes(outcomes: Outcomes) -> dict[str, Any]:
+    maturity = outcomes.customer.maturity
+    return {"customer": {"maturity": None if maturity is None else format_duration(maturity)}}
+
+
 def normalise(spec: RulesSpec) -> dict[str, Any]:
     """The rules in the policy's vocabulary: every default written out, durations normalised."""
     return {
@@ -323,6 +351,7 @@ def normalise(spec: RulesSpec) -> dict[str, Any]:
         "acceptance": spec.acceptance.model_dump(),
         "demotion": normalise_demotion(spec.demotion),
         "tiers": normalise_tiers(spec.tiers),
+        "outcomes": normalise_outcomes(spec.outcomes),
         "max_tier": spec.max_tier,
         "read_only": spec.read_only,
     }

@@ -21,6 +21,20 @@ RUN = TIER_INDEX["run"]
 SWEEP_MIN = 1024
 
 
+@dataclass(slots=True)
+class Cell:
+    """Customer units of one (window, tier) waiting to mature (models/maturity.py); the maturity is the one
+    in force when the cell began."""
+
+    units: int
+    failures: int
+    maturity: int
+    failure_ids: list[str] = field(default_factory=list)
+
+
+CellKey = tuple[int, int]  # (window index of the actions, tier index)
+
+
 class StateSchemaError(ValueError):
     """A saved state of another `state_schema`: rebuild it by refolding the log."""
 
@@ -51,6 +65,10 @@ class KeyState:
     activation_id: str | None = None  # the key's latest activation (None: none yet, folding under --policy)
     activation_sha: str | None = None  # its policy_sha256: the parent the next activation must name
     operators: tuple[dict[str, str], ...] = ()  # keys its latest activation trusts to sign (on Kafka)
+    cells: dict[CellKey, Cell] = field(default_factory=dict)  # customer units waiting to mature
+    failure_ids: dict[str, CellKey] = field(default_factory=dict)  # customer failure id -> its pending cell
+    checkpoint: int | None = None  # how far the customer outcome feed says its failures are complete
+    unmatched: int = 0  # customer failures beyond their cell's units when it matured (no such action)
     retired: bool = False  # left the catalog: out of the tier map, its events rejected
     halted: str | None = None  # why the fold stopped this key (rules it cannot read): nothing folds until fixed
     # derived, never serialised: (lookback revision, tier, a keep bar falls, the gate passes)
@@ -70,7 +88,7 @@ class KeyState:
     def watermark(self) -> int | None:
         return None if self.max_ts is None else self.max_ts - self.rules.allowed_lateness
 
-    # -- remembered ids (§6.6) -------------------------------------------------------------------------
+    # -- remembered ids -------------------------------------------------------------------------
 
     def remembers(self, event_id: str) -> bool:
         """An id is remembered until the window of its first copy leaves the lookback."""
@@ -119,6 +137,12 @@ class KeyState:
             "activation_id": self.activation_id,
             "activation_sha": self.activation_sha,
             "operators": list(self.operators),
+            "cells": [
+                [window, tier, c.units, c.failures, c.maturity, sorted(c.failure_ids)]
+                for (window, tier), c in sorted(self.cells.items())
+            ],
+            "checkpoint": self.checkpoint,
+            "unmatched": self.unmatched,
             "retired": self.retired,
             "halted": self.halted,
             "horizon": self.lookback.horizon,
@@ -160,6 +184,10 @@ class KeyState:
             activation_id=data["activation_id"],
             activation_sha=data["activation_sha"],
             operators=tuple(data["operators"]),
+            cells={(w, t): Cell(units, failed, maturity, ids) for w, t, units, failed, maturity, ids in data["cells"]},
+            failure_ids={i: (w, t) for w, t, _, _, _, ids in data["cells"] for i in ids},
+            checkpoint=data["checkpoint"],
+            unmatched=data["unmatched"],
             retired=data["retired"],
             halted=data["halted"],
         )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .evidence import judge_bars
+from .maturity import pending
 from .state import KeyState
 from .stats import Evidence, judge_keep, judge_promote
 from .wire import TIERS, format_ts
@@ -33,6 +34,10 @@ class KeyView:
     keep: tuple[Evidence, ...]
     passing_since: int | None
     hold_required: int | None
+    maturity: int | None = None  # customer outcomes known this long after their action (None: as they come)
+    pending: dict[str, int] | None = None  # customer units waiting to mature, per tier
+    checkpoint: int | None = None  # how far the customer feed says its failures are complete
+    unmatched: int = 0  # customer failures beyond their cell's units (no such action)
 
     @property
     def hold_progress(self) -> float:
@@ -63,6 +68,12 @@ class KeyView:
                 "required": self.hold_required,
                 "progress": round(self.hold_progress, 4),
             },
+            "customer": {
+                "maturity": self.maturity,
+                "pending": self.pending or {},
+                "checkpoint": None if self.checkpoint is None else format_ts(self.checkpoint),
+                "unmatched_failures": self.unmatched,
+            },
         }
 
 
@@ -84,4 +95,8 @@ def key_view(key: KeyState) -> KeyView:
         keep=() if key.read_only else judge_bars(key, rules.keep_bars[tier], judge_keep),
         passing_since=key.passing_since,
         hold_required=rules.hold[tier] if has_gate else None,
+        maturity=rules.maturity,
+        pending={TIERS[t]: n for t, n in sorted(pending(key).items())},
+        checkpoint=key.checkpoint,
+        unmatched=key.unmatched,
     )

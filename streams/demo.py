@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,26 @@ from .http import make_app
 from .policy_file import read_policy
 from .replay import line_writer, replay_file
 from .settings import ServeSettings
-from .simulate import HOUR, Delivery, Fleet, TierOf, story_fleet
+from .simulate import HOUR, Delivery, Fleet, Profile, Quality, TierOf, story_fleet
 from .store import Store
 
 START = parse_ts("2026-11-01T00:00:00Z")
+NEW_TYPE = "summarize_thread"  # the action type the operator adds half way through
+
+
+def changed_policy(path: Path) -> str:
+    """The operator's mid-run change: refund_over_50's acceptance bar tightened, summarize_thread added."""
+    text = path.read_text().replace('policy_version: "demo-1"', 'policy_version: "demo-2"')
+    text = text.replace(
+        "  refund_over_50: {max_tier: walk, outcomes: {customer: {maturity: 2d}}}",
+        "  refund_over_50: {max_tier: walk, outcomes: {customer: {maturity: 2d}},\n"
+        "                   tiers: {crawl: {promote: {bars: [\n"
+        "                     {metric: acceptance_rate, target: 0.95, min_samples: 50}]}}}}\n"
+        f"  {NEW_TYPE}: {{}}",
+    )
+    return text
+
+
 TIER_STYLE = {"crawl": "yellow", "walk": "cyan", "run": "bold green"}
 
 
@@ -76,10 +93,14 @@ def status_table(status: dict[str, Any], now: int, posted: Counter[str]) -> Tabl
     title = f"tiergate demo — event time {format_ts(now)} — {posted_line(posted)}"
     table = Table(title=title, title_justify="left")
     for column in ("action type", "tier", "bars (figure, n / min samples, bar)", "hold", "since"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a narrow terminal wraps a name, never cuts it
     for view in status["action_types"]:
         tier = view["tier"]
         bars = [_bar_line(rule, bar) for rule in ("promote", "keep") for bar in view[rule]]
+        customer = view.get("customer") or {}
+        if customer.get("pending"):
+            waiting = ", ".join(f"{n} at {tier}" for tier, n in customer["pending"].items())
+            bars.append(f"customer units maturing: {waiting}")
         notes = [f"cap {view['cap']}"] if view["cap"] else []
         notes += ["read-only"] if view["read_only"] else []
         hold = view["hold"]
@@ -120,8 +141,11 @@ def _bar(progress: float, width: int = 12) -> str:
     return "█" * filled + "░" * (width - filled) + f" {progress:4.0%}"
 
 
-async def run_demo(data_dir: Path, days: int, seconds: float, console: Console, seed: int = 7) -> DemoResult:
-    """Run the story for `days` of event time in about `seconds` of wall time; return what it decided."""
+async def run_demo(
+    data_dir: Path, days: int, seconds: float, console: Console, seed: int = 7, sock: socket.socket | None = None
+) -> DemoResult:
+    """Run the story for `days` of event time in about `seconds` of wall time, serving on `sock` (a listening
+    socket; default: a free loopback port); return what it decided."""
     if data_dir.exists():
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
@@ -133,10 +157,14 @@ async def run_demo(data_dir: Path, days: int, seconds: float, console: Console, 
     settings = ServeSettings(policy=policy_path, data_dir=data_dir, tick_interval=0.01)
     runner = web.AppRunner(make_app(evaluator, settings), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fleet = story_fleet(START, seed=seed, days=days)
+    sock = sock or _loopback_socket()
+    await web.SockSite(runner, sock).start()
+    port = sock.getsockname()[1]
+    console.print(
+        f"serving on http://127.0.0.1:{port} while it runs: the console at /console, the tier map at /v1/tiers"
+    )
+    maturity = {name: rules.maturity for name, rules in policy.types.items() if rules.maturity is not None}
+    fleet = story_fleet(START, seed=seed, days=days, maturity=maturity)
     posted: Counter[str] = Counter()
     try:
         async with aiohttp.ClientSession(f"http://127.0.0.1:{port}") as http:
@@ -148,7 +176,7 @@ async def run_demo(data_dir: Path, days: int, seconds: float, console: Console, 
                     live.update(status_table(await view.status(), clock.now(), posted))
 
                 settle = settling_time(fleet.delivery, policy.allowed_lateness)
-                await _story(fleet, view, clock, Pace(days, seconds), settle, refresh)
+                await _story(fleet, view, clock, Pace(days, seconds), settle, refresh, policy_path)
                 clock.current = START + days * 24 * HOUR + policy.allowed_lateness  # the last window closes
                 await asyncio.sleep(0.1)  # the ticker's last closes
                 await refresh()
@@ -156,6 +184,13 @@ async def run_demo(data_dir: Path, days: int, seconds: float, console: Console, 
         await runner.cleanup()
         evaluator.close()
     return _finish(data_dir, policy_path, posted)
+
+
+def _loopback_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
 
 
 @dataclass(frozen=True)
@@ -171,12 +206,23 @@ class Pace:
 
 
 async def _story(
-    fleet: Fleet, view: FleetView, clock: ManualClock, pace: Pace, settle: int, refresh: Callable[[], Awaitable[None]]
+    fleet: Fleet,
+    view: FleetView,
+    clock: ManualClock,
+    pace: Pace,
+    settle: int,
+    refresh: Callable[[], Awaitable[None]],
+    policy_path: Path,
 ) -> None:
-    """Each simulated hour: act on the tier map, post what arrived, keep pace with the wall clock."""
+    """Each simulated hour: act on the tier map, post what arrived, keep pace with the wall clock. Half way
+    through, the operator changes the policy of the running server (a tighter bar, a new action type)."""
     started = time.monotonic()
     for hour in range(pace.hours):
         begins = START + hour * HOUR
+        if hour == pace.hours // 2:
+            clock.current = begins
+            await view.apply(changed_policy(policy_path))
+            fleet.profiles[NEW_TYPE] = Profile(6, Quality(acceptance=0.99))
         fleet.act(begins, await view.tier_map())
         for until in (begins + settle, begins + HOUR):
             clock.current = until  # the server's clock reads the time the batch arrives by
@@ -207,6 +253,7 @@ class FleetView:
 
     http: aiohttp.ClientSession
     posted: Counter[str]
+    activations: list[dict[str, Any]] = field(default_factory=list)  # what the operator applied, as answered
 
     async def tier_map(self) -> TierOf:
         async with self.http.get("/v1/tiers") as response:
@@ -221,6 +268,13 @@ class FleetView:
         async with self.http.post("/v1/events", data=body, headers=headers) as response:
             response.raise_for_status()
             self.posted.update((await response.json())["counts"])
+
+    async def apply(self, policy_text: str) -> None:
+        """What an operator does mid-week: activate a changed policy on the running server."""
+        body = {"policy": policy_text, "actor": "ops@example.com", "reason": "tighter refund bar; summaries go live"}
+        async with self.http.post("/v1/policy", json=body) as response:
+            response.raise_for_status()
+            self.activations.append(await response.json())
 
     async def status(self) -> dict[str, Any]:
         async with self.http.get("/v1/status") as response:
@@ -247,22 +301,43 @@ def _finish(data_dir: Path, policy_path: Path, posted: Counter[str]) -> DemoResu
     return DemoResult(data_dir, posted, decisions, stored.read_bytes() == replayed.read_bytes())
 
 
+def _a_move(decision: dict[str, Any]) -> bool:
+    """A decision the summary shows: tier changes, and the types a later activation brought in."""
+    if decision["kind"] == "violation":
+        return False
+    if decision["kind"] == "initial":
+        return bool(decision["policy_version"] != "demo-1")
+    return bool(decision["kind"] != "policy" or decision["from_tier"] != decision["to_tier"])
+
+
 def summary(result: DemoResult) -> Group:
-    log = Table(title="promotion log (initial decisions and tier violations left out)", title_justify="left")
+    log = Table(
+        title="promotion log (the first initial decisions, tier violations and policy decisions that move nothing "
+        "left out)",
+        title_justify="left",
+    )
     for column in ("decision", "at", "move", "why"):
-        log.add_column(column)
-    moves = [d for d in result.decisions if d["kind"] not in ("initial", "violation")]
+        log.add_column(column, overflow="fold")
+    moves = [d for d in result.decisions if _a_move(d)]
     for d in moves:
         log.add_row(
             d["decision_id"],
             (d["at"] or "")[:16],
-            f"{d['from_tier']} → {d['to_tier']}"
+            f"{d['from_tier'] or '(new)'} → {d['to_tier']}"
             + (f" ({d['op']} by {d['actor']})" if d["kind"] == "override" else f" ({d['kind']})"),
             d["reason"],
         )
+    activations = sorted(
+        {(d["activation_id"], d["policy_version"], d["actor"]) for d in result.decisions if d["kind"] == "policy"}
+    )
     violations = sum(d["kind"] == "violation" for d in result.decisions)
     data = result.data_dir
     lines = [
+        *(
+            f"policy {version} activated by {actor} while the fleet ran (activation {activation}): every type kept "
+            "its tier and evidence"
+            for activation, version, actor in activations
+        ),
         f"{posted_line(result.posted)}.",
         f"{len(moves)} tier changes; {violations} tier violations logged (agents acting on a tier map that had "
         "just moved).",
@@ -277,7 +352,7 @@ def summary(result: DemoResult) -> Group:
         "",
         "try:",
         f"  tiergate explain escalate_to_human --log {data / 'decisions.jsonl'}",
-        f"  tiergate replay {data / 'events.jsonl'} --policy {data / 'policy.yaml'}",
+        f"  tiergate replay {data / 'events.jsonl'}   # the log carries its policies",
         f"  tiergate serve --policy {data / 'policy.yaml'} --data-dir {data}   # then GET /v1/tiers, /metrics",
     ]
     return Group(log, *lines)

@@ -1,4 +1,4 @@
-"""The embedded runtime: the fold over a SQLite-backed log on one machine (DESIGN §8).
+"""The embedded runtime: the fold over a SQLite-backed log on one machine.
 
 `EmbeddedRuntime.ingest` is the one write path, for HTTP posts, clock ticks and `tiergate import` alike:
 the ingest pipeline folds a batch into the state and its store sink commits the batch's events,
@@ -29,7 +29,7 @@ from .activation import Catalog, Diff, diff, new_activation_id, policy_events
 from .canonical import legacy_sha256, policy_sha256
 from .clock import Clock
 from .codec import encode
-from .pipeline import Admit, Counting, Handled, Input, Pipeline, Tallies
+from .pipeline import Admit, Counting, Handled, Input, Pipeline, Tallies, named_action_type
 from .store import ActivationRow, Appended, Store, StoreError
 
 DB_NAME = "tiergate.db"
@@ -82,7 +82,7 @@ class StoreSink:
         logged = [i for i in self.items if i.logged]
         with self.store.transaction():
             self.store.append(
-                (Appended(i.action_type, i.result, i.input.raw) for i in logged),
+                (Appended(i.action_type, i.result, i.input.raw, i.input.principal) for i in logged),
                 (d for i in logged for d in i.decisions),
                 (r for i in self.items if (r := i.rejection) is not None),
             )
@@ -105,7 +105,7 @@ def activation_row(event: PolicyEvent) -> ActivationRow:
             name: rules[name] for name in ("window", "allowed_lateness", "lookback", "confidence", "acceptance")
         }
         document["action_types"][event.action_type] = {
-            name: rules[name] for name in ("read_only", "max_tier", "tiers", "demotion")
+            name: rules[name] for name in ("read_only", "max_tier", "tiers", "demotion", "outcomes")
         }
     return ActivationRow(
         event.activation_id,
@@ -187,6 +187,7 @@ class Applied:
     diff: Diff
     decisions: list[Decision]
     dry_run: bool
+    unchanged: bool = False  # the policy was already in force: nothing was (or would be) written
 
     @property
     def moves(self) -> list[Decision]:
@@ -198,6 +199,7 @@ class Applied:
             "policy_version": self.policy.version,
             "policy_sha256": self.policy.sha256,
             "dry_run": self.dry_run,
+            "unchanged": self.unchanged,
             "diff": self.diff.record(),
             "moves": [d.record() for d in self.moves],
             "decisions": [d.record() for d in self.decisions],
@@ -220,6 +222,8 @@ class EmbeddedRuntime:
     ) -> None:
         self.clock, self.max_skew, self.max_past = clock, max_skew, max_past
         self.problems: list[str] = []  # why the server is degraded (a refused policy file), if it is
+        self.write_error: str | None = None  # why the last write failed, until one succeeds
+        self.broken: str | None = None  # the state in memory cannot be trusted: refuse writes until a restart
         self.lock = DataDirLock(data_dir)
         self.lock.acquire()
         try:
@@ -234,6 +238,7 @@ class EmbeddedRuntime:
         self._count_history()
         self.since_snapshot = 0
         self.tier_changes: list[TierRecord] = []  # committed, not yet told to the server's subscribers
+        self.decided = 0  # decisions committed, not yet told to the console's watchers
         if self.fallback is not None and not self.store.activations():
             self._apply(
                 self.fallback,
@@ -356,6 +361,9 @@ class EmbeddedRuntime:
         activation_id: str | None = None,
         dry_run: bool = False,
     ) -> Applied:
+        current = self.current_policy()
+        if current is not None and current.policy_sha256 == policy.sha256:  # applying it again changes nothing
+            return Applied(current.activation_id, policy, diff(self.rules_in_force(), policy), [], dry_run, True)
         now = self.clock.now()
         activation_id = activation_id or new_activation_id(now)
         events = policy_events(policy, Catalog.of(self.state), activation_id, actor, reason, now)
@@ -378,20 +386,54 @@ class EmbeddedRuntime:
     # -- the write path ------------------------------------------------------------------------------
 
     def ingest(
-        self, raws: Iterable[bytes], source: str, live: bool = True, also: Callable[[Store], None] | None = None
+        self,
+        raws: Iterable[bytes],
+        source: str,
+        live: bool = True,
+        also: Callable[[Store], None] | None = None,
+        principal: str | None = None,
     ) -> Ingested:
         """Fold a batch and commit it in one transaction (with `also`'s writes). `live`: the clock checks
-        apply (`future`, `past`); an import of older history and the server's own ticks are not live."""
-        admit = past_and_future(self.clock.now(), self.max_skew, self.max_past) if live else None
-        inputs = [Input(source, index, raw) for index, raw in enumerate(raws)]
+        apply (`future`, `past`); an import of older history and the server's own ticks are not live.
+        `principal`: the credential that posted the batch, kept beside each event and named in the
+        decisions of overrides."""
+        if self.broken is not None:
+            raise StoreError(f"{self.broken}: restart tiergate serve (the state is rebuilt from the store)")
+        inputs = [Input(source, index, raw, principal=principal) for index, raw in enumerate(raws)]
         self.since_snapshot += len(inputs)
         sink = StoreSink(self.store, self._snapshot if self._snapshot_due() else None, also)
         try:
-            Pipeline(admit).run(inputs, self.state, Counting(sink, self.tallies, self.state))
-        except BaseException:
-            self.state = self._restore()  # the batch never happened: forget what the fold did with it
+            self._pipeline(live).run(inputs, self.state, Counting(sink, self.tallies, self.state))
+        except BaseException as error:
+            if isinstance(error, StoreError):
+                self.write_error = str(error)
+            self._forget_batch()
             raise
+        self.write_error = None
         return self._published(sink.items)
+
+    def _forget_batch(self) -> None:
+        """The batch never happened: rebuild the state from the store. If even that fails, the state in memory
+        cannot be trusted: every later write is refused until the server is restarted."""
+        try:
+            self.state = self._restore()
+        except BaseException as error:
+            self.broken = f"the state could not be rebuilt from the store after a failed batch ({error})"
+            raise
+
+    def dry_run(self, raws: Iterable[bytes], source: str, principal: str | None = None) -> Ingested:
+        """What `ingest` would answer for a live batch, folded on a copy of the state of the types it names:
+        nothing is stored, counted or published."""
+        inputs = [Input(source, index, raw, principal=principal) for index, raw in enumerate(raws)]
+        named = {name for item in inputs if (name := named_action_type(item.raw)) in self.state.keys}
+        copy = State({name: KeyState.from_dict(self.state.keys[name].to_dict()) for name in named})
+        sink = _Kept()
+        self._pipeline(live=True).run(inputs, copy, sink)
+        return results_of(sink.items)
+
+    def _pipeline(self, live: bool) -> Pipeline:
+        admit = past_and_future(self.clock.now(), self.max_skew, self.max_past) if live else None
+        return Pipeline(admit)
 
     def _snapshot_due(self) -> bool:
         """Often enough that a restart folds little of the log; seldom enough that writing a large state
@@ -404,13 +446,9 @@ class EmbeddedRuntime:
         return self.state.keys.values()
 
     def _published(self, items: list[Handled]) -> Ingested:
-        out = Ingested()
-        for item in items:
-            event_id = None if item.event is None else item.event.event_id
-            out.results.append(EventResult(item.input.position, event_id, item.result, item.reason))
-            out.decisions.extend(item.decisions)
-        out.tier_changes = [TierRecord.from_decision(d) for d in out.decisions if d.moves]
+        out = results_of(items)
         self.tier_changes.extend(out.tier_changes)
+        self.decided += len(out.decisions)
         changed = {r.action_type: r for r in out.tier_changes}
         self.tiers = {  # replaced whole: safe to read from any thread; retired types leave the map
             name: record for name, record in (self.tiers | changed).items() if not record.retired
@@ -434,9 +472,37 @@ class EmbeddedRuntime:
         changes, self.tier_changes = self.tier_changes, []
         return changes
 
+    def take_decided(self) -> int:
+        """How many decisions were committed since the last call (call on the writer thread)."""
+        decided, self.decided = self.decided, 0
+        return decided
+
     def tier_map(self) -> list[TierRecord]:
         """The published tier map (records replaced whole after each commit: safe to read from any thread)."""
         return [self.tiers[name] for name in sorted(self.tiers)]
+
+
+def results_of(items: list[Handled]) -> Ingested:
+    """A batch's per-event results, its decisions and the tier records they change."""
+    out = Ingested()
+    for item in items:
+        out.results.append(EventResult(item.input.position, item.event_id, item.result, item.reason))
+        out.decisions.extend(item.decisions)
+    out.tier_changes = [TierRecord.from_decision(d) for d in out.decisions if d.moves]
+    return out
+
+
+class _Kept:
+    """A sink that only keeps what it was handed (a dry run)."""
+
+    def __init__(self) -> None:
+        self.items: list[Handled] = []
+
+    def handled(self, item: Handled) -> None:
+        self.items.append(item)
+
+    def commit(self) -> None:
+        pass
 
 
 class _Discard:

@@ -1,4 +1,4 @@
-"""Forwarding the ingress topics into the one input log (DESIGN.md §14, who may act).
+"""Forwarding the ingress topics into the one input log.
 
 Agents produce their actions to `tiergate.actions.v1`, reporters outcomes and checkpoints to
 `tiergate.outcomes.v1`; Kafka's ACLs keep each principal to its topic (docs/kafka-security.md). Only

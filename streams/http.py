@@ -27,11 +27,14 @@ from tiergate.models.policy import PolicyError
 from tiergate.models.views import key_view
 from tiergate.models.wire import parse_ts
 
-from . import __version__
-from .embedded import EmbeddedRuntime, PolicyRefused
+from . import __version__, console
+from .access import ANONYMOUS, ROLES, Caller, Credentials, Role, first_forbidden
+from .embedded import EmbeddedRuntime, Ingested, PolicyRefused
 from .metrics import TiergateCollector, registry_with
+from .pipeline import request_source
 from .policy_file import PolicyFileError, parse_policy, policy_from_mapping
 from .settings import ServeSettings
+from .store import RejectedQuery, StoreError
 
 log = logging.getLogger("tiergate.serve")
 T = TypeVar("T")
@@ -55,15 +58,31 @@ class Writer:
     def __init__(self, evaluator: EmbeddedRuntime) -> None:
         self.evaluator = evaluator
         evaluator.take_tier_changes()  # made before anyone could listen: a subscriber gets the whole map first
+        evaluator.take_decided()
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiergate-writer")
         self.subscribers: set[asyncio.Queue[TierRecord | None]] = set()  # None: the server is shutting down
+        self.watchers: set[asyncio.Queue[int | None]] = set()  # decisions per committed batch (the console)
+
+    async def call(self, work: Callable[[], T]) -> T:
+        """Run `work` on the writer thread, after the writes queued before it (it sees their state)."""
+        return await asyncio.get_running_loop().run_in_executor(self.thread, work)
 
     async def run(self, work: Callable[[], T]) -> T:
-        """Run `work` on the writer thread, then tell the subscribers of every tier change it committed."""
-        done = await asyncio.get_running_loop().run_in_executor(self.thread, work)
-        for record in self.evaluator.take_tier_changes():
+        """Run `work` on the writer thread, then tell subscribers of every tier change it committed and the
+        console's watchers how many decisions it made. (What was committed is taken on the writer thread, so
+        a write queued behind this one cannot slip between.)"""
+
+        def work_then_take() -> tuple[T, list[TierRecord], int]:
+            done = work()
+            return done, self.evaluator.take_tier_changes(), self.evaluator.take_decided()
+
+        done, changes, decided = await self.call(work_then_take)
+        for record in changes:
             for queue in self.subscribers:
                 queue.put_nowait(record)
+        if decided:
+            for watcher in self.watchers:
+                watcher.put_nowait(decided)
         return done
 
     def close(self) -> None:
@@ -74,21 +93,96 @@ EVALUATOR = web.AppKey("evaluator", EmbeddedRuntime)
 SETTINGS = web.AppKey("settings", ServeSettings)
 WRITER = web.AppKey("writer", Writer)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
+CALLER = web.RequestKey("caller", Caller)
 
 
-def _authorised(request: web.Request) -> web.Response | None:
-    """An operator's request (the bearer token, when one is configured), or the refusal to send."""
-    token = request.app[SETTINGS].token
-    if token is not None and not bearer_matches(request, token):
-        return problem(401, "missing or wrong bearer token", "send Authorization: Bearer <token>")
-    return None
+class Gate:
+    """Who a request comes from. With credentials, everything but /healthz (and the console, which signs
+    its users in) needs one; with only a legacy token, the token is an operator and reads stay open; with
+    neither (loopback only), everyone is an operator."""
+
+    def __init__(self, credentials: Credentials | None, token: SecretStr | None) -> None:
+        self.credentials, self.token = credentials, token
+        self.reads_open = credentials is None
+
+    @property
+    def open(self) -> bool:
+        return self.credentials is None and self.token is None
+
+    def caller(self, authorization: str) -> Caller | None:
+        """The caller an Authorization header names, or None (none given, or unknown)."""
+        if self.credentials is not None:
+            return self.credentials.identify(authorization)
+        if self.token is None:
+            return ANONYMOUS
+        supplied = authorization.encode("utf-8", "surrogateescape")
+        matches = hmac.compare_digest(supplied, f"Bearer {self.token.get_secret_value()}".encode())
+        return LEGACY if matches else None
 
 
-def bearer_matches(request: web.Request, token: SecretStr) -> bool:
-    """The Authorization header is `Bearer <token>`, compared in constant time as bytes: a header holding
-    bytes that are not UTF-8 (aiohttp keeps them as surrogates) is simply not the token."""
-    supplied = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
-    return hmac.compare_digest(supplied, f"Bearer {token.get_secret_value()}".encode())
+GATE = web.AppKey("gate", Gate)
+LEGACY = Caller("token", "operator")
+READ_ONLY = Caller(None, "reader")
+EVERYONE: frozenset[Role] = frozenset(ROLES)
+POSTERS: frozenset[Role] = frozenset({"agent", "reporter", "operator"})
+READERS: frozenset[Role] = frozenset({"reader", "operator"})
+OPERATORS: frozenset[Role] = frozenset({"operator"})
+TIER_MAP = frozenset({"/v1/tiers", "/v1/tiers/stream", "/v1/tiers/{action_type}"})
+SAFE = frozenset({"GET", "HEAD"})
+
+
+def roles_for(method: str, route: str) -> frozenset[Role] | None:
+    """The roles that may call a route (None: anyone). The tier map is every role's; other reads are readers'
+    and operators'; posting events is for agents, reporters and operators (each event is checked on its
+    own); everything else is the operators'."""
+    if route == "/healthz" or route == "/console" or route.startswith("/console/"):
+        return None  # the console checks its own sign-in
+    if method in SAFE:
+        return EVERYONE if route in TIER_MAP else READERS
+    return POSTERS if (method, route) == ("POST", "/v1/events") else OPERATORS
+
+
+def _route(request: web.Request) -> str | None:
+    """The matched route's pattern (`/v1/tiers/{action_type}`), or None when no route matches (a 404)."""
+    resource = request.match_info.route.resource
+    return None if resource is None else resource.canonical
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """401 for a missing or unknown credential, 403 for a role that may not call the route; else the handler
+    runs with the caller in request[CALLER]."""
+    route = _route(request)
+    roles = None if route is None else roles_for(request.method, route)
+    if roles is None:
+        return await handler(request)
+    gate = request.app[GATE]
+    caller = gate.caller(request.headers.get("Authorization", ""))
+    if caller is None and request.method in SAFE and gate.reads_open:
+        caller = READ_ONLY
+    if caller is None:
+        return _unauthorised(gate)
+    if caller.role not in roles:
+        return problem(
+            403,
+            f"role {caller.role} ({caller.name}) may not {request.method} {request.path}",
+            f"use a credential with role {' or '.join(sorted(roles))}",
+        )
+    request[CALLER] = caller
+    return await handler(request)
+
+
+def _unauthorised(gate: Gate) -> web.Response:
+    if gate.credentials is None:
+        response = problem(401, "missing or wrong bearer token", "send Authorization: Bearer <token>")
+    else:
+        response = problem(
+            401,
+            "missing or unknown credential",
+            "send Authorization: Bearer <secret> of a credential this server knows (its TIERGATE_CREDENTIALS_FILE)",
+        )
+    response.headers["WWW-Authenticate"] = 'Bearer realm="tiergate"'
+    return response
 
 
 @web.middleware
@@ -117,9 +211,10 @@ def _split(body: bytes, content_type: str) -> list[bytes]:
 
 
 async def post_events(request: web.Request) -> web.Response:
-    settings, writer = request.app[SETTINGS], request.app[WRITER]
-    if settings.token is not None and not bearer_matches(request, settings.token):
-        return problem(401, "missing or wrong bearer token", "send Authorization: Bearer <token>")
+    """Fold a batch of events (or, with ?dry_run=1, answer what folding it would do, storing nothing). A batch
+    holding an event its caller may not post is refused whole: nothing of it is stored, not even as rejected
+    input."""
+    settings, writer, caller = request.app[SETTINGS], request.app[WRITER], request[CALLER]
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         return problem(
             413,
@@ -134,18 +229,39 @@ async def post_events(request: web.Request) -> web.Response:
         return problem(
             413, f"{len(raws)} events in one request, over the limit of {settings.max_batch}", "split the batch"
         )
-    done = await writer.run(lambda: writer.evaluator.ingest(raws, f"http({request.remote})"))
-    assert done is not None
+    refused = first_forbidden(raws, caller)
+    if refused is not None:
+        return problem(403, refused.error(caller), refused.fix())
+    source = request_source(request.remote, caller.name)
+    evaluator = writer.evaluator
+    if _dry_run(request):
+        if caller.role != "operator":
+            return problem(403, f"a dry run is for operators, not role {caller.role}", "post without dry_run")
+        tried = await writer.call(lambda: evaluator.dry_run(raws, source, caller.name))
+        return json(answer(tried) | {"dry_run": True})
+    try:
+        done = await writer.run(lambda: evaluator.ingest(raws, source, principal=caller.name))
+    except StoreError as error:
+        return problem(
+            503, f"the batch was not stored: {error}", "nothing of it counts: retry it once the store is fixed"
+        )
+    return json(answer(done))
+
+
+def _dry_run(request: web.Request) -> bool:
+    return request.query.get("dry_run", "0").lower() in ("1", "true", "yes")
+
+
+def answer(done: Ingested) -> dict[str, Any]:
+    """A batch's answer: each event's result, the counts and the decisions made."""
     counts: dict[str, int] = {}
     for result in done.results:
         counts[result.result] = counts.get(result.result, 0) + 1
-    return json(
-        {
-            "results": [r.record() for r in done.results],
-            "counts": counts,
-            "decisions": [d.record() for d in done.decisions],
-        }
-    )
+    return {
+        "results": [r.record() for r in done.results],
+        "counts": counts,
+        "decisions": [d.record() for d in done.decisions],
+    }
 
 
 async def get_tiers(request: web.Request) -> web.Response:
@@ -257,6 +373,39 @@ async def get_decisions(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+REJECTED_RESULTS = ("rejected", "late")
+
+
+def rejected_query(query: Mapping[str, str]) -> RejectedQuery:
+    """GET /v1/rejected's parameters, or ValueError naming the bad one."""
+    result = query.get("result")
+    if result is not None and result not in REJECTED_RESULTS:
+        raise ValueError(f"result={result!r} is not one of {', '.join(REJECTED_RESULTS)}")
+    return RejectedQuery(
+        after=_bounded(query, "after", 0, 0, MAX_SEQ),
+        limit=_bounded(query, "limit", 100, 1, MAX_PAGE),
+        reason=query.get("reason") or None,
+        result=result,
+        action_type=query.get("action_type") or None,
+    )
+
+
+async def get_rejected(request: web.Request) -> web.Response:
+    """Input that did not count (bad, refused or late) with its reason, oldest first, paged by id."""
+    try:
+        query = rejected_query(request.query)
+    except ValueError as error:
+        return problem(
+            400,
+            f"bad query: {error}",
+            f"after is an id (next_after of the previous page), limit 1..{MAX_PAGE}, result rejected or late; "
+            "reason is a substring, action_type a name",
+        )
+    store = request.app[EVALUATOR].store
+    rows = await request.app[WRITER].call(lambda: store.rejected_input(query))  # committed rows only
+    return json({"rejected": rows, "next_after": rows[-1]["id"] if rows else query.after})
+
+
 async def get_policy(request: web.Request) -> web.Response:
     """The policy document in force (the latest activation's), normalised, with its identity."""
     current = request.app[EVALUATOR].current_policy()
@@ -288,8 +437,6 @@ async def post_policy(request: web.Request) -> web.Response:
     Body: {"policy": "<YAML text>" or {…mapping…}, "actor": …, "reason": …, "activation_id": optional};
     `?dry_run=1` answers the diff and what would move at once without writing; `If-Match: "<sha>"`
     refuses the apply unless that is the policy in force (two operators cannot overwrite each other)."""
-    if (refusal := _authorised(request)) is not None:
-        return refusal
     try:
         body = orjson.loads(await request.read())
         policy = _policy_of(body)
@@ -308,6 +455,7 @@ async def post_policy(request: web.Request) -> web.Response:
                 "api",
                 actor,
                 reason,
+                principal=request[CALLER].name,
                 activation_id=body.get("activation_id"),
                 dry_run=dry_run,
                 if_match=if_match,
@@ -343,15 +491,17 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 async def get_health(request: web.Request) -> web.Response:
     evaluator = request.app[EVALUATOR]
+    failing = evaluator.write_error is not None
     return json(
         {
-            "status": "degraded" if evaluator.problems else "ok",
-            "problems": evaluator.problems,
+            "status": "failing" if failing else "degraded" if evaluator.problems else "ok",
+            "problems": ([f"writes fail: {evaluator.write_error}"] if failing else []) + evaluator.problems,
             "version": __version__,
             "policy_version": identity(evaluator)[0],
             "events": evaluator.store.last_seq(),
             "clock": evaluator.clock.now(),
-        }
+        },
+        503 if failing else 200,
     )
 
 
@@ -374,8 +524,15 @@ async def _ticker(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
-def make_app(evaluator: EmbeddedRuntime, settings: ServeSettings, ticking: bool = True) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[body_deadline])
+def make_app(
+    evaluator: EmbeddedRuntime,
+    settings: ServeSettings,
+    ticking: bool = True,
+    credentials: Credentials | None = None,
+) -> web.Application:
+    """The server's app. `credentials` (else those the settings name) decide who may call what."""
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard, body_deadline])
+    app[GATE] = Gate(credentials if credentials is not None else settings.load_credentials(), settings.token)
     writer = Writer(evaluator)
     registry = registry_with(
         TiergateCollector(
@@ -395,6 +552,7 @@ def make_app(evaluator: EmbeddedRuntime, settings: ServeSettings, ticking: bool 
             web.get("/v1/tiers/{action_type}", get_tier),
             web.get("/v1/status", get_status),
             web.get("/v1/decisions", get_decisions),
+            web.get("/v1/rejected", get_rejected),
             web.get("/v1/policy", get_policy),
             web.post("/v1/policy", post_policy),
             web.get("/v1/policy/history", get_policy_history),
@@ -403,12 +561,15 @@ def make_app(evaluator: EmbeddedRuntime, settings: ServeSettings, ticking: bool 
             web.get("/healthz", get_health),
         ]
     )
+    console.mount(app, writer, app[GATE])
     if ticking:
         app.cleanup_ctx.append(_ticker)
 
     async def end_streams(_: web.Application) -> None:
         for queue in writer.subscribers:
             queue.put_nowait(None)  # let open event streams finish instead of waiting out the shutdown timeout
+        for watcher in writer.watchers:
+            watcher.put_nowait(None)
 
     app.on_shutdown.append(end_streams)
 

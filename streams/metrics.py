@@ -3,7 +3,8 @@
 Nothing in the fold counts anything for Prometheus; this collector reads the views of the state and the
 runtime's tallies at scrape time. Labels are bounded by the catalog (action types, tiers, metrics): input
 that names no catalog type (malformed, an unknown type) is counted without an action_type label, in
-`tiergate_unattributed_events_total`, never as an `action_type=""` series.
+`tiergate_unattributed_events_total`, never as an `action_type=""` series; input the schema rejects that
+names a catalog type counts under that type, `result="rejected"`.
 """
 
 from __future__ import annotations
@@ -124,6 +125,19 @@ class TiergateCollector(Collector):
             f"1 when no window has closed for {self.stale_after}s of runtime clock: the bars are not being judged",
             labels=["action_type"],
         )
+        customer_pending = GaugeMetricFamily(
+            "tiergate_customer_pending",
+            "Customer units (actions) waiting for their maturity and the feed's checkpoint",
+            labels=["action_type", "tier"],
+        )
+        checkpoint_lag = GaugeMetricFamily(
+            "tiergate_customer_checkpoint_lag_seconds",
+            "Runtime clock minus the customer feed's checkpoint (how far behind the feed says it is complete)",
+            labels=["action_type"],
+        )
+        maturity = GaugeMetricFamily(
+            "tiergate_customer_maturity_seconds", "The customer outcome maturity in force", labels=["action_type"]
+        )
         halted = GaugeMetricFamily(
             "tiergate_key_halted",
             "1 when the fold stopped an action type (an activation whose rules this tiergate cannot read)",
@@ -135,6 +149,12 @@ class TiergateCollector(Collector):
                 continue  # out of the tier map
             halted.add_metric([key.action_type], float(key.halted is not None))
             view = key_view(key)
+            if view.maturity is not None:
+                maturity.add_metric([view.action_type], view.maturity)
+                for tier_name in TIERS:
+                    customer_pending.add_metric([view.action_type, tier_name], (view.pending or {}).get(tier_name, 0))
+                if view.checkpoint is not None:
+                    checkpoint_lag.add_metric([view.action_type], now - view.checkpoint)
             name = view.action_type
             for t in TIERS:
                 tier.add_metric([name, t], float(t == view.tier))
@@ -163,7 +183,7 @@ class TiergateCollector(Collector):
                 closed.add_metric([name], view.last_close)
                 stale.add_metric([name], float(now - view.last_close > self.stale_after))
         yield from (tier, level, since, rate, samples, lower, upper, target, threshold, hold, watermark, lag)
-        yield from (in_tier, closed, stale, halted)
+        yield from (in_tier, closed, stale, halted, customer_pending, checkpoint_lag, maturity)
 
 
 class WorkerCollector(Collector):

@@ -16,8 +16,10 @@ and counts only what was committed.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any, NamedTuple, Protocol
 
 import orjson
@@ -25,6 +27,7 @@ import orjson
 from tiergate.models.decisions import Decision
 from tiergate.models.fold import LATE, REJECTED, Event, Result, step
 from tiergate.models.state import State
+from tiergate.models.wire import Override
 
 from .codec import EventError, decode
 
@@ -36,10 +39,31 @@ class Input(NamedTuple):
     position: int  # line number, index in the request, offset
     raw: bytes
     key: bytes | None = None  # the message key, where the transport has one
+    principal: str | None = None  # who sent it, authenticated (a credential's name), where the runtime knows
 
     @property
     def origin(self) -> str:
         return f"{self.source}:{self.position}"
+
+
+def request_source(remote: str | None, credential: str | None) -> str:
+    """The source of events posted over HTTP: the sender's address, and its credential where there is one
+    (so a rejected input's origin says who sent it: `http(127.0.0.1 as support-bot):3`)."""
+    return f"http({remote})" if credential is None else f"http({remote} as {credential})"
+
+
+POSTED = re.compile(r"http\((?P<remote>[^ )]*)(?: as (?P<credential>[^)]+))?\):(?P<index>\d+)")
+
+
+def readable_origin(origin: str) -> str:
+    """An origin as people read it: a posted event's sender, address and place in its request
+    (`support-bot from 127.0.0.1, event 4 of its request`); any other origin (`file:line`,
+    `topic/partition:offset`) as it is."""
+    posted = POSTED.fullmatch(origin)
+    if posted is None:
+        return origin
+    sender = posted["remote"] if posted["credential"] is None else f"{posted['credential']} from {posted['remote']}"
+    return f"{sender}, event {int(posted['index']) + 1} of its request"
 
 
 class Rejected(NamedTuple):
@@ -49,6 +73,7 @@ class Rejected(NamedTuple):
     result: str
     reason: str
     raw: bytes
+    action_type: str | None = None  # the event's, or the one undecodable input names (None if it names none)
 
     def record(self) -> dict[str, Any]:
         return {
@@ -78,11 +103,54 @@ class Handled(NamedTuple):
         if self.result != LATE and self.result != REJECTED:
             return None
         assert self.reason is not None  # the fold and the pipeline give a reason for both
-        return Rejected(self.input.origin, self.result, self.reason, self.input.raw)
+        return Rejected(self.input.origin, self.result, self.reason, self.input.raw, self.named_action_type)
 
     @property
     def action_type(self) -> str | None:
         return None if self.event is None else self.event.action_type
+
+    @property
+    def named_action_type(self) -> str | None:
+        """The event's action type, or the one input the decoder refused names."""
+        return self.action_type if self.event is not None else named_action_type(self.input.raw)
+
+    @property
+    def event_id(self) -> str | None:
+        """The event's id, or the one input the decoder refused names: so its producer can tell which it was."""
+        return self.event.event_id if self.event is not None else named(self.input.raw, "event_id")
+
+
+def named(raw: bytes, field: str) -> str | None:
+    """The string `field` of input the decoder refused, if it is a JSON object naming one."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    value = data.get(field) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def named_action_type(raw: bytes) -> str | None:
+    """The `action_type` that input the decoder refused names, if it is a JSON object naming one: so rejected
+    input can be found by type even when it is malformed in another field."""
+    return named(raw, "action_type")
+
+
+def carried(item: Input, event: Event) -> str | None:
+    """Who sent an input, as the runtime authenticated it and stored it beside the event."""
+    return item.principal
+
+
+Principal = Callable[[Input, Event], str | None]
+"""A runtime's answer to who sent an input (None: it cannot tell)."""
+
+
+def with_principal(principal: str | None, event: Event, decisions: tuple[Decision, ...]) -> tuple[Decision, ...]:
+    """An override's decision records who sent it (`principal`, authenticated) beside the `actor` it declares."""
+    if principal is None or not isinstance(event, Override):
+        return decisions
+    named = {"principal": principal}
+    return tuple(replace(d, details=d.details | named) if d.kind == "override" else d for d in decisions)
 
 
 class Sink(Protocol):
@@ -100,8 +168,8 @@ Admit = Callable[[Input, Event, State], str | None]
 class Pipeline:
     """decode → admit → step; the runtimes differ only in `admit` and their sink."""
 
-    def __init__(self, admit: Admit | None = None) -> None:
-        self.admit = admit
+    def __init__(self, admit: Admit | None = None, principal: Principal = carried) -> None:
+        self.admit, self.principal = admit, principal
 
     def handle(self, state: State, item: Input) -> Handled:
         try:
@@ -113,7 +181,8 @@ class Pipeline:
             if refused is not None:
                 return Handled(item, event, REJECTED, refused, (), False)
         stepped = step(state, event)
-        return Handled(item, event, stepped.result, stepped.reason, stepped.decisions, True)
+        decisions = with_principal(self.principal(item, event), event, stepped.decisions)
+        return Handled(item, event, stepped.result, stepped.reason, decisions, True)
 
     def run(self, inputs: Iterable[Input], state: State, sink: Sink) -> None:
         """Fold a batch of inputs into `state`, in order, and commit it to `sink`."""
@@ -145,14 +214,15 @@ class Tallies(NamedTuple):
 
 class Counting:
     """Counts what a sink committed. Event counts are labelled by action type only for types the state
-    holds, so labels stay bounded by the catalog whatever producers send."""
+    holds, so labels stay bounded by the catalog whatever producers send; input the decoder refused counts
+    under the catalog type it names, as `tiergate rejected` lists it."""
 
     def __init__(self, inner: Sink, tallies: Tallies, state: State) -> None:
         self.inner, self.tallies, self.state = inner, tallies, state
         self.batch = Tallies.empty()
 
     def handled(self, item: Handled) -> None:
-        name = item.action_type
+        name = item.named_action_type
         self.batch.events[name if name is not None and name in self.state.keys else "", item.result] += 1
         for decision in item.decisions:
             self.batch.decisions[decision.action_type, decision.kind] += 1

@@ -22,6 +22,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from .access import Credentials, CredentialsError
+
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("tiergate_config_file", default=None)
 
 Settings = TypeVar("Settings", bound=BaseSettings)
@@ -83,7 +85,11 @@ class ServeSettings(StoreSettings):
     policy: Path = Field(description="the policy YAML")
     host: str = Field("127.0.0.1", description="bind address; anything but loopback needs a token")
     port: int = Field(8360, ge=0, le=65535)
-    token: SecretStr | None = Field(None, description="bearer token required on every write")
+    token: SecretStr | None = Field(None, description="legacy: one bearer token, acting as an operator")
+    credentials: SecretStr | None = Field(
+        None, description="credentials, one `name role secret` a line (or credentials_file)"
+    )
+    credentials_file: Path | None = Field(None, description="a file of credentials, one `name role secret` a line")
     max_skew: int = Field(300, ge=0, description="seconds an event's ts may be ahead of the clock")
     max_past: int = Field(
         86400, ge=0, description="seconds before the clock the first event of a type may be dated (history: import)"
@@ -107,12 +113,105 @@ class ServeSettings(StoreSettings):
         return load(cls, config, **flags)
 
     def check_exposure(self) -> None:
-        """Without a token the server binds to loopback only: writes would be open to anyone."""
-        if self.token is None and not _is_loopback(self.host):
+        """Without credentials the server binds to loopback only: writes would be open to anyone."""
+        unguarded = self.token is None and self.credentials is None and self.credentials_file is None
+        if unguarded and not _is_loopback(self.host):
             raise SettingsError(
-                f"host {self.host} is not loopback and no token is set: set TIERGATE_TOKEN "
-                "(or --token) to guard writes, or bind to 127.0.0.1"
+                f"host {self.host} is not loopback and no credentials are set: set TIERGATE_CREDENTIALS_FILE "
+                "(roles agent, reporter, operator, reader) to guard the server, or bind to 127.0.0.1"
             )
+
+    def load_credentials(self) -> Credentials | None:
+        """The credentials the server knows (None: no credentials file or variable), or a SettingsError
+        naming the variable or file, the line and the fix."""
+        if self.credentials is not None and self.credentials_file is not None:
+            raise SettingsError(
+                "both TIERGATE_CREDENTIALS and TIERGATE_CREDENTIALS_FILE are set: keep one (the file is preferred)"
+            )
+        if self.token is not None and (self.credentials is not None or self.credentials_file is not None):
+            raise SettingsError(
+                "both a token (TIERGATE_TOKEN) and credentials are set: add the token's holder to the credentials "
+                "as an operator (`name operator <token>`) and unset TIERGATE_TOKEN"
+            )
+        if self.credentials is not None:
+            return _parsed(self.credentials.get_secret_value(), "TIERGATE_CREDENTIALS")
+        if self.credentials_file is not None:
+            return _parsed(_read_secret_file(self.credentials_file), str(self.credentials_file))
+        return None
+
+
+def _read_secret_file(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        detail = getattr(error, "strerror", None) or str(error)
+        raise SettingsError(
+            f"TIERGATE_CREDENTIALS_FILE {path}: cannot read it ({detail}); give a readable UTF-8 file of "
+            "`name role secret` lines"
+        ) from None
+
+
+def _parsed(text: str, source: str) -> Credentials:
+    try:
+        return Credentials.parse(text, source)
+    except CredentialsError as error:
+        raise SettingsError(str(error)) from None
+
+
+class ConsoleSettings(_Layered):
+    """`tiergate console --kafka`: the read-only console of a Kafka deployment, on its own port. Readers and
+    operators sign in with the credentials of TIERGATE_CREDENTIALS_FILE (or TIERGATE_CREDENTIALS); without
+    any it binds to loopback only."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_", env_file=None, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="bind address; anything but loopback needs credentials")
+    port: int = Field(8362, ge=0, le=65535)
+    credentials: SecretStr | None = Field(None, description="credentials, one `name role secret` a line")
+    credentials_file: Path | None = Field(None, description="a file of credentials, one `name role secret` a line")
+
+    def check_exposure(self) -> None:
+        """Without credentials the console binds to loopback only: the whole promotion log would be open."""
+        if self.credentials is None and self.credentials_file is None and not _is_loopback(self.host):
+            raise SettingsError(
+                f"host {self.host} is not loopback and no credentials are set: set TIERGATE_CREDENTIALS_FILE "
+                "(reader and operator credentials sign in to the console), or bind to 127.0.0.1"
+            )
+
+    def load_credentials(self) -> Credentials | None:
+        if self.credentials is not None and self.credentials_file is not None:
+            raise SettingsError(
+                "both TIERGATE_CREDENTIALS and TIERGATE_CREDENTIALS_FILE are set: keep one (the file is preferred)"
+            )
+        if self.credentials is not None:
+            return _parsed(self.credentials.get_secret_value(), "TIERGATE_CREDENTIALS")
+        if self.credentials_file is not None:
+            return _parsed(_read_secret_file(self.credentials_file), str(self.credentials_file))
+        return None
+
+
+class OperatorSettings(_Layered):
+    """Where `tiergate override` sends, and with which credential (never a flag: it would show in `ps`)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_", env_file=None, extra="ignore")
+
+    server: str = Field("http://127.0.0.1:8360", description="the embedded server's URL")
+    credential: SecretStr | None = Field(None, description="an operator credential's secret")
+    credential_file: Path | None = Field(None, description="a file holding an operator credential's secret")
+
+    def secret(self) -> str | None:
+        if self.credential is not None:
+            return self.credential.get_secret_value().strip()
+        if self.credential_file is None:
+            return None
+        try:
+            return self.credential_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as error:
+            detail = getattr(error, "strerror", None) or str(error)
+            raise SettingsError(
+                f"TIERGATE_CREDENTIAL_FILE {self.credential_file}: cannot read it ({detail}); give the file that "
+                "holds an operator credential's secret"
+            ) from None
 
 
 def load(cls: type[Settings], config: Path | None = None, **flags: Any) -> Settings:

@@ -24,7 +24,7 @@ from tiergate.models.decisions import Decision
 from tiergate.models.state import STATE_SCHEMA, KeyState
 from tiergate.models.wire import format_ts
 
-from .pipeline import Rejected
+from .pipeline import Rejected, named_action_type
 
 STORE_FORMAT = "tiergate-store-1"
 
@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,          -- the log order: what the fold saw, in this order
     action_type TEXT,
     result TEXT NOT NULL,             -- applied | duplicate | late | rejected, as the fold decided
-    raw BLOB NOT NULL                 -- the event's bytes as received (unknown fields kept)
+    raw BLOB NOT NULL,                -- the event's bytes as received (unknown fields kept)
+    principal TEXT                    -- the credential that posted it (authenticated), if the server has any
 );
 CREATE TABLE IF NOT EXISTS decisions (
     seq INTEGER PRIMARY KEY,
@@ -49,7 +50,8 @@ CREATE TABLE IF NOT EXISTS rejected (  -- input that did not count (bad input, r
     origin TEXT NOT NULL,
     result TEXT NOT NULL,
     reason TEXT NOT NULL,
-    raw BLOB NOT NULL
+    raw BLOB NOT NULL,
+    action_type TEXT                  -- the type it names, if any (malformed input may name one too)
 );
 CREATE TABLE IF NOT EXISTS state (
     action_type TEXT PRIMARY KEY,
@@ -60,7 +62,7 @@ CREATE TABLE IF NOT EXISTS activations (  -- each policy activation whose events
     activation_id TEXT NOT NULL UNIQUE,
     log_seq INTEGER NOT NULL,         -- the log position of its last event
     ts INTEGER NOT NULL,
-    source TEXT NOT NULL,             -- file | api | migration
+    source TEXT NOT NULL,             -- file | api | console | migration
     actor TEXT NOT NULL,
     principal TEXT,                   -- who applied it, as authenticated (the actor is self-declared)
     reason TEXT NOT NULL,
@@ -70,6 +72,38 @@ CREATE TABLE IF NOT EXISTS activations (  -- each policy activation whose events
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+ADDED_COLUMNS = (("events", "principal", "TEXT"), ("rejected", "action_type", "TEXT"))
+"""Columns added since the first stores: `_migrate` adds them to a store made before them."""
+
+INDEXES = "CREATE INDEX IF NOT EXISTS rejected_by_type ON rejected (action_type, id);"
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedQuery:
+    """Which rejected input to read: `reason` is a case-insensitive substring; a page is `limit` rows after
+    the id `after` (oldest first), or with `newest`, before the id `before` (0: from the newest)."""
+
+    after: int = 0
+    limit: int = 100
+    reason: str | None = None
+    result: str | None = None
+    action_type: str | None = None
+    newest: bool = False
+    before: int = 0
+
+    def where(self) -> tuple[list[str], list[Any]]:
+        clauses: list[str] = ["id > ?"] if not self.newest else ["id < ?"] if self.before else []
+        params: list[Any] = [self.after] if not self.newest else [self.before] if self.before else []
+        for clause, value in (
+            ("instr(lower(reason), lower(?)) > 0", self.reason),
+            ("result = ?", self.result),
+            ("action_type = ?", self.action_type),
+        ):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        return clauses, params
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +145,7 @@ class Appended:
     action_type: str | None
     result: str
     raw: bytes
+    principal: str | None = None
 
 
 @contextmanager
@@ -151,6 +186,7 @@ class Store:
             self.db.execute("PRAGMA synchronous=FULL")  # durable before acknowledged, power loss included
             self.db.executescript(SCHEMA)
             self._mark()
+            self._migrate()
 
     def _check(self) -> None:
         """Refuse a damaged file before writing anything to it."""
@@ -164,6 +200,26 @@ class Store:
             self.db.execute("INSERT INTO meta VALUES ('store_format', ?)", (STORE_FORMAT,))
         elif found[0] != STORE_FORMAT:
             raise StoreError(f"{self.path} is a {found[0]} store; this tiergate reads {STORE_FORMAT}")
+
+    def _migrate(self) -> None:
+        """Bring a store made by an earlier tiergate up to date, in one transaction: add the columns it
+        lacks, and name the action type of the rejected input it already holds."""
+        missing = [(t, c, kind) for t, c, kind in ADDED_COLUMNS if c not in self._columns(t)]
+        if missing:
+            with self.transaction():
+                for table, column, kind in missing:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                if ("rejected", "action_type", "TEXT") in missing:
+                    self._name_rejected_types()
+        self.db.executescript(INDEXES)
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+
+    def _name_rejected_types(self) -> None:
+        rows = self.db.execute("SELECT id, raw FROM rejected").fetchall()
+        named = [(name, i) for i, raw in rows if (name := named_action_type(bytes(raw))) is not None]
+        self.db.executemany("UPDATE rejected SET action_type = ? WHERE id = ?", named)
 
     def close(self) -> None:
         self.db.close()
@@ -199,7 +255,7 @@ class Store:
         )
 
     def activations(self, source: str | None = None) -> list[ActivationRow]:
-        """Every activation, oldest first (or those from one source: file, api, migration)."""
+        """Every activation, oldest first (or those from one source: file, api, console, migration)."""
         query = (
             "SELECT activation_id, log_seq, ts, source, actor, principal, reason, policy_version, policy_sha256, "
             "document FROM activations"
@@ -231,16 +287,16 @@ class Store:
         """Write one batch's effects; call inside `transaction()`."""
         db = self.db
         db.executemany(
-            "INSERT INTO events (action_type, result, raw) VALUES (?, ?, ?)",
-            ((e.action_type, e.result, e.raw) for e in events),
+            "INSERT INTO events (action_type, result, raw, principal) VALUES (?, ?, ?, ?)",
+            ((e.action_type, e.result, e.raw, e.principal) for e in events),
         )
         db.executemany(
             "INSERT INTO decisions (decision_id, action_type, kind, at, record) VALUES (?, ?, ?, ?, ?)",
             ((d.decision_id, d.action_type, d.kind, d.at, d.to_json()) for d in decisions),
         )
         db.executemany(
-            "INSERT INTO rejected (origin, result, reason, raw) VALUES (?, ?, ?, ?)",
-            ((r.origin, r.result, r.reason, r.raw) for r in rejected),
+            "INSERT INTO rejected (origin, result, reason, raw, action_type) VALUES (?, ?, ?, ?, ?)",
+            ((r.origin, r.result, r.reason, r.raw, r.action_type) for r in rejected),
         )
 
     def save_snapshot(self, keys: Iterable[KeyState]) -> int:
@@ -296,17 +352,44 @@ class Store:
         query = f"SELECT seq, record FROM decisions WHERE {' AND '.join(clauses)} ORDER BY seq LIMIT ?"
         return list(self.db.execute(query, (*params, limit)))
 
+    def recent_decisions(self, limit: int, action_type: str | None = None, kind: str | None = None) -> list[str]:
+        """The latest decisions' canonical records, newest first, optionally of one type and one kind."""
+        clauses, params = [], []
+        for clause, value in (("action_type = ?", action_type), ("kind = ?", kind)):
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        query = f"SELECT record FROM decisions {where} ORDER BY seq DESC LIMIT ?"
+        return [record for (record,) in self.db.execute(query, (*params, limit))]
+
     def all_decisions(self) -> Iterator[str]:
         for (record,) in self.db.execute("SELECT record FROM decisions ORDER BY seq"):
             yield record
 
     def rejected(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest rejected input, newest first."""
+        return self.rejected_input(RejectedQuery(limit=limit, newest=True))
+
+    def rejected_input(self, query: RejectedQuery) -> list[dict[str, Any]]:
+        """Rejected input (bad, refused or late), filtered and paged by id: oldest first after `after`, or
+        newest first before `before` (0: from the newest)."""
+        clauses, params = query.where()
         rows = self.db.execute(
-            "SELECT id, origin, result, reason, raw FROM rejected ORDER BY id DESC LIMIT ?", (limit,)
+            "SELECT id, origin, result, reason, raw, action_type FROM rejected "
+            f"WHERE {' AND '.join(clauses) or '1'} ORDER BY id {'DESC' if query.newest else 'ASC'} LIMIT ?",
+            (*params, query.limit),
         )
         return [
-            {"id": i, "origin": o, "result": r, "reason": why, "event": bytes(raw).decode("utf-8", "replace")}
-            for i, o, r, why, raw in rows
+            {
+                "id": i,
+                "origin": origin,
+                "result": result,
+                "reason": why,
+                "action_type": action_type,
+                "event": bytes(raw).decode("utf-8", "replace"),
+            }
+            for i, origin, result, why, raw, action_type in rows
         ]
 
     def counts(self) -> dict[str, int]:

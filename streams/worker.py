@@ -1,4 +1,4 @@
-"""`tiergate worker`: the fold on Apache Kafka, one aiokafka consumer group member per process (DESIGN.md §8, §10).
+"""`tiergate worker`: the fold on Apache Kafka, one aiokafka consumer group member per process.
 
 - The worker is a member of the consumer group `tiergate-worker` on `tiergate.events.v1` (keyed by action
   type), through aiokafka's public API: `subscribe` with a rebalance listener, `getmany`, `seek`,
@@ -72,7 +72,7 @@ from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, BrokerLog, KafkaSettings, h
 from .keyed import KeyedFold, Outputs, Saved
 from .metrics import TiergateCollector, WorkerCollector, registry_with
 from .pipeline import Counting, Input, Rejected, Tallies
-from .signing import kafka_admission
+from .signing import kafka_admission, signing_key
 
 log = logging.getLogger(__name__)
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"  # an input record: topic, partition, offset, key, value
@@ -224,7 +224,7 @@ class Worker:
         self.clock = clock or SystemClock()
         self.topic = kafka.topic(EVENTS)
         self.partitions = read_topics(kafka.topics_file)[EVENTS].partitions
-        self.keyed = keyed or KeyedFold(policy, kafka_admission(kafka.deployment, kafka.genesis_keys))
+        self.keyed = keyed or KeyedFold(policy, kafka_admission(kafka.deployment, kafka.genesis_keys), signing_key)
         self.tallies = Tallies.empty()
         self.owned: dict[int, Partition] = {}  # input partitions folded here, their state read back
         self.assigned: set[int] = set()  # input partitions the group gave this worker

@@ -81,9 +81,8 @@ class Log:
         return self.add(type="action", ts=at(hour), tier=tier, action_id=action_id or f"a{self._n}", **extra)
 
     def outcome(self, hour: float, kind: str, result: str, tier: str = "crawl", **extra: Any) -> Log:
-        return self.add(
-            type="outcome", ts=at(hour), tier=tier, action_id=f"a{self._n}", kind=kind, result=result, **extra
-        )
+        extra.setdefault("action_id", f"a{self._n}")
+        return self.add(type="outcome", ts=at(hour), tier=tier, kind=kind, result=result, **extra)
 
     def reviews(self, hour: float, accepted: int, rejected: int = 0, tier: str = "crawl", **extra: Any) -> Log:
         for _ in range(accepted):
@@ -92,23 +91,27 @@ class Log:
             self.outcome(hour, "review", "rejected", tier, **extra)
         return self
 
-    def internal(self, hour: float, completed: int, failed: int = 0, tier: str = "walk") -> Log:
+    def internal(self, hour: float, completed: int, failed: int = 0, tier: str = "walk", **extra: Any) -> Log:
         for _ in range(completed):
-            self.outcome(hour, "internal", "completed", tier)
+            self.outcome(hour, "internal", "completed", tier, **extra)
         for _ in range(failed):
-            self.outcome(hour, "internal", "failed", tier)
+            self.outcome(hour, "internal", "failed", tier, **extra)
         return self
 
-    def customer(self, hour: float, success: int, failure: int = 0, tier: str = "walk") -> Log:
+    def customer(self, hour: float, success: int, failure: int = 0, tier: str = "walk", **extra: Any) -> Log:
         for _ in range(success):
-            self.outcome(hour, "customer", "success", tier)
+            self.outcome(hour, "customer", "success", tier, **extra)
         for _ in range(failure):
-            self.outcome(hour, "customer", "failure", tier)
+            self.outcome(hour, "customer", "failure", tier, **extra)
         return self
 
     def override(self, hour: float, op: str, tier: str | None = None, **extra: Any) -> Log:
         event = {"type": "override", "ts": at(hour), "op": op, "actor": "ops@example.com", "reason": f"test {op}"}
         return self.add(**event, **({} if tier is None else {"tier": tier}), **extra)
+
+    def checkpoint(self, hour: float, through: float, **extra: Any) -> Log:
+        """The customer feed's word, at `hour`, that its failures are complete through `through`."""
+        return self.add(type="checkpoint", ts=at(hour), kind="customer", through=at(through), **extra)
 
     def tick(self, hour: float, **extra: Any) -> Log:
         return self.add(type="tick", ts=at(hour), **extra)

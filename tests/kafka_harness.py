@@ -94,7 +94,14 @@ class Deployment:
 
     @property
     def settings(self) -> KafkaSettings:
-        return KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=self.prefix, topics_file=ROOT / "deploy" / "topics.yaml")
+        """The deployment's settings as its workers read them (genesis keys included, when they are given)."""
+        genesis = self.worker_env.get("TIERGATE_KAFKA_GENESIS_KEYS")
+        return KafkaSettings(
+            bootstrap=BOOTSTRAP,
+            topic_prefix=self.prefix,
+            topics_file=ROOT / "deploy" / "topics.yaml",
+            genesis_keys=None if genesis is None else Path(genesis),
+        )
 
     def create_topics(self) -> None:
         asyncio.run(create_topics(self.settings, 1, TEST_TOPICS))
@@ -178,11 +185,16 @@ class Deployment:
         decisions, the tier map and each key's saved state (`replay --from-kafka --verify`)."""
 
         async def check() -> list[str]:
-            reference = await replay_topic(self.settings, read_policy(POLICY))
+            reference = await replay_topic(self.settings, None if self.policy is None else read_policy(self.policy))
             found = await verify(self.settings, reference) + await verify_state(self.settings, reference)
             return [f"{d.action_type}: {d.problem}" for d in found]
 
         return asyncio.run(check())
+
+    def partitions(self, name: str) -> list[TopicPartition]:
+        """A defined topic's partitions (the count from the topic definition, not the client's metadata)."""
+        count = read_topics(self.settings.topics_file)[name].partitions
+        return [TopicPartition(self.settings.topic(name), p) for p in range(count)]
 
     def committed_all(self) -> bool:
         """Has the workers' consumer group committed every input offset (the end of each partition)?"""
@@ -194,7 +206,7 @@ class Deployment:
             await consumer.start()
             try:
                 committed = await admin.list_consumer_group_offsets(self.settings.topic("tiergate-worker"))
-                partitions = _partitions(self.settings, EVENTS)
+                partitions = self.partitions(EVENTS)
                 ends = await consumer.end_offsets(partitions)
                 return all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in partitions)
             finally:
@@ -213,7 +225,7 @@ class Deployment:
             await consumer.start()
             try:
                 committed = await admin.list_consumer_group_offsets(self.settings.topic("tiergate-worker-forward"))
-                partitions = _partitions(self.settings, ACTIONS) + _partitions(self.settings, OUTCOMES)
+                partitions = self.partitions(ACTIONS) + self.partitions(OUTCOMES)
                 ends = await consumer.end_offsets(partitions)
                 return all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in partitions)
             finally:
@@ -229,7 +241,7 @@ class Deployment:
             consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
             await consumer.start()
             try:
-                partitions = [tp for name in (DECISIONS, DLQ) for tp in _partitions(self.settings, name)]
+                partitions = self.partitions(DECISIONS) + self.partitions(DLQ)
                 found = await consumer.end_offsets(partitions)
                 return tuple(found[tp] for tp in partitions)
             finally:
@@ -272,13 +284,6 @@ class Deployment:
             return not last
 
         wait_for(consistent, timeout, "decisions equal to the reference fold", lambda: "; ".join(last[:5]))
-
-
-def _partitions(settings: KafkaSettings, name: str) -> list[TopicPartition]:
-    """A defined topic's partitions, as the topic definition gives them (a consumer started without a
-    subscription knows no topic's partitions: it would find none, and a check of nothing passes)."""
-    count = read_topics(settings.topics_file)[name].partitions
-    return [TopicPartition(settings.topic(name), p) for p in range(count)]
 
 
 def _key_of(raw: bytes) -> bytes:

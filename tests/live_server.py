@@ -19,6 +19,7 @@ from tiergate.streams.http import make_app
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.settings import ServeSettings
 
+from .histories import feed
 from .test_restart import free_port
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -33,15 +34,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class LiveServer:
     """`tiergate serve`'s app over a real SQLite store, on a real socket."""
 
-    def __init__(self, data_dir: Path, port: int, token: str | None = None) -> None:
-        self.data_dir, self.port, self.token = data_dir, port, token
+    def __init__(self, data_dir: Path, port: int, token: str | None = None, credentials: str | None = None) -> None:
+        self.data_dir, self.port, self.token, self.credentials = data_dir, port, token, credentials
         self.url = f"http://127.0.0.1:{port}"
         self.stream_headers: list[dict[str, str]] = []  # one per GET /v1/tiers/stream
 
     async def start(self) -> None:
         self.evaluator = EmbeddedRuntime(read_policy(POLICY), self.data_dir, ManualClock(NOON))
         token = SecretStr(self.token) if self.token else None
-        settings = ServeSettings(policy=POLICY, data_dir=self.data_dir, token=token)
+        credentials = SecretStr(self.credentials) if self.credentials else None
+        settings = ServeSettings(policy=POLICY, data_dir=self.data_dir, token=token, credentials=credentials)
         app = make_app(self.evaluator, settings, ticking=False)
         app.middlewares.append(self._note_stream_headers)
         self.runner = web.AppRunner(app)
@@ -77,12 +79,17 @@ async def server(tmp_path: Path) -> AsyncIterator[LiveServer]:
 
 
 async def post(server: LiveServer, body: bytes) -> None:
-    """Post events as an operator's tool would (not through the SDK)."""
+    """Post events as an operator's tool would (not through the SDK); ticks in `body` go in as the server's
+    clock (tests/histories.py)."""
     async with aiohttp.ClientSession() as http:
-        response = await http.post(
-            f"{server.url}/v1/events", data=body, headers={"Content-Type": "application/x-ndjson"}
-        )
-        assert response.status == 200, await response.text()
+
+        async def send(events: bytes) -> None:
+            response = await http.post(
+                f"{server.url}/v1/events", data=events, headers={"Content-Type": "application/x-ndjson"}
+            )
+            assert response.status == 200, await response.text()
+
+        await feed(server.runner.app, body, send)
 
 
 def promote_override(event_id: str, action_type: str = "refund_up_to_50") -> bytes:

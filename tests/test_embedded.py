@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ from tiergate.streams.embedded import EmbeddedRuntime
 from tiergate.streams.http import WRITER, make_app
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.settings import ServeSettings
+
+from .histories import feed
 
 GOLDEN = Path(__file__).parent / "golden"
 POLICY = GOLDEN / "policy.yaml"
@@ -56,10 +59,21 @@ async def post(client: TestClient, body: bytes, status: int = 200) -> dict:  # t
     return await response.json()  # type: ignore[no-any-return]
 
 
+async def climb(server: Running, history: bytes = CLIMB) -> Counter[str]:
+    """Post a history's events over HTTP and fold its ticks as the server's clock (tests/histories.py); the
+    results of all of them."""
+    counts = Counter[str]()
+
+    async def send(body: bytes) -> None:
+        counts.update((await post(server.client, body))["counts"])
+
+    assert server.client.app is not None
+    return counts + await feed(server.client.app, history, send)
+
+
 async def test_posted_events_are_folded_into_tiers_and_decisions(server: Running) -> None:
     """The clean climb posted as NDJSON gives the same decision log as `tiergate replay`, and the tier map shows it."""
-    answer = await post(server.client, CLIMB)
-    assert answer["counts"] == {"applied": 281}
+    assert await climb(server) == {"applied": 281}
     tiers = {r["action_type"]: r for r in (await (await server.client.get("/v1/tiers")).json())["tiers"]}
     assert (tiers["reply_to_ticket"]["tier"], tiers["reply_to_ticket"]["version"]) == ("run", 2)
     one = await (await server.client.get("/v1/tiers/reply_to_ticket")).json()
@@ -75,9 +89,9 @@ async def test_each_event_gets_its_result_and_bad_ones_are_kept(server: Running)
         lines[0],
         lines[0],  # duplicate
         b'{"type":"action"',  # malformed
-        b'{"type":"tick","event_id":"u","ts":"2026-11-02T01:00:00Z","action_type":"nope"}',  # unknown type
-        b'{"type":"tick","event_id":"f","ts":"2026-11-03T00:00:00Z","action_type":"reply_to_ticket"}',  # future
-        b'{"type":"tick","event_id":"t","ts":"2026-11-02T03:00:00Z","action_type":"reply_to_ticket"}',
+        review("u", "2026-11-02T01:00:00Z", "nope"),  # unknown type
+        review("f", "2026-11-03T00:00:00Z"),  # future
+        review("t", "2026-11-02T03:00:00Z"),
         lines[0].replace(b'"event_id":"e1"', b'"event_id":"late-1"'),  # its window is now closed
     ]
     results = (await post(server.client, b"\n".join(batch)))["results"]
@@ -97,6 +111,32 @@ async def test_each_event_gets_its_result_and_bad_ones_are_kept(server: Running)
     kept = server.evaluator.store.rejected()
     assert sorted(k["result"] for k in kept) == ["late", "rejected", "rejected", "rejected"]
     assert any(k["event"] == '{"type":"action"' for k in kept)
+
+
+async def test_a_rejected_answer_echoes_the_event_id_the_input_names(server: Running) -> None:
+    """An event the schema rejects is answered with the event_id it names (a string), so its producer can
+    tell which it was; input naming none, or not as a string, is answered with null."""
+    batch = [
+        b'{"type":"action","event_id":"bad-1","ts":"2026-11-02T01:00:00Z","action_type":"reply_to_ticket"}',
+        b'{"type":"action","event_id":7,"ts":"2026-11-02T01:00:00Z","action_type":"reply_to_ticket"}',
+        b'{"type":"action","event_id":"cut',
+    ]
+    results = (await post(server.client, b"\n".join(batch)))["results"]
+    assert [(r["event_id"], r["result"]) for r in results] == [
+        ("bad-1", "rejected"),
+        (None, "rejected"),
+        (None, "rejected"),
+    ]
+    assert results[0]["reason"].startswith("action_id: is required: add it")
+
+
+def review(event_id: str, ts: str, action_type: str = "reply_to_ticket") -> bytes:
+    """A review outcome (an event any reporter may post)."""
+    fields = (event_id.encode(), ts.encode(), action_type.encode(), event_id.encode())
+    return (
+        b'{"type":"outcome","event_id":"%s","ts":"%s","action_type":"%s","action_id":"x-%s","tier":"crawl",'
+        b'"kind":"review","result":"accepted"}' % fields
+    )
 
 
 async def test_malformed_requests_get_a_4xx_that_names_the_problem(server: Running) -> None:
@@ -123,7 +163,7 @@ async def test_a_configured_token_guards_writes(server: Running) -> None:
 
 def test_without_a_token_only_loopback_is_allowed(tmp_path: Path) -> None:
     """Binding beyond loopback with writes unguarded is refused at start-up."""
-    with pytest.raises(ValueError, match="not loopback and no token"):
+    with pytest.raises(ValueError, match="not loopback and no credentials"):
         ServeSettings(policy=POLICY, host="0.0.0.0").check_exposure()
     ServeSettings(policy=POLICY, host="127.0.0.1").check_exposure()
 
@@ -146,7 +186,7 @@ async def test_the_stream_sends_the_map_then_each_change(server: Running) -> Non
         "refund_over_50",
         "lookup_order",
     }
-    await post(server.client, CLIMB)
+    await climb(server)
     await asyncio.wait_for(read(6), 1)  # a new tier record within one second of the decision
     assert [(r["action_type"], r["tier"], r["version"]) for r in records[4:]] == [
         ("reply_to_ticket", "walk", 1),
@@ -172,9 +212,12 @@ async def test_clock_ticks_close_idle_windows(server: Running) -> None:
 
 async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
     """/metrics is Prometheus text with the tier, bar figures and event counts; an action type outside the
-    catalog is counted without an action_type label, so producers cannot grow the label set."""
-    await post(server.client, CLIMB)
-    await post(server.client, b'{"type":"tick","event_id":"u","ts":"2026-11-02T11:00:00Z","action_type":"made_up"}')
+    catalog is counted without an action_type label, so producers cannot grow the label set, and an event the
+    schema rejects is counted under the catalog type it names (as `tiergate rejected` lists it)."""
+    await climb(server)
+    await post(server.client, review("u", "2026-11-02T11:00:00Z", "made_up"))
+    walkk = review("w", "2026-11-02T11:00:00Z", "refund_up_to_50").replace(b'"tier":"crawl"', b'"tier":"walkk"')
+    await post(server.client, walkk)
     text = await (await server.client.get("/metrics")).text()
     assert "made_up" not in text
     samples = {
@@ -187,6 +230,7 @@ async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
     assert applied == 281 + 1  # its events and its part of the policy's activation
     assert samples[("tiergate_decisions_total", (("action_type", "reply_to_ticket"), ("kind", "promote")))] == 2
     assert samples[("tiergate_unattributed_events_total", (("result", "rejected"),))] == 1
+    assert samples[("tiergate_events_total", (("action_type", "refund_up_to_50"), ("result", "rejected")))] == 1
     assert (
         "tiergate_bar_samples",
         (("action_type", "reply_to_ticket"), ("metric", "customer_success_rate"), ("rule", "keep")),
@@ -195,7 +239,7 @@ async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
 
 async def test_decisions_filter_by_type_and_time_and_page(server: Running) -> None:
     """/v1/decisions filters by action type and `at`, and pages with `after`."""
-    await post(server.client, CLIMB)
+    await climb(server)
     url = "/v1/decisions?action_type=reply_to_ticket&since=2026-11-02T05:00:00Z"
     page = await (await server.client.get(url)).json()
     assert [(d["kind"], d["to_tier"]) for d in page["decisions"]] == [("promote", "run")]
@@ -214,7 +258,7 @@ async def test_policy_and_health_are_published(server: Running) -> None:
 
 async def test_export_then_replay_reproduces_the_stored_decisions(server: Running, tmp_path: Path) -> None:
     """`tiergate export` writes the log (ticks included) that `tiergate replay` turns into the same bytes."""
-    await post(server.client, CLIMB[: len(CLIMB) // 2].rsplit(b"\n", 1)[0])
+    await climb(server, CLIMB[: len(CLIMB) // 2].rsplit(b"\n", 1)[0])
     assert server.client.app is not None
     await server.client.app[WRITER].run(server.evaluator.tick)  # the clock's ticks, as the ticker sends them
     await post(

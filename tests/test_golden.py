@@ -39,6 +39,14 @@ STORIES = {
     ],
     "late_and_out_of_order": [("promote", "reply_to_ticket", "crawl", "walk", "2026-11-02T05:00:00Z")],
     "thin_evidence": [],
+    "policy_changes": [  # the moves; the activations' `policy` decisions that move nothing are left out here
+        ("promote", "reply_to_ticket", "crawl", "walk", "2026-11-02T04:00:00Z"),
+        ("promote", "refund_over_50", "crawl", "walk", "2026-11-02T04:00:00Z"),
+        ("initial", "escalate_to_human", None, "crawl", None),  # added by golden-2
+        ("policy", "refund_over_50", "walk", "crawl", "2026-11-02T04:00:00Z"),  # golden-2 lowers its ceiling
+        ("retire", "escalate_to_human", "crawl", None, None),  # golden-3 rolls back to the first document
+        ("promote", "reply_to_ticket", "walk", "run", "2026-11-02T09:00:00Z"),  # its streak ran on through both
+    ],
     "old_log": [  # the clean climb, folded under --policy: the same moves, initial decisions of the old form
         ("promote", "reply_to_ticket", "crawl", "walk", "2026-11-02T04:00:00Z"),
         ("promote", "reply_to_ticket", "walk", "run", "2026-11-02T09:00:00Z"),
@@ -81,7 +89,10 @@ def test_a_golden_scenario_tells_its_story(name: str) -> None:
     folder = GOLDEN / name
     records = [orjson.loads(line) for line in (folder / "expected.jsonl").read_bytes().splitlines()]
     moves = [
-        (r["kind"], r["action_type"], r["from_tier"], r["to_tier"], r["at"]) for r in records if r["kind"] != "initial"
+        (r["kind"], r["action_type"], r["from_tier"], r["to_tier"], r["at"])
+        for r in records
+        if (r["kind"] != "initial" or r.get("activation_id") not in (None, "golden-1"))
+        and (r["kind"] != "policy" or r["from_tier"] != r["to_tier"])
     ]
     assert moves == STORIES[name]
     assert (folder / "events.jsonl").read_bytes() == events_jsonl(name)

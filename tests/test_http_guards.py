@@ -89,7 +89,7 @@ async def test_a_page_within_the_cap_still_answers(server: Running) -> None:
 
 async def test_an_authorization_header_that_is_not_utf8_is_refused_not_a_crash(server: Running) -> None:
     """A raw 0xFF byte in Authorization gets 401 (wrong token), never a 500."""
-    body = CLIMB.splitlines()[0]
+    body = next(line for line in CLIMB.splitlines() if b'"type":"policy"' not in line)
     head = (
         b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n"
         b"Content-Type: application/x-ndjson\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
@@ -142,7 +142,10 @@ async def test_the_tier_stream_frames_records_and_pings_between_them(
 async def test_metrics_carry_process_and_python_series_and_no_empty_action_type(server: Running) -> None:
     """/metrics adds prometheus_client's process and platform collectors; input that names no catalog
     type is counted without an action_type label instead of as action_type=""."""
-    bad = b'{"type":"action"\n{"type":"tick","event_id":"t","ts":"2026-11-02T11:00:00Z","action_type":"nope"}'
+    bad = (
+        b'{"type":"action"\n{"type":"outcome","event_id":"t","ts":"2026-11-02T11:00:00Z","action_type":"nope",'
+        b'"action_id":"a","tier":"crawl","kind":"review","result":"accepted"}'
+    )
     response = await server.client.post("/v1/events", data=bad, headers={"Authorization": "Bearer s3cret"})
     assert response.status == 200
     text = await (await server.client.get("/metrics")).text()

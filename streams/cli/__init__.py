@@ -17,7 +17,7 @@ from .. import __version__
 from ..policy_file import PolicyFileError
 from ..settings import SettingsError
 from ..store import StoreError
-from . import history, inspection, kafka, keys, policy, serve
+from . import backtest, history, inspection, kafka, keys, operator, policy, report, serve
 from .terminal import EXIT_USAGE, CommandError, err, examples
 
 __all__ = ["main", "parser"]
@@ -33,12 +33,13 @@ def parser() -> argparse.ArgumentParser:
             "tiergate serve --policy policy.yaml",
             "tiergate replay events.jsonl --policy policy.yaml -o decisions.jsonl",
             "tiergate explain refund_up_to_50 --log decisions.jsonl",
+            "tiergate backtest events.jsonl --policy candidate.yaml   # before tiergate policy apply",
             "tiergate COMMAND --help   # each command's options and examples",
         ),
     )
     top.add_argument("--version", action="version", version=f"tiergate {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (serve, history, policy, inspection, kafka, keys):
+    for group in (serve, history, policy, backtest, report, inspection, operator, kafka, keys):
         group.add_commands(commands)
     return top
 

@@ -1,58 +1,23 @@
 """The events an agent and its outcome reporters emit: built here, validated and encoded once, before they
 are queued. A bad event never leaves the agent: it raises InvalidEvent at the call that made it.
 
-Actions and outcomes are checked by the runtimes' own codec (the wire models, strict JSON). Two additions
-of the delayed-outcome rules are checked here until the wire models carry them: an outcome's `action_ts`
-and the `checkpoint` event (how far an outcome feed is complete).
+Every event is checked by the runtimes' own codec (the wire models, strict JSON): actions, outcomes (with
+the `action_ts` their receipt carries, for a maturity) and the `checkpoint` of an outcome feed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from tiergate.models.wire import (
-    MAX_EVENT_BYTES,
-    ActionType,
-    EventError,
-    EventId,
-    Timestamp,
-    format_ts,
-    parse_ts,
-)
+from tiergate.models.wire import MAX_EVENT_BYTES, EventError, format_ts, parse_ts
 from tiergate.streams.codec import decode
 
 from .errors import InvalidEvent
 from .receipts import Receipt
-
-
-class _ActionTs(BaseModel):
-    """The `action_ts` an outcome carries from its receipt (RFC 3339), when it has one."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    action_ts: Timestamp | None = None
-
-
-class _Checkpoint(BaseModel):
-    """An outcome feed's promise: every `kind` outcome of `action_type` up to `through` has been reported."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    type: Literal["checkpoint"]
-    event_id: EventId
-    ts: Timestamp
-    action_type: ActionType
-    kind: Literal["customer"]
-    through: Timestamp
-
-
-_ACTION_TS: TypeAdapter[_ActionTs] = TypeAdapter(_ActionTs)
-_CHECKPOINT: TypeAdapter[_Checkpoint] = TypeAdapter(_Checkpoint)
 
 
 def action_event(
@@ -130,29 +95,12 @@ def encode_event(event: Mapping[str, Any]) -> bytes:
         raise InvalidEvent(
             f"event is {len(raw)} bytes of UTF-8, over the {MAX_EVENT_BYTES} byte limit: trim its attributes or reason"
         )
-    _validate(raw, present.get("type"))
+    _validate(raw)
     return raw
 
 
-def _validate(raw: bytes, kind: object) -> None:
+def _validate(raw: bytes) -> None:
     try:
-        if kind == "checkpoint":
-            _CHECKPOINT.validate_json(raw)
-            return
         decode(raw)
-        if kind == "outcome":
-            _ACTION_TS.validate_json(raw)
     except EventError as error:
         raise InvalidEvent(error.reason) from None
-    except ValidationError as error:
-        raise InvalidEvent(_describe(error)) from None
-
-
-def _describe(error: ValidationError) -> str:
-    """A local model's errors as `field: problem` pairs, like the wire models' own."""
-    parts = []
-    for item in error.errors(include_url=False):
-        field = ".".join(str(part) for part in item["loc"]) or "event"
-        message = "is required" if item["type"] == "missing" else item["msg"].removeprefix("Value error, ")
-        parts.append(f"{field}: {message}")
-    return "; ".join(parts)
