@@ -102,6 +102,7 @@ class Forwarder:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
+            rebalance_timeout_ms=int((self.START_TIMEOUT + 30) * 1000),  # a revoke waits for a producer's start
         )
         self.producers: dict[TopicPartition, AIOKafkaProducer] = {}  # one per ingress partition forwarded
         self.assigned: set[TopicPartition] = set()
@@ -176,7 +177,7 @@ class Forwarder:
             committed = await self.consumer.committed(tp)
             if committed is None:  # nothing forwarded yet (an offset, not seek_to_beginning: tp is paused)
                 committed = (await self.consumer.beginning_offsets([tp]))[tp]
-        except (KafkaError, TimeoutError) as error:
+        except Exception as error:  # a broker error or a timeout; anything else must not end the forwarding
             await _stop(producer)
             log.warning("forwarding %s: could not start (%r); trying again in 1 s", tp, error)
             return False
@@ -195,10 +196,10 @@ class Forwarder:
         ingress = self.topics[tp.topic]
         try:
             async with producer.transaction():
-                for record in records:
-                    await self._one(producer, ingress, record)
+                sent = [await self._one(producer, ingress, record) for record in records]
+                await asyncio.gather(*sent)  # aiokafka commits a transaction whose batches failed: check first
                 await producer.send_offsets_to_transaction({tp: records[-1].offset + 1}, self.group)
-        except KafkaError:
+        except Exception:  # KafkaError, and IllegalOperation (not a KafkaError) once a transaction went bad
             self.failures += 1
             log.exception("forwarding %s failed: forwarding it again from its committed offset in 1 s", tp)
             del self.producers[tp]
@@ -207,19 +208,19 @@ class Forwarder:
             if tp in self.consumer.assignment():
                 self.consumer.pause(tp)
 
-    async def _one(self, producer: AIOKafkaProducer, ingress: str, record: Record) -> None:
+    async def _one(self, producer: AIOKafkaProducer, ingress: str, record: Record) -> Any:
+        """Queue the record's forwarding (to the events topic, or set aside); returns the future of its delivery."""
         raw = record.value or b""
         origin = f"{record.topic}/{record.partition}:{record.offset}".encode()
         verdict = admit(ingress, raw)
         if isinstance(verdict, Admitted):
             self.forwarded += 1
             headers = [("tiergate-origin", origin)]
-            await producer.send(self.kafka.topic(EVENTS), raw, key=verdict.action_type.encode(), headers=headers)
-        else:
-            self.refused += 1
-            headers = [("tiergate-result", b"rejected"), ("tiergate-reason", verdict.reason.encode())]
-            headers.append(("tiergate-origin", origin))
-            await producer.send(self.kafka.topic(DLQ), raw, key=record.key, headers=headers)
+            return await producer.send(self.kafka.topic(EVENTS), raw, key=verdict.action_type.encode(), headers=headers)
+        self.refused += 1
+        headers = [("tiergate-result", b"rejected"), ("tiergate-reason", verdict.reason.encode())]
+        headers.append(("tiergate-origin", origin))
+        return await producer.send(self.kafka.topic(DLQ), raw, key=record.key, headers=headers)
 
 
 async def _stop(producer: Any) -> None:

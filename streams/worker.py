@@ -317,7 +317,7 @@ class Worker:
         """Snapshot what was folded, commit, leave the group and close the clients; each step bounded (the
         broker may be unreachable: then the next owner folds again from the last snapshot)."""
         timeout = self.settings.stop_timeout / 3
-        for step in (self.give_up, self.consumer.stop, self.producer.stop):
+        for step in (self.give_up, self.producer.stop, self.consumer.stop):  # state lands before the group is left
             try:
                 await asyncio.wait_for(step(), timeout)
             except (TimeoutError, KafkaError) as error:
@@ -372,7 +372,6 @@ class Worker:
         first, keys = restored.first, restored.keys
         start = first if committed is None or restored.unreadable else max(first, committed)
         self.owned[number] = Partition(number, keys, start, start)
-        self.failed.pop(number, None)
         self.consumer.seek(tp, start)
         self.consumer.resume(tp)
         log.info("input partition %d: %d keys read back, folding from offset %d", number, len(keys), start)
@@ -387,8 +386,18 @@ class Worker:
                     "giving partitions up without a snapshot (the broker is slow or unreachable): "
                     "their next owner folds again from the last one"
                 )
-            self.owned.clear()
-            self.assigned = set()
+                await self._settle()
+            finally:
+                self.owned.clear()
+                self.assigned = set()
+
+    async def _settle(self) -> None:
+        """After a snapshot cut short: let the state records already handed to the producer land (or fail)
+        before the partitions are given up, so none lands after the next owner has read its state back."""
+        try:
+            await asyncio.wait_for(self.producer.flush(), self.settings.stop_timeout)
+        except Exception as error:
+            log.warning("state records still in flight when giving partitions up (%r)", error)
 
     # -- folding -------------------------------------------------------------------------------------
 
@@ -507,7 +516,7 @@ class Worker:
             if parts and await self._still_member(parts):
                 await self._write(parts)
                 await self._commit(parts)
-        except KafkaError:
+        except Exception:  # a broker error, or any other: never the end of the fetch loop
             for part in list(self.owned.values()):
                 self._failed(part, "delivering outputs or state")
 
@@ -536,7 +545,10 @@ class Worker:
         for part in parts:
             for key in part.dirty:
                 written.append(await self.changelog.write(key, part.keys[key], part.number))
-        await asyncio.gather(*written)
+        results = await asyncio.gather(*written, return_exceptions=True)  # every write settled before failing
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
         for part in parts:
             part.dirty.clear()
 
@@ -549,6 +561,7 @@ class Worker:
             return
         for part in parts:
             part.committed = part.next
+            self.failed.pop(part.number, None)  # progress since a failure: the next one backs off from 1 s again
 
     # -- the clock -----------------------------------------------------------------------------------
 
