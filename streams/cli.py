@@ -366,6 +366,10 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", metavar="FILE", help="default stdout")
     export.add_argument("--decisions", metavar="FILE", help="also write the stored decision log")
     export.set_defaults(run=_export)
+
+    from . import oc
+
+    oc.add_command(commands)
     return top
 
 

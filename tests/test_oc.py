@@ -1,0 +1,221 @@
+"""`tiergate oc`: the operating characteristic is measured through the real fold, deterministically.
+
+Also the measuring rig of bench/gate_rules.py: with the v1 rules it must decide exactly what the evaluator
+decides, or its figures for the new rules would mean nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+from tiergate.streams import oc
+from tiergate.streams.cli import main
+from tiergate.streams.policy_file import read_policy
+
+from .builders import BASE_POLICY, policy
+
+ROOT = Path(__file__).parent.parent
+EXAMPLE = ROOT / "examples" / "policy.yaml"
+
+
+def judge(**changes: Any) -> oc.Evaluator:
+    return oc.Evaluator(policy(**changes))
+
+
+def case(cases: list[oc.Case], label: str, volume: float, metric: str | None = None) -> oc.Case:
+    return next(c for c in cases if c.label == label and c.volume == volume and metric in (None, c.metric))
+
+
+def rig() -> ModuleType:
+    """bench/gate_rules.py, loaded as a module (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("gate_rules", ROOT / "bench" / "gate_rules.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gate_rules"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- the cases ---------------------------------------------------------------------------------------------
+
+
+def test_rates_around_a_target_are_labelled_sorted_and_inside_the_unit_interval() -> None:
+    """A promote bar at 0.97 is swept 0.93…0.99 with its good rate 0.985; a keep bar at 0.97 never above 1."""
+    assert oc.gate_rates(0.97) == [
+        ("t − 0.04", 0.93),
+        ("t − 0.02", 0.95),
+        ("t", 0.97),
+        ("good", 0.985),
+        ("t + 0.02", 0.99),
+    ]
+    rates = oc.keep_rates(0.97, 0.05)
+    assert rates[0] == ("t − 2m", 0.87)
+    assert all(0 < rate <= 1 for _, rate in rates)
+    assert oc.good_rate(0.9) == 0.94 and oc.good_rate(0.99) == 0.995
+
+
+def test_types_with_the_same_rules_for_a_tier_share_its_cases() -> None:
+    """On the example policy: one crawl gate for three types and one for escalate_to_human (hold 2d); no case
+    for the read-only type, none above refund_over_50's max_tier."""
+    evaluator = oc.Evaluator(read_policy(EXAMPLE))
+    groups = {c.group for c in oc.gate_cases(evaluator, evaluator.catalog(), [10.0])}
+    assert groups == {
+        "escalate_to_human: crawl gate acceptance_rate",
+        "refund_over_50/refund_up_to_50/reply_to_ticket: crawl gate acceptance_rate",
+        "escalate_to_human/refund_up_to_50/reply_to_ticket: walk gate completion_rate",
+        "escalate_to_human/refund_up_to_50/reply_to_ticket: walk gate customer_success_rate",
+    }
+    keep_groups = {c.group for c in oc.keep_cases(evaluator, evaluator.catalog(), [2.0])}
+    assert "refund_over_50: walk keep completion_rate" in keep_groups
+    assert not any("refund_over_50" in g and "run keep" in g for g in keep_groups)
+    assert not any("lookup_order" in g for g in groups | keep_groups)
+
+
+def test_a_gate_case_feeds_the_other_bars_of_the_gate_at_their_good_rate() -> None:
+    """Sweeping the walk gate's completion bar, its customer bar is fed at its good rate, at the same volume."""
+    cases = oc.gate_cases(judge(), ["t"], [4.0])
+    walk = case([c for c in cases if c.tier == 1], "t − 0.02", 4.0, "completion_rate")
+    assert walk.feeds == (("completion_rate", 0.48), ("customer_success_rate", 0.54))
+    assert walk.hold_days == pytest.approx(2 / 24)
+
+
+# -- through the fold ----------------------------------------------------------------------------------------
+
+
+def test_every_type_that_always_fails_its_keep_bar_is_demoted_by_the_fold_on_its_first_day() -> None:
+    """At rate 0 and 10 outcomes an hour the keep bar (min_samples 10) demotes every type within hours."""
+    evaluator = judge()
+    keep = oc.keep_cases(evaluator, ["t"], [10.0])
+    zero = next(c for c in keep if c.tier == 1 and c.rate == 0.4)  # t − 2m at target 0.5: a clear regression
+    result = oc.run_case(zero, 3, seed=1, judge=evaluator)
+    assert all(day is not None and day < 1 for day in result.days)
+
+
+def test_what_oc_measures_is_what_the_policy_decides() -> None:
+    """The same case under a policy whose keep bar needs 100 000 samples: the fold demotes no one."""
+    regression = next(c for c in oc.keep_cases(judge(), ["t"], [10.0]) if c.tier == 1 and c.label == "t − 2m")
+    thin = judge(demotion={"min_samples": 100_000})
+    assert oc.run_case(regression, 2, seed=1, judge=thin).days == [None, None]
+
+
+def test_a_perfect_type_is_promoted_only_once_its_hold_has_passed() -> None:
+    """At rate 1 every type promotes out of crawl, never before the 2h hold, well within hold + 7 d."""
+    evaluator = judge()
+    crawl = oc.gate_cases(evaluator, ["t"], [10.0])
+    perfect = case([c for c in crawl if c.tier == 0], "good", 10.0)
+    perfect = oc.Case(**{**_fields(perfect), "rate": 1.0, "feeds": (("acceptance_rate", 1.0),)})
+    result = oc.run_case(perfect, 3, seed=1, judge=evaluator)
+    assert all(day is not None and perfect.hold_days <= day < 1 for day in result.days)
+    assert result.share(result.window_days) == 1.0
+
+
+def _fields(value: oc.Case) -> dict[str, Any]:
+    return {name: getattr(value, name) for name in oc.Case.__slots__}
+
+
+def test_a_case_is_the_same_for_the_same_seed_and_differs_for_another() -> None:
+    """Deterministic per seed: each simulated type draws from its own generator seeded by seed, case and number."""
+    evaluator = judge()
+    borderline = case([c for c in oc.keep_cases(evaluator, ["t"], [2.0]) if c.tier == 1], "t − m/2", 2.0)
+    first = oc.run_case(borderline, 6, seed=3, judge=evaluator).days
+    assert oc.run_case(borderline, 6, seed=3, judge=evaluator).days == first
+    assert oc.run_case(borderline, 6, seed=4, judge=evaluator).days != first
+
+
+# -- targets and output ---------------------------------------------------------------------------------------
+
+
+def _result(kind: oc.CaseKind, label: str, volume: float, days: list[float | None]) -> oc.CaseResult:
+    horizon = oc.GATE_HORIZON_DAYS if kind == "gate" else oc.KEEP_HORIZON_DAYS
+    made = oc.Case(kind, 1, "completion_rate", 0.9, label, 0.92, volume, (), horizon, 14.0, ("t",), "g")
+    return oc.CaseResult(made, days)
+
+
+def test_targets_are_checked_on_the_cases_that_measure_them() -> None:
+    """3 of 40 falsely demoted misses ≤ 5%; 2 of 40 meets it; a median of 1.2 d misses ≤ 1 d; other volumes
+    measure no target."""
+    three = _result("keep", "t + 0.02", 2.0, [1.0, 2.0, 3.0] + [None] * 37)
+    two = _result("keep", "t + 0.02", 0.5, [1.0, 2.0] + [None] * 38)
+    slow = _result("keep", "t − 2m", 2.0, [1.2] * 40)
+    elsewhere = _result("keep", "t + 0.02", 10.0, [1.0] * 40)
+    checked = oc.targets([three, two, slow, elsewhere])
+    assert [(t.volume, t.figure, t.met) for t in checked] == [
+        (2.0, "8%", False),
+        (0.5, "5%", True),
+        (2.0, "1.20 d (100% demoted)", False),
+    ]
+
+
+def test_promotion_targets_count_within_hold_plus_seven_days_and_sixty_days() -> None:
+    """Good types count within hold + 7 d (21 d for a 14 d hold); false promotions within 60 d."""
+    good = _result("gate", "good", 10.0, [20.0] * 38 + [22.0, None])
+    false = _result("gate", "t − 0.02", 10.0, [59.0, 61.0] + [None] * 38)
+    assert good.window_days == 21.0
+    checked = oc.targets([good, false])
+    assert [(t.figure, t.met) for t in checked] == [("95% (median day 20.0)", True), ("2%", True)]
+
+
+def test_the_command_prints_json_and_draws_the_picture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`tiergate oc` at low volume: valid JSON with every case, a PNG, and an exit code that says whether
+    every target measured was met."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(BASE_POLICY))
+    png = tmp_path / "oc.png"
+    argv = ["oc", str(path), "--type", "t", "--reps", "1", "--volumes", "0.5", "--gate-volumes", "0.5"]
+    code = main([*argv, "--json", "--png", str(png)])
+    report = json.loads(capsys.readouterr().out)
+    assert {c["kind"] for c in report["cases"]} == {"gate", "keep"}
+    assert code == (0 if all(t["met"] for t in report["targets"]) else 1)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([*argv, "--json"]) == code
+    assert json.loads(capsys.readouterr().out) == report
+
+
+def test_an_unknown_type_is_an_error_naming_the_catalog(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--type nope` fails with exit code 2 and lists the action types there are."""
+    assert main(["oc", str(EXAMPLE), "--type", "nope"]) == 2
+    assert "reply_to_ticket" in capsys.readouterr().err
+
+
+# -- the rig (bench/gate_rules.py) ----------------------------------------------------------------------------
+
+
+def test_the_rig_with_the_v1_rules_decides_what_the_evaluator_decides(tmp_path: Path) -> None:
+    """Named `rule: wilson`, `rule: point` and no tripwire, the rig's fold and the evaluator agree type for type."""
+    gate_rules = rig()
+    v1 = {**BASE_POLICY, "promotion": {"rule": "wilson"}, "demotion": {**BASE_POLICY["demotion"], "rule": "point"}}
+    v1["demotion"]["tripwire"] = 0
+    path = tmp_path / "v1.yaml"
+    path.write_text(yaml.safe_dump(v1))
+    ruled, real = gate_rules.RuledEvaluator.load(path), judge()
+    cases = oc.keep_cases(real, ["t"], [2.0]) + oc.gate_cases(real, ["t"], [2.0])
+    for sample in [c for c in cases if c.label in ("t − m", "t", "good")]:
+        assert oc.run_case(sample, 3, 1, ruled).days == oc.run_case(sample, 3, 1, real).days, sample.name
+
+
+def test_the_rig_tripwire_demotes_at_the_failure_not_at_the_next_close(tmp_path: Path) -> None:
+    """With the sound rules, a type at Walk that fails every outcome is demoted inside its first window."""
+    gate_rules = rig()
+    path = tmp_path / "sound.yaml"
+    path.write_text(yaml.safe_dump(BASE_POLICY))
+    ruled = gate_rules.RuledEvaluator.load(path)
+    keep = next(c for c in oc.keep_cases(ruled, ["t"], [60.0]) if c.tier == 1)
+    broken = oc.Case(**{**_fields(keep), "rate": 0.0, "feeds": (("completion_rate", 0.0),)})
+    days = oc.run_case(broken, 3, 1, ruled).days
+    assert all(day is not None and 0 < day < 1 / 24 for day in days)
+
+
+def test_only_the_target_cases_print_as_markdown_tables(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--targets --markdown`: the cases that measure a target, as Markdown tables a document can carry."""
+    argv = ["oc", str(ROOT / "tests" / "golden" / "policy.yaml"), "--type", "reply_to_ticket", "--reps", "1"]
+    main([*argv, "--targets", "--markdown"])
+    out = capsys.readouterr().out
+    assert "| falsely demoted within 30 d at keep target + 0.02" in out.replace("  ", " ")
+    assert "t − 0.04" not in out  # a rate no target names is not simulated
