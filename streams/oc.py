@@ -31,6 +31,7 @@ import heapq
 import math
 import random
 import statistics
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -432,7 +433,7 @@ def target_of(case: Case) -> str | None:
 def _false_demotion(result: CaseResult) -> Target:
     case, share = result.case, result.share(result.case.horizon_days)
     what = f"falsely demoted within {case.horizon_days} d at keep target + 0.02 ({case.rate:g})"
-    return Target(what, case.group, case.volume, f"{share:.0%}", share <= 0.05)
+    return Target(what, case.group, case.volume, f"{share:.1%}", share <= 0.05)
 
 
 def _time_to_demote(result: CaseResult) -> Target:
@@ -445,7 +446,7 @@ def _time_to_demote(result: CaseResult) -> Target:
 def _false_promotion(result: CaseResult) -> Target:
     case, share = result.case, result.share(result.case.horizon_days)
     what = f"falsely promoted within {case.horizon_days} d at target − 0.02 ({case.rate:g})"
-    return Target(what, case.group, case.volume, f"{share:.0%}", share <= 0.05)
+    return Target(what, case.group, case.volume, f"{share:.1%}", share <= 0.05)
 
 
 def _promotion(result: CaseResult) -> Target:
@@ -453,7 +454,7 @@ def _promotion(result: CaseResult) -> Target:
     when = "" if median is None else f" (median day {median:.1f})"
     rates = ", ".join(f"{metric} {rate:g}" for metric, rate in case.feeds)
     what = f"promoted within hold + {HOLD_GRACE_DAYS} d ({result.window_days:g} d) at {rates}"
-    return Target(what, case.group, case.volume, f"{share:.0%}{when}", share >= 0.95)
+    return Target(what, case.group, case.volume, f"{share:.1%}{when}", share >= 0.95)
 
 
 CHECKS: dict[str, Callable[[CaseResult], Target]] = {
@@ -522,61 +523,76 @@ def characteristic(
 # -- output -----------------------------------------------------------------------------------------------
 
 
-def tables(result: Characteristic, markdown: bool = False) -> list[tuple[str, Any]]:
-    """(title, rich table) pairs: the targets, then each bar's characteristic (share and median day by rate
-    and volume). With `markdown` the tables are drawn as Markdown."""
-    from rich import box
-    from rich.table import Table
+@dataclass(frozen=True, slots=True)
+class Grid:
+    """One table of the report, before it is drawn (rich on a terminal, Markdown for a document)."""
 
-    frame = box.MARKDOWN if markdown else box.HEAVY_HEAD
-    summary = Table(box=frame)
-    for column in ("types and bar", "per hour", "case", "measured", "target met"):
-        summary.add_column(column)
-    for target in result.targets:
-        summary.add_row(target.group, f"{target.volume:g}", target.what, target.figure, "yes" if target.met else "NO")
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+
+    def rich(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title=self.title, title_justify="left", title_style="bold")
+        for header in self.headers:
+            table.add_column(header, justify="left" if header in ("types and bar", "case") else "right")
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+    def markdown(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.headers) + " |"]
+        lines.append("|" + "|".join("---" for _ in self.headers) + "|")
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines) + "\n"
+
+
+def grids(result: Characteristic) -> list[Grid]:
+    """The targets, then each bar's characteristic: share and median day by rate and volume."""
+    rows = [
+        [target.group, f"{target.volume:g}", target.what, target.figure, "yes" if target.met else "NO"]
+        for target in result.targets
+    ]
     title = f"gate-quality targets ({result.reps} simulated types per case, seed {result.seed})"
-    out: list[tuple[str, Any]] = [(title, summary)]
+    out = [Grid(title, ["types and bar", "per hour", "case", "measured", "target met"], rows)]
     groups: dict[str, list[CaseResult]] = {}
     for case_result in result.results:
         groups.setdefault(case_result.case.group, []).append(case_result)
     for group, members in groups.items():
-        out.append((_group_title(group, members[0]), _group_table(members, frame)))
+        out.append(_group_grid(group, members))
     return out
 
 
-def _group_title(group: str, first: CaseResult) -> str:
-    case = first.case
-    if case.kind == "keep":
-        return f"{group} {case.target:g}: share demoted within {case.horizon_days} d, median day"
-    window = format_duration(round(first.window_days * DAY))
-    return (
-        f"{group} ≥ {case.target:g}: share promoted within hold + {HOLD_GRACE_DAYS} d ({window}), "
-        f"[within {case.horizon_days} d], median day"
-    )
-
-
-def _group_table(members: list[CaseResult], frame: Any) -> Any:
-    from rich.table import Table
-
-    table = Table(box=frame)
-    table.add_column("per hour")
+def _group_grid(group: str, members: list[CaseResult]) -> Grid:
     rates = dict(sorted({m.case.label: m.case.rate for m in members}.items(), key=lambda item: item[1]))
-    for label, rate in rates.items():
-        table.add_column(f"{label} ({rate:g})", justify="right")
+    rows = []
     for volume in sorted({m.case.volume for m in members}):
         row = [f"{volume:g}"]
         for label in rates:
             match = next((m for m in members if m.case.label == label and m.case.volume == volume), None)
             row.append("" if match is None else _cell(match))
-        table.add_row(*row)
-    return table
+        rows.append(row)
+    headers = ["per hour"] + [f"{label} ({rate:g})" for label, rate in rates.items()]
+    return Grid(_group_title(group, members[0]), headers, rows)
+
+
+def _group_title(group: str, first: CaseResult) -> str:
+    case = first.case
+    if case.kind == "keep":
+        return f"{group} {case.target:g}: share demoted within {case.horizon_days} d and median day"
+    window = format_duration(round(first.window_days * DAY))
+    return (
+        f"{group} ≥ {case.target:g}: share promoted within hold + {HOLD_GRACE_DAYS} d ({window}), "
+        f"in brackets within {case.horizon_days} d, and median day"
+    )
 
 
 def _cell(result: CaseResult) -> str:
     median = result.median_day()
     text = f"{result.share(result.window_days):.0%}"
     if result.case.kind == "gate":
-        text += f" [{result.share(result.case.horizon_days):.0%}]"
+        text += f" ({result.share(result.case.horizon_days):.0%})"
     return text + ("" if median is None else f" {median:.1f}d")
 
 
@@ -600,7 +616,7 @@ def render_png(result: Characteristic, output: Path) -> None:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{volume:g}/h")
         ax.axvline(first.target, color="grey", linestyle="--", linewidth=1)
         what = f"promoted within hold + {HOLD_GRACE_DAYS} d" if first.kind == "gate" else "demoted within 30 d"
-        ax.set_title(f"{group} (target {first.target:g})", fontsize=9)
+        ax.set_title(textwrap.fill(f"{group} (target {first.target:g})", 70), fontsize=8)
         ax.set_xlabel("true rate")
         ax.set_ylabel(f"share {what}", fontsize=8)
         ax.set_ylim(-0.03, 1.03)
@@ -677,11 +693,12 @@ def report(judge: Judge, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.record(), indent=2, ensure_ascii=False))
     else:
-        console = Console(highlight=False, width=200 if args.markdown else None)
-        for title, table in tables(result, args.markdown):
-            console.print(f"**{title}**" if args.markdown else f"[bold]{title}[/]", soft_wrap=True)
-            console.print(table)
-            console.print()
+        console = Console(highlight=False, markup=False)
+        for grid in grids(result):
+            if args.markdown:
+                print(grid.markdown())
+            else:
+                console.print(grid.rich())
     if args.png:
         render_png(result, args.png)
         err.print(f"wrote {args.png}")

@@ -147,8 +147,8 @@ def test_targets_are_checked_on_the_cases_that_measure_them() -> None:
     elsewhere = _result("keep", "t + 0.02", 10.0, [1.0] * 40)
     checked = oc.targets([three, two, slow, elsewhere])
     assert [(t.volume, t.figure, t.met) for t in checked] == [
-        (2.0, "8%", False),
-        (0.5, "5%", True),
+        (2.0, "7.5%", False),
+        (0.5, "5.0%", True),
         (2.0, "1.20 d (100% demoted)", False),
     ]
 
@@ -159,7 +159,7 @@ def test_promotion_targets_count_within_hold_plus_seven_days_and_sixty_days() ->
     false = _result("gate", "t − 0.02", 10.0, [59.0, 61.0] + [None] * 38)
     assert good.window_days == 21.0
     checked = oc.targets([good, false])
-    assert [(t.figure, t.met) for t in checked] == [("95% (median day 20.0)", True), ("2%", True)]
+    assert [(t.figure, t.met) for t in checked] == [("95.0% (median day 20.0)", True), ("2.5%", True)]
 
 
 def test_the_command_prints_json_and_draws_the_picture(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
