@@ -8,7 +8,7 @@ will be integrated. It subclasses the evaluator's per-step view (`_Fold`) and re
 hooks: each closed window also feeds the sequential figures of the current tier's bars, and each outcome
 feeds the tripwire. The verdicts at a close come from the rules named in the policy:
 
-    promotion: {rule: mixture, alpha: 0.2, floor: -4.0}       # or rule: wilson (v1)
+    promotion: {rule: mixture, alpha: 0.2, floor: -10.0}      # or rule: wilson (v1)
     demotion: {rule: sprt, threshold: 2.0, floor: -4.0, tripwire: 6, margin: …, min_samples: …, cooldown: …}
                                                               # or rule: point (v1), tripwire: 0 (off)
 
@@ -43,7 +43,7 @@ from tiergate.models.sequential import KeepTest, PromoteTest, SequentialState, t
 from tiergate.models.wire import TIER_INDEX, Action, Outcome, Override
 from tiergate.streams import oc
 
-PROMOTION_DEFAULTS: dict[str, Any] = {"rule": "mixture", "alpha": 0.2, "floor": -4.0}
+PROMOTION_DEFAULTS: dict[str, Any] = {"rule": "mixture", "alpha": 0.2, "floor": -10.0}
 DEMOTION_DEFAULTS: dict[str, Any] = {"rule": "sprt", "threshold": 2.0, "floor": -4.0, "tripwire": 6}
 DEMOTION_RULE_KEYS = frozenset(DEMOTION_DEFAULTS)
 

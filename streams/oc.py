@@ -453,8 +453,13 @@ def _promotion(result: CaseResult) -> Target:
     case, share, median = result.case, result.share(result.window_days), result.median_day()
     when = "" if median is None else f" (median day {median:.1f})"
     rates = ", ".join(f"{metric} {rate:g}" for metric, rate in case.feeds)
-    what = f"promoted within hold + {HOLD_GRACE_DAYS} d ({result.window_days:g} d) at {rates}"
+    what = f"promoted within hold + {HOLD_GRACE_DAYS} d ({_days(result.window_days)}) at {rates}"
     return Target(what, case.group, case.volume, f"{share:.1%}{when}", share >= 0.95)
+
+
+def _days(days: float) -> str:
+    """`21 d` for whole days, else the duration (`170h`)."""
+    return f"{days:.0f} d" if days == int(days) else format_duration(round(days * DAY))
 
 
 CHECKS: dict[str, Callable[[CaseResult], Target]] = {
