@@ -1,13 +1,20 @@
-# tiergate with the Kafka extra: the image docker-compose.kafka.yml runs as the topic step and the worker.
+# tiergate with the Kafka extra: the image docker-compose.kafka.yml runs as the topic step and the worker,
+# and deploy/k8s runs as the worker and the embedded server. It runs as the unprivileged user `tiergate`,
+# which owns /app and the data directories; the data directories are absolute, whatever the working dir.
 FROM python:3.11-slim
+RUN useradd --create-home --uid 10001 tiergate \
+    && mkdir -p /app /var/lib/tiergate/data /var/lib/tiergate/worker \
+    && chown -R tiergate:tiergate /app /var/lib/tiergate
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY models ./models
-COPY streams ./streams
+COPY --chown=tiergate:tiergate pyproject.toml README.md ./
+COPY --chown=tiergate:tiergate models ./models
+COPY --chown=tiergate:tiergate streams ./streams
 RUN pip install --no-cache-dir '.[kafka]'
 # the topic definition and the example policy the compose file points at
-COPY deploy/topics.yaml ./deploy/topics.yaml
-COPY examples/policy.yaml ./examples/policy.yaml
-RUN useradd --create-home tiergate
+COPY --chown=tiergate:tiergate deploy/topics.yaml ./deploy/topics.yaml
+COPY --chown=tiergate:tiergate examples/policy.yaml ./examples/policy.yaml
+ENV TIERGATE_DATA_DIR=/var/lib/tiergate/data \
+    TIERGATE_WORKER_DATA_DIR=/var/lib/tiergate/worker
+VOLUME ["/var/lib/tiergate"]
 USER tiergate
 ENTRYPOINT ["tiergate"]

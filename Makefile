@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test lint typecheck unit bench clean
+.PHONY: setup system-deps demo test lint typecheck unit package bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,12 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 
-# Debian's Prometheus (prometheus, promtool) for the observability tests; Java and Maven for the Kafka broker
-# come with the machine. The broker itself is started by the tests (tests/test_kafka.py) when it is not running.
+# Debian's Prometheus (prometheus, promtool) for the observability tests and Debian's chromium for the console's
+# browser tests (Playwright drives it; it downloads no browser); Java and Maven for the Kafka broker come with
+# the machine. The broker itself is started by the tests (tests/test_kafka.py) when it is not running.
 system-deps:
 	@command -v promtool >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 	@command -v java >/dev/null && command -v mvn >/dev/null || { echo "Java and Maven are needed for the Kafka broker" >&2; exit 1; }
 
 demo: setup
@@ -32,8 +34,13 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy models streams
 
+# Everything, the package test included (tests/test_package.py: `python -m build` makes the sdist and the
+# wheel, the wheel is installed into a fresh venv outside the repo, and `tiergate demo` runs there).
 unit: setup system-deps
 	$(BIN)/pytest
+
+package: setup
+	$(BIN)/pytest tests/test_package.py
 
 test: lint typecheck unit
 
@@ -41,4 +48,4 @@ bench: setup
 	$(BIN)/python bench/replay.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info tiergate-demo tiergate-data bench/.data
+	rm -rf $(VENV) build dist *.egg-info tiergate-demo tiergate-data tiergate-worker-data bench/.data

@@ -6,6 +6,7 @@ same consumer settings) and only decodes and counts; its count is served on /cou
 
 from __future__ import annotations
 
+import os
 import sys
 
 import faust
@@ -16,7 +17,7 @@ topic_name, port = sys.argv[1], int(sys.argv[2])
 sys.argv[1:] = ["worker", "--web-port", str(port), "--loglevel", "warn"]
 app = faust.App(
     f"{topic_name}-trivial",
-    broker="kafka://127.0.0.1:19092",
+    broker=f"kafka://127.0.0.1:{os.environ.get('TIERGATE_KAFKA_PORT', '19092')}",  # the broker the benchmark uses
     store="memory://",
     web_bind="127.0.0.1",
     web_host="127.0.0.1",

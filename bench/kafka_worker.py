@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tiergate.models.wire import format_ts, parse_ts
 from tiergate.streams.codec import decode
-from tiergate.streams.kafka import EVENTS, TIER_MAP, KafkaSettings, create_topics
+from tiergate.streams.kafka import EVENTS, SINGLE_BROKER, TIER_MAP, KafkaSettings, create_topics
 from tiergate.streams.policy_file import read_policy
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -117,6 +118,13 @@ def start_worker(policy: Path, prefix: str, port: int, log: Path) -> subprocess.
     )
 
 
+def free_port() -> int:
+    """A port for a web server of this run (several developers may run the benchmark at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def wait_healthy(port: int, timeout: float = 60, path: str = "/healthz") -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -130,7 +138,7 @@ def wait_healthy(port: int, timeout: float = 60, path: str = "/healthz") -> floa
 
 def trivial_agent(topic: str, total: int, tmp: Path) -> float:
     """Events/s of a faust agent that only decodes and counts (bench/faust_trivial.py): faust's ceiling."""
-    port = 16068
+    port = free_port()
     log = open(tmp / "trivial.log", "wb")  # noqa: SIM115 - the child process writes it until it ends
     process = subprocess.Popen(
         [sys.executable, str(Path(__file__).parent / "faust_trivial.py"), topic, str(port)],
@@ -161,12 +169,12 @@ def throughput(events: int, tmp: Path) -> dict[str, Any]:
     lines = history.read_bytes().splitlines()
     prefix = f"bench{uuid.uuid4().hex[:6]}."
     settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=ROOT / "deploy" / "topics.yaml")
-    asyncio.run(create_topics(settings))
+    asyncio.run(create_topics(settings, 1, SINGLE_BROKER))
     topic = settings.topic(EVENTS)
     produced_in = asyncio.run(produce(topic, lines))
     bare = asyncio.run(bare_consumer(topic, len(lines)))
     trivial = trivial_agent(topic, len(lines), tmp)
-    port = 16066
+    port = free_port()
     worker = start_worker(policy, prefix, port, tmp / "worker.log")
     try:
         ready = wait_healthy(port)
@@ -233,10 +241,10 @@ async def latency(types: int, tmp: Path) -> dict[str, Any]:
     policy = latency_policy(tmp, types)
     prefix = f"lat{uuid.uuid4().hex[:6]}."
     settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=ROOT / "deploy" / "topics.yaml")
-    await create_topics(settings)
+    await create_topics(settings, 1, SINGLE_BROKER)
     reviews = edge_events(types)
     await produce(settings.topic(EVENTS), reviews)
-    port = 16067
+    port = free_port()
     worker = start_worker(policy, prefix, port, tmp / "latency-worker.log")
     tail = AIOKafkaConsumer(settings.topic(TIER_MAP), bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest")
     producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=0)

@@ -25,9 +25,9 @@ from typing import Any
 import orjson
 import yaml
 
-from tiergate.models.policy import load_policy
 from tiergate.models.wire import format_ts, parse_ts
 from tiergate.streams.codec import decode, iter_lines
+from tiergate.streams.policy_file import policy_from_mapping
 from tiergate.streams.replay import replay_file
 from tiergate.streams.simulate import HOUR, Delivery, Fleet, Profile, Quality, history, override
 
@@ -72,7 +72,7 @@ def generate(events: int, types: int, days: int) -> tuple[Path, Path]:
     raw = bench_policy(types)
     policy_path.write_text(yaml.safe_dump(raw))
     if not path.exists():
-        policy = load_policy(raw)
+        policy = policy_from_mapping(raw)
         fleet = bench_fleet(sorted(raw["action_types"]), events, days)
         started = time.perf_counter()
         count = 0

@@ -3,7 +3,8 @@
     python bench/sdk.py                       # tier_for cost and the HTTP transport
     python bench/sdk.py --kafka               # also the Kafka transport (needs deploy/kafka/broker.sh start)
 
-1. `tier_for` on a loaded client, against a bare dict lookup in the same run (the floor).
+1. `tier_for` on a loaded client, against a bare dict lookup in the same run (the floor); and `decide()`
+   (tier_for, then the action event built, validated, encoded and queued for buffered delivery).
 2. HTTP: 40 action types at the edge of a promotion on an embedded server (in this process, loopback); for
    each, the time from posting the tick that closes the promoting window to `tier_for` returning walk.
 3. Kafka: the same with a `tiergate worker` and the client following the compacted tier map.
@@ -28,11 +29,19 @@ import aiohttp
 from aiohttp import web
 
 from tiergate.streams.clock import ManualClock
-from tiergate.streams.embedded import Evaluator
+from tiergate.streams.embedded import EmbeddedRuntime
 from tiergate.streams.http import make_app
-from tiergate.streams.kafka import EVENTS, KafkaSettings, create_topics
+from tiergate.streams.kafka import EVENTS, SINGLE_BROKER, KafkaSettings, create_topics
 from tiergate.streams.policy_file import read_policy
-from tiergate.streams.sdk import HttpTierTransport, KafkaTierTransport, MemoryTierTransport, TierMapClient
+from tiergate.streams.sdk import (
+    ActionGate,
+    HttpTierTransport,
+    KafkaTierTransport,
+    MemoryEventSink,
+    MemoryTierTransport,
+    Reporter,
+    TierMapClient,
+)
 from tiergate.streams.settings import ServeSettings
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -71,17 +80,32 @@ async def tier_for_cost() -> dict[str, Any]:
     runs = 200_000
     lookup = min(timeit.repeat(lambda: plain.get("k07", "crawl"), number=runs, repeat=5)) / runs
     tier_for = min(timeit.repeat(lambda: client.tier_for("k07"), number=runs, repeat=5)) / runs
+    decide = await decide_cost(client)
     await client.close()
     return {
         "tier_for_us": round(tier_for * 1e6, 3),
         "dict_get_us": round(lookup * 1e6, 3),
         "ratio_to_dict_get": round(tier_for / lookup, 1),
+        "decide_us": round(decide * 1e6, 1),
     }
+
+
+async def decide_cost(client: TierMapClient, runs: int = 20_000) -> float:
+    """Seconds per decide() into a reporter whose queue holds every event (delivery not timed)."""
+    reporter = Reporter(MemoryEventSink(), queue_size=runs + 1, batch_size=runs)
+    gate = ActionGate(client, reporter)
+    started = time.perf_counter()
+    for i in range(runs):
+        await gate.decide("k07", action_id=f"a{i}", attributes={"amount": 12.5})
+    elapsed = time.perf_counter() - started
+    await reporter.close()
+    assert reporter.stats().delivered == runs
+    return elapsed / runs
 
 
 async def http_latency(types: int, tmp: Path) -> dict[str, Any]:
     policy_path = latency_policy(tmp, types)
-    evaluator = Evaluator(read_policy(policy_path), tmp / "data", ManualClock(EDGE_START + 5 * 3600))
+    evaluator = EmbeddedRuntime(read_policy(policy_path), tmp / "data", ManualClock(EDGE_START + 5 * 3600))
     runner = web.AppRunner(make_app(evaluator, ServeSettings(policy=policy_path, data_dir=tmp / "data"), ticking=False))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -91,7 +115,7 @@ async def http_latency(types: int, tmp: Path) -> dict[str, Any]:
     try:
         async with aiohttp.ClientSession() as http, TierMapClient(HttpTierTransport(url)) as client:
             await http.post(f"{url}/v1/events", data=b"\n".join(edge_events(types)))
-            await client.wait_for(lambda c: c.status().loaded, 10)
+            await client.wait_until_ready(10)
             for i in range(types):
                 key = f"k{i:02d}"
                 sent = time.perf_counter()
@@ -108,7 +132,7 @@ async def kafka_latency(types: int, tmp: Path) -> dict[str, Any]:
     policy = latency_policy(tmp, types)
     prefix = f"sdk{uuid.uuid4().hex[:6]}."
     settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=ROOT / "deploy" / "topics.yaml")
-    await create_topics(settings)
+    await create_topics(settings, 1, SINGLE_BROKER)
     events = edge_events(types)
     await produce(settings.topic(EVENTS), events)
     port = 16069
@@ -119,7 +143,7 @@ async def kafka_latency(types: int, tmp: Path) -> dict[str, Any]:
         while metric_total(port, "tiergate_events_total") < len(events):
             await asyncio.sleep(0.1)
         async with TierMapClient(KafkaTierTransport(settings)) as client:
-            await client.wait_for(lambda c: c.status().loaded, 30)
+            await client.wait_until_ready(30)
             for i in range(types):
                 key = f"k{i:02d}"
                 sent = time.perf_counter()

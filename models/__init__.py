@@ -1,16 +1,20 @@
-"""The pure core of tiergate: wire schemas, policy, windows, statistics and the evaluator fold.
+"""The pure core of tiergate: wire schemas, policy, windows, statistics and the decision fold.
 
 Imports only the standard library and pydantic; reads no clock, no randomness, does no I/O.
 """
 
 from .decisions import Decision, TierRecord
-from .evaluator import KeyState, Result, State, Step, fold, initial_decisions, initial_state, step, tier_records
-from .policy import Policy, PolicyError, canonical_json, load_policy
-from .wire import Action, EventError, Outcome, Override, Tick, parse_event
+from .fold import Event, Result, Stepped, fold, initial_decisions, initial_state, step, tier_records
+from .policy import Policy, PolicyError, load_policy
+from .rules import Rules, RulesError, rules_from_mapping
+from .state import KeyState, State, StateSchemaError
+from .ticks import due_ticks
+from .wire import Action, EventError, Outcome, Override, Tick, event_from_dict
 
 __all__ = [
     "Action",
     "Decision",
+    "Event",
     "EventError",
     "KeyState",
     "Outcome",
@@ -18,16 +22,20 @@ __all__ = [
     "Policy",
     "PolicyError",
     "Result",
+    "Rules",
+    "RulesError",
     "State",
-    "Step",
+    "StateSchemaError",
+    "Stepped",
     "Tick",
     "TierRecord",
-    "canonical_json",
+    "due_ticks",
+    "event_from_dict",
     "fold",
     "initial_decisions",
     "initial_state",
     "load_policy",
-    "parse_event",
+    "rules_from_mapping",
     "step",
     "tier_records",
 ]

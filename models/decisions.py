@@ -12,7 +12,8 @@ from typing import Any, Literal
 from .policy import canonical_json
 from .wire import TIERS, format_ts
 
-Kind = Literal["initial", "promote", "demote", "override", "violation"]
+Kind = Literal["initial", "promote", "demote", "override", "violation", "policy", "retire"]
+KINDS: tuple[Kind, ...] = ("initial", "promote", "demote", "override", "violation", "policy", "retire")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,8 +23,8 @@ class Decision:
     action_type: str
     seq: int
     kind: Kind
-    from_tier: int
-    to_tier: int
+    from_tier: int | None  # None: the type was not in the catalog (an `initial` decision)
+    to_tier: int | None  # None: the type left the catalog (a `retire` decision)
     version: int
     at: int | None
     window: tuple[int, int] | None
@@ -47,8 +48,8 @@ class Decision:
             "decision_id": self.decision_id,
             "action_type": self.action_type,
             "kind": self.kind,
-            "from_tier": TIERS[self.from_tier] if self.kind != "initial" else None,
-            "to_tier": TIERS[self.to_tier],
+            "from_tier": None if self.from_tier is None else TIERS[self.from_tier],
+            "to_tier": None if self.to_tier is None else TIERS[self.to_tier],
             "version": self.version,
             "at": None if self.at is None else format_ts(self.at),
             "window": None
@@ -68,10 +69,11 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class TierRecord:
-    """One action type's entry in the live tier map; consumers keep the highest `version` per key."""
+    """One action type's entry in the live tier map; consumers keep the highest `version` per key. A
+    retired type's record has no tier: it leaves the map (a tombstone on the compacted topic)."""
 
     action_type: str
-    tier: int
+    tier: int | None
     version: int
     since: int | None
     decision_id: str
@@ -91,10 +93,14 @@ class TierRecord:
             policy_sha256=decision.policy_sha256,
         )
 
+    @property
+    def retired(self) -> bool:
+        return self.tier is None
+
     def record(self) -> dict[str, Any]:
         return {
             "action_type": self.action_type,
-            "tier": TIERS[self.tier],
+            "tier": None if self.tier is None else TIERS[self.tier],
             "version": self.version,
             "since": None if self.since is None else format_ts(self.since),
             "decision_id": self.decision_id,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from .policy import BarRule
+from .rules import BarRule
 
 
 def wilson(successes: int, n: int, z: float) -> tuple[float, float]:

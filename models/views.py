@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .evaluator import KeyState, ceiling, judge_bars
-from .policy import Policy
+from .evidence import judge_bars
+from .maturity import pending
+from .state import KeyState
 from .stats import Evidence, judge_keep, judge_promote
 from .wire import TIERS, format_ts
 
@@ -33,6 +34,10 @@ class KeyView:
     keep: tuple[Evidence, ...]
     passing_since: int | None
     hold_required: int | None
+    maturity: int | None = None  # customer outcomes known this long after their action (None: as they come)
+    pending: dict[str, int] | None = None  # customer units waiting to mature, per tier
+    checkpoint: int | None = None  # how far the customer feed says its failures are complete
+    unmatched: int = 0  # customer failures beyond their cell's units (no such action)
 
     @property
     def hold_progress(self) -> float:
@@ -63,15 +68,18 @@ class KeyView:
                 "required": self.hold_required,
                 "progress": round(self.hold_progress, 4),
             },
+            "customer": {
+                "maturity": self.maturity,
+                "pending": self.pending or {},
+                "checkpoint": None if self.checkpoint is None else format_ts(self.checkpoint),
+                "unmatched_failures": self.unmatched,
+            },
         }
 
 
-def key_view(key: KeyState, policy: Policy) -> KeyView:
-    type_policy = policy.types[key.action_type]
-    tier, z = key.tier, policy.z
-
-    highest = ceiling(key, type_policy)
-    has_gate = bool(type_policy.promote_bars[tier]) and not key.read_only
+def key_view(key: KeyState) -> KeyView:
+    rules, tier = key.rules, key.tier
+    has_gate = bool(rules.promote_bars[tier]) and not key.read_only
     return KeyView(
         action_type=key.action_type,
         tier=TIERS[tier],
@@ -80,11 +88,15 @@ def key_view(key: KeyState, policy: Policy) -> KeyView:
         read_only=key.read_only,
         pinned=None if key.pinned is None else TIERS[key.pinned],
         cap=None if key.cap is None else TIERS[key.cap],
-        ceiling=TIERS[highest],
-        watermark=None if key.max_ts is None else key.max_ts - policy.allowed_lateness,
-        last_close=None if key.next_close is None else key.next_close * policy.window,
-        promote=() if key.read_only else judge_bars(key, type_policy.promote_bars[tier], judge_promote, z),
-        keep=() if key.read_only else judge_bars(key, type_policy.keep_bars[tier], judge_keep, z),
+        ceiling=TIERS[key.ceiling],
+        watermark=key.watermark,
+        last_close=None if key.next_close is None else key.next_close * rules.window,
+        promote=() if key.read_only else judge_bars(key, rules.promote_bars[tier], judge_promote),
+        keep=() if key.read_only else judge_bars(key, rules.keep_bars[tier], judge_keep),
         passing_since=key.passing_since,
-        hold_required=type_policy.hold[tier] if has_gate else None,
+        hold_required=rules.hold[tier] if has_gate else None,
+        maturity=rules.maturity,
+        pending={TIERS[t]: n for t, n in sorted(pending(key).items())},
+        checkpoint=key.checkpoint,
+        unmatched=key.unmatched,
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from operator import add, sub
 
-from .policy import METRICS
+from .rules import METRICS
 from .wire import TIERS
 
 Counters = list[int]
@@ -37,31 +37,46 @@ def merge(a: Counters, b: Counters) -> Counters:
 
 
 class Lookback:
-    """The closed windows inside the lookback, oldest first, with their running total.
+    """The closed windows inside the lookback that hold anything, oldest first, with their running total.
 
-    Pushing a window beyond `length` drops the oldest; the total is kept exact by integer subtraction,
-    so judging a bar at a close costs the same whatever the lookback.
+    After the close of window *k* the lookback covers windows `[k + 1 − length, k]`; `horizon` is the
+    first of them, and it only ever rises. Empty windows take no room, so closing a run of them costs
+    nothing here. The total is kept exact by integer subtraction, so judging a bar at a close costs the
+    same whatever the lookback.
     """
 
-    __slots__ = ("length", "revision", "totals", "windows")
+    __slots__ = ("horizon", "length", "revision", "totals", "windows")
 
-    def __init__(self, length: int) -> None:
+    def __init__(self, length: int, horizon: int | None = None) -> None:
         self.length = length
-        self.windows: deque[tuple[int, Counters | None]] = deque()
+        self.horizon = horizon  # windows below it have left the lookback (None: nothing closed yet)
+        self.windows: deque[tuple[int, Counters]] = deque()
         self.totals: Counters = empty()
         self.revision = 0  # changes whenever the totals may have: verdicts on equal revisions are equal
 
     def push(self, index: int, counters: Counters | None) -> None:
-        """Add a closed window (None: it was empty) and drop the one that left the lookback."""
-        self.windows.append((index, counters))
+        """Close window `index` (None: it was empty) and drop what left the lookback."""
+        self.advance(index + 1)
         if counters is not None:
+            self.windows.append((index, counters))
             self.totals = merge(self.totals, counters)
             self.revision += 1
-        if len(self.windows) > self.length:
-            _, dropped = self.windows.popleft()
-            if dropped is not None:
-                self.totals = list(map(sub, self.totals, dropped))
-                self.revision += 1
+
+    def advance(self, next_close: int) -> None:
+        """Every window below `next_close` is closed: move the horizon and drop what fell below it."""
+        horizon = next_close - self.length
+        if self.horizon is not None and horizon <= self.horizon:
+            return
+        self.horizon = horizon
+        windows = self.windows
+        while windows and windows[0][0] < horizon:
+            _, dropped = windows.popleft()
+            self.totals = list(map(sub, self.totals, dropped))
+            self.revision += 1
+
+    def next_expiry(self) -> int | None:
+        """The index of the close at which the oldest window held leaves the lookback."""
+        return self.windows[0][0] + self.length if self.windows else None
 
     def clear(self) -> None:
         """Forget every closed window: evidence restarts at the window that holds a tier change."""

@@ -10,6 +10,7 @@ fold only ever does integer arithmetic on time.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -41,17 +42,31 @@ RESULTS: dict[str, tuple[str, ...]] = {
 }
 
 
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+TS_MIN = 0  # 1970-01-01T00:00:00Z
+TS_MAX = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp()) - 1  # 9998-12-31T23:59:59Z: room for window ends
+TS_RANGE = "1970-01-01T00:00:00Z to 9998-12-31T23:59:59Z"
+
+
 def parse_ts(value: object) -> int:
-    """RFC 3339 text with an offset -> Unix seconds (UTC, fractions dropped)."""
+    """RFC 3339 text with an offset -> Unix seconds (UTC, fractions dropped), within `TS_RANGE`."""
     if not isinstance(value, str):
         raise ValueError("must be an RFC 3339 string with an offset, e.g. 2026-11-02T10:00:00Z")
+    if RFC3339.fullmatch(value) is None:
+        if RFC3339.fullmatch(value + "Z") is not None:
+            raise ValueError(f"{value!r} has no UTC offset; add one, e.g. Z or +02:00")
+        raise ValueError(f"{value!r} is not RFC 3339; write it like 2026-11-02T10:00:00Z or 2026-11-02T12:00:00+02:00")
     try:
-        moment = datetime.fromisoformat(value)
+        moment = datetime.fromisoformat(value.upper())
     except ValueError:
-        raise ValueError(f"{value!r} is not RFC 3339; write it like 2026-11-02T10:00:00Z") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{value!r} has no UTC offset; add one, e.g. Z or +02:00")
-    return math.floor(moment.timestamp())
+        raise ValueError(f"{value!r} is not a valid date and time (month, day, hour or offset)") from None
+    try:
+        seconds = math.floor(moment.timestamp())
+    except (ValueError, OverflowError):  # in UTC it is before year 1 or after year 9999
+        seconds = -1
+    if not TS_MIN <= seconds <= TS_MAX:
+        raise ValueError(f"{value!r} is out of range: tiergate accepts {TS_RANGE}")
+    return seconds
 
 
 def format_ts(seconds: int) -> str:
@@ -95,6 +110,7 @@ class Outcome(_Event):
     result: str
     edit: Literal["minor", "major"] | None = None
     reason: str | None = None
+    action_ts: Timestamp | None = None  # when the action it judges ran (its receipt carries it): for a maturity
 
     @model_validator(mode="after")
     def _result_fits_kind(self) -> Outcome:
@@ -126,14 +142,54 @@ class Override(_Event):
         return self
 
 
+class Checkpoint(_Event):
+    """An outcome feed's word that its failures are complete up to `through`: customer cells whose maturity
+    ended by then can be counted (a silent feed leaves them pending; nothing is presumed a success)."""
+
+    type: Literal["checkpoint"]
+    kind: Literal["customer"]
+    through: Timestamp
+
+
 class Tick(_Event):
     """The runtime's clock, recorded in the log so that replay sees the same time."""
 
     type: Literal["tick"]
 
 
-Event = Annotated[Action | Outcome | Override | Tick, Field(discriminator="type")]
-EVENT_ADAPTER: TypeAdapter[Action | Outcome | Override | Tick] = TypeAdapter(Event)
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class PolicyEvent(_Event):
+    """One action type's part of a policy activation: its complete rules, or its retirement.
+
+    The rules are checked by the fold, not here: a runtime that meets rules it cannot read (an unknown
+    schema or field) must stop that key rather than reject the event as bad input."""
+
+    type: Literal["policy"]
+    activation_id: Annotated[str, Field(min_length=1, max_length=128)]
+    parent_sha256: Sha256 | None
+    policy_version: Annotated[str, Field(min_length=1)]
+    policy_sha256: Sha256
+    actor: Annotated[str, Field(min_length=1)]
+    reason: Annotated[str, Field(min_length=1)]
+    rules: dict[str, Any] | None = None
+    retired: Literal[True] | None = None
+    operators: list[dict[str, str]] = Field(default_factory=list)  # keys trusted to sign the next activation
+
+    @model_validator(mode="after")
+    def _rules_or_retired(self) -> PolicyEvent:
+        if (self.rules is None) == (self.retired is None):
+            raise ValueError("a policy event carries either rules or retired: true, not both, not neither")
+        expected = f"policy/{self.activation_id}/{self.action_type}"
+        if self.event_id != expected:
+            raise ValueError(f"event_id of a policy event is policy/<activation_id>/<action_type>: use {expected!r}")
+        return self
+
+
+AnyEvent = Action | Outcome | Override | Tick | PolicyEvent | Checkpoint
+Event = Annotated[AnyEvent, Field(discriminator="type")]
+EVENT_ADAPTER: TypeAdapter[AnyEvent] = TypeAdapter(Event)
 
 
 class EventError(ValueError):
@@ -153,24 +209,12 @@ def describe_validation_error(error: ValidationError) -> str:
         if item["type"] == "missing":
             message = "is required"
         elif item["type"] == "union_tag_invalid" or item["type"] == "union_tag_not_found":
-            field, message = "type", "must be one of action, outcome, override, tick"
+            field, message = "type", "must be one of action, outcome, checkpoint, override, tick, policy"
         parts.append(f"{field}: {message}")
     return "; ".join(parts)
 
 
-def parse_event(raw: bytes | str) -> Action | Outcome | Override | Tick:
-    """One JSON object of wire version 1 -> its event model, or EventError with the reason."""
-    if len(raw) > MAX_EVENT_BYTES:
-        raise EventError(f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte limit: split or trim it")
-    try:
-        return EVENT_ADAPTER.validate_json(raw)
-    except ValidationError as error:
-        if error.errors()[0]["type"] == "json_invalid":
-            raise EventError(f"malformed JSON: {error.errors()[0]['msg']}") from None
-        raise EventError(describe_validation_error(error)) from None
-
-
-def event_from_dict(data: dict[str, Any]) -> Action | Outcome | Override | Tick:
+def event_from_dict(data: dict[str, Any]) -> AnyEvent:
     """An already-decoded JSON object -> its event model, or EventError with the reason."""
     try:
         return EVENT_ADAPTER.validate_python(data)

@@ -21,13 +21,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from .sdk import Gate, Mode
+from .sdk import ActionGate, Mode
 
 ToolCallback = Callable[[Any, dict[str, Any], Any], Awaitable[dict[str, Any] | None]]
 
 
 def tier_gate(
-    gate: Gate, action_types: Mapping[str, str], internal: Callable[[dict[str, Any]], bool] = lambda args: False
+    gate: ActionGate, action_types: Mapping[str, str], internal: Callable[[dict[str, Any]], bool] = lambda args: False
 ) -> ToolCallback:
     """A before_tool_callback that lets each mapped tool act only as far as its action type's tier allows."""
 

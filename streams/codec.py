@@ -3,46 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import orjson
 
-from tiergate.models.evaluator import Event
-from tiergate.models.wire import EventError, parse_event
+from tiergate.models.fold import Event
+from tiergate.models.wire import MAX_EVENT_BYTES, EventError, event_from_dict
 
-__all__ = ["Event", "EventError", "Kept", "decode", "encode", "iter_lines"]
+__all__ = ["Event", "EventError", "decode", "encode", "iter_lines"]
 
 
 def decode(raw: bytes) -> Event:
-    """One event's JSON -> its model, or EventError naming the field and the fix."""
-    return parse_event(raw)
+    """One event's JSON (UTF-8 bytes) -> its model, or EventError naming the field and the fix.
+
+    Strict JSON: NaN, Infinity and numbers beyond a double are refused here, so nothing the log keeps
+    can be exported as invalid JSON."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise EventError(f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte limit: split or trim it")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as error:
+        strict = "strict JSON: no NaN, Infinity or numbers beyond a double"
+        raise EventError(f"malformed JSON: {error} ({strict})") from None
+    if not isinstance(data, dict):
+        raise EventError("an event is one JSON object ({...}); send arrays as NDJSON, one object a line")
+    return event_from_dict(data)
 
 
 def encode(event: Event) -> bytes:
     """An event model -> its wire JSON (what the SDK and the runtimes' ticks write)."""
     return orjson.dumps(event.model_dump(mode="json", exclude_none=True), option=orjson.OPT_SORT_KEYS)
-
-
-@dataclass(frozen=True, slots=True)
-class Kept:
-    """An event that was not aggregated (rejected or late), kept with why and where it came from."""
-
-    origin: str
-    result: str
-    reason: str
-    raw: bytes
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "origin": self.origin,
-            "result": self.result,
-            "reason": self.reason,
-            "event": self.raw.decode("utf-8", errors="replace"),
-        }
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.record(), option=orjson.OPT_SORT_KEYS)
 
 
 def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:

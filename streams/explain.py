@@ -1,17 +1,36 @@
-"""`tiergate explain ACTION_TYPE`: the tier an action type holds, since when, and the evidence behind it."""
+"""`tiergate explain ACTION_TYPE`: the tier an action type holds, since when, why it is there, and the
+evidence behind it — read from a decision log.
+
+Why a type is where it is has two parts: the decision that put it there (a promotion on its figures, an
+operator's move, or the start), and what holds it there now (an operator's pin or cap that is still in
+force). Everything printed that came from the log — operators' reasons, actors, agent names — is shown as
+plain text: rich markup is escaped and control characters are made visible, never sent to the terminal.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 
 class ExplainError(LookupError):
     """The decision log says nothing about the action type asked for."""
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def plain(value: object) -> Text:
+    """A value from the log as inert text: no markup, control characters shown as escapes (\\x1b)."""
+    text = _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), str(value))
+    return Text(text)
 
 
 def decisions_for(lines: Iterable[bytes], action_type: str) -> list[dict[str, Any]]:
@@ -25,30 +44,113 @@ def decisions_for(lines: Iterable[bytes], action_type: str) -> list[dict[str, An
     return out
 
 
-def explain(decisions: list[dict[str, Any]], action_type: str, console: Console) -> None:
-    """Print the current tier, the decision that set it with its evidence, and the history of moves."""
+@dataclass
+class Explanation:
+    """An action type's standing as its decision log tells it."""
+
+    action_type: str
+    current: dict[str, Any]  # the decision that set the current tier
+    holds: list[dict[str, Any]] = field(default_factory=list)  # pins and caps still in force
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def tier(self) -> str:
+        return str(self.current["to_tier"])
+
+    def why(self) -> str:
+        """One sentence: what keeps the type at its tier."""
+        for hold in self.holds:
+            if hold["op"] == "pin":
+                return f"pinned at {self.tier} by an operator: automatic moves are suspended until an unpin"
+        for hold in self.holds:
+            if hold["op"] == "cap" and hold["to_tier"] == self.tier:
+                return f"held at {self.tier} by an operator's cap: no promotion above it until an uncap"
+        current = self.current
+        moved = {
+            "promote": f"promoted at {current['at']}: every promote bar passed for the hold time",
+            "demote": f"demoted at {current['at']}: a keep bar fell below target − margin",
+            "override": f"moved by an operator ({current.get('op')}) at {current['at']}",
+        }
+        return moved.get(current["kind"], str(current["reason"]))
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "action_type": self.action_type,
+            "tier": self.tier,
+            "since": self.current["at"],
+            "version": self.current["version"],
+            "why": self.why(),
+            "set_by": self.current,
+            "held_by": self.holds,
+            "history": self.history,
+        }
+
+
+def explanation(decisions: list[dict[str, Any]], action_type: str) -> Explanation:
+    """Read an action type's decisions (log order) into what set its tier and what holds it there."""
     if not decisions:
         raise ExplainError(f"no decision about {action_type!r} in the log: check the name (it is case-sensitive)")
     current = max(
         (d for d in decisions if d["kind"] != "violation" and d["to_tier"] != d.get("from_tier")),
         key=lambda d: d["version"],
     )
-    console.print(
-        f"[bold]{action_type}[/] is at [bold]{current['to_tier']}[/] since {current['at'] or 'the start'}"
-        f" (version {current['version']}, {current['decision_id']}, policy {current['policy_version']})"
+    return Explanation(action_type, current, _holds(decisions), decisions)
+
+
+def _holds(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The pin and the cap in force at the end of the log: the last of each not lifted since."""
+    held: dict[str, dict[str, Any] | None] = {"pin": None, "cap": None}
+    lifts = {"unpin": "pin", "uncap": "cap"}
+    for decision in decisions:
+        op = decision.get("op") if decision["kind"] == "override" else None
+        if op in held:
+            held[op] = decision
+        elif op in lifts:
+            held[lifts[op]] = None
+    return [decision for decision in held.values() if decision is not None]
+
+
+def explain(decisions: list[dict[str, Any]], action_type: str, console: Console) -> None:
+    """Print the current tier, why it is there, the decision that set it with its evidence, and the history."""
+    told = explanation(decisions, action_type)
+    current = told.current
+    heading = Text.assemble(
+        (action_type, "bold"), " is at ", (told.tier, "bold"), f" since {current['at'] or 'the start'}"
     )
-    console.print(f"why: {current['reason']}")
-    if current.get("actor"):
-        console.print(f"by: {current['actor']} ({current.get('op')})")
+    heading.append(f" (version {current['version']}, {current['decision_id']}, policy ")
+    heading.append_text(plain(current["policy_version"]))
+    console.print(heading.append(")"))
+    console.print(Text("why: ").append_text(plain(told.why())))
+    for hold in told.holds:
+        console.print(_hold_line(hold))
+    console.print(_set_by_line(current))
     if current["evidence"]:
         console.print(_evidence_table(current["evidence"]))
     if current.get("hold"):
         console.print(f"hold: passing since {current['hold']['passing_since']}, required {current['hold']['required']}")
-    history = Table("decision", "kind", "move", "at", "reason", title="history", title_justify="left")
+    console.print(_history(decisions))
+
+
+def _hold_line(hold: dict[str, Any]) -> Text:
+    line = Text(f"{hold['op']} by ").append_text(plain(hold["actor"]))
+    return line.append(f" at {hold['at']} ({hold['decision_id']}): ").append_text(plain(hold["reason"]))
+
+
+def _set_by_line(decision: dict[str, Any]) -> Text:
+    line = Text(f"set by {decision['decision_id']} ({decision['kind']}")
+    if decision.get("actor"):
+        line.append(f" {decision.get('op')} by ").append_text(plain(decision["actor"]))
+    return line.append("): ").append_text(plain(decision["reason"]))
+
+
+def _history(decisions: list[dict[str, Any]]) -> Table:
+    history = Table("decision", "kind", "move", "at", "by", "reason", title="history", title_justify="left")
     for d in decisions:
         move = d["to_tier"] if d["from_tier"] in (None, d["to_tier"]) else f"{d['from_tier']} → {d['to_tier']}"
-        history.add_row(d["decision_id"], d["kind"], move, d["at"] or "-", d["reason"])
-    console.print(history)
+        kind = f"{d['kind']} {d['op']}" if d.get("op") else d["kind"]
+        by = d.get("actor") or d.get("agent") or ""
+        history.add_row(d["decision_id"], kind, move, d["at"] or "-", plain(by), plain(d["reason"]))
+    return history
 
 
 def _evidence_table(evidence: list[dict[str, Any]]) -> Table:
@@ -67,7 +169,7 @@ def _evidence_table(evidence: list[dict[str, Any]]) -> Table:
     for bar in evidence:
         rate = "-" if bar["rate"] is None else f"{bar['rate']:.4f}"
         table.add_row(
-            bar["metric"],
+            plain(bar["metric"]),
             str(bar["n"]),
             str(bar["successes"]),
             rate,

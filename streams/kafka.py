@@ -6,7 +6,10 @@ cover a plain local broker and a secured cluster (SASL/SCRAM over TLS) alike.
 
 from __future__ import annotations
 
+import logging
 import ssl
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,10 +19,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EVENTS = "tiergate.events.v1"
+POLICIES = "tiergate.policies.v1"
 TIER_MAP = "tiergate.tier-map.v1"
 DECISIONS = "tiergate.decisions.v1"
 DLQ = "tiergate.events.v1.dlq"
+STATE_CHANGELOG = "tiergate-worker-state-changelog"  # the worker's table (app id tiergate-worker), written by faust
 DEFAULT_TOPICS_FILE = Path("deploy/topics.yaml")
+SINGLE_BROKER = {"min.insync.replicas": "1"}  # what a one-broker development cluster overrides of the definition
 
 
 class KafkaSettings(BaseSettings):
@@ -36,6 +42,13 @@ class KafkaSettings(BaseSettings):
     ssl_check_hostname: bool = True
     client_id: str = "tiergate"
     topics_file: Path = Field(DEFAULT_TOPICS_FILE, description="the topic definition")
+    deployment: str = Field(
+        "tiergate", description="the name operators sign for: a signed event of another deployment does not count"
+    )
+    genesis_keys: Path | None = Field(
+        None,
+        description="operator keys trusted before a type's first activation (YAML list: key_id, public_key, actor)",
+    )
     topic_prefix: str = Field(
         "",
         description="prefixed to every topic and the worker's app id (test isolation, "
@@ -76,6 +89,65 @@ class KafkaSettings(BaseSettings):
         return kwargs
 
 
+class BrokerLog(logging.Filter):
+    """The Kafka client's connection errors while a broker is unreachable, as state changes: one warning
+    when it becomes unreachable, a summary at growing intervals (10 s, 20 s, … at most 5 min), one line
+    when no connection error was seen for `quiet_for` seconds — instead of a line per retry (dozens a
+    second). Attach it to the log handlers; call `check()` every second or so."""
+
+    SIGNS = (  # the client's messages for "cannot reach the broker"
+        "Unable connect to node",
+        "Unable to update metadata",
+        "NodeNotReadyError",
+        "GroupCoordinatorNotAvailable",
+        "Connect call failed",
+        "KafkaConnectionError",
+        "Heartbeat session expired",
+    )
+    FIRST_SUMMARY, LONGEST = 10.0, 300.0
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, quiet_for: float = 10.0) -> None:
+        super().__init__()
+        self.clock, self.quiet_for = clock, quiet_for
+        self.since: float | None = None  # when the broker became unreachable
+        self.errors, self.last_error, self.next_summary, self.interval = 0, 0.0, 0.0, self.FIRST_SUMMARY
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or not any(sign in record.getMessage() for sign in self.SIGNS):
+            return True
+        now = self.clock()
+        self.errors, self.last_error = self.errors + 1, now
+        if self.since is None:
+            self.since, self.errors, self.interval = now, 1, self.FIRST_SUMMARY
+            self.next_summary = now + self.interval
+            _rewrite(record, "Kafka broker unreachable (%s); retrying, further connection errors are summarised")
+            return True
+        if now < self.next_summary:
+            return False
+        summary = "Kafka broker still unreachable after %.0f s (%d connection errors)"
+        _rewrite(record, summary, now - self.since, self.errors)
+        self.interval = min(2 * self.interval, self.LONGEST)
+        self.next_summary = now + self.interval
+        return True
+
+    def check(self) -> str | None:
+        """The line to log when the broker looks reachable again (no connection error for a while)."""
+        if self.since is None or self.clock() - self.last_error < self.quiet_for:
+            return None
+        line = (
+            f"Kafka broker reachable again: no connection error for {self.quiet_for:.0f} s "
+            f"(unreachable for {self.last_error - self.since:.0f} s, {self.errors} connection errors)"
+        )
+        self.since = None
+        return line
+
+
+def _rewrite(record: logging.LogRecord, message: str, *args: object) -> None:
+    """Turn a client's record into one of BrokerLog's warnings (the first one quotes the client)."""
+    record.args = args or (record.getMessage(),)
+    record.msg, record.levelno, record.levelname = message, logging.WARNING, "WARNING"
+
+
 class TopicSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -89,14 +161,39 @@ class TopicsFile(BaseModel):
     topics: dict[str, TopicSpec]
 
 
-def read_topics(path: Path) -> dict[str, TopicSpec]:
+def home_partition(key: bytes, partitions: int) -> int:
+    """The partition the default partitioner (every Kafka client's, murmur2) gives a message key: where an
+    action type's input, and the worker's changelog record of its state, live."""
+    from aiokafka.partitioner import DefaultPartitioner
+
+    return int(DefaultPartitioner()(key, list(range(partitions)), None))
+
+
+def read_topics(path: Path, overrides: Mapping[str, str] | None = None) -> dict[str, TopicSpec]:
+    """The topic definition, with `overrides` replacing (or adding) a config of every topic: a single
+    development broker needs `min.insync.replicas=1`, a compaction test a short `segment.ms`."""
     try:
-        return TopicsFile.model_validate(yaml.safe_load(path.read_text())).topics
+        topics = TopicsFile.model_validate(yaml.safe_load(path.read_text())).topics
     except OSError as error:
         raise ValueError(
             f"{path}: cannot read the topic definition ({error.strerror}); "
             "run from the project root or set TIERGATE_KAFKA_TOPICS_FILE"
         ) from None
+    if not overrides:
+        return topics
+    return {name: TopicSpec(partitions=t.partitions, config=t.config | dict(overrides)) for name, t in topics.items()}
+
+
+def check_replication(topics: Mapping[str, TopicSpec], replication: int) -> None:
+    """A topic whose `min.insync.replicas` exceeds its replication factor refuses every acks=all write."""
+    for name, spec in topics.items():
+        needed = int(spec.config.get("min.insync.replicas", "1"))
+        if needed > replication:
+            raise ValueError(
+                f"{name}: min.insync.replicas={needed} needs a replication factor of at least {needed}, not "
+                f"{replication}: give --replication-factor 3 on a production cluster, or "
+                "--config min.insync.replicas=1 on a single development broker"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +204,14 @@ class TopicCheck:
     problem: str
 
 
-async def create_topics(settings: KafkaSettings, replication: int = 1) -> list[str]:
+async def create_topics(
+    settings: KafkaSettings, replication: int = 3, overrides: Mapping[str, str] | None = None
+) -> list[str]:
     """Create every defined topic that does not exist yet; return the names created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    wanted = read_topics(settings.topics_file)
+    wanted = read_topics(settings.topics_file, overrides)
+    check_replication(wanted, replication)
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
     await admin.start()
     try:
@@ -121,19 +221,45 @@ async def create_topics(settings: KafkaSettings, replication: int = 1) -> list[s
             for name, spec in wanted.items()
             if settings.topic(name) not in existing
         ]
+        refused = _refusals(await admin.create_topics(new)) if new else []
+        if refused:
+            raise ValueError("the cluster refused to create topics: " + "; ".join(refused))
         if new:
-            await admin.create_topics(new)
+            await _visible(admin, {topic.name for topic in new})
         return [topic.name for topic in new]
     finally:
         await admin.close()
 
 
-async def describe_topics(settings: KafkaSettings) -> tuple[dict[str, dict[str, Any]], list[TopicCheck]]:
+async def _visible(admin: Any, names: set[str], timeout: float = 30.0) -> None:
+    """Wait until the cluster's metadata lists `names`: a topic is usable a moment after it is created."""
+    import asyncio
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not names <= set(await admin.list_topics()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"topics {sorted(names)} were created but did not appear within {timeout:.0f}s")
+        await asyncio.sleep(0.2)
+
+
+def _refusals(response: Any) -> list[str]:
+    """The topics a CreateTopics response refused, each with the broker's message (or error code)."""
+    return [
+        f"{error[0]}: {error[2] if len(error) > 2 and error[2] else f'error code {error[1]}'}"
+        for error in response.topic_errors
+        if error[1] != 0
+    ]
+
+
+async def describe_topics(
+    settings: KafkaSettings, overrides: Mapping[str, str] | None = None
+) -> tuple[dict[str, dict[str, Any]], list[TopicCheck]]:
     """Each defined topic as the cluster has it (partitions, the defined configs) and every difference."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    wanted = {settings.topic(name): spec for name, spec in read_topics(settings.topics_file).items()}
+    defined = read_topics(settings.topics_file, overrides)
+    wanted = {settings.topic(name): spec for name, spec in defined.items()}
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
     await admin.start()
     try:
@@ -163,3 +289,19 @@ async def describe_topics(settings: KafkaSettings) -> tuple[dict[str, dict[str, 
             if actual[key] != value:
                 problems.append(TopicCheck(name, f"{key}={actual[key]}, defined {value}"))
     return report, problems
+
+
+async def produce_history(settings: KafkaSettings, events: list[tuple[str, bytes]]) -> int:
+    """Produce (action type, raw event) pairs to the events topic in order, keyed by action type, each
+    acknowledged by all in-sync replicas; return how many."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(**settings.client_kwargs(), acks="all", enable_idempotence=True, linger_ms=20)
+    await producer.start()
+    try:
+        for action_type, raw in events:
+            await producer.send(settings.topic(EVENTS), raw, key=action_type.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return len(events)

@@ -1,16 +1,21 @@
 """`tiergate replay --from-kafka [--verify]`: fold the input topic from offset 0 to its end, and compare
-the result with what the workers recorded in the decisions topic and the compacted tier map.
+the result with what the workers recorded: the decisions topic, the compacted tier map, and the state
+the workers saved in their changelog.
 
 Logs from different runtimes are compared per key, and within a key byte for byte (DESIGN.md §6.7). The
 decisions topic is at-least-once: a decision id seen twice must carry the same bytes both times, and
-counts once.
+counts once. Decisions alone can agree while input went missing (a lost outcome need not change a
+decision), so each key's saved state is checked too: its input offset, the number of input events it
+folded (each exactly once), and its windows and remembered ids against a re-fold of the topic up to
+that offset.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -18,10 +23,13 @@ from aiokafka.structs import ConsumerRecord
 
 from tiergate.models.decisions import Decision
 from tiergate.models.policy import Policy
+from tiergate.models.state import KeyState
 
-from .codec import Kept
-from .kafka import DECISIONS, EVENTS, TIER_MAP, KafkaSettings, read_topics
-from .replay import Replay, fold_lines
+from .kafka import DECISIONS, EVENTS, STATE_CHANGELOG, TIER_MAP, KafkaSettings, home_partition, read_topics
+from .keyed import KeyedFold, Outputs
+from .pipeline import Input, Rejected, named_action_type
+from .replay import Replay, replay_inputs
+from .signing import kafka_admission
 
 
 async def read_topic(settings: KafkaSettings, name: str) -> list[ConsumerRecord[bytes, bytes]]:
@@ -51,30 +59,57 @@ async def read_topic(settings: KafkaSettings, name: str) -> list[ConsumerRecord[
         await consumer.stop()
 
 
+def dlq_row(record: ConsumerRecord[bytes, bytes]) -> dict[str, Any]:
+    """A DLQ record as a rejected-input row: its headers give the result, reason and origin."""
+    headers = {name: value.decode("utf-8", "replace") for name, value in record.headers or ()}
+    raw: bytes = record.value or b""
+    return {
+        "id": f"{record.partition}:{record.offset}",
+        "origin": headers.get("tiergate-origin", ""),
+        "result": headers.get("tiergate-result", ""),
+        "reason": headers.get("tiergate-reason", ""),
+        "action_type": named_action_type(raw),
+        "event": raw.decode("utf-8", "replace"),
+    }
+
+
 @dataclass
 class KafkaReplay:
     """The reference fold of the input topic, per key."""
 
     replay: Replay
     decisions: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    kept: list[Kept] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    records: list[ConsumerRecord[bytes, bytes]] = field(default_factory=list)  # the input, as read
+    settings: KafkaSettings | None = None
 
     def lines(self) -> Iterator[str]:
         for name in sorted(self.decisions):
             yield from self.decisions[name]
 
 
-async def replay_topic(settings: KafkaSettings, policy: Policy) -> KafkaReplay:
-    records = await read_topic(settings, EVENTS)
+async def replay_topic(settings: KafkaSettings, policy: Policy | None) -> KafkaReplay:
+    return replay_records(settings, policy, await read_topic(settings, EVENTS))
+
+
+def replay_records(
+    settings: KafkaSettings, policy: Policy | None, records: list[ConsumerRecord[bytes, bytes]]
+) -> KafkaReplay:
+    """The reference fold, with the worker's admission: events under their own key, operator events signed
+    by a trusted key for this deployment (the genesis keys of the settings)."""
     out: dict[str, list[str]] = defaultdict(list)
-    kept: list[Kept] = []
+    rejected: list[Rejected] = []
 
     def decided(decision: Decision) -> None:
         out[decision.action_type].append(decision.to_json())
 
-    lines = ((record.offset, record.value or b"") for record in records)
-    replay = fold_lines(lines, policy, decided, kept.append, source=settings.topic(EVENTS))
-    return KafkaReplay(replay, out, kept)
+    inputs = (
+        Input(f"{record.topic}/{record.partition}", record.offset, record.value or b"", record.key)
+        for record in records
+    )
+    admit = kafka_admission(settings.deployment, settings.genesis_keys)
+    replay = replay_inputs(inputs, policy, decided, rejected.append, admit=admit)
+    return KafkaReplay(replay, out, rejected, records, settings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +145,10 @@ async def verify(settings: KafkaSettings, reference: KafkaReplay) -> list[Differ
             )
     latest: dict[str, dict[str, object]] = {}
     for record in await read_topic(settings, TIER_MAP):
-        tier = orjson.loads(record.value or b"{}")
+        if record.value is None:  # a tombstone: the type was retired and left the map
+            latest.pop((record.key or b"").decode(), None)
+            continue
+        tier = orjson.loads(record.value)
         held = latest.get(tier["action_type"])
         if held is None or int(tier["version"]) > int(held["version"]):  # type: ignore[call-overload]
             latest[tier["action_type"]] = tier
@@ -122,3 +160,79 @@ async def verify(settings: KafkaSettings, reference: KafkaReplay) -> list[Differ
                 Difference(want_record["action_type"], f"tier map holds {got_record}, reference {want_record}")
             )
     return problems
+
+
+async def saved_state(settings: KafkaSettings) -> dict[bytes, dict[str, Any]]:
+    """The latest record per key of the workers' state changelog (faust writes each as JSON)."""
+    latest: dict[bytes, dict[str, Any]] = {}
+    for record in await read_topic(settings, STATE_CHANGELOG):
+        if record.key is None:
+            continue
+        if record.value is None:
+            latest.pop(record.key, None)
+        else:
+            latest[record.key] = orjson.loads(record.value)
+    return latest
+
+
+def refold_key(fold: KeyedFold, key: bytes, records: Iterable[ConsumerRecord[bytes, bytes]]) -> KeyState | None:
+    """A key's state from its input records exactly as the worker folds them (its keyed fold, admission
+    included), from the start."""
+    name = key.decode("utf-8", errors="replace")
+    saved, _ = fold.start(name)
+    inputs = [Input(f"{r.topic}/{r.partition}", r.offset, r.value or b"", r.key) for r in records]
+    return fold.fold(name, saved, inputs, Outputs()).state
+
+
+def check_state(
+    reference: KafkaReplay, saved: dict[bytes, dict[str, Any]], fold: KeyedFold, partitions: int
+) -> list[Difference]:
+    """Every key whose saved state is not exactly the fold of its input: events lost or folded twice
+    (the count of events folded against the topic up to the saved offset), windows or remembered ids
+    that differ from a re-fold up to that offset, or input not folded yet."""
+    inputs: dict[bytes, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+    for record in reference.records:
+        if record.key and record.partition == home_partition(record.key, partitions):
+            inputs[record.key].append(record)
+    problems = []
+    for key in sorted(set(inputs) | set(saved)):
+        name = key.decode("utf-8", errors="replace")
+        problem = _state_problem(inputs.get(key, []), saved.get(key), key, fold)
+        if problem:
+            problems.append(Difference(name, problem))
+    return problems
+
+
+def _state_problem(
+    records: list[ConsumerRecord[bytes, bytes]], saved: dict[str, Any] | None, key: bytes, fold: KeyedFold
+) -> str | None:
+    if saved is None:
+        return f"no saved state, the topic has {len(records)} events for it"
+    covered = [r for r in records if r.offset <= saved["offset"]]
+    if saved.get("folded") != len(covered):
+        lost_or_twice = "lost" if saved.get("folded", 0) < len(covered) else "folded twice"
+        return (
+            f"saved state at input offset {saved['offset']} folded {saved.get('folded')} events, "
+            f"the topic has {len(covered)} up to it: events {lost_or_twice}"
+        )
+    refolded = refold_key(fold, key, covered)
+    if (None if refolded is None else refolded.to_dict()) != saved["state"]:
+        return (
+            f"saved state at input offset {saved['offset']} differs from a re-fold of the topic up to it "
+            f"({_first_field_differing(refolded, saved['state'])})"
+        )
+    pending = len(records) - len(covered)
+    return f"{pending} events after the saved input offset {saved['offset']} are not folded" if pending else None
+
+
+def _first_field_differing(refolded: KeyState | None, saved: dict[str, Any] | None) -> str:
+    want, got = ({} if refolded is None else refolded.to_dict()), saved or {}
+    fields = [name for name in sorted(set(want) | set(got)) if want.get(name) != got.get(name)]
+    return "fields " + ", ".join(fields) if fields else "state present on one side only"
+
+
+async def verify_state(settings: KafkaSettings, reference: KafkaReplay) -> list[Difference]:
+    """Every key whose state in the workers' changelog is not the fold of its input (see `check_state`)."""
+    partitions = read_topics(settings.topics_file)[EVENTS].partitions
+    fold = KeyedFold(reference.replay.policy, kafka_admission(settings.deployment, settings.genesis_keys))
+    return check_state(reference, await saved_state(settings), fold, partitions)

@@ -1,38 +1,35 @@
 """Prometheus metrics: one read-only collector over the evaluator's state, served by every runtime.
 
 Nothing in the fold counts anything for Prometheus; this collector reads the views of the state and the
-runtime's tallies at scrape time. Labels are bounded by the catalog (action types, tiers, metrics).
+runtime's tallies at scrape time. Labels are bounded by the catalog (action types, tiers, metrics): input
+that names no catalog type (malformed, an unknown type) is counted without an action_type label, in
+`tiergate_unattributed_events_total`, never as an `action_type=""` series.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
+from prometheus_client import GC_COLLECTOR, PLATFORM_COLLECTOR, PROCESS_COLLECTOR, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from tiergate.models.evaluator import State
-from tiergate.models.policy import Policy
+from tiergate.models.state import State
 from tiergate.models.views import key_view
 from tiergate.models.wire import TIERS
 
 from . import __version__
+from .pipeline import Tallies
 
 
-def catalog_label(policy: Policy, action_type: str) -> str:
-    """The action_type label of a count: the type itself if the catalog has it, else "" — labels stay
-    bounded by the catalog whatever producers send."""
-    return action_type if action_type in policy.types else ""
-
-
-@dataclass
-class Tallies:
-    """What a runtime has counted: events by (action type, result) and decisions by (action type, kind)."""
-
-    events: Counter[tuple[str, str]]
-    decisions: Counter[tuple[str, str]]
+def registry_with(*collectors: Collector) -> CollectorRegistry:
+    """A registry for one runtime's /metrics: its own collectors plus the standard process (CPU, memory,
+    open files, start time), Python platform and garbage-collector metrics of prometheus_client."""
+    registry = CollectorRegistry()
+    for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR, *collectors):
+        registry.register(collector)
+    return registry
 
 
 class TiergateCollector(Collector):
@@ -40,28 +37,23 @@ class TiergateCollector(Collector):
 
     def __init__(
         self,
-        policy: Policy,
+        identity: Callable[[], tuple[str, str]],
         state: Callable[[], State],
         tallies: Callable[[], Tallies],
         clock: Callable[[], int],
         stale_after: int = 6 * 3600,
     ) -> None:
-        self.policy, self.state, self.tallies, self.clock = policy, state, tallies, clock
+        self.identity, self.state, self.tallies, self.clock = identity, state, tallies, clock
         self.stale_after = stale_after
 
     def collect(self) -> Iterator[Metric]:
-        policy = self.policy
-        info = InfoMetricFamily("tiergate_build", "tiergate version and the policy it runs")
-        info.add_metric([], {"version": __version__, "policy_version": policy.version, "policy_sha256": policy.sha256})
+        version, sha = self.identity()
+        info = InfoMetricFamily("tiergate_build", "tiergate version and the policy it runs (the latest activation)")
+        info.add_metric([], {"version": __version__, "policy_version": version, "policy_sha256": sha})
         yield info
-        yield from self._per_type(policy)
+        yield from self._per_type()
         tallies = self.tallies()
-        events = CounterMetricFamily(
-            "tiergate_events", "Events by action type and result", labels=["action_type", "result"]
-        )
-        for (action_type, result), n in sorted(tallies.events.items()):
-            events.add_metric([action_type, result], n)
-        yield events
+        yield from self._events(tallies)
         decisions = CounterMetricFamily(
             "tiergate_decisions", "Decisions by action type and kind", labels=["action_type", "kind"]
         )
@@ -75,7 +67,27 @@ class TiergateCollector(Collector):
         yield decisions
         yield violations
 
-    def _per_type(self, policy: Policy) -> Iterator[Metric]:
+    def _events(self, tallies: Tallies) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "tiergate_events", "Events by action type and result", labels=["action_type", "result"]
+        )
+        unattributed = CounterMetricFamily(
+            "tiergate_unattributed_events",
+            "Input that names no action type of the catalog (malformed, unknown type), by result",
+            labels=["result"],
+        )
+        stray = Counter({"rejected": 0})
+        for (action_type, result), n in sorted(tallies.events.items()):
+            if action_type:
+                events.add_metric([action_type, result], n)
+            else:
+                stray[result] += n
+        for result, n in sorted(stray.items()):
+            unattributed.add_metric([result], n)
+        yield events
+        yield unattributed
+
+    def _per_type(self) -> Iterator[Metric]:
         tier = GaugeMetricFamily("tiergate_tier", "1 for the tier an action type holds", labels=["action_type", "tier"])
         level = GaugeMetricFamily(
             "tiergate_tier_level", "The tier as a number: 0 crawl, 1 walk, 2 run", labels=["action_type"]
@@ -112,9 +124,36 @@ class TiergateCollector(Collector):
             f"1 when no window has closed for {self.stale_after}s of runtime clock: the bars are not being judged",
             labels=["action_type"],
         )
+        customer_pending = GaugeMetricFamily(
+            "tiergate_customer_pending",
+            "Customer units (actions) waiting for their maturity and the feed's checkpoint",
+            labels=["action_type", "tier"],
+        )
+        checkpoint_lag = GaugeMetricFamily(
+            "tiergate_customer_checkpoint_lag_seconds",
+            "Runtime clock minus the customer feed's checkpoint (how far behind the feed says it is complete)",
+            labels=["action_type"],
+        )
+        maturity = GaugeMetricFamily(
+            "tiergate_customer_maturity_seconds", "The customer outcome maturity in force", labels=["action_type"]
+        )
+        halted = GaugeMetricFamily(
+            "tiergate_key_halted",
+            "1 when the fold stopped an action type (an activation whose rules this tiergate cannot read)",
+            labels=["action_type"],
+        )
         now = self.clock()
         for key in sorted(self.state().keys.values(), key=lambda k: k.action_type):
-            view = key_view(key, policy)
+            if key.retired:
+                continue  # out of the tier map
+            halted.add_metric([key.action_type], float(key.halted is not None))
+            view = key_view(key)
+            if view.maturity is not None:
+                maturity.add_metric([view.action_type], view.maturity)
+                for tier_name in TIERS:
+                    customer_pending.add_metric([view.action_type, tier_name], (view.pending or {}).get(tier_name, 0))
+                if view.checkpoint is not None:
+                    checkpoint_lag.add_metric([view.action_type], now - view.checkpoint)
             name = view.action_type
             for t in TIERS:
                 tier.add_metric([name, t], float(t == view.tier))
@@ -143,16 +182,23 @@ class TiergateCollector(Collector):
                 closed.add_metric([name], view.last_close)
                 stale.add_metric([name], float(now - view.last_close > self.stale_after))
         yield from (tier, level, since, rate, samples, lower, upper, target, threshold, hold, watermark, lag)
-        yield from (in_tier, closed, stale)
+        yield from (in_tier, closed, stale, halted, customer_pending, checkpoint_lag, maturity)
 
 
 class WorkerCollector(Collector):
-    """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches."""
+    """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches, input read
+    again after a gap, and the share of recent input that was late."""
 
     def __init__(
-        self, lag: Callable[[], dict[int, int]], rebalances: Callable[[], int], batches: Callable[[], int]
+        self,
+        lag: Callable[[], dict[int, int]],
+        rebalances: Callable[[], int],
+        batches: Callable[[], int],
+        gaps: Callable[[], int] | None = None,
+        late_share: Callable[[], float] | None = None,
     ) -> None:
         self.lag, self.rebalances, self.batches = lag, rebalances, batches
+        self.gaps, self.late_share = gaps, late_share
 
     def collect(self) -> Iterator[Metric]:
         lag = GaugeMetricFamily(
@@ -165,3 +211,15 @@ class WorkerCollector(Collector):
             "tiergate_worker_rebalances", "Partition assignments this worker received", value=self.rebalances()
         )
         yield CounterMetricFamily("tiergate_worker_batches", "Batches folded", value=self.batches())
+        if self.gaps is not None:
+            yield CounterMetricFamily(
+                "tiergate_worker_input_gaps",
+                "Times input arrived past a missing offset and the partition was read again from it",
+                value=self.gaps(),
+            )
+        if self.late_share is not None:
+            yield GaugeMetricFamily(
+                "tiergate_worker_late_share",
+                "Share of the worker's recent input (the last 1,000 events or so) that was late",
+                value=self.late_share(),
+            )

@@ -26,7 +26,6 @@ The gate-quality targets (docs/gate-quality.md), each a share of the simulated t
 
 from __future__ import annotations
 
-import argparse
 import heapq
 import math
 import random
@@ -35,12 +34,14 @@ import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from tiergate.models.decisions import Decision
-from tiergate.models.evaluator import Event, State, fold, initial_key
-from tiergate.models.policy import Policy, canonical_json, format_duration, parse_duration
-from tiergate.models.wire import TIERS, Outcome, OutcomeKind, Override, Tick, Tier, parse_ts
+from tiergate.models.durations import format_duration, parse_duration
+from tiergate.models.fold import Event, step
+from tiergate.models.policy import Policy, canonical_json
+from tiergate.models.state import State
+from tiergate.models.wire import TIERS, Outcome, OutcomeKind, Override, PolicyEvent, Tick, Tier, parse_ts
 
 DAY = 86400
 HOUR = 3600
@@ -59,29 +60,10 @@ OUTCOME_OF: dict[str, tuple[OutcomeKind, str, str]] = {
 CaseKind = Literal["gate", "keep"]
 
 
-class Judge(Protocol):
-    """What oc folds with: the evaluator, or a candidate evaluator under study (bench/)."""
-
-    @property
-    def version(self) -> str:
-        """The policy version the tables are titled with."""
-
-    def catalog(self) -> list[str]:
-        """Action type names, in name order."""
-
-    def rules(self, name: str) -> dict[str, Any]:
-        """The type's normalised rules: types with equal rules for a tier share its cases."""
-
-    def start(self, name: str) -> State:
-        """A state holding only `name`, at its starting tier, before any event."""
-
-    def fold(self, events: list[Event], state: State) -> list[Decision]:
-        """Fold `events` onward from `state` (advanced in place); the decisions they caused."""
-
-
 @dataclass(frozen=True, slots=True)
-class Evaluator:
-    """The real fold: `tiergate.models.evaluator.fold` under a loaded policy."""
+class Judge:
+    """The real fold under a loaded policy: each simulated type's log starts with the activation of its
+    rules, as a new log does, and is folded by `tiergate.models.fold.step`."""
 
     policy: Policy
 
@@ -93,16 +75,39 @@ class Evaluator:
         return self.policy.catalog
 
     def rules(self, name: str) -> dict[str, Any]:
-        """The type's entry of the normalised policy with the global settings beside it."""
-        normalised = self.policy.normalised
-        settings = {k: v for k, v in normalised.items() if k not in ("action_types", "policy_version")}
-        return {**settings, **normalised["action_types"][name]}
+        """The type's complete rules as its activation carries them: types with equal rules for a tier share
+        its cases."""
+        return dict(self.policy.types[name].mapping)
 
     def start(self, name: str) -> State:
-        return State({name: initial_key(self.policy, name)})
+        """A state holding only `name`, activated at START, before any other event."""
+        state = State({})
+        step(state, self.activation(name))
+        return state
+
+    def activation(self, name: str) -> PolicyEvent:
+        return PolicyEvent.model_construct(
+            type="policy",
+            event_id=f"policy/oc/{name}",
+            ts=START,
+            action_type=name,
+            activation_id="oc",
+            parent_sha256=None,
+            policy_version=self.policy.version,
+            policy_sha256=self.policy.sha256,
+            actor="oc",
+            reason="oc: the policy under study",
+            rules=dict(self.policy.types[name].mapping),
+            retired=None,
+            operators=[],
+        )
 
     def fold(self, events: list[Event], state: State) -> list[Decision]:
-        return fold(events, self.policy, state)[1]
+        """Fold `events` onward from `state` (advanced in place); the decisions they caused."""
+        decisions: list[Decision] = []
+        for event in events:
+            decisions.extend(step(state, event).decisions)
+        return decisions
 
 
 def good_rate(target: float) -> float:
@@ -632,90 +637,3 @@ def render_png(result: Characteristic, output: Path) -> None:
     figure.tight_layout()
     figure.savefig(output, dpi=110)
     plt.close(figure)
-
-
-# -- the command ------------------------------------------------------------------------------------------
-
-
-def _volumes(text: str) -> list[float]:
-    try:
-        volumes = [float(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give outcomes an hour as numbers, e.g. 0.5,2") from None
-    if not volumes or any(volume <= 0 for volume in volumes):
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more positive outcomes an hour, e.g. 0.5,2")
-    return volumes
-
-
-def add_command(commands: Any) -> None:
-    """`tiergate oc`: registered by the CLI with one call, so the command lives here whole."""
-    oc = commands.add_parser("oc", help="a policy's operating characteristic, simulated through the fold")
-    oc.add_argument("policy", metavar="POLICY.yaml")
-    oc.add_argument("--type", dest="types", action="append", metavar="T", help="only this action type (repeatable)")
-    oc.add_argument("--volumes", type=_volumes, default=[0.5, 2.0], help="keep cases: outcomes an hour (default 0.5,2)")
-    oc.add_argument(
-        "--gate-volumes", type=_volumes, default=[10.0], help="gate cases: outcomes an hour per bar (default 10)"
-    )
-    oc.add_argument("--reps", type=int, default=40, metavar="N", help="simulated types per case (default 40)")
-    oc.add_argument("--seed", type=int, default=1, metavar="S")
-    oc.add_argument("--targets", action="store_true", help="only the cases that measure a gate-quality target")
-    oc.add_argument("--markdown", action="store_true", help="print the tables as Markdown (for docs)")
-    oc.add_argument("--json", action="store_true", help="print every case and target as JSON instead of tables")
-    oc.add_argument("--png", type=Path, metavar="FILE", help="also draw share vs true rate (matplotlib)")
-    oc.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    from .policy_file import read_policy
-
-    return report(Evaluator(read_policy(args.policy)), args)
-
-
-def report(judge: Judge, args: argparse.Namespace) -> int:
-    """Simulate, then print the tables (or JSON) and draw the PNG; exit 1 when a gate-quality target is missed."""
-    import json
-    import sys
-
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
-    err = Console(stderr=True, highlight=False)
-    names = _names(judge, args.types)
-    if args.reps < 1:
-        err.print("[red]error:[/] --reps must be at least 1")
-        return 2
-    chosen = cases(judge, names, args.volumes, args.gate_volumes, args.targets)
-    columns = (
-        "{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task("simulating types", total=len(chosen) * args.reps)
-        result = characteristic(judge, chosen, args.reps, args.seed, lambda: bar.advance(task))
-    if args.json:
-        print(json.dumps(result.record(), indent=2, ensure_ascii=False))
-    else:
-        console = Console(highlight=False, markup=False)
-        for grid in grids(result):
-            if args.markdown:
-                print(grid.markdown())
-            else:
-                console.print(grid.rich())
-    if args.png:
-        render_png(result, args.png)
-        err.print(f"wrote {args.png}")
-    sys.stdout.flush()
-    return 0 if all(target.met for target in result.targets) else 1
-
-
-def _names(judge: Judge, wanted: list[str] | None) -> list[str]:
-    catalog = judge.catalog()
-    if not wanted:
-        return catalog
-    unknown = [name for name in wanted if name not in catalog]
-    if unknown:
-        raise ValueError(f"--type {', '.join(unknown)}: not in the policy's action_types ({', '.join(catalog)})")
-    return wanted

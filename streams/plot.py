@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tiergate.models.evaluator import initial_state, step
+from tiergate.models.fold import initial_state, step
 from tiergate.models.policy import Policy
 from tiergate.models.views import KeyView, key_view
 from tiergate.models.wire import TIER_INDEX
@@ -42,11 +42,11 @@ def timelines(lines: Iterable[bytes], policy: Policy) -> dict[str, Timeline]:
             continue
         key = state.keys.get(event.action_type)
         before = None if key is None else key.next_close
-        step(state, event, policy)
+        step(state, event)
         if key is not None and not key.read_only and key.next_close != before and before is not None:
             line = out[key.action_type]
             line.action_type = key.action_type
-            line.views.append(key_view(key, policy))
+            line.views.append(key_view(key))
     return dict(out)
 
 

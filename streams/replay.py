@@ -19,67 +19,91 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from tiergate.models.decisions import Decision
-from tiergate.models.evaluator import Result, State, initial_decisions, initial_state, step, tier_records
+from tiergate.models.fold import initial_decisions, initial_state, tier_records
 from tiergate.models.policy import Policy
+from tiergate.models.state import State
 
-from .codec import EventError, Kept, decode, iter_lines
+from .codec import iter_lines
+from .pipeline import Admit, Handled, Input, Pipeline, Rejected
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 PROGRESS_EVERY = 4096  # lines between progress bar updates
 
 DecisionSink = Callable[[Decision], object]
-KeptSink = Callable[[Kept], object]
+RejectedSink = Callable[[Rejected], object]
 
 
 @dataclass(slots=True)
 class Replay:
-    """The outcome of folding a history: the state, and counts of what became of the events."""
+    """A fold of a history in progress or done: the state, and counts of what became of the inputs.
+    It is the pipeline's sink for replay: decisions and rejected input go on as they come."""
 
-    policy: Policy
+    policy: Policy | None
     state: State
+    on_decision: DecisionSink
+    on_rejected: RejectedSink
     results: Counter[str] = field(default_factory=Counter)
     decisions: int = 0
-    kept: int = 0
+    rejected: int = 0
+    first_types: dict[str, str] | None = None  # each key's first event type, when a fallback policy is given
+
+    def handled(self, item: Handled) -> None:
+        self.results[item.result] += 1
+        if self.first_types is not None and item.event is not None:
+            self.first_types.setdefault(item.event.action_type, item.event.type)
+        for decision in item.decisions:
+            self.decisions += 1
+            self.on_decision(decision)
+        rejection = item.rejection
+        if rejection is not None:
+            self.rejected += 1
+            self.on_rejected(rejection)
+
+    def commit(self) -> None:
+        """Nothing to make durable: the writers flush when they close."""
+
+    @property
+    def carries_its_policy(self) -> bool:
+        """Did every key of the log begin with an activation (so a --policy was not needed)?"""
+        return bool(self.first_types) and all(kind == "policy" for kind in (self.first_types or {}).values())
 
     def tier_lines(self) -> Iterator[str]:
-        for record in tier_records(self.state, self.policy):
+        for record in tier_records(self.state):
             yield record.to_json()
+
+
+def replay_inputs(
+    inputs: Iterable[Input],
+    policy: Policy | None,
+    on_decision: DecisionSink,
+    on_rejected: RejectedSink,
+    state: State | None = None,
+    admit: Admit | None = None,
+) -> Replay:
+    """The fold of a log from its start (initial decisions first) or from a saved `state`: what `replay`
+    does, and what the runtimes' checks compare with."""
+    replay = Replay(policy, initial_state(policy) if state is None else state, on_decision, on_rejected)
+    if policy is not None:
+        replay.first_types = {}
+    if state is None:
+        for decision in initial_decisions(policy):
+            replay.decisions += 1
+            on_decision(decision)
+    Pipeline(admit).run(inputs, replay.state, replay)
+    return replay
 
 
 def fold_lines(
     lines: Iterable[tuple[int, bytes]],
-    policy: Policy,
+    policy: Policy | None,
     on_decision: DecisionSink,
-    on_kept: KeptSink,
+    on_rejected: RejectedSink,
     source: str = "",
     state: State | None = None,
 ) -> Replay:
-    """The fold over numbered raw lines: what `replay` does, and what the runtimes' checks compare with.
-
-    Undecodable lines and events the fold sets aside go to `on_kept` with origin `source:number`."""
-    replay = Replay(policy, initial_state(policy) if state is None else state)
-    results, current = replay.results, replay.state
-    if state is None:
-        for decision in initial_decisions(policy):
-            on_decision(decision)
-        replay.decisions += len(policy.catalog)
-    for number, raw in lines:
-        try:
-            event = decode(raw)
-        except EventError as error:
-            results[Result.REJECTED] += 1
-            replay.kept += 1
-            on_kept(Kept(f"{source}:{number}", Result.REJECTED, error.reason, raw))
-            continue
-        _, decisions, result, reason = step(current, event, policy)
-        results[result] += 1
-        for decision in decisions:
-            replay.decisions += 1
-            on_decision(decision)
-        if reason is not None:
-            replay.kept += 1
-            on_kept(Kept(f"{source}:{number}", result, reason, raw))
-    return replay
+    """`replay_inputs` over numbered raw lines (origin `source:number`)."""
+    inputs = (Input(source, number, raw) for number, raw in lines)
+    return replay_inputs(inputs, policy, on_decision, on_rejected, state)
 
 
 def file_lines(stream: BinaryIO, advance: Callable[[int], object] | None = None) -> Iterator[tuple[int, bytes]]:
@@ -119,9 +143,9 @@ def progress_bar(
 
 def replay_file(
     path: Path,
-    policy: Policy,
+    policy: Policy | None,
     on_decision: DecisionSink,
-    on_kept: KeptSink,
+    on_rejected: RejectedSink,
     progress: bool | None = None,
     console: Console | None = None,
 ) -> Replay:
@@ -129,7 +153,7 @@ def replay_file(
     size = path.stat().st_size
     show = sys.stderr.isatty() and size >= PROGRESS_MIN_BYTES if progress is None else progress
     with open(path, "rb") as stream, progress_bar(path.name, size, show, console) as advance:
-        return fold_lines(file_lines(stream, advance), policy, on_decision, on_kept, source=path.name)
+        return fold_lines(file_lines(stream, advance), policy, on_decision, on_rejected, source=path.name)
 
 
 @contextmanager
@@ -160,9 +184,13 @@ def line_writer(target: Path | IO[str] | None, lazy: bool = False) -> Iterator[C
         out = open(temporary, "w", encoding="utf-8")  # noqa: SIM115
     try:
         yield write
-    finally:
-        if out is not None:
+    except BaseException:
+        if out is not None:  # a failed run leaves the previous file as it was, not half a log
             out.close()
-            os.replace(temporary, target)
-        else:
-            target.unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
+        raise
+    if out is not None:
+        out.close()
+        os.replace(temporary, target)
+    else:
+        target.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from tiergate.models.evaluator import initial_state, step
+from tiergate.models.fold import initial_state, step
 from tiergate.models.policy import Policy
 from tiergate.models.wire import TIERS, event_from_dict, format_ts, parse_ts
 
@@ -63,6 +63,8 @@ class Fleet:
     seed: int = 7
     delivery: Delivery = field(default_factory=Delivery)
     overrides: list[dict[str, Any]] = field(default_factory=list)  # operator events, delivered at their ts
+    maturity: dict[str, int] = field(default_factory=dict)  # types whose customer failures come late (seconds)
+    feed_delay: int = 2 * HOUR  # how far behind the clock the customer feed's checkpoints say it is complete
     _rng: random.Random = field(init=False)
     _pending: list[tuple[int, int, dict[str, Any]]] = field(init=False, default_factory=list)
     _counter: int = field(init=False, default=0)
@@ -116,24 +118,44 @@ class Fleet:
             outcome("internal", "completed" if done else rng.choice(("corrected", "failed")), rng.randrange(60, 1800))
         if tier in ("walk", "run"):
             ok = rng.random() < quality.customer
-            outcome(
-                "customer",
-                "success" if ok else "failure",
-                rng.randrange(600, 2 * HOUR),
-                **({} if ok else {"reason": rng.choice(("reopened", "chargeback", "flagged"))}),
-            )
+            reason = {} if ok else {"reason": rng.choice(("reopened", "chargeback", "flagged"))}
+            maturity = self.maturity.get(name)
+            if maturity is None:
+                outcome("customer", "success" if ok else "failure", rng.randrange(600, 2 * HOUR), **reason)
+            elif not ok:  # known late, success is the absence of a failure: only failures are reported
+                outcome(
+                    "customer", "failure", rng.randrange(HOUR, maturity * 4 // 5), action_ts=format_ts(ts), **reason
+                )
 
-    def hour(self, start: int, tier_of: TierOf) -> Iterator[dict[str, Any]]:
-        """Act for one hour of event time from `start`, then yield everything that arrives in it."""
+    def act(self, start: int, tier_of: TierOf) -> None:
+        """Act for one hour of event time from `start`, at the tiers `tier_of` answers at its start."""
         for name in sorted(self.profiles):
             expected = self.profiles[name].actions_per_hour
             count = int(expected) + (self._rng.random() < expected - int(expected))
             tier = tier_of(name)
             for offset in sorted(self._rng.randrange(HOUR) for _ in range(count)):
                 self._act(name, tier, start + offset)
-        end = start + HOUR
-        while self._pending and self._pending[0][0] < end:
+        for name in sorted(self.maturity):  # the customer feed says how far its failures are complete
+            through = format_ts(start + HOUR - self.feed_delay)
+            checkpoint = {
+                "type": "checkpoint",
+                "event_id": f"checkpoint/{name}/customer/{through}",
+                "ts": format_ts(start + HOUR - 1),
+                "action_type": name,
+                "kind": "customer",
+                "through": through,
+            }
+            self._push(start + HOUR - 1, checkpoint)
+
+    def arrivals(self, until: int) -> Iterator[dict[str, Any]]:
+        """Everything that arrives before `until`, in arrival order."""
+        while self._pending and self._pending[0][0] < until:
             yield heapq.heappop(self._pending)[2]
+
+    def hour(self, start: int, tier_of: TierOf) -> Iterator[dict[str, Any]]:
+        """Act for one hour of event time from `start`, then yield everything that arrives in it."""
+        self.act(start, tier_of)
+        yield from self.arrivals(start + HOUR)
 
 
 def history(fleet: Fleet, policy: Policy, start: int, hours: int) -> Iterator[dict[str, Any]]:
@@ -146,7 +168,7 @@ def history(fleet: Fleet, policy: Policy, start: int, hours: int) -> Iterator[di
 
     for hour in range(hours):
         for event in fleet.hour(start + hour * HOUR, tier_of):
-            step(state, event_from_dict(event), policy)
+            step(state, event_from_dict(event))
             yield event
 
 
@@ -164,7 +186,9 @@ def override(ts: int, action_type: str, op: str, reason: str, tier: str | None =
     return event if tier is None else {**event, "tier": tier}
 
 
-def story_fleet(start: int, seed: int = 7, days: int = 40, scale: float = 1.0) -> Fleet:
+def story_fleet(
+    start: int, seed: int = 7, days: int = 40, scale: float = 1.0, maturity: dict[str, int] | None = None
+) -> Fleet:
     """The four stories of the demo and the example history (examples/policy.yaml's catalog):
 
     reply_to_ticket climbs to Run; refund_up_to_50 is held at Walk by its customer outcomes although
@@ -186,4 +210,5 @@ def story_fleet(start: int, seed: int = 7, days: int = 40, scale: float = 1.0) -
         },
         seed=seed,
         overrides=[override(start + 6 * day, "refund_over_50", "cap", "finance review pending", tier="crawl")],
+        maturity=dict(maturity or {}),
     )

@@ -6,10 +6,12 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from tiergate.models import Decision, State, fold, load_policy
-from tiergate.models.evaluator import Event, step
+from tiergate.models import Decision, State, fold
+from tiergate.models.fold import Event, step
 from tiergate.models.policy import Policy, deep_merge
 from tiergate.models.wire import event_from_dict, format_ts, parse_ts
+from tiergate.streams.activation import Catalog, policy_events
+from tiergate.streams.policy_file import policy_from_mapping
 
 T0 = parse_ts("2026-11-02T00:00:00Z")
 HOUR = 3600
@@ -41,7 +43,14 @@ BASE_POLICY: dict[str, Any] = {
 
 def policy(**changes: Any) -> Policy:
     """The test policy with `changes` deep-merged in (mappings merge, everything else replaces)."""
-    return load_policy(deep_merge(copy.deepcopy(BASE_POLICY), changes))
+    return policy_from_mapping(deep_merge(copy.deepcopy(BASE_POLICY), changes))
+
+
+def policy_without(*names: str, **changes: Any) -> Policy:
+    """The test policy (with `changes`) whose catalog leaves out `names`."""
+    raw = deep_merge(copy.deepcopy(BASE_POLICY), changes)
+    raw["action_types"] = {name: spec for name, spec in raw["action_types"].items() if name not in names}
+    return policy_from_mapping(raw)
 
 
 def at(hours: float) -> str:
@@ -72,9 +81,8 @@ class Log:
         return self.add(type="action", ts=at(hour), tier=tier, action_id=action_id or f"a{self._n}", **extra)
 
     def outcome(self, hour: float, kind: str, result: str, tier: str = "crawl", **extra: Any) -> Log:
-        return self.add(
-            type="outcome", ts=at(hour), tier=tier, action_id=f"a{self._n}", kind=kind, result=result, **extra
-        )
+        extra.setdefault("action_id", f"a{self._n}")
+        return self.add(type="outcome", ts=at(hour), tier=tier, kind=kind, result=result, **extra)
 
     def reviews(self, hour: float, accepted: int, rejected: int = 0, tier: str = "crawl", **extra: Any) -> Log:
         for _ in range(accepted):
@@ -83,26 +91,49 @@ class Log:
             self.outcome(hour, "review", "rejected", tier, **extra)
         return self
 
-    def internal(self, hour: float, completed: int, failed: int = 0, tier: str = "walk") -> Log:
+    def internal(self, hour: float, completed: int, failed: int = 0, tier: str = "walk", **extra: Any) -> Log:
         for _ in range(completed):
-            self.outcome(hour, "internal", "completed", tier)
+            self.outcome(hour, "internal", "completed", tier, **extra)
         for _ in range(failed):
-            self.outcome(hour, "internal", "failed", tier)
+            self.outcome(hour, "internal", "failed", tier, **extra)
         return self
 
-    def customer(self, hour: float, success: int, failure: int = 0, tier: str = "walk") -> Log:
+    def customer(self, hour: float, success: int, failure: int = 0, tier: str = "walk", **extra: Any) -> Log:
         for _ in range(success):
-            self.outcome(hour, "customer", "success", tier)
+            self.outcome(hour, "customer", "success", tier, **extra)
         for _ in range(failure):
-            self.outcome(hour, "customer", "failure", tier)
+            self.outcome(hour, "customer", "failure", tier, **extra)
         return self
 
     def override(self, hour: float, op: str, tier: str | None = None, **extra: Any) -> Log:
         event = {"type": "override", "ts": at(hour), "op": op, "actor": "ops@example.com", "reason": f"test {op}"}
         return self.add(**event, **({} if tier is None else {"tier": tier}), **extra)
 
+    def checkpoint(self, hour: float, through: float, **extra: Any) -> Log:
+        """The customer feed's word, at `hour`, that its failures are complete through `through`."""
+        return self.add(type="checkpoint", ts=at(hour), kind="customer", through=at(through), **extra)
+
     def tick(self, hour: float, **extra: Any) -> Log:
         return self.add(type="tick", ts=at(hour), **extra)
+
+    def apply(self, hour: float, pol: Policy, activation_id: str, reason: str = "test activation") -> Log:
+        """An activation of `pol` over the catalog the log holds so far: what `tiergate policy apply` writes."""
+        return self.activate(hour, pol, activation_id, Catalog.of(fold(self.models())[0]), reason)
+
+    def activate(
+        self,
+        hour: float,
+        pol: Policy,
+        activation_id: str,
+        catalog: Catalog | None = None,
+        reason: str = "test activation",
+    ) -> Log:
+        """An activation of `pol` over `catalog` (default: a log with no activation yet), dated `hour`."""
+        for event in policy_events(
+            pol, catalog or Catalog(), activation_id, "ops@example.com", reason, T0 + round(hour * HOUR)
+        ):
+            self.events.append(event)
+        return self
 
     def models(self) -> list[Event]:
         return [event_from_dict(e) for e in self.events]
@@ -118,15 +149,17 @@ def results(log: Log, pol: Policy | None = None) -> list[tuple[str, str | None]]
     """What became of each event of the log, in order."""
     pol = pol or policy()
     state, _ = fold([], pol)
-    return [step(state, e, pol)[2:] for e in log.models()]
+    return [step(state, e)[2:] for e in log.models()]
 
 
-def moves(decisions: list[Decision]) -> list[tuple[str, str, str, str | None]]:
-    """(kind, from, to, at) of each decision: what a reader checks first."""
+def moves(decisions: list[Decision]) -> list[tuple[str, str | None, str | None, str | None]]:
+    """(kind, from, to, at) of each decision: what a reader checks first (None: not in the catalog)."""
     tiers = ("crawl", "walk", "run")
-    return [
-        (d.kind, tiers[d.from_tier], tiers[d.to_tier], None if d.at is None else format_ts(d.at)) for d in decisions
-    ]
+
+    def name(tier: int | None) -> str | None:
+        return None if tier is None else tiers[tier]
+
+    return [(d.kind, name(d.from_tier), name(d.to_tier), None if d.at is None else format_ts(d.at)) for d in decisions]
 
 
 def climb_to_walk(log: Log, start: int = 0) -> int:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,12 +19,14 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
-from tiergate.streams.kafka import EVENTS, KafkaSettings, create_topics
-from tiergate.streams.kafka_replay import replay_topic, verify
+from tiergate.streams.kafka import DECISIONS, DLQ, EVENTS, SINGLE_BROKER, KafkaSettings, create_topics, read_topics
+from tiergate.streams.kafka_replay import read_topic, replay_topic, verify, verify_state
 from tiergate.streams.policy_file import read_policy
 
 from .test_restart import free_port
@@ -31,6 +35,33 @@ ROOT = Path(__file__).parent.parent
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
 BOOTSTRAP = f"127.0.0.1:{os.environ.get('TIERGATE_KAFKA_PORT', '19092')}"
 POLICY = ROOT / "tests" / "golden" / "policy.yaml"
+# What the tests override of deploy/topics.yaml's production settings: one broker, and segments rolled and
+# compacted within seconds (the tier-map tests watch compaction happen).
+TEST_TOPICS = SINGLE_BROKER | {
+    "segment.ms": "10000",
+    "min.cleanable.dirty.ratio": "0.01",
+    "min.compaction.lag.ms": "0",
+}
+
+
+def kafka_ports(count: int) -> list[int]:
+    """Free ports for broker listeners below the machine's ephemeral range (32768–60999 here): on an
+    ephemeral port, a client's reconnects can take the port while the broker restarts."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    found: list[int] = []
+    for port in random.sample(range(20000, min(low, 32768)), 500):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise RuntimeError(f"no {count} free ports between 20000 and {low}")
 
 
 def broker(action: str) -> None:
@@ -48,34 +79,46 @@ class Deployment:
     tmp: Path
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}.")
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    worker_env: dict[str, str] = field(default_factory=dict)  # extra TIERGATE_WORKER_* settings
+    policy: Path | None = POLICY  # for logs that begin before their first activation; None: the log carries it
 
     @property
     def settings(self) -> KafkaSettings:
         return KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=self.prefix, topics_file=ROOT / "deploy" / "topics.yaml")
 
     def create_topics(self) -> None:
-        asyncio.run(create_topics(self.settings))
+        asyncio.run(create_topics(self.settings, 1, TEST_TOPICS))
 
-    def produce(self, events: Iterable[bytes], raw_keys: Iterable[bytes] | None = None) -> int:
-        """Produce events keyed by their action type (or by `raw_keys`), as the SDK does."""
-        return asyncio.run(self._produce(list(events), None if raw_keys is None else list(raw_keys)))
+    def produce(
+        self, events: Iterable[bytes], raw_keys: Iterable[bytes] | None = None, per_second: float | None = None
+    ) -> int:
+        """Produce events keyed by their action type (or by `raw_keys`), as the SDK does; at most
+        `per_second` of them a second if given (a live stream rather than a backlog)."""
+        keys = None if raw_keys is None else list(raw_keys)
+        return asyncio.run(self._produce(list(events), keys, per_second))
 
-    async def _produce(self, events: list[bytes], keys: list[bytes] | None) -> int:
+    async def _produce(self, events: list[bytes], keys: list[bytes] | None, per_second: float | None) -> int:
         producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True)
         await producer.start()
+        started = time.monotonic()
         try:
             for i, raw in enumerate(events):
                 key = keys[i] if keys is not None else _key_of(raw)
                 await producer.send(self.settings.topic(EVENTS), raw, key=key)
+                if per_second is not None:
+                    await asyncio.sleep(max(0.0, started + i / per_second - time.monotonic()))
             await producer.flush()
         finally:
             await producer.stop()
         return len(events)
 
-    def start_worker(self, web_port: int | None = None, bootstrap: str = BOOTSTRAP) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, web_port: int | None = None, bootstrap: str = BOOTSTRAP, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         port = web_port or free_port()
         data = self.tmp / f"worker-{len(self.workers)}"
-        env = os.environ | {"TIERGATE_KAFKA_BOOTSTRAP": bootstrap, "TIERGATE_KAFKA_TOPIC_PREFIX": self.prefix}
+        given = {"TIERGATE_KAFKA_BOOTSTRAP": bootstrap, "TIERGATE_KAFKA_TOPIC_PREFIX": self.prefix}
+        env = os.environ | self.worker_env | given | (env or {})
         log = open(self.tmp / f"worker-{len(self.workers)}.log", "wb")  # noqa: SIM115 - the process owns it
         process = subprocess.Popen(
             [
@@ -83,8 +126,7 @@ class Deployment:
                 "-m",
                 "tiergate.streams.cli",
                 "worker",
-                "--policy",
-                str(POLICY),
+                *([] if self.policy is None else ["--policy", str(self.policy)]),
                 "--web-port",
                 str(port),
                 "--data-dir",
@@ -117,13 +159,79 @@ class Deployment:
                 process.kill()
 
     def differences(self) -> list[str]:
-        """Differences between a reference fold of the events topic and what the workers recorded."""
+        """Differences between a reference fold of the events topic and what the workers recorded: the
+        decisions, the tier map and each key's saved state (`replay --from-kafka --verify`)."""
 
         async def check() -> list[str]:
             reference = await replay_topic(self.settings, read_policy(POLICY))
-            return [f"{d.action_type}: {d.problem}" for d in await verify(self.settings, reference)]
+            found = await verify(self.settings, reference) + await verify_state(self.settings, reference)
+            return [f"{d.action_type}: {d.problem}" for d in found]
 
         return asyncio.run(check())
+
+    def partitions(self, name: str) -> list[TopicPartition]:
+        """A defined topic's partitions (the count from the topic definition, not the client's metadata)."""
+        count = read_topics(self.settings.topics_file)[name].partitions
+        return [TopicPartition(self.settings.topic(name), p) for p in range(count)]
+
+    def committed_all(self) -> bool:
+        """Has the workers' consumer group committed every input offset (the end of each partition)?"""
+
+        async def check() -> bool:
+            admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
+            consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+            await admin.start()
+            await consumer.start()
+            try:
+                committed = await admin.list_consumer_group_offsets(self.settings.topic("tiergate-worker"))
+                partitions = self.partitions(EVENTS)
+                ends = await consumer.end_offsets(partitions)
+                return all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in partitions)
+            finally:
+                await consumer.stop()
+                await admin.close()
+
+        return asyncio.run(check())
+
+    def output_offsets(self) -> tuple[int, ...]:
+        """The end offsets of the decisions and rejected-input topics (they stop moving once all is out)."""
+
+        async def ends() -> tuple[int, ...]:
+            consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
+            await consumer.start()
+            try:
+                partitions = self.partitions(DECISIONS) + self.partitions(DLQ)
+                found = await consumer.end_offsets(partitions)
+                return tuple(found[tp] for tp in partitions)
+            finally:
+                await consumer.stop()
+
+        return asyncio.run(ends())
+
+    def wait_drained(self, timeout: float = 90) -> None:
+        """Until every input offset is committed (so folded) and the output topics have stopped growing."""
+        wait_for(self.committed_all, timeout, "the workers to commit every input offset")
+        last: tuple[int, ...] = ()
+
+        def settled() -> bool:
+            nonlocal last
+            now, last = self.output_offsets(), last
+            done, last = now == last, now
+            return done
+
+        wait_for(settled, timeout, "the output topics to stop growing")
+
+    def outcome(self, out: Any) -> Any:
+        """Fill a contract `Outcome` from the decisions and rejected-input topics."""
+        for record in asyncio.run(read_topic(self.settings, DECISIONS)):
+            line = (record.value or b"").decode()
+            out.decisions[orjson.loads(line)["action_type"]].append(line)
+        for record in asyncio.run(read_topic(self.settings, DLQ)):
+            headers = dict(record.headers)
+            out.rejected.append(
+                (headers["tiergate-result"].decode(), headers["tiergate-reason"].decode(), record.value or b"")
+            )
+        return out
 
     def wait_consistent(self, timeout: float = 90) -> None:
         """Poll until the recorded decisions and tier map equal the reference fold (workers catch up)."""

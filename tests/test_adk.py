@@ -13,11 +13,10 @@ from google.adk.models.llm_response import LlmResponse
 from google.adk.runners import InMemoryRunner
 from google.genai import types
 
-from tiergate.models.wire import parse_ts
 from tiergate.streams.adk import tier_gate
-from tiergate.streams.sdk import Gate, HttpEventSink, HttpTierTransport, Reporter, TierMapClient
+from tiergate.streams.sdk import ActionGate, HttpEventSink, HttpTierTransport, Reporter, TierMapClient
 
-from .test_sdk import LiveServer, post, server
+from .live_server import TEN, LiveServer, post, promote_override, server
 
 __all__ = ["server"]
 
@@ -48,12 +47,12 @@ async def run_agent(server: LiveServer, account: str, issued: list[dict[str, Any
         issued.append({"account": account, "amount": amount})
         return {"status": "refunded", "account": account}
 
-    sink = HttpEventSink(server.url)
-    reporter = Reporter(sink, agent="adk-agent", clock=lambda: parse_ts("2026-11-02T10:00:00Z"))
-    async with TierMapClient(HttpTierTransport(server.url)) as tiers:
-        await tiers.wait_for(lambda c: c.status().loaded, 5)
+    tiers = TierMapClient(HttpTierTransport(server.url))
+    reporter = Reporter(HttpEventSink(server.url), agent="adk-agent", clock=lambda: TEN)
+    async with ActionGate(tiers, reporter) as gate:
+        await tiers.wait_until_ready(5)
         callback = tier_gate(
-            Gate(tiers, reporter),
+            gate,
             {"issue_refund": "refund_up_to_50"},
             internal=lambda args: str(args["account"]).startswith("staff-"),
         )
@@ -67,25 +66,11 @@ async def run_agent(server: LiveServer, account: str, issued: list[dict[str, Any
         async for event in runner.run_async(user_id="u", session_id=session.id, new_message=message):
             if event.content and event.content.parts and event.content.parts[0].text:
                 answer = event.content.parts[0].text
-    await sink.close()
     return json.loads(answer)  # type: ignore[no-any-return]
 
 
 async def promote(server: LiveServer, n: int) -> None:
-    await post(
-        server,
-        json.dumps(
-            {
-                "type": "override",
-                "event_id": f"up{n}",
-                "ts": "2026-11-02T09:00:00Z",
-                "action_type": "refund_up_to_50",
-                "op": "promote",
-                "actor": "ops",
-                "reason": "adk test",
-            }
-        ).encode(),
-    )
+    await post(server, promote_override(f"up{n}"))
 
 
 async def test_crawl_suggests_walk_acts_internally_run_acts_and_each_action_is_recorded(server: LiveServer) -> None:

@@ -1,34 +1,79 @@
-"""`tiergate demo` as a newcomer runs it: the four stories happen and the replay check passes."""
+"""`tiergate demo` as a newcomer runs it: the four stories happen, every posted event is accounted for,
+none is ahead of the server's clock, and the replay check passes."""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tiergate.streams.demo import settling_time
+from tiergate.streams.simulate import Delivery
+
 
 def test_the_demo_tells_its_four_stories_and_its_log_replays(tmp_path: Path) -> None:
-    """One type climbs to Run, one is held at Walk, one is capped by an operator, one is demoted; exit 0
-    means replaying the exported log reproduced the promotion log byte for byte."""
+    """One type climbs to Run, one is held at Walk, one is capped by an operator, one is demoted; half way
+    an operator activates a changed policy that adds summarize_thread, which starts at Crawl and climbs,
+    while the refunds' customer units wait for their 2-day maturity; exit 0 means replaying the exported log
+    reproduced the promotion log byte for byte; the summary counts every result the server gave, and no
+    event was rejected `future`."""
     data = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "tiergate.streams.cli", "demo", "--data-dir", str(data), "--seconds", "4"],
+        [sys.executable, "-m", "tiergate.streams.cli", "demo", "--data-dir", str(data), "--seconds", "4", "--json"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "reproduces the promotion log byte for byte: yes" in done.stdout
-    decisions = [json.loads(line) for line in (data / "decisions.jsonl").read_text().splitlines()]
-    final = {d["action_type"]: d["to_tier"] for d in decisions if d["kind"] != "violation"}
-    assert final == {
+    figures = json.loads(done.stdout)
+    assert figures["replay_matches"] is True
+    assert figures["tiers"] == {
         "reply_to_ticket": "run",
         "refund_up_to_50": "walk",
         "refund_over_50": "crawl",
         "escalate_to_human": "crawl",
         "lookup_order": "run",
+        "summarize_thread": "run",
     }
+    decisions = [json.loads(line) for line in (data / "decisions.jsonl").read_text().splitlines()]
+    added = [d for d in decisions if d["action_type"] == "summarize_thread"]
+    assert (added[0]["kind"], added[0]["to_tier"], added[0]["policy_version"]) == ("initial", "crawl", "demo-2")
+    changed = {d["action_type"] for d in decisions if d["kind"] == "policy"}
+    assert changed == set(figures["tiers"]) - {"summarize_thread"}  # every other type kept its tier through it
+    assert all(d["from_tier"] == d["to_tier"] for d in decisions if d["kind"] == "policy")
+    raws = [bytes(raw) for (raw,) in sqlite3.connect(data / "tiergate.db").execute("SELECT raw FROM events")]
+    assert any(b'"type":"checkpoint"' in raw for raw in raws)  # the refunds' customer feed
     assert any(d["kind"] == "override" and d["op"] == "cap" and d["from_tier"] == "walk" for d in decisions)
     assert any(d["kind"] == "demote" and d["action_type"] == "escalate_to_human" for d in decisions)
-    assert (data / "tiergate.db").exists() and (data / "events.jsonl").exists()
+
+    store = sqlite3.connect(data / "tiergate.db")
+    kept = dict(store.execute("SELECT reason LIKE 'future%', COUNT(*) FROM rejected GROUP BY 1").fetchall())
+    assert kept.get(1, 0) == 0  # nothing was ahead of the clock
+    events = figures["events"]
+    posted = sum(n for result, n in events.items() if result != "posted")
+    assert events["posted"] == posted and events["applied"] > 0.95 * posted
+    assert 0 < events["late"] < 0.02 * posted  # the fleet's deliberately late 1.2%, no more
+    types = [json.loads(raw)["type"] for (raw,) in store.execute("SELECT raw FROM events")]
+    logged = sum(kind not in ("tick", "policy") for kind in types)  # the server's clock and the operator's policy
+    assert logged == posted - events.get("rejected", 0)  # every accepted post is in the log
+
+
+def test_the_summary_line_counts_rejections() -> None:
+    """The table's and the summary's line name every result, rejected ones included."""
+    from collections import Counter
+
+    from tiergate.streams.demo import posted_line
+
+    line = posted_line(Counter({"applied": 1200, "rejected": 38, "late": 4}))
+    assert line == "1,242 events posted: 1,200 applied, 38 rejected, 4 late"
+
+
+def test_the_demo_refuses_a_fleet_that_would_outrun_the_lateness() -> None:
+    """Transit delays must be shorter than the allowed lateness, or the demo itself would make events late."""
+    assert settling_time(Delivery(jitter_seconds=300), allowed_lateness=600) == 300
+    with pytest.raises(ValueError, match="not less than the policy's allowed_lateness of 300s"):
+        settling_time(Delivery(jitter_seconds=300), allowed_lateness=300)

@@ -7,9 +7,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
-from tiergate.streams.kafka import read_topics
+from tiergate.streams.kafka import check_replication, read_topics
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.kafka.yml").read_text())
@@ -57,7 +58,7 @@ def test_compose_creates_the_topics_from_the_one_definition_before_the_worker_st
     assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert worker["command"][0] == "worker" and (ROOT / worker["command"][2]).exists()
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "COPY deploy/topics.yaml" in dockerfile and "'.[kafka]'" in dockerfile
+    assert re.search(r"^COPY .*deploy/topics.yaml", dockerfile, re.MULTILINE) and "'.[kafka]'" in dockerfile
 
 
 def test_the_topic_definition_keeps_the_changelog_co_partitioned_and_the_tier_map_compacted() -> None:
@@ -66,6 +67,19 @@ def test_the_topic_definition_keeps_the_changelog_co_partitioned_and_the_tier_ma
     assert topics["tiergate-worker-state-changelog"].partitions == topics["tiergate.events.v1"].partitions
     assert topics["tiergate.tier-map.v1"].config["cleanup.policy"] == "compact"
     assert topics["tiergate.events.v1"].config["retention.ms"] == "-1"
+
+
+def test_the_topic_definition_has_production_settings_and_a_single_broker_must_override_them() -> None:
+    """Every topic keeps acknowledged writes on two replicas and no test-only compaction setting;
+    creating them with one replica without overriding min.insync.replicas is refused with the fix."""
+    topics = read_topics(ROOT / "deploy" / "topics.yaml")
+    assert all(spec.config["min.insync.replicas"] == "2" for spec in topics.values())
+    assert not {"segment.ms", "min.cleanable.dirty.ratio"} & {key for spec in topics.values() for key in spec.config}
+    with pytest.raises(ValueError, match=r"min.insync.replicas=2 needs a replication factor of at least 2.*--config"):
+        check_replication(topics, 1)
+    check_replication(read_topics(ROOT / "deploy" / "topics.yaml", {"min.insync.replicas": "1"}), 1)
+    command = COMPOSE["services"]["topics"]["command"]
+    assert command[command.index("--config") + 1] == "min.insync.replicas=1"  # compose runs one broker
 
 
 def test_prometheus_in_compose_scrapes_the_worker() -> None:
@@ -86,10 +100,10 @@ def k8s() -> dict[str, dict[str, Any]]:
 def test_the_kubernetes_manifests_run_what_the_code_serves() -> None:
     """Probes hit /healthz on the ports the runtimes listen on; the policy in the ConfigMap loads; the
     server, bound beyond loopback, gets its token from a secret; the worker's web server binds the pod."""
-    from tiergate.models.policy import load_policy
+    from tiergate.streams.policy_file import policy_from_mapping
 
     manifests = k8s()
-    load_policy(yaml.safe_load(manifests["ConfigMap/tiergate-policy"]["data"]["policy.yaml"]))
+    policy_from_mapping(yaml.safe_load(manifests["ConfigMap/tiergate-policy"]["data"]["policy.yaml"]))
     worker = manifests["Deployment/tiergate-worker"]["spec"]["template"]["spec"]["containers"][0]
     serve = manifests["StatefulSet/tiergate-serve"]["spec"]["template"]["spec"]["containers"][0]
     worker_env = {e["name"]: e.get("value") for e in worker["env"]}
@@ -101,3 +115,45 @@ def test_the_kubernetes_manifests_run_what_the_code_serves() -> None:
     for container in (worker, serve):
         assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
     assert manifests["StatefulSet/tiergate-serve"]["spec"]["replicas"] == 1  # one SQLite writer
+
+
+def test_the_image_runs_unprivileged_on_absolute_data_dirs_it_owns() -> None:
+    """The image's user owns /app and the data directories, every data dir is absolute (a relative one
+    would land in root-owned /app), and everything copied in belongs to that user."""
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users == ["tiergate"]
+    setup = " ".join(line for line in lines if not line.startswith("#"))
+    assert re.search(r"chown -R tiergate:tiergate /app /var/lib/tiergate", setup)
+    assert all("--chown=tiergate:tiergate" in line for line in lines if line.startswith("COPY "))
+    env = dict(re.findall(r"(TIERGATE_[A-Z_]+)=(\S+)", setup))
+    assert env["TIERGATE_DATA_DIR"].startswith("/var/lib/tiergate/")
+    assert env["TIERGATE_WORKER_DATA_DIR"].startswith("/var/lib/tiergate/")
+
+
+def test_git_ignores_the_directories_the_commands_create_by_default() -> None:
+    """The default data dirs of serve, import, the worker and the demo never end up in a commit."""
+    from tiergate.streams.cli import parser
+    from tiergate.streams.settings import StoreSettings
+    from tiergate.streams.worker import WorkerSettings
+
+    ignored = set((ROOT / ".gitignore").read_text().split())
+    demo = parser().parse_args(["demo"]).data_dir
+    defaults = [StoreSettings.model_fields["data_dir"].default, WorkerSettings.model_fields["data_dir"].default, demo]
+    for directory in map(str, defaults):
+        assert f"{directory}/" in ignored, directory
+
+
+def test_the_docs_stand_on_their_own() -> None:
+    """README and docs/ never send a user to files outside the project, and every relative link in them
+    names a file that exists."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+    for page in pages:
+        text = page.read_text()
+        assert "../shared" not in text and "DESIGN.md" not in text and "STYLE.md" not in text, page
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if not target.startswith(("http://", "https://")):
+                assert (page.parent / target).exists(), (page, target)
+    readme = (ROOT / "README.md").read_text()
+    for needed in ("events.md", "policy.md", "decision-rules.md", "embedded.md", "pip install './[kafka]'"):
+        assert needed in readme, needed

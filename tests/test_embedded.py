@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,21 +16,25 @@ from prometheus_client.parser import text_string_to_metric_families
 from tiergate.models.wire import parse_ts
 from tiergate.streams.cli import main
 from tiergate.streams.clock import ManualClock
-from tiergate.streams.embedded import Evaluator
+from tiergate.streams.embedded import EmbeddedRuntime
 from tiergate.streams.http import WRITER, make_app
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.settings import ServeSettings
 
+from .histories import feed
+
 GOLDEN = Path(__file__).parent / "golden"
 POLICY = GOLDEN / "policy.yaml"
-CLIMB = (GOLDEN / "clean_climb" / "events.jsonl").read_bytes()
+LOG = (GOLDEN / "clean_climb" / "events.jsonl").read_bytes().splitlines()
+ACTIVATION = [line for line in LOG if line.startswith(b'{"type":"policy"')]  # the golden policy's activation
+CLIMB = b"\n".join(line for line in LOG if line not in ACTIVATION)  # what agents and reviewers post
 
 
 @dataclass
 class Running:
     client: TestClient
     clock: ManualClock
-    evaluator: Evaluator
+    evaluator: EmbeddedRuntime
     data_dir: Path
 
 
@@ -39,7 +44,8 @@ async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterato
     ticking = getattr(request, "param", {}).get("ticking", False)
     token = getattr(request, "param", {}).get("token")
     clock = ManualClock(parse_ts("2026-11-02T12:00:00Z"))
-    evaluator = Evaluator(read_policy(POLICY), tmp_path / "data", clock, max_skew=300)
+    evaluator = EmbeddedRuntime(None, tmp_path / "data", clock, max_skew=300)
+    evaluator.ingest(ACTIVATION, "policy(golden-1)", live=False)  # as an operator's apply writes it
     settings = ServeSettings(policy=POLICY, data_dir=tmp_path / "data", tick_interval=0.02, token=token, max_batch=1000)
     http = TestServer(make_app(evaluator, settings, ticking=ticking), host="127.0.0.1")
     async with http, TestClient(http) as client:
@@ -53,10 +59,21 @@ async def post(client: TestClient, body: bytes, status: int = 200) -> dict:  # t
     return await response.json()  # type: ignore[no-any-return]
 
 
+async def climb(server: Running, history: bytes = CLIMB) -> Counter[str]:
+    """Post a history's events over HTTP and fold its ticks as the server's clock (tests/histories.py); the
+    results of all of them."""
+    counts = Counter[str]()
+
+    async def send(body: bytes) -> None:
+        counts.update((await post(server.client, body))["counts"])
+
+    assert server.client.app is not None
+    return counts + await feed(server.client.app, history, send)
+
+
 async def test_posted_events_are_folded_into_tiers_and_decisions(server: Running) -> None:
     """The clean climb posted as NDJSON gives the same decision log as `tiergate replay`, and the tier map shows it."""
-    answer = await post(server.client, CLIMB)
-    assert answer["counts"] == {"applied": 281}
+    assert await climb(server) == {"applied": 281}
     tiers = {r["action_type"]: r for r in (await (await server.client.get("/v1/tiers")).json())["tiers"]}
     assert (tiers["reply_to_ticket"]["tier"], tiers["reply_to_ticket"]["version"]) == ("run", 2)
     one = await (await server.client.get("/v1/tiers/reply_to_ticket")).json()
@@ -72,9 +89,9 @@ async def test_each_event_gets_its_result_and_bad_ones_are_kept(server: Running)
         lines[0],
         lines[0],  # duplicate
         b'{"type":"action"',  # malformed
-        b'{"type":"tick","event_id":"u","ts":"2026-11-02T01:00:00Z","action_type":"nope"}',  # unknown type
-        b'{"type":"tick","event_id":"f","ts":"2026-11-03T00:00:00Z","action_type":"reply_to_ticket"}',  # future
-        b'{"type":"tick","event_id":"t","ts":"2026-11-02T03:00:00Z","action_type":"reply_to_ticket"}',
+        review("u", "2026-11-02T01:00:00Z", "nope"),  # unknown type
+        review("f", "2026-11-03T00:00:00Z"),  # future
+        review("t", "2026-11-02T03:00:00Z"),
         lines[0].replace(b'"event_id":"e1"', b'"event_id":"late-1"'),  # its window is now closed
     ]
     results = (await post(server.client, b"\n".join(batch)))["results"]
@@ -94,6 +111,15 @@ async def test_each_event_gets_its_result_and_bad_ones_are_kept(server: Running)
     kept = server.evaluator.store.rejected()
     assert sorted(k["result"] for k in kept) == ["late", "rejected", "rejected", "rejected"]
     assert any(k["event"] == '{"type":"action"' for k in kept)
+
+
+def review(event_id: str, ts: str, action_type: str = "reply_to_ticket") -> bytes:
+    """A review outcome (an event any reporter may post)."""
+    fields = (event_id.encode(), ts.encode(), action_type.encode(), event_id.encode())
+    return (
+        b'{"type":"outcome","event_id":"%s","ts":"%s","action_type":"%s","action_id":"x-%s","tier":"crawl",'
+        b'"kind":"review","result":"accepted"}' % fields
+    )
 
 
 async def test_malformed_requests_get_a_4xx_that_names_the_problem(server: Running) -> None:
@@ -120,7 +146,7 @@ async def test_a_configured_token_guards_writes(server: Running) -> None:
 
 def test_without_a_token_only_loopback_is_allowed(tmp_path: Path) -> None:
     """Binding beyond loopback with writes unguarded is refused at start-up."""
-    with pytest.raises(ValueError, match="not loopback and no token"):
+    with pytest.raises(ValueError, match="not loopback and no credentials"):
         ServeSettings(policy=POLICY, host="0.0.0.0").check_exposure()
     ServeSettings(policy=POLICY, host="127.0.0.1").check_exposure()
 
@@ -143,7 +169,7 @@ async def test_the_stream_sends_the_map_then_each_change(server: Running) -> Non
         "refund_over_50",
         "lookup_order",
     }
-    await post(server.client, CLIMB)
+    await climb(server)
     await asyncio.wait_for(read(6), 1)  # a new tier record within one second of the decision
     assert [(r["action_type"], r["tier"], r["version"]) for r in records[4:]] == [
         ("reply_to_ticket", "walk", 1),
@@ -169,9 +195,9 @@ async def test_clock_ticks_close_idle_windows(server: Running) -> None:
 
 async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
     """/metrics is Prometheus text with the tier, bar figures and event counts; an action type outside the
-    catalog is counted under an empty label, so producers cannot grow the label set."""
-    await post(server.client, CLIMB)
-    await post(server.client, b'{"type":"tick","event_id":"u","ts":"2026-11-02T11:00:00Z","action_type":"made_up"}')
+    catalog is counted without an action_type label, so producers cannot grow the label set."""
+    await climb(server)
+    await post(server.client, review("u", "2026-11-02T11:00:00Z", "made_up"))
     text = await (await server.client.get("/metrics")).text()
     assert "made_up" not in text
     samples = {
@@ -180,9 +206,10 @@ async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
         for s in family.samples
     }
     assert samples[("tiergate_tier", (("action_type", "reply_to_ticket"), ("tier", "run")))] == 1
-    assert samples[("tiergate_events_total", (("action_type", "reply_to_ticket"), ("result", "applied")))] == 281
+    applied = samples[("tiergate_events_total", (("action_type", "reply_to_ticket"), ("result", "applied")))]
+    assert applied == 281 + 1  # its events and its part of the policy's activation
     assert samples[("tiergate_decisions_total", (("action_type", "reply_to_ticket"), ("kind", "promote")))] == 2
-    assert samples[("tiergate_events_total", (("action_type", ""), ("result", "rejected")))] == 1
+    assert samples[("tiergate_unattributed_events_total", (("result", "rejected"),))] == 1
     assert (
         "tiergate_bar_samples",
         (("action_type", "reply_to_ticket"), ("metric", "customer_success_rate"), ("rule", "keep")),
@@ -191,7 +218,7 @@ async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
 
 async def test_decisions_filter_by_type_and_time_and_page(server: Running) -> None:
     """/v1/decisions filters by action type and `at`, and pages with `after`."""
-    await post(server.client, CLIMB)
+    await climb(server)
     url = "/v1/decisions?action_type=reply_to_ticket&since=2026-11-02T05:00:00Z"
     page = await (await server.client.get(url)).json()
     assert [(d["kind"], d["to_tier"]) for d in page["decisions"]] == [("promote", "run")]
@@ -210,7 +237,7 @@ async def test_policy_and_health_are_published(server: Running) -> None:
 
 async def test_export_then_replay_reproduces_the_stored_decisions(server: Running, tmp_path: Path) -> None:
     """`tiergate export` writes the log (ticks included) that `tiergate replay` turns into the same bytes."""
-    await post(server.client, CLIMB[: len(CLIMB) // 2].rsplit(b"\n", 1)[0])
+    await climb(server, CLIMB[: len(CLIMB) // 2].rsplit(b"\n", 1)[0])
     assert server.client.app is not None
     await server.client.app[WRITER].run(server.evaluator.tick)  # the clock's ticks, as the ticker sends them
     await post(
@@ -220,7 +247,7 @@ async def test_export_then_replay_reproduces_the_stored_decisions(server: Runnin
     )
     exported, replayed = tmp_path / "events.jsonl", tmp_path / "decisions.jsonl"
     assert main(["export", "--data-dir", str(server.data_dir), "-o", str(exported)]) == 0
-    assert main(["replay", str(exported), "--policy", str(POLICY), "-o", str(replayed)]) == 0
+    assert main(["replay", str(exported), "-o", str(replayed)]) == 0
     assert replayed.read_text().splitlines() == list(server.evaluator.store.all_decisions())
     assert b'"type":"tick"' in exported.read_bytes()
 
@@ -233,8 +260,6 @@ def test_import_appends_history_without_ticks_and_refuses_a_busy_data_dir(tmp_pa
             [
                 "import",
                 str(GOLDEN / "regression_and_cooldown" / "events.jsonl"),
-                "--policy",
-                str(POLICY),
                 "--data-dir",
                 str(data),
                 "--batch",
@@ -246,15 +271,13 @@ def test_import_appends_history_without_ticks_and_refuses_a_busy_data_dir(tmp_pa
     exported = tmp_path / "decisions.jsonl"
     assert main(["export", "--data-dir", str(data), "-o", str(tmp_path / "e.jsonl"), "--decisions", str(exported)]) == 0
     assert exported.read_bytes() == (GOLDEN / "regression_and_cooldown" / "expected.jsonl").read_bytes()
-    holder = Evaluator(read_policy(POLICY), data, ManualClock(0))
+    holder = EmbeddedRuntime(read_policy(POLICY), data, ManualClock(0))
     try:
         assert (
             main(
                 [
                     "import",
                     str(GOLDEN / "thin_evidence" / "events.jsonl"),
-                    "--policy",
-                    str(POLICY),
                     "--data-dir",
                     str(data),
                 ]
@@ -265,13 +288,39 @@ def test_import_appends_history_without_ticks_and_refuses_a_busy_data_dir(tmp_pa
         holder.close()
 
 
-def test_a_data_dir_keeps_its_policy(tmp_path: Path) -> None:
-    """A log decided under one policy is not continued under another."""
-    Evaluator(read_policy(POLICY), tmp_path, ManualClock(0)).close()
-    other = tmp_path / "other.yaml"
-    other.write_text(POLICY.read_text().replace('"golden-1"', '"golden-2"'))
-    with pytest.raises(Exception, match="one log runs one policy"):
-        Evaluator(read_policy(other), tmp_path, ManualClock(0))
+def test_a_restart_with_an_edited_policy_file_activates_it_and_keeps_every_tier_and_evidence(tmp_path: Path) -> None:
+    """`serve --policy` on an existing data dir applies an edited file as an activation: reply_to_ticket stays
+    at run with its evidence; the same file again is no activation; a file that cannot apply (another window)
+    leaves the policy in force and the server degraded with the reason."""
+    data, clock = tmp_path / "data", ManualClock(parse_ts("2026-11-02T12:00:00Z"))
+    first = EmbeddedRuntime(read_policy(POLICY), data, clock)
+    first.ingest(CLIMB.splitlines(), "http(test)")
+    before = first.state.keys["reply_to_ticket"].to_dict()
+    first.close()
+    raised = tmp_path / "raised.yaml"
+    raised.write_text(POLICY.read_text().replace('"golden-1"', '"golden-2"').replace("target: 0.85", "target: 0.8"))
+    second = EmbeddedRuntime(read_policy(raised), data, clock)
+    key = second.state.keys["reply_to_ticket"]
+    assert (key.tier, key.version, key.lookback.totals) == (before["tier"], before["version"], first_totals(before))
+    assert [r.source for r in second.store.activations()] == ["file", "file"] and not second.problems
+    policy_decisions = [d for d in map(json.loads, second.store.all_decisions()) if d["kind"] == "policy"]
+    assert {d["action_type"] for d in policy_decisions} == set(read_policy(raised).types)
+    second.close()
+    EmbeddedRuntime(read_policy(raised), data, clock).close()  # unchanged: nothing new
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(raised.read_text().replace("window: 1h", "window: 2h").replace("lookback: 1d", "lookback: 2d"))
+    third = EmbeddedRuntime(read_policy(moved), data, clock)
+    assert len(third.store.activations()) == 2
+    assert third.problems and "window cannot change for an existing action type" in third.problems[0]
+    third.close()
+
+
+def first_totals(saved: dict[str, object]) -> list[int]:
+    """The lookback totals a saved key state adds up to."""
+    totals = [0] * 18
+    for _, counters in saved["closed"]:  # type: ignore[attr-defined]
+        totals = [a + b for a, b in zip(totals, counters, strict=True)]
+    return totals
 
 
 def test_settings_come_from_flags_then_environment_then_the_config_file(

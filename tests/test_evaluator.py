@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from tiergate.models import fold, tier_records
+import pytest
+
+from tiergate.models import closes, fold, tier_records
+from tiergate.models.transition import KeyStep
 from tiergate.models.wire import TIERS
 
-from .builders import Log, at, climb_to_walk, end_of_hour, moves, policy, results, run
+from .builders import HOUR, T0, Log, at, climb_to_walk, end_of_hour, moves, policy, results, run
 
 # -- 1. windows, watermark, lateness -----------------------------------------------------------------
 
@@ -49,6 +52,33 @@ def test_empty_windows_close_in_order_and_hold_time_runs_on_ticks() -> None:
     assert moves(decisions) == [("promote", "crawl", "walk", end_of_hour(2))]
 
 
+def test_a_long_idle_run_of_empty_windows_is_passed_over_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fifty years of silence close in a handful of steps, not one per hour (the run holds no evidence, no
+    expiry and no hold that ends), with the same decisions as a close per window would give."""
+    closed: list[int] = []
+    original = closes.close
+
+    def counted(step: KeyStep, index: int) -> None:
+        closed.append(index)
+        original(step, index)
+
+    monkeypatch.setattr(closes, "close", counted)
+    log = Log().reviews(0.5, accepted=10).tick(1.1).tick(50 * 365 * 24)
+    _, decisions = run(log)
+    assert moves(decisions) == [("promote", "crawl", "walk", end_of_hour(2))]
+    assert len(closed) < 10
+
+
+def test_evidence_leaving_the_lookback_in_an_idle_spell_is_judged_at_the_close_where_it_leaves() -> None:
+    """Hour 0's rejections hold the gate shut until they leave the 1d lookback at the close of hour 24;
+    the streak starts there and the hold (2h) is met at the end of hour 26, though nothing arrives until 30:30."""
+    log = Log().reviews(0.5, accepted=0, rejected=10)
+    for hour in (20, 21, 22):
+        log.reviews(hour + 0.5, accepted=4)
+    _, decisions = run(log.tick(30.5))
+    assert moves(decisions) == [("promote", "crawl", "walk", end_of_hour(26))]
+
+
 # -- 2. evidence ---------------------------------------------------------------------------------------
 
 
@@ -77,6 +107,23 @@ def test_evidence_restarts_at_a_tier_change() -> None:
     key = state.keys["t"]
     assert TIERS[key.tier] == "walk"
     assert key.passing_since is None  # the customer outcomes were of crawl actions: not walk evidence
+
+
+def test_outcomes_in_open_windows_before_an_override_are_no_evidence_for_the_new_tier() -> None:
+    """With lateness, an override can take effect beyond the oldest open window: what that window holds
+    ran before the tier it set, so it cannot demote it (evidence starts at the window holding `since`)."""
+    pol = policy(allowed_lateness="1h")
+    log = Log().internal(0.7, completed=0, failed=20).override(1.5, "promote").tick(2.5).tick(3.5)
+    state, decisions = run(log, pol)
+    assert moves(decisions) == [("override", "crawl", "walk", at(1.5))]
+    assert TIERS[state.keys["t"].tier] == "walk"
+
+
+def test_evidence_in_the_window_holding_since_counts_for_the_new_tier() -> None:
+    """The window that holds `since` is evidence whole: failures later in it demote."""
+    pol = policy(allowed_lateness="1h")
+    log = Log().override(1.5, "promote").internal(1.7, completed=0, failed=20).tick(3.5)
+    assert [m[0] for m in moves(run(log, pol)[1])] == ["override", "demote"]
 
 
 # -- 3. bars ---------------------------------------------------------------------------------------------
@@ -253,6 +300,24 @@ def test_cap_demotes_at_once_and_blocks_promotion() -> None:
     assert state.keys["t"].last_demotion is not None and TIERS[state.keys["t"].tier] == "crawl"
 
 
+def test_a_cap_above_the_current_tier_sets_that_ceiling_and_moves_nothing() -> None:
+    """Capped at walk while at crawl, a type still climbs to walk, may be pinned there, and stops there."""
+    log = Log().override(0.1, "cap", tier="walk")
+    after = climb_to_walk(log)
+    log.override(after + 0.1, "pin", tier="walk").override(after + 0.2, "unpin").override(after + 0.3, "promote")
+    state, decisions = run(log)
+    assert [(d.kind, d.to_tier) for d in decisions][:3] == [("override", 0), ("promote", 1), ("override", 1)]
+    assert [r for r, _ in results(log)][-3:] == ["applied", "applied", "rejected"]  # promote: above the cap
+    assert state.keys["t"].cap == TIERS.index("walk") and TIERS[state.keys["t"].tier] == "walk"
+
+
+def test_a_cap_lowers_a_pin_above_it() -> None:
+    """A pin at walk under a later cap at crawl drops to crawl with the tier."""
+    log = Log().override(0.1, "promote").override(0.2, "pin", tier="walk").override(0.3, "cap", tier="crawl")
+    state, _ = run(log)
+    assert state.keys["t"].pinned == 0 and state.keys["t"].tier == 0
+
+
 def test_pin_above_a_cap_and_promote_at_the_ceiling_are_rejected() -> None:
     """Overrides that cannot apply are rejected with their reason and change nothing."""
     log = Log().override(0.1, "cap", tier="crawl").override(0.2, "pin", tier="walk").override(0.3, "promote")
@@ -312,6 +377,34 @@ def test_a_duplicate_event_id_changes_nothing() -> None:
     assert results(log)[-1][0] == "duplicate"
 
 
+def test_a_re_report_with_a_later_ts_is_a_duplicate_after_its_first_window_closed() -> None:
+    """The id of an outcome is remembered until its first copy's window leaves the lookback (1d), so a
+    re-report of the same outcome dated hours later is not a second sample."""
+    log = Log().outcome(0.5, "review", "accepted", event_id="r1").tick(2.5)
+    log.outcome(3.5, "review", "accepted", event_id="r1")
+    outcome, reason = results(log)[-1]
+    assert outcome == "duplicate" and reason is not None and "first copy" in reason
+    state, _ = run(log.tick(4.5))
+    assert sum(c[1] for _, c in state.keys["t"].lookback.windows) == 1  # one accepted review, not two
+
+
+def test_an_id_is_forgotten_once_its_first_window_leaves_the_lookback() -> None:
+    """After the lookback (1d) has passed its window, the same id is a new event: memory follows the lookback."""
+    log = Log().outcome(0.5, "review", "accepted", event_id="r1").tick(25.5)
+    log.outcome(25.6, "review", "accepted", event_id="r1")
+    assert results(log)[-1][0] == "applied"
+    state, _ = run(log)
+    window = (T0 + 25 * HOUR) // HOUR  # hour 25, where both the tick and the second copy fall
+    assert state.keys["t"].live_ids() == {"e2": window, "r1": window}
+
+
+def test_resent_events_of_a_read_only_type_are_duplicates() -> None:
+    """A read-only type is never evaluated, but a redelivered event of it is still a duplicate."""
+    log = Log(action_type="ro").action(0.5, tier="run", action_id="x", event_id="a1")
+    log.action(0.6, tier="run", action_id="x", event_id="a1")
+    assert [r for r, _ in results(log)] == ["applied", "duplicate"]
+
+
 def test_a_duplicate_override_is_not_applied_twice() -> None:
     """Overrides are never late, so their ids are remembered: a redelivered promote does nothing."""
     log = Log().override(0.1, "promote", event_id="o1").tick(5).override(0.1, "promote", event_id="o1")
@@ -342,5 +435,5 @@ def test_the_tier_map_is_the_last_tier_change_with_its_version() -> None:
     """decision_id counts every decision of the key; version counts only tier changes."""
     log = Log().action(0.2, tier="walk").override(0.3, "promote")
     state, _ = run(log)
-    record = next(r for r in tier_records(state, policy()) if r.action_type == "t").record()
+    record = next(r for r in tier_records(state) if r.action_type == "t").record()
     assert (record["tier"], record["version"], record["decision_id"], record["since"]) == ("walk", 1, "t/2", at(0.3))

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,26 +17,27 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from tiergate.models.fold import LATE, initial_state, step
 from tiergate.models.wire import parse_ts
-from tiergate.streams.kafka import DECISIONS, DLQ, TIER_MAP, describe_topics
-from tiergate.streams.kafka_replay import read_topic
+from tiergate.streams.codec import decode
+from tiergate.streams.kafka import DECISIONS, DLQ, EVENTS, STATE_CHANGELOG, TIER_MAP, describe_topics, home_partition
+from tiergate.streams.kafka_replay import read_topic, refold_key, replay_topic, saved_state
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.simulate import history, story_fleet
 
-from .kafka_harness import BOOTSTRAP, POLICY, ROOT, Deployment, broker, broker_running, wait_for
+from .kafka_harness import (
+    BOOTSTRAP,
+    POLICY,
+    ROOT,
+    TEST_TOPICS,
+    Deployment,
+    broker,
+    free_port,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[None]:
-    """The local broker: started here unless it already runs (make test starts it), stopped if started here."""
-    started_here = not broker_running()
-    if started_here:
-        broker("start")
-    yield
-    if started_here:
-        broker("stop")
+NO_TICKS = {"TIERGATE_WORKER_TICK_INTERVAL": "1000000"}
 
 
 @pytest.fixture
@@ -65,9 +67,13 @@ def decisions_so_far(deployment: Deployment) -> int:
 
 
 def test_topics_are_created_from_the_one_definition(deployment: Deployment) -> None:
-    """`tiergate topics create` makes every topic of deploy/topics.yaml with its partitions and configs."""
-    report, problems = asyncio.run(describe_topics(deployment.settings))
+    """`tiergate topics create` makes every topic of deploy/topics.yaml with its partitions and configs (as
+    the tests override them), and `describe` holds the cluster to the production definition itself."""
+    report, problems = asyncio.run(describe_topics(deployment.settings, TEST_TOPICS))
     assert problems == []
+    _, production = asyncio.run(describe_topics(deployment.settings))
+    assert all("min.insync.replicas=1, defined 2" in p.problem for p in production if "min.insync" in p.problem)
+    assert {p.topic for p in production if "min.insync" in p.problem} == set(report)
     tier_map = report[deployment.settings.topic(TIER_MAP)]
     assert tier_map["config"]["cleanup.policy"] == "compact" and tier_map["partitions"] == 6
     assert report[deployment.settings.topic("tiergate.events.v1")]["config"]["retention.ms"] == "-1"
@@ -118,6 +124,42 @@ def test_the_worker_decides_exactly_what_the_fold_of_the_topic_decides(deploymen
     assert checked.returncode == 1 and "decision log differs" in checked.stderr
 
 
+def test_verify_compares_the_saved_state_with_a_refold_and_fails_on_a_skipped_event(deployment: Deployment) -> None:
+    """`replay --from-kafka --verify` checks each key's saved state, not only the decisions: a changelog
+    record that claims an input offset but whose windows miss one event before it (what a skipped offset
+    leaves behind) fails it with the key named, and so does one that counts an event too few."""
+    deployment.produce(list(story())[:4000])
+    deployment.kill(_fold_then_stop(deployment), signal.SIGTERM)
+    assert _verify(deployment).returncode == 0
+    key = b"reply_to_ticket"
+    saved = asyncio.run(saved_state(deployment.settings))[key]
+    covered = [r for r in asyncio.run(read_topic(deployment.settings, EVENTS)) if r.key == key]
+    covered = [r.value or b"" for r in covered if r.offset <= saved["offset"]]
+    outcome = max(i for i, raw in enumerate(covered) if orjson.loads(raw)["type"] == "outcome")
+    skipped = refold_key(key, covered[:outcome] + covered[outcome + 1 :], read_policy(POLICY))
+    assert skipped is not None and skipped.to_dict() != saved["state"], "the planted skip must change the state"
+    home = home_partition(key, 6)
+    _send(deployment, STATE_CHANGELOG, key, orjson.dumps(saved | {"state": skipped.to_dict()}), home)
+    checked = _verify(deployment)
+    assert checked.returncode == 1 and "reply_to_ticket: saved state at input offset" in checked.stderr
+    assert "differs from a re-fold of the topic up to it" in checked.stderr
+    _send(deployment, STATE_CHANGELOG, key, orjson.dumps(saved | {"folded": saved["folded"] - 1}), home)
+    checked = _verify(deployment)
+    assert checked.returncode == 1 and "events lost" in checked.stderr
+
+
+def _fold_then_stop(deployment: Deployment) -> subprocess.Popen[bytes]:
+    worker = deployment.start_worker(env=NO_TICKS)  # keep the story's windows open: a tick would close them all
+    deployment.wait_consistent()
+    return worker
+
+
+def _verify(deployment: Deployment) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tiergate.streams.cli", "replay", "--from-kafka", "--verify", "-o", "/dev/null"]
+    options = ["--policy", str(POLICY), "--bootstrap", BOOTSTRAP, "--topic-prefix", deployment.prefix]
+    return subprocess.run(command + options, cwd=ROOT, capture_output=True, text=True)
+
+
 def test_a_worker_killed_mid_stream_restarts_without_loss_or_double_counting(deployment: Deployment) -> None:
     """SIGKILL while folding, restart: the table recovers from its changelog, inputs already applied are
     skipped by their stored offsets, and the outputs equal the reference fold."""
@@ -142,7 +184,8 @@ def test_a_second_worker_joining_and_leaving_rebalances_without_loss(deployment:
 
 
 def test_workers_ride_out_a_broker_restart(deployment: Deployment) -> None:
-    """Stop the broker while the worker folds, start it again: the worker reconnects by itself."""
+    """Stop the broker while the worker folds, start it again: the worker reconnects by itself, and logs
+    the outage as a change of state (unreachable, reachable again)."""
     deployment.produce(story())
     deployment.start_worker()
     wait_for(lambda: decisions_so_far(deployment) >= 6, 60, "the first promotions")
@@ -150,10 +193,36 @@ def test_workers_ride_out_a_broker_restart(deployment: Deployment) -> None:
     time.sleep(2)
     broker("start")
     deployment.wait_consistent(timeout=150)
+    log = deployment.tmp / "worker-0.log"
+    wait_for(lambda: "Kafka broker reachable again" in log.read_text(), 30, "the worker to log the broker back")
+    assert log.read_text().count("Kafka broker unreachable") == 1
+
+
+def test_a_worker_stops_on_sigterm_while_the_broker_is_down_and_logs_the_outage_not_each_retry(
+    deployment: Deployment,
+) -> None:
+    """With the broker stopped under it, a worker logs one warning when the broker becomes unreachable and
+    a summary after 10 s, not a line per retry (dozens a second), and SIGTERM makes it exit within its
+    stop timeout although faust's own stop waits on the unreachable broker."""
+    worker = deployment.start_worker(env={"TIERGATE_WORKER_STOP_TIMEOUT": "8"})
+    log = deployment.tmp / "worker-0.log"
+    quiet = log.read_text().count("\n")
+    broker("stop")
+    try:
+        time.sleep(12)
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=20)  # raises if it does not exit
+    finally:
+        broker("start")
+    outage = log.read_text().splitlines()[quiet:]
+    assert sum("Kafka broker unreachable" in line for line in outage) == 1
+    assert any("Kafka broker still unreachable after 10 s" in line for line in outage)
+    assert sum("[ERROR]" in line or "[WARNING]" in line for line in outage) < 10, "\n".join(outage[-20:])
 
 
 def test_a_fresh_consumer_of_the_compacted_tier_map_sees_the_latest_record_per_key(deployment: Deployment) -> None:
-    """After compaction a consumer reading from the beginning gets exactly one record per key: the newest."""
+    """After compaction (forced within seconds by the tests' topic settings) a consumer reading from the
+    beginning gets exactly one record per key: the newest."""
     topic = deployment.settings.topic(TIER_MAP)
     for version in range(1, 51):
         for key in (b"a", b"b", b"c"):
@@ -181,3 +250,64 @@ def _send(deployment: Deployment, topic: str, key: bytes, value: bytes, partitio
             await producer.stop()
 
     asyncio.run(send())
+
+
+def on_time(events: tuple[bytes, ...]) -> list[bytes]:
+    """The story without its deliberately late deliveries: a history whose own fold has no late event
+    (a late event changes no state, so the decisions stay the same)."""
+    policy = read_policy(POLICY)
+    state = initial_state(policy)
+    return [raw for raw in events if step(state, decode(raw)).result != LATE]
+
+
+def _backfill(deployment: Deployment, events: list[bytes], tmp: Path) -> None:
+    history = tmp / "history.jsonl"
+    history.write_bytes(b"\n".join(events) + b"\n")
+    command = [sys.executable, "-m", "tiergate.streams.cli", "backfill", str(history), "--bootstrap", BOOTSTRAP]
+    done = subprocess.run([*command, "--topic-prefix", deployment.prefix], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def _late(deployment: Deployment) -> int:
+    return asyncio.run(replay_topic(deployment.settings, read_policy(POLICY))).replay.results["late"]
+
+
+def _ticks(deployment: Deployment) -> int:
+    return sum(orjson.loads(value)["type"] == "tick" for _, value, _ in records(deployment, EVENTS))
+
+
+def test_a_backfill_with_the_ticks_off_lands_with_no_late_event(deployment: Deployment, tmp_path: Path) -> None:
+    """With the worker started --no-ticks, `tiergate backfill` produces a history while it runs and
+    every event lands on time; restarted with ticks, the leader's ticks come after the history and the
+    outputs still equal the reference fold, with no late event."""
+    worker = deployment.start_worker(env={"TIERGATE_WORKER_TICKS": "false"})
+    _backfill(deployment, on_time(story()), tmp_path)
+    deployment.wait_consistent()
+    assert _ticks(deployment) == 0 and _late(deployment) == 0
+    deployment.kill(worker, signal.SIGTERM)
+    deployment.start_worker()
+    wait_for(lambda: _ticks(deployment) > 0, 30, "the leader's first ticks")
+    deployment.wait_consistent()
+    assert _late(deployment) == 0
+
+
+def test_history_produced_after_the_ticks_turns_late_and_the_worker_warns(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A worker that ticks has closed every type's windows up to its clock: a history produced after
+    that is late (all but the read-only type's events), and the worker warns once in its log and in
+    tiergate_worker_late_share."""
+    port = free_port()
+    deployment.start_worker(web_port=port)
+    wait_for(lambda: _ticks(deployment) > 0, 30, "the leader's first ticks")
+    history = on_time(story())
+    _backfill(deployment, history, tmp_path)
+    deployment.wait_consistent()
+    evaluated = [raw for raw in history if orjson.loads(raw)["action_type"] != "lookup_order"]
+    assert _late(deployment) >= 0.99 * len(evaluated)
+    log = (tmp_path / "worker-0.log").read_text()
+    assert log.count("input events were late (their windows had closed)") == 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    share = next(line for line in metrics.splitlines() if line.startswith("tiergate_worker_late_share "))
+    assert float(share.split()[1]) > 0.5

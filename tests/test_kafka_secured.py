@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 
 from tiergate.streams.kafka import DECISIONS, EVENTS, KafkaSettings, create_topics
 
-from .kafka_harness import BROKER, ROOT, Deployment, free_port, wait_for
+from .kafka_harness import BROKER, ROOT, TEST_TOPICS, Deployment, kafka_ports, wait_for
 
 pytestmark = pytest.mark.kafka
 PASSWORD = "alice-secret"
@@ -60,7 +60,7 @@ def secured_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[i
     keytool(
         "-exportcert", "-alias", "broker", "-keystore", str(store), "-storepass", "changeit", "-rfc", "-file", str(ca)
     )
-    plain, controller, secure = free_port(), free_port(), free_port()
+    plain, controller, secure = kafka_ports(3)
     extra = tmp / "secure.properties"
     extra.write_text(
         "\n".join(
@@ -132,7 +132,7 @@ def test_topics_a_producer_and_a_worker_work_over_sasl_scram_and_tls(
     a wrong password is refused."""
     port, ca = secured_broker
     secure = settings(port, ca, "sec.")
-    assert "sec.tiergate.events.v1" in asyncio.run(create_topics(secure))
+    assert "sec.tiergate.events.v1" in asyncio.run(create_topics(secure, 1, TEST_TOPICS))
 
     async def produce(kafka: KafkaSettings) -> None:
         producer = AIOKafkaProducer(**kafka.client_kwargs())

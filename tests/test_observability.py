@@ -16,18 +16,22 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tiergate.models import fold
-from tiergate.models.wire import format_ts, parse_event
+from tiergate.models.wire import format_ts
+from tiergate.streams.codec import decode
 from tiergate.streams.metrics import Tallies, TiergateCollector, WorkerCollector
 from tiergate.streams.policy_file import read_policy
 
+from .builders import Log, policy
 from .test_restart import free_port, post, start
 
 ROOT = Path(__file__).parent.parent
 PROMETHEUS = ROOT / "deploy" / "prometheus"
+
 GOLDEN = ROOT / "tests" / "golden"
 pytestmark = pytest.mark.prometheus
 COUNTER = itertools.count()
@@ -52,16 +56,34 @@ def test_promtool_accepts_the_config_and_rules_and_the_rule_tests_pass() -> None
     assert defined == tested
 
 
+def test_every_alert_links_its_runbook_and_a_down_target_alerts() -> None:
+    """Each alert's runbook_url names a page of docs/runbooks/ that exists and is about that alert, every
+    page belongs to an alert, and a scrape target that is down (up == 0) has an alert of its own."""
+    rules = yaml.safe_load((PROMETHEUS / "tiergate.rules.yml").read_text())["groups"][0]["rules"]
+    pages = {rule["alert"]: ROOT / rule["annotations"]["runbook_url"] for rule in rules}
+    for alert, page in pages.items():
+        assert page.parent == ROOT / "docs" / "runbooks" and page.is_file(), (alert, page)
+        assert page.read_text().startswith(f"# {alert}\n"), page
+    runbooks = set((ROOT / "docs" / "runbooks").glob("*.md")) - {ROOT / "docs" / "runbooks" / "README.md"}
+    assert runbooks == set(pages.values())
+    down = [rule for rule in rules if rule["expr"].startswith("up{")]
+    assert len(down) == 1 and down[0]["expr"].endswith("== 0") and down[0]["labels"]["severity"] == "critical"
+
+
 def exported_names() -> set[str]:
     """Every metric name the embedded server's and the worker's collectors expose (sample names)."""
-    policy = read_policy(GOLDEN / "policy.yaml")
-    events = [parse_event(line) for line in (GOLDEN / "clean_climb" / "events.jsonl").read_bytes().splitlines()]
-    state, _ = fold(events, policy)
+    events = [decode(line) for line in (GOLDEN / "clean_climb" / "events.jsonl").read_bytes().splitlines()]
+    state, _ = fold(events)  # the log carries its policy
+    maturing = Log().activate(0, policy(outcomes={"customer": {"maturity": "3h"}}), "m")
+    maturing.override(0.1, "promote").action(0.5, tier="walk").checkpoint(0.6, through=0.5)
+    state.keys |= fold(maturing.models())[0].keys  # a type with customer units waiting to mature
     registry = CollectorRegistry()
     tallies = Tallies(
         events=Counter({("reply_to_ticket", "applied"): 1}), decisions=Counter({("reply_to_ticket", "violation"): 1})
     )
-    registry.register(TiergateCollector(policy, lambda: state, lambda: tallies, lambda: 1_800_000_000))
+    registry.register(
+        TiergateCollector(lambda: ("golden-1", "0" * 64), lambda: state, lambda: tallies, lambda: 1_800_000_000)
+    )
     registry.register(WorkerCollector(lambda: {0: 5}, lambda: 1, lambda: 2))
     text = generate_latest(registry).decode()
     return {s.name for family in text_string_to_metric_families(text) for s in family.samples}

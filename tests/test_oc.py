@@ -1,15 +1,9 @@
-"""`tiergate oc`: the operating characteristic is measured through the real fold, deterministically.
-
-Also the measuring rig of bench/gate_rules.py: with the v1 rules it must decide exactly what the evaluator
-decides, or its figures for the new rules would mean nothing."""
+"""`tiergate oc`: the operating characteristic is measured through the real fold, deterministically."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -25,22 +19,12 @@ ROOT = Path(__file__).parent.parent
 EXAMPLE = ROOT / "examples" / "policy.yaml"
 
 
-def judge(**changes: Any) -> oc.Evaluator:
-    return oc.Evaluator(policy(**changes))
+def judge(**changes: Any) -> oc.Judge:
+    return oc.Judge(policy(**changes))
 
 
 def case(cases: list[oc.Case], label: str, volume: float, metric: str | None = None) -> oc.Case:
     return next(c for c in cases if c.label == label and c.volume == volume and metric in (None, c.metric))
-
-
-def rig() -> ModuleType:
-    """bench/gate_rules.py, loaded as a module (bench/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("gate_rules", ROOT / "bench" / "gate_rules.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gate_rules"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- the cases ---------------------------------------------------------------------------------------------
@@ -64,7 +48,7 @@ def test_rates_around_a_target_are_labelled_sorted_and_inside_the_unit_interval(
 def test_types_with_the_same_rules_for_a_tier_share_its_cases() -> None:
     """On the example policy: one crawl gate for three types and one for escalate_to_human (hold 2d); no case
     for the read-only type, none above refund_over_50's max_tier."""
-    evaluator = oc.Evaluator(read_policy(EXAMPLE))
+    evaluator = oc.Judge(read_policy(EXAMPLE))
     groups = {c.group for c in oc.gate_cases(evaluator, evaluator.catalog(), [10.0])}
     assert groups == {
         "escalate_to_human: crawl gate acceptance_rate",
@@ -182,34 +166,6 @@ def test_an_unknown_type_is_an_error_naming_the_catalog(capsys: pytest.CaptureFi
     """`--type nope` fails with exit code 2 and lists the action types there are."""
     assert main(["oc", str(EXAMPLE), "--type", "nope"]) == 2
     assert "reply_to_ticket" in capsys.readouterr().err
-
-
-# -- the rig (bench/gate_rules.py) ----------------------------------------------------------------------------
-
-
-def test_the_rig_with_the_v1_rules_decides_what_the_evaluator_decides(tmp_path: Path) -> None:
-    """Named `rule: wilson`, `rule: point` and no tripwire, the rig's fold and the evaluator agree type for type."""
-    gate_rules = rig()
-    v1 = {**BASE_POLICY, "promotion": {"rule": "wilson"}, "demotion": {**BASE_POLICY["demotion"], "rule": "point"}}
-    v1["demotion"]["tripwire"] = 0
-    path = tmp_path / "v1.yaml"
-    path.write_text(yaml.safe_dump(v1))
-    ruled, real = gate_rules.RuledEvaluator.load(path), judge()
-    cases = oc.keep_cases(real, ["t"], [2.0]) + oc.gate_cases(real, ["t"], [2.0])
-    for sample in [c for c in cases if c.label in ("t − m", "t", "good")]:
-        assert oc.run_case(sample, 3, 1, ruled).days == oc.run_case(sample, 3, 1, real).days, sample.name
-
-
-def test_the_rig_tripwire_demotes_at_the_failure_not_at_the_next_close(tmp_path: Path) -> None:
-    """With the sound rules, a type at Walk that fails every outcome is demoted inside its first window."""
-    gate_rules = rig()
-    path = tmp_path / "sound.yaml"
-    path.write_text(yaml.safe_dump(BASE_POLICY))
-    ruled = gate_rules.RuledEvaluator.load(path)
-    keep = next(c for c in oc.keep_cases(ruled, ["t"], [60.0]) if c.tier == 1)
-    broken = oc.Case(**{**_fields(keep), "rate": 0.0, "feeds": (("completion_rate", 0.0),)})
-    days = oc.run_case(broken, 3, 1, ruled).days
-    assert all(day is not None and 0 < day < 1 / 24 for day in days)
 
 
 def test_only_the_target_cases_print_as_markdown_tables(capsys: pytest.CaptureFixture[str]) -> None:

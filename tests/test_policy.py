@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tiergate.models.policy import PolicyError, load_policy
-from tiergate.streams.policy_file import PolicyFileError, read_policy
+from tiergate.models.policy import PolicyError
+from tiergate.streams.policy_file import PolicyFileError, policy_from_mapping, read_policy
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "policy.yaml"
 
@@ -21,18 +21,18 @@ def example() -> dict[str, Any]:
 
 def problems(raw: Any) -> str:
     with pytest.raises(PolicyError) as caught:
-        load_policy(raw)
+        policy_from_mapping(raw)
     return str(caught.value)
 
 
 def test_the_example_policy_loads_with_defaults_and_per_type_merges() -> None:
     """escalate_to_human's 2d crawl hold deep-merges over the global gate; its bars are kept."""
-    policy = load_policy(example())
+    policy = policy_from_mapping(example())
     escalate = policy.types["escalate_to_human"]
     assert escalate.hold[0] == 2 * 86400 and escalate.promote_bars[0][0].metric == "acceptance_rate"
     assert policy.types["reply_to_ticket"].hold[0] == 7 * 86400
     assert policy.types["refund_over_50"].max_tier == 1 and policy.types["lookup_order"].read_only
-    assert abs(policy.z - 1.959964) < 1e-6
+    assert abs(policy.types["reply_to_ticket"].z - 1.959964) < 1e-6
 
 
 def test_the_sha256_depends_on_meaning_not_spelling() -> None:
@@ -40,9 +40,9 @@ def test_the_sha256_depends_on_meaning_not_spelling() -> None:
     a, b = example(), example()
     b["lookback"] = "168h"
     b = dict(reversed(list(b.items())))
-    assert load_policy(a).sha256 == load_policy(b).sha256
+    assert policy_from_mapping(a).sha256 == policy_from_mapping(b).sha256
     b["tiers"]["crawl"]["promote"]["bars"][0]["target"] = 0.91
-    assert load_policy(a).sha256 != load_policy(b).sha256
+    assert policy_from_mapping(a).sha256 != policy_from_mapping(b).sha256
 
 
 @pytest.mark.parametrize(
@@ -56,7 +56,7 @@ def test_the_sha256_depends_on_meaning_not_spelling() -> None:
         ),
         (
             lambda p: p.update(lookback="90m"),
-            "lookback: 90m is not a whole number of windows (1h): use a multiple of 1h",
+            "lookback: 1h30m is not a whole number of windows (1h): use a multiple of 1h",
         ),
         (
             lambda p: p["tiers"]["run"]["keep"][0].update(target=0.99),
@@ -122,7 +122,7 @@ def test_errors_in_a_file_carry_line_numbers(tmp_path: Path) -> None:
         read_policy(path)
     lines = text.splitlines()
     lookback_line = next(i for i, line in enumerate(lines, 1) if line.startswith("lookback:"))
-    assert f"policy.yaml:{lookback_line}: lookback: 90m is not a whole number" in str(caught.value)
+    assert f"policy.yaml:{lookback_line}: lookback: 1h30m is not a whole number" in str(caught.value)
     nps_line = next(i for i, line in enumerate(lines, 1) if "metric: nps" in line)
     assert f"policy.yaml:{nps_line}: tiers.run.keep.0.metric: unknown metric 'nps'" in str(caught.value)
 

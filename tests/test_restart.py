@@ -17,9 +17,9 @@ from pathlib import Path
 import orjson
 
 from tiergate.models import State, fold
-from tiergate.models.wire import format_ts, parse_event
+from tiergate.models.wire import format_ts
+from tiergate.streams.codec import decode
 from tiergate.streams.embedded import DB_NAME
-from tiergate.streams.policy_file import read_policy
 from tiergate.streams.store import Store
 
 POLICY = Path(__file__).parent / "golden" / "policy.yaml"
@@ -98,16 +98,18 @@ def post(port: int, body: bytes) -> bool:
 
 
 def stored_state_equals_a_fresh_fold(data_dir: Path) -> list[bytes]:
-    policy = read_policy(POLICY)
+    """The stored decisions are a fold of the stored log (which carries its policy), and the stored snapshot
+    is the fold of the log up to the position it was taken at."""
     store = Store(data_dir / DB_NAME)
     try:
         log = [raw for _, raw in store.events()]
-        snapshot, _ = store.snapshot()
+        snapshot, position = store.snapshot()
         decisions = list(store.all_decisions())
     finally:
         store.close()
-    state, folded = fold([parse_event(raw) for raw in log], policy)
+    _, folded = fold([decode(raw) for raw in log])
     assert [d.to_json() for d in folded] == decisions
+    state, _ = fold([decode(raw) for raw in log[:position]])
     for name, saved in snapshot.items():
         restored = State.from_dict({name: saved}).keys[name]
         assert restored.to_dict() == state.keys[name].to_dict()

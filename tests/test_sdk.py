@@ -1,273 +1,267 @@
-"""The agent-side SDK against the real embedded server (HTTP) and in memory; Kafka in test_sdk_kafka.py."""
+"""The agent-side SDK in memory: its public names, receipts, event validation, and the tier map client's
+fail-closed rules (HTTP against a real server in test_sdk_http.py, Kafka in test_sdk_kafka.py)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
-from pathlib import Path
+import importlib
+import inspect
+import pkgutil
+import subprocess
+import sys
+from datetime import UTC, datetime
 
-import aiohttp
+import orjson
 import pytest
-from aiohttp import web
 
-from tiergate.models.wire import parse_ts
+from tiergate.models.wire import MAX_EVENT_BYTES
 from tiergate.streams import sdk
-from tiergate.streams.clock import ManualClock
-from tiergate.streams.embedded import Evaluator
-from tiergate.streams.http import make_app
-from tiergate.streams.policy_file import read_policy
+from tiergate.streams.kafka import KafkaSettings
 from tiergate.streams.sdk import (
-    EventRejected,
-    Gate,
-    HttpEventSink,
-    HttpTierTransport,
+    ActionGate,
     InvalidEvent,
+    KafkaTierTransport,
     MemoryEventSink,
     MemoryTierTransport,
     Mode,
     Receipt,
     ReceiptError,
     Reporter,
-    SyncTierMapClient,
     TiergateError,
     TierMapClient,
+    TierMapEvent,
+    TierMapNotReady,
+    TransportError,
 )
-from tiergate.streams.settings import ServeSettings
 
-from .test_restart import free_port
-
-GOLDEN = Path(__file__).parent / "golden"
-POLICY = GOLDEN / "policy.yaml"
-CLIMB = (GOLDEN / "clean_climb" / "events.jsonl").read_bytes()
+TEN = 1793613600  # 2026-11-02T10:00:00Z
 
 
-class LiveServer:
-    """`tiergate serve` in this process on a fixed loopback port, so it can be stopped and started again."""
-
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.data_dir, self.port = data_dir, port
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def start(self) -> None:
-        self.evaluator = Evaluator(read_policy(POLICY), self.data_dir, ManualClock(parse_ts("2026-11-02T12:00:00Z")))
-        settings = ServeSettings(policy=POLICY, data_dir=self.data_dir)
-        self.runner = web.AppRunner(make_app(self.evaluator, settings, ticking=False))
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-        self.evaluator.close()
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[LiveServer]:
-    live = LiveServer(tmp_path / "data", free_port())
-    await live.start()
-    yield live
-    await live.stop()
-
-
-async def post(server: LiveServer, body: bytes) -> None:
-    async with aiohttp.ClientSession() as http:
-        response = await http.post(
-            f"{server.url}/v1/events", data=body, headers={"Content-Type": "application/x-ndjson"}
-        )
-        assert response.status == 200
+def sdk_modules() -> list[object]:
+    return [importlib.import_module(f"{sdk.__name__}.{m.name}") for m in pkgutil.iter_modules(sdk.__path__)]
 
 
 def test_the_public_api_is_what_all_says_and_every_error_is_a_tiergate_error() -> None:
-    """`__all__` names exist, and the documented exceptions form one tree."""
-    assert all(hasattr(sdk, name) for name in sdk.__all__)
-    defined = {
+    """Every name in `__all__` imports from the package; every public class of its modules is in `__all__`;
+    the exceptions form one tree; no exported name clashes with the core's Decision or the policy's Gate."""
+    assert all(getattr(sdk, name).__module__ == sdk.__name__ for name in sdk.__all__)
+    public = {
         name
-        for name, obj in vars(sdk).items()
-        if not name.startswith("_") and getattr(obj, "__module__", None) == sdk.__name__ and isinstance(obj, type)
+        for module in sdk_modules()
+        for name, obj in vars(module).items()
+        if inspect.isclass(obj) and not name.startswith("_") and obj.__module__ == sdk.__name__
     }
-    assert defined == set(sdk.__all__)
-    for error in (sdk.TransportError, InvalidEvent, EventRejected, ReceiptError):
+    assert public == set(sdk.__all__)
+    for error in (TransportError, InvalidEvent, ReceiptError, TierMapNotReady):
         assert issubclass(error, TiergateError)
+    assert issubclass(TierMapNotReady, TimeoutError)
+    assert not {"Decision", "Gate"} & set(sdk.__all__)
 
 
-def test_receipts_round_trip_and_damaged_ones_are_refused() -> None:
-    """A receipt carries action id, type and tier through a string; anything else is a ReceiptError."""
-    receipt = Receipt("a-981", "refund_up_to_50", "walk")
+def test_receipts_round_trip_with_the_action_ts_and_damaged_ones_are_refused() -> None:
+    """A receipt carries action id, type, tier and the action's ts through a string; one issued before
+    receipts carried the ts still reads; anything else is a ReceiptError."""
+    receipt = Receipt("a-981", "refund_up_to_50", "walk", TEN)
     assert Receipt.parse(str(receipt)) == receipt and str(receipt).startswith("tg1.")
-    for bad in ("", "tg1.!!!", "tg1.e30", "ticket-12"):
+    assert Receipt.parse(str(Receipt("a-1", "t", "crawl"))).action_ts is None
+    for bad in ("", "tg1.!!!", "tg1.e30", "ticket-12", str(receipt)[:-3] + "AAA"):
         with pytest.raises(ReceiptError):
             Receipt.parse(bad)
 
 
+async def test_an_outcome_from_a_receipt_carries_the_action_ts() -> None:
+    """The outcome reported through a receipt string has `action_ts`: the action's own ts, in RFC 3339."""
+    sink = MemoryEventSink()
+    async with Reporter(sink, agent="bot", clock=lambda: TEN + 7) as reporter:
+        receipt = await reporter.record_action("refund_up_to_50", "walk", action_id="a-1")
+        later = Reporter(MemoryEventSink(), clock=lambda: TEN + 3600)
+        await reporter.report_outcome(str(receipt), "customer", "failure", reason="chargeback")
+        await later.close()
+        assert await reporter.flush(1)
+    action, outcome = (orjson.loads(raw) for raw in sink.sent)
+    assert action["ts"] == outcome["action_ts"] == "2026-11-02T10:00:07Z"
+    assert outcome["event_id"] == "a-1/customer" and outcome["reason"] == "chargeback"
+
+
+async def test_a_checkpoint_is_the_documented_event_with_a_deterministic_id() -> None:
+    """report_checkpoint emits exactly the checkpoint event, its id derived from type, kind and `through`
+    (given as a datetime, Unix seconds or text alike); a bad one raises InvalidEvent at the call."""
+    sink = MemoryEventSink()
+    async with Reporter(sink, clock=lambda: TEN) as reporter:
+        await reporter.report_checkpoint("refund_up_to_50", through=datetime(2026, 11, 1, tzinfo=UTC))
+        await reporter.report_checkpoint("refund_up_to_50", "customer", through="2026-11-01T01:00:00+01:00")
+        with pytest.raises(InvalidEvent, match="kind"):
+            await reporter.report_checkpoint("refund_up_to_50", "review", through=TEN)
+        with pytest.raises(InvalidEvent, match="through"):
+            await reporter.report_checkpoint("refund_up_to_50", through="yesterday")
+        with pytest.raises(InvalidEvent, match="action_type"):
+            await reporter.report_checkpoint("no spaces allowed", through=TEN)
+    first, second = (orjson.loads(raw) for raw in sink.sent)
+    assert first == {
+        "type": "checkpoint",
+        "event_id": "checkpoint/refund_up_to_50/customer/2026-11-01T00:00:00Z",
+        "ts": "2026-11-02T10:00:00Z",
+        "action_type": "refund_up_to_50",
+        "kind": "customer",
+        "through": "2026-11-01T00:00:00Z",
+    }
+    assert second["event_id"] == first["event_id"]  # the same moment: a re-send is a duplicate
+
+
+async def test_bad_events_never_leave_and_the_size_limit_counts_utf8_bytes() -> None:
+    """A bad result, non-JSON attributes or an event over 64 KiB of UTF-8 raise InvalidEvent at the call
+    and nothing is queued; an event of fewer characters but more bytes than the limit is refused too."""
+    sink = MemoryEventSink()
+    reporter = Reporter(sink, clock=lambda: TEN)
+    receipt = Receipt("a-2", "refund_up_to_50", "crawl", TEN)
+    with pytest.raises(InvalidEvent, match="result 'great' is not valid for kind 'review'"):
+        await reporter.report_outcome(receipt, "review", "great")
+    with pytest.raises(InvalidEvent, match="not JSON"):
+        await reporter.record_action("refund_up_to_50", "crawl", attributes={"when": object()})
+    wide = "é" * 40_000  # fewer characters than the limit, more bytes
+    assert len(wide) < MAX_EVENT_BYTES < len(wide.encode())
+    with pytest.raises(InvalidEvent, match=f"bytes of UTF-8, over the {MAX_EVENT_BYTES} byte limit"):
+        await reporter.record_action("refund_up_to_50", "crawl", attributes={"note": wide})
+    await reporter.record_action("refund_up_to_50", "crawl", attributes={"note": "é" * 32_000})  # under it
+    await reporter.close()
+    assert len(sink.sent) == 1 and reporter.stats().delivered == 1
+
+
 async def test_the_client_fails_closed_until_loaded_when_unknown_and_when_stale() -> None:
     """Crawl before the first full load, for unknown types, and once the view is older than the bound;
-    an older version of a record never replaces a newer one."""
+    an older version of a record never replaces a newer one; `ready` says which case holds."""
     now = [0.0]
     transport = MemoryTierTransport()
     async with TierMapClient(transport, staleness=30, clock=lambda: now[0]) as client:
         transport.push({"action_type": "t", "tier": "run", "version": 2})
         await asyncio.sleep(0.01)
-        assert client.tier_for("t") == "crawl" and client.status().failing_closed  # not loaded yet
+        assert client.tier_for("t") == "crawl" and not client.ready  # not loaded yet
         transport.finish_load()
         transport.push({"action_type": "t", "tier": "walk", "version": 1})  # an older re-send
         await asyncio.sleep(0.01)
-        assert client.tier_for("t") == "run" and client.tier_for("unknown") == "crawl"
+        assert client.ready and client.tier_for("t") == "run" and client.tier_for("unknown") == "crawl"
         now[0] = 31.0
-        assert client.tier_for("t") == "crawl" and not client.status().fresh
+        assert client.tier_for("t") == "crawl" and not client.ready and client.status().loaded
         transport.push({"action_type": "t", "tier": "run", "version": 3})
         await asyncio.sleep(0.01)
-        assert client.tier_for("t") == "run"
+        assert client.tier_for("t") == "run" and client.ready
 
 
-async def test_a_promotion_reaches_the_http_client_and_it_survives_a_server_restart(server: LiveServer) -> None:
-    """The client loads the map, sees the climb to Run within a second, reconnects after a restart."""
-    async with TierMapClient(HttpTierTransport(server.url, backoff=(0.05, 0.2))) as client:
-        assert await client.wait_for(lambda c: c.status().loaded, 5)
-        assert client.tier_for("reply_to_ticket") == "crawl"
-        await post(server, CLIMB)
-        assert await client.wait_for(lambda c: c.tier_for("reply_to_ticket") == "run", 1.0)
-        await server.stop()
-        await server.start()  # same data directory, same port
-        await post(
-            server,
-            b'{"type":"override","event_id":"o1","ts":"2026-11-02T11:00:00Z",'
-            b'"action_type":"refund_over_50","op":"promote","actor":"ops","reason":"trial"}',
+async def test_a_retired_type_is_forgotten_and_answers_crawl_until_revived() -> None:
+    """A `retired` record (with a version) or a tombstone (without) makes the client forget the type and
+    answer Crawl; a re-sent older record does not bring it back, a revival with a newer version does."""
+    transport = MemoryTierTransport()
+    changes: list[TierMapEvent] = []
+    async with TierMapClient(transport) as client:
+        client.subscribe(changes.append)
+        transport.push(
+            {"action_type": "t", "tier": "walk", "version": 3}, {"action_type": "u", "tier": "run", "version": 1}
         )
-        assert await client.wait_for(lambda c: c.tier_for("refund_over_50") == "walk", 5)
-        assert client.tier_for("reply_to_ticket") == "run"
-
-
-async def test_the_gate_records_each_action_at_its_tier_and_outcomes_count_once(server: LiveServer) -> None:
-    """decide() maps the tier to a mode and records the action; an outcome reported through the receipt
-    string counts once however often it is sent."""
-    async with TierMapClient(HttpTierTransport(server.url)) as tiers:
-        assert await tiers.wait_for(lambda c: c.status().loaded, 5)
-        sink = HttpEventSink(server.url)
-        reporter = Reporter(sink, agent="test-bot", clock=lambda: parse_ts("2026-11-02T10:00:00Z"))
-        decision = await Gate(tiers, reporter).decide("refund_up_to_50", action_id="a-1")
-        assert decision.mode is Mode.SUGGEST and decision.receipt == Receipt("a-1", "refund_up_to_50", "crawl")
-        for _ in range(3):  # a reporter retrying after a timeout
-            await reporter.report_outcome(str(decision.receipt), "review", "accepted")
-        await sink.close()
-    log = [json.loads(raw) for _, raw in server.evaluator.store.events()]
-    assert [(e["type"], e["event_id"]) for e in log] == [("action", "a-1/action")] + [("outcome", "a-1/review")] * 3
-    results = [r for (_, r) in server.evaluator.store.db.execute("SELECT action_type, result FROM events")]
-    assert results == ["applied", "applied", "duplicate", "duplicate"]
-
-
-async def test_bad_events_never_leave_and_rejections_come_back_as_errors(server: LiveServer) -> None:
-    """A bad result is refused before sending; an event the server rejects raises EventRejected."""
-    memory = MemoryEventSink()
-    receipt = Receipt("a-2", "refund_up_to_50", "crawl")
-    with pytest.raises(InvalidEvent, match="result 'great' is not valid for kind 'review'"):
-        await Reporter(memory).report_outcome(receipt, "review", "great")
-    assert memory.sent == []
-    sink = HttpEventSink(server.url)
-    with pytest.raises(EventRejected, match="unknown action_type 'nope'"):
-        await Reporter(sink, clock=lambda: parse_ts("2026-11-02T10:00:00Z")).record_action("nope", "crawl")
-    await sink.close()
-
-
-async def test_the_sync_client_serves_synchronous_agent_code(server: LiveServer) -> None:
-    """SyncTierMapClient runs its own loop thread: plain calls, the same answers."""
-    client = SyncTierMapClient(HttpTierTransport(server.url))
-    try:
-        await post(server, CLIMB)
-        for _ in range(100):
-            if client.tier_for("reply_to_ticket") == "run":
-                break
-            await asyncio.sleep(0.05)
-        assert client.tier_for("reply_to_ticket") == "run" and client.status().loaded
-    finally:
-        await asyncio.to_thread(client.close)
-
-
-async def test_openfeature_reads_tiers_through_the_same_client(server: LiveServer) -> None:
-    """An OpenFeature client resolves an action type's flag to its tier, failing closed like tier_for."""
-    from openfeature import api
-
-    from tiergate.streams.openfeature import TiergateProvider
-
-    async with TierMapClient(HttpTierTransport(server.url)) as tiers:
-        api.set_provider(TiergateProvider(tiers))
-        flags = api.get_client()
-        assert flags.get_string_details("reply_to_ticket", "run").reason == "STALE"  # not loaded: crawl
-        assert flags.get_string_value("reply_to_ticket", "run") == "crawl"
-        await tiers.wait_for(lambda c: c.status().loaded, 5)
-        await post(server, CLIMB)
-        assert await tiers.wait_for(lambda c: c.tier_for("reply_to_ticket") == "run", 2)
-        details = flags.get_string_details("reply_to_ticket", "crawl")
-        assert (details.value, details.reason, details.flag_metadata["version"]) == ("run", "STATIC", 2)
-        assert flags.get_integer_value("reply_to_ticket", 0) == 2
-        assert flags.get_string_details("no_such_type", "run").value == "crawl"
-        assert flags.get_boolean_details("reply_to_ticket", True).error_code == "TYPE_MISMATCH"
-        api.clear_providers()
-
-
-async def test_the_example_agent_acts_as_each_tier_allows(server: LiveServer) -> None:
-    """examples/agent.py suggests at Crawl, acts on staff at Walk, acts on customers at Run, reporting the
-    outcomes each tier can observe."""
-    import importlib.util
-    import random
-
-    spec = importlib.util.spec_from_file_location(
-        "example_agent", Path(__file__).parent.parent / "examples" / "agent.py"
-    )
-    assert spec is not None and spec.loader is not None
-    agent = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(agent)
-    sink = HttpEventSink(server.url)
-    reporter = Reporter(sink, agent="example", clock=lambda: parse_ts("2026-11-02T10:00:00Z"))
-    lines = []
-    async with TierMapClient(HttpTierTransport(server.url)) as tiers:
-        gate = Gate(tiers, reporter)
-        for step, promote in enumerate((False, True, True)):
-            if promote:
-                await post(
-                    server,
-                    json.dumps(
-                        {
-                            "type": "override",
-                            "event_id": f"p{step}",
-                            "ts": "2026-11-02T09:00:00Z",
-                            "action_type": "refund_up_to_50",
-                            "op": "promote",
-                            "actor": "ops",
-                            "reason": "example",
-                        }
-                    ).encode(),
-                )
-            expected = ("crawl", "walk", "run")[step]
-            assert await tiers.wait_for(lambda c, t=expected: c.tier_for("refund_up_to_50") == t, 5)  # type: ignore[misc]
-            lines.append(await agent.handle_refund(gate, reporter, step, random.Random(step)))
-    await sink.close()
-    assert ["suggested" in lines[0], "staff account" in lines[1], "customer directly" in lines[2]] == [True] * 3
-    outcomes = [
-        (e["tier"], e["kind"])
-        for e in (json.loads(raw) for _, raw in server.evaluator.store.events())
-        if e["type"] == "outcome"
+        transport.finish_load()
+        transport.retire("t", 4)
+        transport.push({"action_type": "t", "tier": "walk", "version": 3})  # a redelivered older record
+        await client.wait_for(lambda c: c.record("t") is None, 1)
+        await asyncio.sleep(0.01)
+        assert client.tier_for("t") == "crawl" and client.status().action_types == 1
+        transport.push({"action_type": "t", "tier": "crawl", "version": 5})  # revived at crawl
+        transport.retire("u")  # the compacted topic's tombstone carries no version
+        await client.wait_for(lambda c: c.record("u") is None, 1)
+        assert client.record("t") == {"action_type": "t", "tier": "crawl", "version": 5}
+        assert client.tier_for("u") == "crawl"
+    assert [(e.kind, e.action_types) for e in changes if e.kind == "changed"] == [
+        ("changed", ("t",)),
+        ("changed", ("t",)),
+        ("changed", ("u",)),
     ]
-    assert outcomes == [("crawl", "review"), ("walk", "internal"), ("walk", "customer"), ("run", "customer")]
+
+
+async def test_ready_state_listeners_and_wait_until_ready_say_why_not() -> None:
+    """wait_until_ready raises TierMapNotReady naming the transport's last error; listeners hear `error`
+    before a view, `ready` once loaded and `stale` when the source falls silent past the bound."""
+    transport = MemoryTierTransport()
+    heard: list[str] = []
+    async with TierMapClient(transport, staleness=0.2) as client:
+        client.subscribe(lambda event: heard.append(event.kind))
+        transport.fail("connection refused")
+        with pytest.raises(TierMapNotReady, match=r"not ready after 0\.1s: connection refused"):
+            await client.wait_until_ready(0.1)
+        assert client.status().last_error == "connection refused"
+        transport.push({"action_type": "t", "tier": "walk", "version": 1})
+        transport.finish_load()
+        await client.wait_until_ready(1)
+        assert client.status().last_error is None and client.status().running
+        await asyncio.sleep(0.4)  # nothing heard: past the staleness bound
+        assert not client.ready and client.tier_for("t") == "crawl"
+    assert heard == ["error", "ready", "stale"]
+
+
+async def test_a_transport_that_cannot_run_says_so_in_status() -> None:
+    """A Kafka transport that cannot start (here: SASL without credentials) stops with its reason in
+    `status()`, and wait_until_ready fails at once instead of waiting out its timeout."""
+    settings = KafkaSettings(bootstrap="127.0.0.1:1", security_protocol="SASL_PLAINTEXT")
+    async with TierMapClient(KafkaTierTransport(settings)) as client:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TierMapNotReady, match=r"transport stopped: .*SASL needs sasl_mechanism"):
+            await client.wait_until_ready(30)
+        assert loop.time() - started < 5
+        status = client.status()
+        assert not status.running and not status.ready and "SASL" in (status.last_error or "")
+        assert client.tier_for("anything") == "crawl"
+
+
+async def test_the_gate_fails_closed_and_decide_raises_only_for_an_event_it_cannot_record() -> None:
+    """Before the map loads decide() answers SUGGEST (crawl) and records the action at crawl; an action
+    type the wire format cannot carry raises InvalidEvent from decide(), and nothing is queued for it."""
+    transport, sink = MemoryTierTransport(), MemoryEventSink()
+    async with ActionGate(TierMapClient(transport), Reporter(sink, clock=lambda: TEN)) as gate:
+        decision = await gate.decide("refund_up_to_50", action_id="a-1")
+        assert decision.mode is Mode.SUGGEST and decision.receipt.tier == "crawl"
+        with pytest.raises(InvalidEvent, match="action_type"):
+            await gate.decide("refund up to 50")
+    assert [orjson.loads(raw)["event_id"] for raw in sink.sent] == ["a-1/action"]  # flushed on exit
 
 
 def test_the_sdk_works_without_faust_or_aiokafka_installed() -> None:
-    """Agents import the SDK and use its HTTP and in-memory pieces with neither faust nor aiokafka present."""
-    import subprocess
-    import sys
-
+    """Agents import the SDK and use its HTTP and in-memory pieces with neither faust nor aiokafka present;
+    a Kafka transport then stops with an error that says what to install."""
     script = (
         "import sys; sys.modules['faust'] = None; sys.modules['aiokafka'] = None\n"
         "import asyncio\n"
-        "from tiergate.streams.sdk import HttpTierTransport, MemoryTierTransport, Receipt, TierMapClient\n"
+        "from tiergate.streams.kafka import KafkaSettings\n"
+        "from tiergate.streams.sdk import KafkaTierTransport, MemoryTierTransport, Receipt, TierMapClient\n"
         "from tiergate.streams.openfeature import TiergateProvider\n"
         "async def main():\n"
         "    t = MemoryTierTransport()\n"
         "    async with TierMapClient(t) as c:\n"
         "        t.push({'action_type': 'x', 'tier': 'walk', 'version': 1}); t.finish_load()\n"
-        "        await c.wait_for(lambda c: c.status().loaded, 2)\n"
+        "        await c.wait_until_ready(2)\n"
         "        print(c.tier_for('x'), Receipt.parse(str(Receipt('a', 'x', 'walk'))).tier)\n"
+        "    async with TierMapClient(KafkaTierTransport(KafkaSettings())) as k:\n"
+        "        await k.wait_for(lambda k: not k.status().running, 2)\n"
+        "        print(k.status().last_error)\n"
         "asyncio.run(main())\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["walk", "walk"]
+    lines = done.stdout.splitlines()
+    assert lines[0].split() == ["walk", "walk"]
+    assert lines[1] == "transport stopped: the Kafka transport needs aiokafka: pip install 'tiergate[kafka]'"
+
+
+async def test_the_http_transport_reads_tier_and_retired_events_and_skips_empty_ones() -> None:
+    """The stream's `tier` events update the client, a `retired` event (as the server will send it) makes it
+    forget the type, and an event without data (a heartbeat, as httpx-sse yields it) changes nothing."""
+    from httpx_sse import ServerSentEvent
+
+    from tiergate.streams.sdk import HttpTierTransport
+
+    transport = HttpTierTransport("http://127.0.0.1:1")
+    async with TierMapClient(MemoryTierTransport()) as client:
+        client.loaded()
+        record = {"action_type": "t", "tier": "walk", "version": 3}
+        transport._apply(ServerSentEvent("tier", orjson.dumps(record).decode(), "t/3"), client)
+        transport._apply(ServerSentEvent("", "", "t/3"), client)
+        assert client.tier_for("t") == "walk"
+        transport._apply(ServerSentEvent("retired", '{"action_type":"t","version":4}', "t/4"), client)
+        assert client.record("t") is None and client.tier_for("t") == "crawl"

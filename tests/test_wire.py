@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tiergate.models.wire import MAX_EVENT_BYTES, EventError, Outcome, format_ts, parse_event, parse_ts
+from tiergate.models.wire import MAX_EVENT_BYTES, EventError, Outcome, format_ts, parse_ts
+from tiergate.streams.codec import decode
 
 
 def reason(raw: str | bytes) -> str:
     with pytest.raises(EventError) as caught:
-        parse_event(raw.encode() if isinstance(raw, str) else raw)
+        decode(raw.encode() if isinstance(raw, str) else raw)
     return caught.value.reason
 
 
@@ -21,7 +22,7 @@ def test_timestamps_become_utc_whole_seconds() -> None:
 
 def test_an_outcome_parses_with_unknown_fields_ignored() -> None:
     """Forward compatibility: extra fields do not reject the event."""
-    event = parse_event(
+    event = decode(
         b'{"type":"outcome","event_id":"e2","ts":"2026-11-02T10:04:00Z","action_type":"r",'
         b'"action_id":"a","tier":"crawl","kind":"review","result":"accepted","future":1}'
     )
@@ -81,3 +82,37 @@ def test_an_event_over_64_kib_is_rejected() -> None:
         + b'"}'
     )
     assert "byte limit" in reason(big)
+
+
+TICK = '{{"type":"tick","event_id":"e","ts":{ts},"action_type":"r"{extra}}}'
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ('"9999-12-31T23:59:59-14:00"', "out of range: tiergate accepts 1970-01-01T00:00:00Z to 9998-12-31T23:59:59Z"),
+        ('"0001-01-01T00:00:00+14:00"', "out of range"),
+        ('"1969-12-31T23:59:59Z"', "out of range"),
+        ('"20261129T100000Z"', "is not RFC 3339"),
+        ('"2026-11-29 10:00:00Z"', "is not RFC 3339"),
+        ('"2026-02-30T00:00:00Z"', "is not a valid date and time"),
+    ],
+)
+def test_timestamps_outside_rfc_3339_or_the_supported_range_are_rejected(ts: str, expected: str) -> None:
+    """ISO 8601 basic form, a space for T and impossible or out-of-range instants are bad input with a
+    reason, never a crash (year 10000 in UTC used to abort a whole replay)."""
+    found = reason(TICK.format(ts=ts, extra=""))
+    assert found.startswith("ts: ") and expected in found
+
+
+@pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity", "1e309"])
+def test_numbers_json_cannot_carry_are_rejected_anywhere_in_the_event(number: str) -> None:
+    """A non-finite number, even in an unknown field, would be kept and exported as invalid JSON."""
+    assert "malformed JSON" in reason(TICK.format(ts='"2026-11-02T10:00:00Z"', extra=f',"x":{number}'))
+
+
+def test_the_size_limit_counts_utf8_bytes_not_characters() -> None:
+    """40,000 two-byte characters are 80,000 bytes: over the limit, though under it in characters."""
+    text = TICK.format(ts='"2026-11-02T10:00:00Z"', extra=',"pad":"' + "é" * 40_000 + '"')
+    assert len(text) < MAX_EVENT_BYTES < len(text.encode())
+    assert "byte limit" in reason(text)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from tests.builders import Log
+from tiergate.models.fold import fold
+from tiergate.models.policy import Policy
+from tiergate.streams.activation import Catalog
 
 HERE = Path(__file__).parent
 
@@ -73,7 +77,7 @@ def cap_and_pin() -> Log:
 
 def late_and_out_of_order() -> Log:
     """With 10m allowed lateness, a review of 01:58 that arrives after one of 02:05 still counts; a review
-    of 00:30 that arrives at 01:20 is late (kept aside), and a redelivered review is a duplicate. Hour 0
+    of 00:30 that arrives at 01:20 is late (rejected), and a redelivered review is a duplicate. Hour 0
     has 9 timely reviews, so 02:00 is inconclusive (n=19 < 20): the streak starts at 03:00 and the climb
     comes at 05:00, an hour later than the clean climb."""
     log = Log("reply_to_ticket").reviews(0.5, accepted=9)
@@ -94,6 +98,55 @@ def thin_evidence() -> Log:
     return log.tick(6.25)
 
 
+def policy_changes() -> Log:
+    """The policy changes under a running log. reply_to_ticket and refund_over_50 both reach Walk at 04:00.
+    At 05:12 finance lowers refund_over_50's ceiling to Crawl and adds escalate_to_human (golden-2):
+    refund_over_50 drops at once (dated its last close, 04:00), escalate_to_human starts at Crawl, and
+    reply_to_ticket keeps its tier, streak and evidence. An apply at 05:30 made against golden-1 is stale and
+    refused for every type; one at 05:45 that redraws the windows (2h) is refused too. At 06:12 the operator
+    rolls back to the first document (golden-3): escalate_to_human is retired, refund_over_50 does not climb
+    back by itself, and reply_to_ticket, whose rules never changed, is promoted at 09:00 on the streak it
+    started at 06:00 under golden-2."""
+    golden = golden_policy()
+    log = Log("reply_to_ticket").activate(0, golden, "golden-1", reason="the golden scenarios' policy")
+    for name in ("reply_to_ticket", "refund_over_50"):
+        for hour in range(4):
+            log.reviews(hour + 0.5, accepted=10, action_type=name)
+    log.tick(4.1, action_type="refund_over_50")
+    stale_catalog = Catalog.of(fold(log.models())[0])
+    lowered = changed_policy(
+        ("refund_over_50: {max_tier: walk}", "refund_over_50: {max_tier: crawl}\n  escalate_to_human: {}")
+    )
+    for hour in range(4, 10):
+        if hour == 5:
+            log.tick(5.1, action_type="refund_over_50")
+            log.apply(5.2, lowered, "golden-2", reason="finance review: refunds over $50 back to suggestions")
+            log.activate(
+                5.5, changed_policy(("golden-1", "golden-1b")), "golden-1b", stale_catalog, "made before golden-2"
+            )
+            wider = changed_policy(
+                ("window: 1h", "window: 2h"),
+                ("lookback: 1d", "lookback: 2d"),
+                ("refund_over_50: {max_tier: walk}", "refund_over_50: {max_tier: crawl}\n  escalate_to_human: {}"),
+            )
+            log.apply(5.75, wider, "golden-2w", reason="wider windows")
+        if hour == 6:
+            log.apply(6.2, golden, "golden-3", reason="roll back to the first document")
+        log.internal(hour + 0.5, completed=20).customer(hour + 0.5, success=20)
+    return log.tick(10.25)
+
+
+def changed_policy(*changes: tuple[str, str]) -> Policy:
+    """The golden policy with text replaced (each change must apply)."""
+    from tiergate.streams.policy_file import parse_policy
+
+    text = (HERE / "policy.yaml").read_text()
+    for old, new in changes:
+        assert old in text, old
+        text = text.replace(old, new)
+    return parse_policy(text, "policy.yaml (changed)")
+
+
 def _interleave(*logs: Log) -> Log:
     """Several action types' logs as one, ordered by event time (each key's own order is kept)."""
     merged = Log()
@@ -103,6 +156,17 @@ def _interleave(*logs: Log) -> Log:
     return merged
 
 
+def golden_policy() -> Policy:
+    from tiergate.streams.policy_file import read_policy
+
+    return read_policy(HERE / "policy.yaml")
+
+
+def activation() -> list[dict[str, Any]]:
+    """Every scenario's log starts with the activation of the golden policy: the log carries its policy."""
+    return Log().activate(0, golden_policy(), "golden-1", reason="the golden scenarios' policy").events
+
+
 SCENARIOS: dict[str, Callable[[], Log]] = {
     "clean_climb": clean_climb,
     "customer_blocks_run": customer_blocks_run,
@@ -110,36 +174,40 @@ SCENARIOS: dict[str, Callable[[], Log]] = {
     "cap_and_pin": cap_and_pin,
     "late_and_out_of_order": late_and_out_of_order,
     "thin_evidence": thin_evidence,
+    "old_log": clean_climb,
+    "policy_changes": policy_changes,
 }
+OLD_LOGS = {"old_log"}  # made before policies lived in the log: no activation, replayed with --policy policy.yaml
+OWN_ACTIVATIONS = {"policy_changes"}  # stories that write their policy's activations themselves
 
 
-def events_jsonl(log: Log) -> bytes:
-    return b"".join(orjson.dumps(event) + b"\n" for event in log.events)
+def events_jsonl(name: str) -> bytes:
+    """The scenario's events file: the policy's activation (unless it is an old log), then the story."""
+    head = [] if name in OLD_LOGS | OWN_ACTIVATIONS else activation()
+    return b"".join(orjson.dumps(event) + b"\n" for event in head + SCENARIOS[name]().events)
 
 
 def main() -> None:
-    from tiergate.streams.policy_file import read_policy
     from tiergate.streams.replay import fold_lines
 
-    policy = read_policy(HERE / "policy.yaml")
-    for name, story in SCENARIOS.items():
+    for name in SCENARIOS:
         folder = HERE / name
         folder.mkdir(exist_ok=True)
-        data = events_jsonl(story())
+        data = events_jsonl(name)
         (folder / "events.jsonl").write_bytes(data)
         lines = list(enumerate(data.splitlines(), 1))
         decisions: list[str] = []
-        kept: list[bytes] = []
+        rejected: list[bytes] = []
         fold_lines(
             lines,
-            policy,
+            golden_policy() if name in OLD_LOGS else None,
             lambda d, out=decisions: out.append(d.to_json() + "\n"),  # type: ignore[misc]
-            lambda k, out=kept: out.append(k.to_json() + b"\n"),  # type: ignore[misc]
+            lambda r, out=rejected: out.append(r.to_json() + b"\n"),  # type: ignore[misc]
             source="events.jsonl",
         )
         (folder / "expected.jsonl").write_text("".join(decisions))
-        (folder / "expected.kept.jsonl").write_bytes(b"".join(kept))
-        print(f"{name}: {len(lines)} events, {len(decisions)} decisions, {len(kept)} kept aside")
+        (folder / "expected.rejected.jsonl").write_bytes(b"".join(rejected))
+        print(f"{name}: {len(lines)} events, {len(decisions)} decisions, {len(rejected)} rejected")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,331 @@
+"""Operators' commands: `override` (pin, unpin, cap, uncap, promote, demote a type on a server),
+`rejected` (the input that did not count, from an embedded data dir or the Kafka DLQ) and `console --kafka`
+(the read-only console of a Kafka deployment).
+
+`override` checks first (a dry run on the server: the fold's own rules, against the live state), says why
+an override cannot apply and what to do instead, and only then sends it; it prints the decision it made.
+The operator's credential comes from TIERGATE_CREDENTIAL or TIERGATE_CREDENTIAL_FILE, never the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sqlite3
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tiergate.models.wire import format_ts
+
+from ..clock import SystemClock
+from ..codec import EventError, decode
+from ..embedded import DB_NAME
+from ..explain import plain
+from ..settings import OperatorSettings, StoreSettings, load
+from ..store import RejectedQuery, Store, StoreError
+from .terminal import CommandError, err, examples, print_json
+
+OPS = ("pin", "unpin", "cap", "uncap", "promote", "demote")
+TIMEOUT = 10.0
+
+
+# -- override --------------------------------------------------------------------------------------------
+
+
+class Sender(Protocol):
+    """Where an override goes: `check` answers what it would do, `send` does it (both: a batch's answer)."""
+
+    def check(self, raw: bytes) -> dict[str, Any]: ...
+
+    def send(self, raw: bytes) -> dict[str, Any]: ...
+
+
+class ServerSender:
+    """An embedded server's POST /v1/events (with ?dry_run=1 to check)."""
+
+    def __init__(self, settings: OperatorSettings) -> None:
+        secret = settings.secret()
+        headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {secret}"} if secret else {})
+        self.url = settings.server.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, headers=headers, timeout=TIMEOUT)
+
+    def check(self, raw: bytes) -> dict[str, Any]:
+        return self._post(raw, {"dry_run": "1"})
+
+    def send(self, raw: bytes) -> dict[str, Any]:
+        return self._post(raw, {})
+
+    def _post(self, raw: bytes, params: dict[str, str]) -> dict[str, Any]:
+        try:
+            response = self.http.post("/v1/events", content=raw, params=params)
+        except httpx.HTTPError as error:
+            raise CommandError(
+                f"cannot reach {self.url} ({type(error).__name__}): start `tiergate serve`, or give --server "
+                "(or TIERGATE_SERVER)"
+            ) from None
+        return _answer(response)
+
+
+def _answer(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code == 200 and isinstance(body, dict):
+        return body
+    error, fix = (body.get("error"), body.get("fix")) if isinstance(body, dict) else (None, None)
+    if response.status_code == 401:
+        fix = "set TIERGATE_CREDENTIAL_FILE (or TIERGATE_CREDENTIAL) to an operator credential's secret"
+    raise CommandError(f"the server answered {response.status_code}: {error or response.text[:200]}; {fix or ''}")
+
+
+def override_event(args: argparse.Namespace, now: int) -> bytes:
+    """The override as wire JSON, checked by the one codec before anything is sent."""
+    event: dict[str, Any] = {
+        "type": "override",
+        "event_id": f"cli/{uuid.uuid4()}",
+        "ts": format_ts(now),
+        "action_type": args.action_type,
+        "op": args.op,
+        "actor": args.actor,
+        "reason": args.reason,
+    }
+    if args.tier is not None:
+        event["tier"] = args.tier
+    raw = orjson.dumps(event)
+    try:
+        decode(raw)
+    except EventError as error:
+        raise CommandError(f"override {args.op} {args.action_type}: {error.reason}") from None
+    return raw
+
+
+def sender_for(args: argparse.Namespace) -> Sender:
+    if args.kafka:
+        raise CommandError(
+            "not yet: overrides on Kafka must be signed with an operator's Ed25519 key (`tiergate keys new`), "
+            "which this tiergate cannot do yet; use --server with an embedded server"
+        )
+    return ServerSender(load(OperatorSettings, server=args.server))
+
+
+def _override(args: argparse.Namespace) -> int:
+    sender = sender_for(args)
+    raw = override_event(args, SystemClock().now())
+    tried = sender.check(raw)
+    result = tried["results"][0]
+    if result["result"] != "applied":
+        err.print(f"[red]refused:[/] {plain(result.get('reason') or result['result'])} (nothing was sent)")
+        return 1
+    done = sender.send(raw)
+    if args.json:
+        print_json(done)
+    else:
+        _print_outcome(done)
+    return 0 if done["results"][0]["result"] == "applied" else 1
+
+
+def _print_outcome(done: dict[str, Any]) -> None:
+    result = done["results"][0]
+    if result["result"] != "applied":
+        err.print(f"[red]{result['result']}:[/] {plain(result.get('reason') or '')}")
+        return
+    out = Console(highlight=False, soft_wrap=True)
+    for decision in done["decisions"]:
+        line = (
+            f"{decision['decision_id']}  {decision['kind']} {decision.get('op', '')}  "
+            f"{decision['from_tier']} → {decision['to_tier']}  at {decision['at']}  "
+            f"actor {decision.get('actor')}  principal {decision.get('principal', '—')}  reason {decision['reason']}"
+        )
+        out.print(plain(line))
+
+
+# -- rejected --------------------------------------------------------------------------------------------
+
+
+def _rejected(args: argparse.Namespace) -> int:
+    query = RejectedQuery(
+        after=args.after, limit=args.limit, reason=args.reason, result=args.result, action_type=args.action_type
+    )
+    rows = _from_kafka(args, query) if args.kafka else _from_store(args, query)
+    if args.json:
+        print_json({"rejected": rows, "next_after": rows[-1]["id"] if rows and not args.kafka else args.after})
+    else:
+        _print_rejected(rows)
+        if len(rows) == args.limit and not args.kafka:
+            err.print(f"more: --after {rows[-1]['id']}")
+    return 0
+
+
+def _from_store(args: argparse.Namespace, query: RejectedQuery) -> list[dict[str, Any]]:
+    data_dir = load(StoreSettings, data_dir=args.data_dir).data_dir
+    path = data_dir / DB_NAME
+    if not path.is_file():
+        raise CommandError(f"{path}: no store here; give the --data-dir (or TIERGATE_DATA_DIR) of a tiergate serve")
+    try:
+        store = Store(path, create=False)
+    except (sqlite3.OperationalError, StoreError) as error:
+        raise CommandError(f"{path}: cannot open the store ({error})") from None
+    try:
+        return store.rejected_input(query)
+    finally:
+        store.close()
+
+
+def _from_kafka(args: argparse.Namespace, query: RejectedQuery) -> list[dict[str, Any]]:
+    """The DLQ topic from offset 0 to its end, filtered like the store's rows (kept in topic order)."""
+    from ..kafka import DLQ
+    from ..kafka_replay import dlq_row, read_topic
+    from .kafka import kafka_settings, preflight
+
+    if query.after:
+        raise CommandError("--after pages the embedded store by id; on Kafka, filter instead (--reason, --result)")
+    settings = kafka_settings(args)
+    preflight(settings, (DLQ,))
+    rows = [dlq_row(record) for record in asyncio.run(read_topic(settings, DLQ))]
+    return [row for row in rows if _matches(row, query)][: query.limit]
+
+
+def _matches(row: dict[str, Any], query: RejectedQuery) -> bool:
+    return (
+        (query.reason is None or query.reason.lower() in row["reason"].lower())
+        and (query.result is None or row["result"] == query.result)
+        and (query.action_type is None or row["action_type"] == query.action_type)
+    )
+
+
+def _print_rejected(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        err.print("no rejected input matches")
+        return
+    table = Table("id", "origin", "result", "type", "reason", "input")
+    for row in rows:
+        cells = (row["id"], row["origin"], row["result"], row["action_type"] or "—", row["reason"], row["event"])
+        table.add_row(*(plain(cell) for cell in cells))
+    wide = None if sys.stdout.isatty() else 100_000  # piped: one line a row, for grep
+    Console(highlight=False, file=sys.stdout, width=wide).print(table)
+
+
+# -- the commands ----------------------------------------------------------------------------------------
+
+
+# -- console --kafka ---------------------------------------------------------------------------------------
+
+
+def _console(args: argparse.Namespace) -> int:
+    """The read-only console of a Kafka deployment, until interrupted."""
+    from aiohttp import web
+
+    from ..console.readonly import make_app
+    from ..console.topics import KafkaSource
+    from ..kafka import DECISIONS, DLQ, TIER_MAP
+    from ..settings import ConsoleSettings
+    from .kafka import kafka_settings, preflight
+    from .serve import listening_socket
+
+    if not args.kafka:
+        raise CommandError(
+            "the embedded server serves its console itself, at /console of `tiergate serve`; "
+            "`tiergate console --kafka` is the read-only console of a Kafka deployment"
+        )
+    settings = load(ConsoleSettings, host=args.host, port=args.port, credentials_file=args.credentials_file)
+    settings.check_exposure()
+    credentials = settings.load_credentials()
+    kafka = kafka_settings(args)
+    preflight(kafka, (TIER_MAP, DECISIONS, DLQ))
+    sock = listening_socket(settings.host, settings.port)
+    port = sock.getsockname()[1]
+    err.print(
+        f"tiergate console: reading {escape(kafka.topic(TIER_MAP))}, {escape(kafka.topic(DECISIONS))} and "
+        f"{escape(kafka.topic(DLQ))} on {escape(kafka.bootstrap)}; read-only at http://{settings.host}:{port}/console"
+    )
+    web.run_app(make_app(KafkaSource(kafka), credentials), sock=sock, print=None, access_log=None)
+    return 0
+
+
+def add_commands(commands: Any) -> None:
+    _add_override(commands)
+    _add_rejected(commands)
+    _add_console(commands)
+
+
+def _add_console(commands: Any) -> None:
+    console = commands.add_parser(
+        "console",
+        help="the read-only console of a Kafka deployment (tiergate serve has its own at /console)",
+        description="Serve the console of a Kafka deployment: the tier map, the promotion log, the activations "
+        "and rejected input, read live from the workers' topics. It writes nothing: for an override or a policy "
+        "it shows the CLI command to run, which signs it. Readers and operators sign in with the credentials of "
+        "TIERGATE_CREDENTIALS_FILE; without credentials it binds to loopback only.",
+        **examples(
+            "tiergate console --kafka",
+            "TIERGATE_CREDENTIALS_FILE=/etc/tiergate/console tiergate console --kafka --host 0.0.0.0 "
+            "--bootstrap kafka:9092",
+        ),
+    )
+    console.add_argument("--kafka", action="store_true", help="read a Kafka deployment's topics (required)")
+    console.add_argument("--host", help="(or TIERGATE_HOST; default 127.0.0.1)")
+    console.add_argument("--port", type=int, help="(or TIERGATE_PORT; default 8362)")
+    console.add_argument("--credentials-file", type=Path, metavar="FILE", help="(or TIERGATE_CREDENTIALS_FILE)")
+    console.add_argument("--bootstrap", help="host:port (or TIERGATE_KAFKA_BOOTSTRAP; default 127.0.0.1:19092)")
+    console.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
+    console.set_defaults(run=_console)
+
+
+def _add_override(commands: Any) -> None:
+    override = commands.add_parser(
+        "override",
+        help="pin, unpin, cap, uncap, promote or demote an action type on a server",
+        description="Check an override against the server's live state with the evaluator's own rules (a dry "
+        "run), say why it cannot apply, or send it and print the decision. The operator credential comes from "
+        "TIERGATE_CREDENTIAL_FILE or TIERGATE_CREDENTIAL, the server from --server or TIERGATE_SERVER. Exit 1 "
+        "when the override is refused.",
+        **examples(
+            "tiergate override cap refund_over_50 --tier walk --actor ops@example.com --reason 'finance review'",
+            "tiergate override demote reply_to_ticket --actor ops@example.com --reason 'incident 4411'",
+            "TIERGATE_CREDENTIAL_FILE=~/.tiergate/operator tiergate override unpin lookup_order --actor me "
+            "--reason done --server https://tiergate.internal",
+        ),
+    )
+    override.add_argument("op", choices=OPS)
+    override.add_argument("action_type", metavar="ACTION_TYPE")
+    override.add_argument("--tier", choices=("crawl", "walk", "run"), help="for pin and cap; optional for demote")
+    override.add_argument("--actor", required=True, help="who decides (recorded beside the credential's name)")
+    override.add_argument("--reason", required=True, help="why (recorded in the promotion log)")
+    override.add_argument("--server", help="the embedded server (or TIERGATE_SERVER; default http://127.0.0.1:8360)")
+    override.add_argument("--kafka", action="store_true", help="send to Kafka, signed (not yet)")
+    override.add_argument("--json", action="store_true", help="print the server's answer as JSON")
+    override.set_defaults(run=_override)
+
+
+def _add_rejected(commands: Any) -> None:
+    rejected = commands.add_parser(
+        "rejected",
+        help="the input that did not count (bad, refused or late), with its reason",
+        description="Read rejected input from an embedded data dir (oldest first, paged by id) or, with "
+        "--kafka, from the DLQ topic tiergate.events.v1.dlq. Filter by reason (a substring), result and type.",
+        **examples(
+            "tiergate rejected --data-dir tiergate-data",
+            "tiergate rejected --data-dir tiergate-data --reason 'unknown action_type' --json",
+            "tiergate rejected --kafka --result late --action-type refund_up_to_50",
+        ),
+    )
+    rejected.add_argument("--data-dir", metavar="DIR", help="(or TIERGATE_DATA_DIR; default ./tiergate-data)")
+    rejected.add_argument("--kafka", action="store_true", help="read the DLQ topic instead")
+    rejected.add_argument("--bootstrap", help="with --kafka: host:port (or TIERGATE_KAFKA_BOOTSTRAP)")
+    rejected.add_argument("--topic-prefix", help="with --kafka: (or TIERGATE_KAFKA_TOPIC_PREFIX)")
+    rejected.add_argument("--reason", help="only reasons containing this (case-insensitive)")
+    rejected.add_argument("--result", choices=("rejected", "late"))
+    rejected.add_argument("--action-type", metavar="TYPE")
+    rejected.add_argument("--after", type=int, default=0, metavar="ID", help="the page after this id")
+    rejected.add_argument("--limit", type=int, default=100, metavar="N")
+    rejected.add_argument("--json", action="store_true", help="print JSON: rows and next_after")
+    rejected.set_defaults(run=_rejected)

@@ -1,0 +1,193 @@
+"""The one ingest pipeline: what every runtime does with each input (replay, the embedded server, the worker).
+
+    decode → admit → step → sink
+
+Each input becomes a `Handled` record: where it came from, the event (None when it could not be
+decoded), what became of it and why, and the decisions it caused. An input refused on admission (the
+embedded server's clock checks, the worker's key check) never enters the log; everything decoded and
+admitted does, whatever the fold then makes of it. Input that did not count — rejected or late — is
+*rejected input*: kept with its reason wherever the runtime keeps it (replay's rejects file, the embedded
+store's `rejected` table, the Kafka rejected-input topic), never dropped.
+
+Sinks receive every `Handled` in log order and `commit()` at the end of a batch: replay writes JSONL, the
+embedded runtime one SQLite transaction, the worker its topics and table. `Counting` wraps any sink once
+and counts only what was committed.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from typing import Any, NamedTuple, Protocol
+
+import orjson
+
+from tiergate.models.decisions import Decision
+from tiergate.models.fold import LATE, REJECTED, Event, Result, step
+from tiergate.models.state import State
+from tiergate.models.wire import Override
+
+from .codec import EventError, decode
+
+
+class Input(NamedTuple):
+    """One input as a runtime received it: its bytes, and where it came from."""
+
+    source: str  # a file name, `http(<remote>)`, `<topic>/<partition>`, `clock`
+    position: int  # line number, index in the request, offset
+    raw: bytes
+    key: bytes | None = None  # the message key, where the transport has one
+    principal: str | None = None  # who sent it, authenticated (a credential's name), where the runtime knows
+
+    @property
+    def origin(self) -> str:
+        return f"{self.source}:{self.position}"
+
+
+class Rejected(NamedTuple):
+    """Input that did not count (result `rejected` or `late`), kept with why and where it came from."""
+
+    origin: str
+    result: str
+    reason: str
+    raw: bytes
+    action_type: str | None = None  # the event's, or the one undecodable input names (None if it names none)
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "result": self.result,
+            "reason": self.reason,
+            "event": self.raw.decode("utf-8", errors="replace"),
+        }
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.record(), option=orjson.OPT_SORT_KEYS)
+
+
+class Handled(NamedTuple):
+    """What became of one input."""
+
+    input: Input
+    event: Event | None  # None: it could not be decoded
+    result: Result
+    reason: str | None
+    decisions: tuple[Decision, ...]
+    logged: bool  # decoded and admitted: it is part of the log, whatever the fold made of it
+
+    @property
+    def rejection(self) -> Rejected | None:
+        """The rejected-input record, for an input that did not count."""
+        if self.result != LATE and self.result != REJECTED:
+            return None
+        assert self.reason is not None  # the fold and the pipeline give a reason for both
+        action_type = self.action_type if self.event is not None else named_action_type(self.input.raw)
+        return Rejected(self.input.origin, self.result, self.reason, self.input.raw, action_type)
+
+    @property
+    def action_type(self) -> str | None:
+        return None if self.event is None else self.event.action_type
+
+
+def named_action_type(raw: bytes) -> str | None:
+    """The `action_type` that input the decoder refused names, if it is a JSON object naming one: so rejected
+    input can be found by type even when it is malformed in another field."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    named = data.get("action_type") if isinstance(data, dict) else None
+    return named if isinstance(named, str) else None
+
+
+def with_principal(item: Input, event: Event, decisions: tuple[Decision, ...]) -> tuple[Decision, ...]:
+    """An override's decision records who posted it (`principal`, authenticated) beside the `actor` it
+    declares. The principal comes with the input (stored beside the event in the log), not from its bytes."""
+    if item.principal is None or not isinstance(event, Override):
+        return decisions
+    principal = {"principal": item.principal}
+    return tuple(replace(d, details=d.details | principal) if d.kind == "override" else d for d in decisions)
+
+
+class Sink(Protocol):
+    def handled(self, item: Handled) -> None:
+        """One input, in log order."""
+
+    def commit(self) -> None:
+        """The end of a batch: make what was handled durable (or raise, and nothing of it counts)."""
+
+
+Admit = Callable[[Input, Event, State], str | None]
+"""A runtime's check before the fold: the reason to refuse an input (kept, never in the log), or None."""
+
+
+class Pipeline:
+    """decode → admit → step; the runtimes differ only in `admit` and their sink."""
+
+    def __init__(self, admit: Admit | None = None) -> None:
+        self.admit = admit
+
+    def handle(self, state: State, item: Input) -> Handled:
+        try:
+            event = decode(item.raw)
+        except EventError as error:
+            return Handled(item, None, REJECTED, error.reason, (), False)
+        if self.admit is not None:
+            refused = self.admit(item, event, state)
+            if refused is not None:
+                return Handled(item, event, REJECTED, refused, (), False)
+        stepped = step(state, event)
+        decisions = with_principal(item, event, stepped.decisions)
+        return Handled(item, event, stepped.result, stepped.reason, decisions, True)
+
+    def run(self, inputs: Iterable[Input], state: State, sink: Sink) -> None:
+        """Fold a batch of inputs into `state`, in order, and commit it to `sink`."""
+        handle, handled = self.handle, sink.handled
+        for item in inputs:
+            handled(handle(state, item))
+        sink.commit()
+
+
+def key_matches(item: Input, event: Event, state: State) -> str | None:
+    """A keyed log (Kafka) must hold each event under its own action type: the order of a key's log is
+    the order the fold sees, so an event under another key would be folded out of order."""
+    if item.key is None or item.key == event.action_type.encode():
+        return None
+    key = item.key.decode("utf-8", errors="replace")
+    return f"message key {key!r} is not the action_type {event.action_type!r}: produce with key = action_type"
+
+
+class Tallies(NamedTuple):
+    """What a runtime has counted: events by (action type, result), decisions by (action type, kind)."""
+
+    events: Counter[tuple[str, str]]
+    decisions: Counter[tuple[str, str]]
+
+    @classmethod
+    def empty(cls) -> Tallies:
+        return cls(Counter(), Counter())
+
+
+class Counting:
+    """Counts what a sink committed. Event counts are labelled by action type only for types the state
+    holds, so labels stay bounded by the catalog whatever producers send."""
+
+    def __init__(self, inner: Sink, tallies: Tallies, state: State) -> None:
+        self.inner, self.tallies, self.state = inner, tallies, state
+        self.batch = Tallies.empty()
+
+    def handled(self, item: Handled) -> None:
+        name = item.action_type
+        self.batch.events[name if name is not None and name in self.state.keys else "", item.result] += 1
+        for decision in item.decisions:
+            self.batch.decisions[decision.action_type, decision.kind] += 1
+        self.inner.handled(item)
+
+    def commit(self) -> None:
+        try:
+            self.inner.commit()
+        finally:
+            batch, self.batch = self.batch, Tallies.empty()
+        self.tallies.events.update(batch.events)
+        self.tallies.decisions.update(batch.decisions)

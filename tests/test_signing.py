@@ -1,0 +1,120 @@
+"""Operators' signatures on Kafka: what counts, what is refused, and that a refusal squats no id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+
+from tiergate.streams.keyed import KeyedFold, Outputs, Saved
+from tiergate.streams.pipeline import Input
+from tiergate.streams.signing import OperatorKey, OperatorKeyError, kafka_admission, read_trusted, verify
+
+from .builders import Log, policy
+
+GENESIS = OperatorKey.new("genesis")
+SECOND = OperatorKey.new("second")
+
+
+def entry(key: OperatorKey, actor: str = "ops") -> dict[str, str]:
+    return {"key_id": key.key_id, "public_key": key.public_key(), "actor": actor}
+
+
+def genesis_file(tmp_path: Path) -> Path:
+    path = tmp_path / "genesis.yaml"
+    path.write_text(yaml.safe_dump([entry(GENESIS)]))
+    return path
+
+
+def fold_key(
+    fold: KeyedFold, name: str, events: list[dict[str, object]], saved: Saved | None = None
+) -> tuple[Saved, Outputs]:
+    """Fold `events` (already signed or not) as one key's batch on Kafka."""
+    saved = saved or fold.start(name)[0]
+    outputs = Outputs()
+    records = [
+        Input("events/0", i, orjson.dumps(e), name.encode()) for i, e in enumerate(events, start=saved.offset + 1)
+    ]
+    return fold.fold(name, saved, records, outputs), outputs
+
+
+def activation(
+    pol: object, activation_id: str, key: OperatorKey, deployment: str = "prod", **over: object
+) -> dict[str, object]:
+    event = next(e for e in Log().activate(0, pol, activation_id).events if e["action_type"] == "t")  # type: ignore[arg-type]
+    return key.sign(event | over, deployment)
+
+
+def test_a_signature_covers_every_field_and_the_deployment() -> None:
+    """A signed event verifies; a changed field, another deployment, an unknown key or no signature do not."""
+    event = {
+        "type": "override",
+        "event_id": "o1",
+        "ts": "2026-11-02T01:00:00Z",
+        "action_type": "t",
+        "op": "promote",
+        "actor": "ops",
+        "reason": "r",
+    }
+    signed = GENESIS.sign(event, "prod")
+    trusted = [entry(GENESIS)]
+    assert verify(orjson.dumps(signed), trusted, "prod") is None
+    assert "bad signature" in (verify(orjson.dumps(signed | {"op": "demote"}), trusted, "prod") or "")
+    assert "not 'staging'" in (verify(orjson.dumps(signed), trusted, "staging") or "")
+    assert "not trusted" in (verify(orjson.dumps(SECOND.sign(event, "prod")), trusted, "prod") or "")
+    assert (verify(orjson.dumps(event), trusted, "prod") or "").startswith("unsigned")
+
+
+def test_the_first_activation_needs_a_genesis_key_and_names_who_signs_the_next(tmp_path: Path) -> None:
+    """Activation 1 signed by the genesis key lists `second` as its operator: activation 2 signed by the genesis
+    key is then refused (rotation is an activation), signed by `second` it applies."""
+    fold = KeyedFold(None, kafka_admission("prod", genesis_file(tmp_path)))
+    rotated = policy()
+    first = activation(rotated, "a1", GENESIS) | {}
+    first["operators"] = [entry(SECOND)]
+    first = GENESIS.sign(first, "prod")
+    saved, out = fold_key(fold, "t", [first])
+    assert [d.kind for d in out.decisions] == ["initial"] and not out.rejected
+    by_genesis = activation(policy(policy_version="v2"), "a2", GENESIS, parent_sha256=rotated.sha256)
+    by_second = activation(policy(policy_version="v2"), "a2", SECOND, parent_sha256=rotated.sha256)
+    saved, out = fold_key(fold, "t", [by_genesis, by_second], saved)
+    assert [r.reason.split(":")[0] for r in out.rejected] == [
+        "key 'genesis' is not trusted by this action type's policy"
+    ]
+    assert [d.kind for d in out.decisions] == ["policy"]  # the second copy, signed right, was not a duplicate
+
+
+def test_an_unsigned_override_is_rejected_before_dedup_and_squats_no_id(tmp_path: Path) -> None:
+    """An agent producing an unsigned promote with the id of the operator's real one: rejected, and the
+    operator's signed override with that id still applies."""
+    fold = KeyedFold(None, kafka_admission("prod", genesis_file(tmp_path)))
+    saved, _ = fold_key(fold, "t", [activation(policy(operators=[entry(GENESIS)]), "a1", GENESIS)])
+    promote = {
+        "type": "override",
+        "event_id": "o1",
+        "ts": "2026-11-02T01:00:00Z",
+        "action_type": "t",
+        "op": "promote",
+        "actor": "ops",
+        "reason": "ready",
+    }
+    saved, out = fold_key(fold, "t", [promote, GENESIS.sign(promote, "prod")], saved)
+    assert out.rejected[0].reason.startswith("unsigned")
+    assert [(d.kind, d.to_tier) for d in out.decisions] == [("override", 1)]
+
+
+def test_key_files_say_what_is_wrong(tmp_path: Path) -> None:
+    """A key file round-trips; a file that is not one, and genesis keys in the wrong shape, name the fix."""
+    path = tmp_path / "ops.key"
+    GENESIS.write(path)
+    assert OperatorKey.read(path).public_key() == GENESIS.public_key() and path.stat().st_mode & 0o777 == 0o600
+    other = tmp_path / "other.key"
+    other.write_text("hello")
+    with pytest.raises(OperatorKeyError, match="tiergate keys new"):
+        OperatorKey.read(other)
+    shape = tmp_path / "genesis.yaml"
+    shape.write_text("- just a string\n")
+    with pytest.raises(OperatorKeyError, match="key_id, public_key, actor"):
+        read_trusted(shape)
