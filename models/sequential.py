@@ -1,25 +1,25 @@
-"""Sequential tests for the bars: statistics that may be looked at at every close.
+"""Sequential tests for the bars (DESIGN §13): statistics that may be looked at at every close.
 
 The v1 rules judge each close's lookback afresh, as if it were the only look: the point rate of a keep bar
-against target − margin, the Wilson lower bound of a promote bar against its target. Looked at every hour,
-a healthy type is eventually demoted by chance and a borderline one promoted by chance. The tests here
-accumulate the evidence since the type entered its tier, window by window, and bound their error rates
-however often they are looked at:
+against target − margin (`demotion.rule: point`), the Wilson lower bound of a promote bar against its target
+(`promotion.rule: wilson`). Looked at every hour, a healthy type is eventually demoted by chance and a
+borderline one promoted by chance. The tests here accumulate the evidence since the type entered its tier,
+window by window, and bound their error rates however often they are looked at:
 
-- **Keep (`sprt`)**: the log-likelihood ratio of "the rate is target − 2·margin" against "the rate is the
-  keep target", summed over the outcomes since the type entered its tier and never below `floor` (so a
-  type healthy for months still answers a regression quickly). Demote when it reaches `threshold` on at
-  least `min_samples` outcomes.
-- **Promote (`mixture`)**: an e-value against "the rate is at most the target": the average, over a few
-  alternatives above the target, of each one's likelihood ratio against the target (each never below
-  e^`floor`). Under any rate at or below the target it is a supermartingale, so the chance that it ever
-  reaches 1/`alpha` is at most `alpha`, whatever the hold and however long the type waits. A bar starts
-  passing when it does, and keeps passing while the e-value stays at or above 1 (the evidence still
-  favours a rate above the target): no bouncing at the edge.
-- **Tripwire**: `k` failures in a row on a kept metric demote at once, at the outcome, not at the next
-  close.
+- **Keep (`demotion.rule: sprt`)**: the log-likelihood ratio of "the rate is target − 2·margin" against "the
+  rate is the keep target", summed over the outcomes since the type entered its tier and never below
+  `floor` (so a type healthy for months still answers a regression quickly). Demote when it reaches
+  `threshold` on at least `min_samples` outcomes.
+- **Promote (`promotion.rule: mixture`)**: an e-value against "the rate is at most the target": the mean,
+  over a few alternatives above the target, of each one's likelihood ratio against the target (each never
+  below e^`floor`). Under any rate at or below the target it is a supermartingale, so the chance that it
+  ever reaches 1/`alpha` is at most `alpha`, whatever the hold and however long the type waits. A bar
+  starts passing when it does, and keeps passing while the e-value stays at or above 1.
+- **Tripwire (`demotion.tripwire: k`)**: `k` failures in a row on a kept metric demote at once, at the
+  outcome, not at the next close (models/tripwire.py).
 
-All state is a few ints and floats per bar, JSON-ready; every operation is deterministic.
+The state is a few ints and floats per bar, JSON-ready (it lives in the key state and its snapshots);
+every operation is deterministic.
 """
 
 from __future__ import annotations
@@ -38,6 +38,49 @@ def _log_ratio(numerator: float, denominator: float) -> float:
 
 
 @dataclass(frozen=True, slots=True)
+class Figures:
+    """What a decision's evidence records of a bar's rule: its statistic against its threshold, on the
+    outcomes since the type entered its tier, and the rule's own parameters."""
+
+    rule: str
+    statistic: float
+    threshold: float
+    n: int
+    successes: int
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def record(self) -> dict[str, Any]:
+        figures = {
+            "rule": self.rule,
+            "statistic": round(self.statistic, 6),
+            "threshold": round(self.threshold, 6),
+            "n": self.n,
+            "successes": self.successes,
+        }
+        return figures | dict(self.extra)
+
+
+@dataclass(slots=True)
+class KeepState:
+    """One keep bar's figures since the type entered its tier, and its failures in a row (the tripwire)."""
+
+    n: int = 0
+    successes: int = 0
+    statistic: float = 0.0
+    run: int = 0
+
+
+@dataclass(slots=True)
+class PromoteState:
+    """One promote bar's figures since the type entered its tier: each alternative's log-likelihood ratio."""
+
+    logs: tuple[float, ...]
+    n: int = 0
+    successes: int = 0
+    passing: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class KeepTest:
     """One keep bar's sequential test: an SPRT of `alternative` against `target`, floored."""
 
@@ -51,7 +94,8 @@ class KeepTest:
 
     @classmethod
     def between(cls, target: float, alternative: float, threshold: float, floor: float, min_samples: int) -> KeepTest:
-        """The test of `alternative` (a worse rate) against `target`; ValueError names what is out of range."""
+        """The test of `alternative` (a worse rate) against `target`; ValueError names what is out of range
+        (the policy loader checks the same first, with the field to fix)."""
         if not 0 < alternative < target < 1:
             raise ValueError(
                 f"the keep test needs 0 < target − 2·margin < target < 1, got target {target} and "
@@ -74,21 +118,20 @@ class KeepTest:
         moved = statistic + (n - successes) * self.failure_step + successes * self.success_step
         return max(self.floor, moved)
 
-    def falls(self, statistic: float, n: int) -> bool:
-        """Demote: enough outcomes since the type entered its tier, and the statistic at the threshold."""
-        return n >= self.min_samples and statistic >= self.threshold
+    def observe(self, state: KeepState, n: int, successes: int) -> None:
+        """Add a closed window's outcomes of the bar's metric."""
+        if n:
+            state.n += n
+            state.successes += successes
+            state.statistic = self.update(state.statistic, n, successes)
 
-    def figures(self, state: KeepState) -> dict[str, Any]:
-        """What a decision's evidence records of this test."""
-        return {
-            "rule": "sprt",
-            "n_since": state.n,
-            "successes_since": state.successes,
-            "statistic": round(state.statistic, 6),
-            "threshold": self.threshold,
-            "floor": self.floor,
-            "alternative": round(self.alternative, 6),
-        }
+    def falls(self, state: KeepState) -> bool:
+        """Demote: enough outcomes since the type entered its tier, and the statistic at the threshold."""
+        return state.n >= self.min_samples and state.statistic >= self.threshold
+
+    def figures(self, state: KeepState) -> Figures:
+        extra = (("floor", self.floor), ("alternative", round(self.alternative, 6)))
+        return Figures("sprt", state.statistic, self.threshold, state.n, state.successes, extra)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +148,8 @@ class PromoteTest:
     def against(
         cls, target: float, alpha: float, floor: float, min_samples: int, shares: tuple[float, ...] = ALTERNATIVES
     ) -> PromoteTest:
-        """The test of "rate ≤ target" at level `alpha`; ValueError names what is out of range."""
+        """The test of "rate ≤ target" at level `alpha`; ValueError names what is out of range (the policy
+        loader checks the same first, with the field to fix)."""
         if not 0 < target < 1:
             raise ValueError(f"the promote test needs 0 < target < 1, got {target}: a target of 1 can never be shown")
         if not 0 < alpha < 1 or floor > 0:
@@ -123,8 +167,8 @@ class PromoteTest:
         """ln(1/alpha): the log e-value at which the bar starts passing."""
         return -math.log(self.alpha)
 
-    def start(self) -> tuple[float, ...]:
-        return (0.0,) * len(self.steps)
+    def start(self) -> PromoteState:
+        return PromoteState((0.0,) * len(self.steps))
 
     def update(self, logs: tuple[float, ...], n: int, successes: int) -> tuple[float, ...]:
         """Each alternative's log-likelihood ratio after a closed window of `n` outcomes."""
@@ -146,51 +190,17 @@ class PromoteTest:
         log_e = self.log_evalue(logs)
         return log_e >= self.threshold or (passing and log_e >= 0)
 
-    def figures(self, state: PromoteState) -> dict[str, Any]:
-        return {
-            "rule": "mixture",
-            "n_since": state.n,
-            "successes_since": state.successes,
-            "statistic": round(self.log_evalue(state.logs), 6),
-            "threshold": round(self.threshold, 6),
-            "floor": self.floor,
-            "passing": state.passing,
-        }
-
-
-@dataclass(slots=True)
-class KeepState:
-    """One keep bar's figures since the type entered its tier."""
-
-    n: int = 0
-    successes: int = 0
-    statistic: float = 0.0
-    run: int = 0  # failures in a row, for the tripwire
-
-    def observe(self, test: KeepTest, n: int, successes: int) -> None:
-        """Add a closed window's outcomes of the bar's metric."""
-        if n:
-            self.n += n
-            self.successes += successes
-            self.statistic = test.update(self.statistic, n, successes)
-
-
-@dataclass(slots=True)
-class PromoteState:
-    """One promote bar's figures since the type entered its tier."""
-
-    logs: tuple[float, ...]
-    n: int = 0
-    successes: int = 0
-    passing: bool = False
-
-    def observe(self, test: PromoteTest, n: int, successes: int) -> None:
+    def observe(self, state: PromoteState, n: int, successes: int) -> None:
         """Add a closed window's outcomes of the bar's metric and judge the bar again."""
         if n:
-            self.n += n
-            self.successes += successes
-            self.logs = test.update(self.logs, n, successes)
-        self.passing = test.passes(self.logs, self.n, self.passing)
+            state.n += n
+            state.successes += successes
+            state.logs = self.update(state.logs, n, successes)
+        state.passing = self.passes(state.logs, state.n, state.passing)
+
+    def figures(self, state: PromoteState) -> Figures:
+        extra = (("floor", self.floor), ("passing", state.passing))
+        return Figures("mixture", self.log_evalue(state.logs), self.threshold, state.n, state.successes, extra)
 
 
 def tripped(run: int, success: bool, failures: int) -> tuple[int, bool]:
@@ -201,14 +211,17 @@ def tripped(run: int, success: bool, failures: int) -> tuple[int, bool]:
 
 @dataclass(slots=True)
 class SequentialState:
-    """The sequential figures of one action type at its current tier; restarted at every tier change."""
+    """The sequential figures of one action type at its current tier, one per bar of the tier (in the
+    rules' order); restarted at every tier change and by an activation that changes what they test."""
 
     keep: list[KeepState] = field(default_factory=list)
     promote: list[PromoteState] = field(default_factory=list)
 
     @classmethod
-    def fresh(cls, keep: tuple[KeepTest, ...], promote: tuple[PromoteTest, ...]) -> SequentialState:
-        return cls([KeepState() for _ in keep], [PromoteState(test.start()) for test in promote])
+    def fresh(cls, keep: int, promote: tuple[PromoteTest, ...]) -> SequentialState:
+        """Nothing observed yet: `keep` keep bars (their tripwire runs are kept under either demotion rule)
+        and one state per promote test."""
+        return cls([KeepState() for _ in range(keep)], [test.start() for test in promote])
 
     def to_dict(self) -> dict[str, Any]:
         return {

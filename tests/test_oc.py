@@ -83,9 +83,10 @@ def test_every_type_that_always_fails_its_keep_bar_is_demoted_by_the_fold_on_its
 
 
 def test_what_oc_measures_is_what_the_policy_decides() -> None:
-    """The same case under a policy whose keep bar needs 100 000 samples: the fold demotes no one."""
+    """The same case under a policy whose keep bar needs 100 000 samples and that has no tripwire: the fold
+    demotes no one."""
     regression = next(c for c in oc.keep_cases(judge(), ["t"], [10.0]) if c.tier == 1 and c.label == "t − 2m")
-    thin = judge(demotion={"min_samples": 100_000})
+    thin = judge(demotion={"min_samples": 100_000, "tripwire": 0})
     assert oc.run_case(regression, 2, seed=1, judge=thin).days == [None, None]
 
 

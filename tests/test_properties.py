@@ -184,10 +184,13 @@ def tier_moves(decisions: list[Any]) -> list[tuple[str, str, int | None, int | N
 
 
 def activation_chain(versions: int) -> list[list[dict[str, Any]]]:
-    """Activations of the property policy's own rules under new versions, each replacing the one before."""
+    """Activations of the property policy's own rules under new versions, each replacing the one before (the
+    rules the log folds under before them: its unnamed bar rules are v1)."""
     chain, parent = [], None
     for n in range(versions):
-        renamed = policy(allowed_lateness="10m", lookback="3h", demotion={"cooldown": "3h"}, policy_version=f"v{n}")
+        renamed = policy(
+            allowed_lateness="10m", lookback="3h", demotion={"cooldown": "3h"}, policy_version=f"v{n}"
+        ).before_activations
         catalog = Catalog({name: parent for name in renamed.types}, frozenset(renamed.types))
         chain.append(policy_events(renamed, catalog, f"act-{n}", "ops", "same rules, new version", T0))
         parent = renamed.sha256

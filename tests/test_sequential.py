@@ -9,14 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tiergate.models.sequential import (
-    KeepState,
-    KeepTest,
-    PromoteState,
-    PromoteTest,
-    SequentialState,
-    tripped,
-)
+from tiergate.models.sequential import KeepState, KeepTest, PromoteTest, SequentialState, tripped
 
 UNFLOORED = -1e9  # far below anything a test reaches: the statistics as pure likelihood ratios
 
@@ -44,9 +37,9 @@ def test_the_keep_statistic_never_falls_below_its_floor() -> None:
 def test_demotion_needs_both_min_samples_and_the_threshold() -> None:
     """The statistic at the threshold on 19 outcomes is inconclusive; on 20 it demotes; below it never does."""
     test = keep_test(threshold=2.0, min_samples=20)
-    assert not test.falls(2.5, 19)
-    assert test.falls(2.0, 20)
-    assert not test.falls(1.99, 500)
+    assert not test.falls(KeepState(19, 10, 2.5))
+    assert test.falls(KeepState(20, 10, 2.0))
+    assert not test.falls(KeepState(500, 400, 1.99))
 
 
 @pytest.mark.parametrize(
@@ -104,13 +97,13 @@ def test_one_more_failure_in_place_of_a_success_never_lowers_the_keep_statistic(
 def test_no_evidence_is_an_e_value_of_one() -> None:
     """Before any outcome the e-value is 1 (log 0): nothing is known either way."""
     test = PromoteTest.against(0.9, 0.2, -4.0, 50)
-    assert test.log_evalue(test.start()) == 0.0
+    assert test.log_evalue(test.start().logs) == 0.0
 
 
 def test_one_alternative_gives_the_plain_likelihood_ratio() -> None:
     """With a single alternative (half the target's failures: 0.95 against 0.90) ten successes give 10·ln(0.95/0.9)."""
     test = PromoteTest.against(0.9, 0.2, UNFLOORED, 1, shares=(0.5,))
-    logs = test.update(test.start(), 10, 10)
+    logs = test.update(test.start().logs, 10, 10)
     assert test.log_evalue(logs) == pytest.approx(10 * math.log(0.95 / 0.9))
     assert test.threshold == pytest.approx(math.log(5))
 
@@ -122,7 +115,10 @@ def test_at_or_below_the_target_the_mixture_never_grows_in_expectation(target: f
     test = PromoteTest.against(target, 0.2, UNFLOORED, 1)
     rate = target * (1 - below)
     expected = sum(
-        math.comb(n, s) * rate**s * (1 - rate) ** (n - s) * math.exp(test.log_evalue(test.update(test.start(), n, s)))
+        math.comb(n, s)
+        * rate**s
+        * (1 - rate) ** (n - s)
+        * math.exp(test.log_evalue(test.update(test.start().logs, n, s)))
         for s in range(n + 1)
     )
     assert expected <= 1.0 + 1e-9
@@ -154,12 +150,12 @@ def test_a_promote_bar_passes_from_the_threshold_and_keeps_passing_while_the_e_v
 def test_a_promote_state_observes_windows_and_judges_itself_at_each() -> None:
     """Fed 60 successes against 0.90, the bar passes; an empty window keeps its verdict."""
     test = PromoteTest.against(0.9, 0.2, -4.0, 50)
-    state = PromoteState(test.start())
-    state.observe(test, 60, 60)
+    state = test.start()
+    test.observe(state, 60, 60)
     assert (state.n, state.successes, state.passing) == (60, 60, True)
-    state.observe(test, 0, 0)
+    test.observe(state, 0, 0)
     assert state.passing
-    assert test.figures(state)["statistic"] == pytest.approx(test.log_evalue(state.logs), abs=1e-6)
+    assert test.figures(state).record()["statistic"] == pytest.approx(test.log_evalue(state.logs), abs=1e-6)
 
 
 @pytest.mark.parametrize(("target", "alpha", "floor"), [(1.0, 0.2, -4.0), (0.9, 0.0, -4.0), (0.9, 0.2, 0.5)])
@@ -185,10 +181,10 @@ def test_the_tripwire_counts_failures_in_a_row_and_a_success_resets_it() -> None
 def test_the_sequential_state_round_trips_through_json() -> None:
     """Saved and restored, the state is equal: it can live in the key state and the changelog."""
     keep, promote = keep_test(), PromoteTest.against(0.9, 0.2, -4.0, 50)
-    state = SequentialState.fresh((keep,), (promote,))
-    state.keep[0].observe(keep, 30, 25)
+    state = SequentialState.fresh(1, (promote,))
+    keep.observe(state.keep[0], 30, 25)
     state.keep[0].run = 2
-    state.promote[0].observe(promote, 80, 79)
+    promote.observe(state.promote[0], 80, 79)
     restored = SequentialState.from_dict(json.loads(json.dumps(state.to_dict())))
     assert restored == state
     assert restored.keep[0] == KeepState(30, 25, state.keep[0].statistic, 2)
@@ -200,8 +196,8 @@ def test_keep_figures_add_up_to_what_was_observed(windows: list[tuple[int, int]]
     """n and successes since entry are the sums of the windows; the statistic stays within [floor, ∞)."""
     test, state = keep_test(), KeepState()
     for n, successes in windows:
-        state.observe(test, n + successes, successes)
+        test.observe(state, n + successes, successes)
     assert state.n == sum(n + s for n, s in windows)
     assert state.successes == sum(s for _, s in windows)
     assert state.statistic >= test.floor
-    assert test.figures(state)["n_since"] == state.n
+    assert test.figures(state).n == state.n
