@@ -105,6 +105,7 @@ V1_DEMOTION: DemotionRule = "point"
 PROMOTION_PARAMETERS: dict[str, dict[str, float]] = {"mixture": {"alpha": 0.2, "floor": -10.0}, "wilson": {}}
 DEMOTION_PARAMETERS: dict[str, dict[str, float]] = {"sprt": {"threshold": 2.0, "floor": -4.0}, "point": {}}
 TRIPWIRE_DEFAULT: dict[str, int] = {"sprt": 6, "point": 0}  # v1 had none
+RULES_OF: dict[str, tuple[str, ...]] = {"promotion": ("mixture", "wilson"), "demotion": ("sprt", "point")}
 
 
 class Promotion(Strict):
@@ -348,6 +349,9 @@ def pydantic_problems(error: ValidationError, prefix: Path = ()) -> Problems:
             message = "is not a policy field: remove it or check its spelling"
         elif item["type"] == "literal_error" and item["loc"] and item["loc"][-1] == "metric":
             message = f"unknown metric {item['input']!r}: use one of {', '.join(METRICS)}"
+        elif item["type"] == "literal_error" and len(item["loc"]) >= 2 and item["loc"][-1] == "rule":
+            rules = RULES_OF.get(str(item["loc"][-2]), ())
+            message = f"unknown rule {item['input']!r}: use {' or '.join(rules)}"
         elif item["type"] == "literal_error" and item["loc"] and item["loc"][-1] == "schema":
             message = f"unknown rules schema {item['input']!r}: this tiergate knows schema {RULES_SCHEMA}; upgrade it"
         problems.append((prefix + tuple(item["loc"]), message))

@@ -11,7 +11,7 @@ import yaml
 
 from tiergate.streams import oc
 from tiergate.streams.cli import main
-from tiergate.streams.policy_file import read_policy
+from tiergate.streams.policy_file import policy_from_mapping, read_policy
 
 from .builders import BASE_POLICY, policy
 
@@ -167,6 +167,30 @@ def test_an_unknown_type_is_an_error_naming_the_catalog(capsys: pytest.CaptureFi
     """`--type nope` fails with exit code 2 and lists the action types there are."""
     assert main(["oc", str(EXAMPLE), "--type", "nope"]) == 2
     assert "reply_to_ticket" in capsys.readouterr().err
+
+
+def _example(**rules: Any) -> oc.Judge:
+    """examples/policy.yaml with its bar rules replaced."""
+    raw = yaml.safe_load(EXAMPLE.read_text())
+    raw.update(rules)
+    return oc.Judge(policy_from_mapping(raw))
+
+
+def test_the_sound_rules_falsely_demote_fewer_low_volume_types_than_v1_on_the_same_seeds() -> None:
+    """On the example's Walk keep bar at keep target + 0.02 and half an outcome an hour, the same 20 simulated
+    histories demote fewer types within 30 days under the example's (sound) rules than under v1 named, and
+    the sound rules still demote every type of a clear regression (target − 2·margin, 2 an hour)."""
+    sound = _example()
+    v1 = _example(
+        promotion={"rule": "wilson"},
+        demotion={"margin": 0.05, "min_samples": 20, "cooldown": "3d", "rule": "point", "tripwire": 0},
+    )
+    assert sound.rules("reply_to_ticket")["demotion"]["rule"] == "sprt"
+    keep = [c for c in oc.keep_cases(sound, ["reply_to_ticket"], [0.5, 2.0]) if c.metric == "completion_rate"]
+    healthy, regressed = case(keep, "t + 0.02", 0.5), case(keep, "t − 2m", 2.0)
+    falsely = [oc.run_case(healthy, 20, seed=1, judge=judge).share(30) for judge in (sound, v1)]
+    assert falsely[0] < falsely[1]
+    assert oc.run_case(regressed, 5, seed=1, judge=sound).share(30) == 1.0
 
 
 def test_only_the_target_cases_print_as_markdown_tables(capsys: pytest.CaptureFixture[str]) -> None:
