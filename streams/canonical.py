@@ -37,11 +37,11 @@ def claimed_sha256s(policy: Policy) -> set[str]:
     """Every sha a tiergate from before policies lived in the log may have given this document (read with
     its unnamed rules v1): today's, and the forms before the bar rules were fields of the policy — RFC 8785
     and the first tiergate's. Only to recognise the policy an old store claims."""
-    before_rules = _without_rules(policy.normalised)
+    before_rules = without_rule_fields(policy.normalised)
     return {policy.sha256, policy_sha256(before_rules), legacy_sha256(before_rules)}
 
 
-def _without_rules(normalised: Mapping[str, Any]) -> dict[str, Any]:
+def without_rule_fields(normalised: Mapping[str, Any]) -> dict[str, Any]:
     """The normalised document as written before the bar rules were policy fields (they were all v1)."""
     types = {
         name: {key: value for key, value in entry.items() if key != "promotion"}
