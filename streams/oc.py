@@ -1,14 +1,14 @@
 """`tiergate oc`: the operating characteristic of a policy, by simulation through the real fold.
 
 For each gate and keep bar of each action type, independent simulated types are given a true success rate
-and a volume; their outcome events, drawn from a seeded random generator, are folded by the evaluator one
-day at a time, and the first promotion or demotion it decides is read off the decision log. Nothing here
-judges a bar itself: what the fold decides is what is measured.
+and a volume; their outcome events, drawn from a seeded random generator, are folded by `models.fold.step`
+one day at a time, and the first promotion or demotion it decides is read off the decision log. Nothing
+here judges a bar itself: what the fold decides under the rules the policy names is what is measured.
 
-How a simulated type reaches the tier under test without first climbing: its history starts with
-operator `promote` overrides, one per tier, at the start time (a human promote ignores hold and
-cooldown). The type then sits at the tier with empty evidence and no pin, exactly as after an automatic
-promotion, and only outcomes of the metrics under test follow:
+How a simulated type reaches the tier under test without first climbing: its history starts with the
+activation of its rules and operator `promote` overrides, one per tier, at the start time (a human
+promote ignores hold and cooldown). The type then sits at the tier with empty evidence and no pin,
+exactly as after an automatic promotion, and only outcomes of the metrics under test follow:
 - a **gate** case feeds every bar of the tier's promote gate: the bar under test at its true rate, the
   others at their "good" rate min(t + 0.04, (1 + t)/2), each at the same volume (outcomes an hour per bar);
 - a **keep** case feeds only the keep bar's metric, so the tier's other bars stay inconclusive and the type

@@ -296,3 +296,15 @@ def test_sound_moves_are_one_tier_and_only_on_their_rules_figures(events: list[d
                 and t["statistic"] >= t["threshold"]
                 for t, least in tests
             )
+
+
+@fast
+@given(logs)
+def test_passing_over_quiet_windows_changes_no_sound_decision(events: list[dict[str, Any]]) -> None:
+    """Under the sound rules too, skipping the closes where nothing can happen changes no decision and no
+    statistic: they move only with evidence."""
+    quick_state, quick = fold(sound(events))
+    with patch.object(closes, "next_event", lambda step: step.key.next_close):
+        slow_state, slow = fold(sound(events))
+    assert [d.to_json() for d in quick] == [d.to_json() for d in slow]
+    assert quick_state.to_dict() == slow_state.to_dict()
