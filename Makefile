@@ -6,15 +6,24 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup system-deps demo test lint typecheck unit package bench clean
 
+# The package's files, as the strict editable install links them (one a line, in a stable order).
+PACKAGE_FILES = find models streams -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort
+LINKED := $(VENV)/.linked
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 'setuptools>=77'
 	$(BIN)/pip install -q -e '.[dev,kafka]' --config-settings editable_mode=strict
+	$(PACKAGE_FILES) > $(LINKED)
 	touch $(STAMP)
 
-# The strict editable install links each file: re-link so files added since the last install are seen.
+# The strict editable install links each file: re-link when files were added or removed since the last link
+# (the list in $(LINKED)), so that they are seen; when nothing changed, `make setup` does nothing and says nothing.
 setup: $(STAMP)
-	$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+	@$(PACKAGE_FILES) | cmp -s - $(LINKED) || { \
+		echo "linking the package's new files into $(VENV)"; \
+		$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict \
+			&& $(PACKAGE_FILES) > $(LINKED); }
 
 # Debian's Prometheus (prometheus, promtool) for the observability tests and Debian's chromium for the console's
 # browser tests (Playwright drives it; it downloads no browser); Java and Maven for the Kafka broker come with

@@ -14,6 +14,12 @@ minute of wall-clock time):
     tiergate serve --policy examples/agent-policy.yaml --data-dir /tmp/agent-demo &
     python examples/agent.py
 
+Against a server with credentials, the agent posts its actions and reads the tier map with an `agent`
+credential, and whoever learns the outcomes posts them with a `reporter` credential — each from the
+environment, never a flag: TIERGATE_CREDENTIAL (or TIERGATE_CREDENTIAL_FILE, a file holding it) for the
+agent, TIERGATE_REPORTER_CREDENTIAL (or TIERGATE_REPORTER_CREDENTIAL_FILE) for the outcomes. Without a
+reporter credential the outcomes go with the agent's (right for an open server or an operator's).
+
 It prints each tier change as the tier map publishes it, stops after `--at-run` requests at Run, and exits
 0; 2 if Run was not reached within `--max-seconds` (say, a server on examples/policy.yaml, whose holds
 are days); 1, with one line on stderr, if the server cannot be reached. The receipt of each action
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import time
@@ -98,9 +105,20 @@ async def climb(gate: ActionGate, reporter: Reporter, options: argparse.Namespac
     return 0
 
 
+def secret(variable: str) -> str | None:
+    """A credential's secret from the file `<variable>_FILE` names, else from `<variable>`; None if neither."""
+    path = os.environ.get(f"{variable}_FILE")
+    if path:
+        with open(path, encoding="utf-8") as file:
+            return file.read().strip()
+    return os.environ.get(variable) or None
+
+
 async def main(options: argparse.Namespace) -> int:
-    tiers = TierMapClient(HttpTierTransport(options.server, token=options.token))
-    reporter = Reporter(HttpEventSink(options.server, token=options.token), agent="example-refund-agent")
+    agent, reporter_secret = secret("TIERGATE_CREDENTIAL"), secret("TIERGATE_REPORTER_CREDENTIAL")
+    tiers = TierMapClient(HttpTierTransport(options.server, token=agent))
+    sink = HttpEventSink(options.server, token=agent, reporter_token=reporter_secret)
+    reporter = Reporter(sink, agent="example-refund-agent")
     async with ActionGate(tiers, reporter) as gate:
         try:
             await tiers.wait_until_ready(options.connect_timeout)
@@ -111,9 +129,11 @@ async def main(options: argparse.Namespace) -> int:
 
 
 def arguments() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").split("\n")[0],
+        epilog="credentials: TIERGATE_CREDENTIAL[_FILE] (agent), TIERGATE_REPORTER_CREDENTIAL[_FILE] (reporter)",
+    )
     parser.add_argument("--server", default="http://127.0.0.1:8360")
-    parser.add_argument("--token", help="the server's bearer token, if it has one")
     parser.add_argument("--rate", type=float, default=40.0, help="refund requests a second (default 40)")
     parser.add_argument("--at-run", type=int, default=20, help="requests to handle at Run before stopping")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="give up if Run is not reached by then")

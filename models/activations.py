@@ -1,4 +1,4 @@
-"""Policy activations in the log (DESIGN §11): one `policy` event per action type, carrying its complete
+"""Policy activations in the log: one `policy` event per action type, carrying its complete
 rules or its retirement, applied at its position in the key's log.
 
 A policy event is never late and moves no event time: it neither raises the watermark nor closes a

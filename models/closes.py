@@ -1,5 +1,5 @@
-"""Event time moving on: the watermark rises, windows close, and at each close the bars are judged
-(DESIGN §6.1–§6.5). Demotion is checked before promotion; a promotion needs every promote bar passing
+"""Event time moving on: the watermark rises, windows close, and at each close the bars are judged.
+Demotion is checked before promotion; a promotion needs every promote bar passing
 at every close of a streak at least `hold` long, the cooldown over, no pin and room under the ceiling.
 """
 
@@ -42,7 +42,7 @@ def close(step: KeyStep, index: int) -> None:
     if key.cells:
         counters = maturity.mature(key, (index + 1) * size, counters)
     if key.since is not None and index < key.since // size:
-        counters = None  # before the window holding `since`: no evidence for the current tier (§6.2)
+        counters = None  # before the window holding `since`: no evidence for the current tier
     if counters is not None and not key.read_only:
         observe(step, counters)
     key.lookback.push(index, counters)

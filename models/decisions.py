@@ -1,4 +1,4 @@
-"""Decisions and tier-map records (DESIGN.md §7): the facts the fold emits.
+"""Decisions and tier-map records: the facts the fold emits.
 
 Both are storage formats (the decisions topic, the embedded store, replay output) written as canonical
 JSON: sorted keys, no spaces, one per line. Add fields with care; never change one's meaning.

@@ -1,7 +1,7 @@
 """Where each outcome counts, and the bars judged on a key's evidence.
 
 Evidence is a success ratio per (tier the action ran at, metric) over the lookback's closed windows; an
-outcome adds one to `n` and, if it is a success, one to `successes` of its pair (DESIGN §5).
+outcome adds one to `n` and, if it is a success, one to `successes` of its pair.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The decider over the ordered event log of each action type (DESIGN §6).
+"""The decider over the ordered event log of each action type.
 
     initial_state(policy)            -> State, every catalog type at its starting tier
     initial_decisions(policy)        -> the `initial` decision of each type, in name order
@@ -169,7 +169,17 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
 
 
 def _checkpoint(state: State, key: KeyState, event: Checkpoint) -> Stepped:
-    """How far the customer feed is complete: never late, moves no event time, idempotent."""
+    """How far the customer feed is complete: never late, moves no event time; a re-sent one is a duplicate.
+    A feed can only vouch for what has already happened, so `through` may not be after its own `ts`."""
+    if key.remembers(event.event_id):
+        return Stepped(state, (), DUPLICATE, DUPLICATE_REASON)
+    if event.through > event.ts:
+        reason = (
+            "through: a checkpoint cannot vouch for the future (through is after its own ts): send it once the "
+            "feed has reported every failure up to through"
+        )
+        return Stepped(state, (), REJECTED, reason)
+    key.remember(event.event_id, event.ts // key.rules.window)
     if key.checkpoint is None or event.through > key.checkpoint:
         key.checkpoint = event.through
     return Stepped(state, (), APPLIED, None)

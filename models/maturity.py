@@ -1,4 +1,4 @@
-"""Delayed customer outcomes (DESIGN §12): with a maturity, customer success is the absence of a failure by
+"""Delayed customer outcomes: with a maturity, customer success is the absence of a failure by
 a deadline, and an action counts for the customer only once it is that old and the outcome feed says its
 failures are in.
 

@@ -1,4 +1,4 @@
-"""Operators' overrides (DESIGN §4, §6.6): pin, unpin, cap, uncap, demote, promote.
+"""Operators' overrides: pin, unpin, cap, uncap, demote, promote.
 
 Overrides are never late: one takes effect at `max(ts, end of the key's last closed window)`, after the
 windows its own `ts` closes. One that cannot apply is rejected with its reason and changes nothing (its
@@ -36,7 +36,9 @@ def apply(step: KeyStep, event: Override) -> str | None:
         key.cap = None
     elif key.pinned is not None:  # a human promote/demote carries the pin along
         key.pinned = target
-    details: dict[str, Any] = {"op": event.op, "actor": event.actor}
+    details: dict[str, Any] = {"op": event.op, "actor": event.actor, "event_id": event.event_id}
+    if event.tier is not None:
+        details["tier"] = event.tier  # what the operator named (a cap above the tier moves nothing)
     if target != key.tier:
         step.move("override", target, at, event.reason, **details)
     else:

@@ -1,4 +1,4 @@
-"""The promotion policy document (DESIGN §5): declarative data, validated once, at load.
+"""The promotion policy document: declarative data, validated once, at load.
 
 The loader takes the policy as a mapping (streams/ reads the YAML) and either returns a `Policy` whose
 every per-action-type `Rules` is merged and valid, or raises `PolicyError` whose messages name the field

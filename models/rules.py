@@ -92,7 +92,7 @@ class Tiers(Strict):
     run: TierPolicy = Field(default_factory=TierPolicy)
 
 
-# The rules a bar is judged by (DESIGN §13). In a rules mapping an absent `rule` is the v1 rule: rules written
+# The rules a bar is judged by. In a rules mapping an absent `rule` is the v1 rule: rules written
 # before the rule fields existed were decided by it. A policy file that names no rule gets the sound rule
 # instead (models/policy.py), except where it stands for an old log's policy.
 PromotionRule = Literal["mixture", "wilson"]
@@ -145,7 +145,7 @@ class CustomerOutcomes(Strict):
 
 class Outcomes(Strict):
     """How outcomes are known: with a customer maturity, an action counts for the customer only once it is
-    old enough and the outcome feed's checkpoint says its failures are in (DESIGN §12)."""
+    old enough and the outcome feed's checkpoint says its failures are in."""
 
     customer: CustomerOutcomes = Field(default_factory=CustomerOutcomes)
 
@@ -227,7 +227,7 @@ def problems_of(spec: RulesSpec) -> Problems:
 
 
 def rule_problems(spec: RulesSpec) -> Problems:
-    """The §13 rules: each parameter belongs to its rule, and each rule's test must be possible for every
+    """The bar rules: each parameter belongs to its rule, and each rule's test must be possible for every
     bar it judges."""
     problems: Problems = []
     promotion, demotion = spec.promotion, spec.demotion
@@ -347,6 +347,8 @@ def pydantic_problems(error: ValidationError, prefix: Path = ()) -> Problems:
             message = "is required: add it"
         elif item["type"] == "extra_forbidden":
             message = "is not a policy field: remove it or check its spelling"
+        elif item["type"] in ("model_type", "dict_type"):
+            message = _mapping_wanted(prefix + tuple(item["loc"]))
         elif item["type"] == "literal_error" and item["loc"] and item["loc"][-1] == "metric":
             message = f"unknown metric {item['input']!r}: use one of {', '.join(METRICS)}"
         elif item["type"] == "literal_error" and len(item["loc"]) >= 2 and item["loc"][-1] == "rule":
@@ -356,6 +358,13 @@ def pydantic_problems(error: ValidationError, prefix: Path = ()) -> Problems:
             message = f"unknown rules schema {item['input']!r}: this tiergate knows schema {RULES_SCHEMA}; upgrade it"
         problems.append((prefix + tuple(item["loc"]), message))
     return problems
+
+
+def _mapping_wanted(path: Path) -> str:
+    """What a field that must be a mapping takes (a catalog entry: the fields an action type may set)."""
+    if len(path) == 2 and path[0] == "action_types":
+        return "must be a mapping (e.g. {} or {max_tier: walk})"
+    return "must be a mapping of its fields (name: value pairs, in braces or indented lines)"
 
 
 def rules_from_mapping(mapping: Mapping[str, Any]) -> Rules:

@@ -1,4 +1,4 @@
-"""Sequential tests for the bars (DESIGN §13): statistics that may be looked at at every close.
+"""Sequential tests for the bars: statistics that may be looked at at every close.
 
 The v1 rules judge each close's lookback afresh, as if it were the only look: the point rate of a keep bar
 against target − margin (`demotion.rule: point`), the Wilson lower bound of a promote bar against its target

@@ -17,7 +17,7 @@ from .rules import Rules, rules_from_mapping
 from .sequential import SequentialState
 from .wire import TIER_INDEX
 
-STATE_SCHEMA = 2  # 2: the sequential figures of the bar rules (DESIGN §13)
+STATE_SCHEMA = 2  # 2: the sequential figures of the bar rules
 RUN = TIER_INDEX["run"]
 SWEEP_MIN = 1024
 
@@ -90,7 +90,7 @@ class KeyState:
     def watermark(self) -> int | None:
         return None if self.max_ts is None else self.max_ts - self.rules.allowed_lateness
 
-    # -- remembered ids (§6.6) -------------------------------------------------------------------------
+    # -- remembered ids -------------------------------------------------------------------------
 
     def remembers(self, event_id: str) -> bool:
         """An id is remembered until the window of its first copy leaves the lookback."""

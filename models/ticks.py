@@ -1,4 +1,4 @@
-"""The one rule for clock ticks (DESIGN §6.1, §8): when a live runtime's clock must enter a key's log.
+"""The one rule for clock ticks: when a live runtime's clock must enter a key's log.
 
 A runtime reads its clock and appends what this returns to the log, so replay sees the same time. A key
 gets a tick once the clock, less its allowed lateness, has passed the end of its oldest open window: its

@@ -1,4 +1,4 @@
-"""The tripwire (DESIGN §13): `demotion.tripwire: k` failures in a row on a kept metric demote at once, at
+"""The tripwire: `demotion.tripwire: k` failures in a row on a kept metric demote at once, at
 the outcome that completes the run, not at the next close.
 
 A run counts the outcomes of a keep bar's metric that are evidence for the current tier, in log order:

@@ -1,4 +1,4 @@
-"""Input events, wire version 1 (DESIGN.md §4).
+"""Input events, wire version 1.
 
 This module is a storage format: every event ever accepted is kept in this shape, in the input log, for
 good. Change it only by adding optional fields; a field that changes meaning needs a new wire version.
@@ -9,8 +9,10 @@ fold only ever does integer arithmetic on time.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -117,10 +119,10 @@ class Outcome(_Event):
         allowed = RESULTS[self.kind]
         if self.result not in allowed:
             raise ValueError(
-                f"result {self.result!r} is not valid for kind {self.kind!r}: use one of {', '.join(allowed)}"
+                f"result: {self.result!r} is not valid for kind {self.kind!r}: use one of {', '.join(allowed)}"
             )
         if self.edit is not None and self.result != "edited":
-            raise ValueError("edit is only allowed with result 'edited': remove it or set result to 'edited'")
+            raise ValueError("edit: only allowed with result 'edited': remove it or set result to 'edited'")
         return self
 
 
@@ -136,9 +138,9 @@ class Override(_Event):
     @model_validator(mode="after")
     def _tier_fits_op(self) -> Override:
         if self.op in ("pin", "cap") and self.tier is None:
-            raise ValueError(f"op {self.op!r} needs a tier: add tier crawl, walk or run")
+            raise ValueError(f"tier: op {self.op!r} needs a tier: add tier crawl, walk or run")
         if self.op in ("unpin", "uncap", "promote") and self.tier is not None:
-            raise ValueError(f"op {self.op!r} takes no tier: remove the tier field")
+            raise ValueError(f"tier: op {self.op!r} takes no tier: remove the tier field")
         return self
 
 
@@ -180,10 +182,10 @@ class PolicyEvent(_Event):
     @model_validator(mode="after")
     def _rules_or_retired(self) -> PolicyEvent:
         if (self.rules is None) == (self.retired is None):
-            raise ValueError("a policy event carries either rules or retired: true, not both, not neither")
+            raise ValueError("rules: a policy event carries either rules or retired: true, not both, not neither")
         expected = f"policy/{self.activation_id}/{self.action_type}"
         if self.event_id != expected:
-            raise ValueError(f"event_id of a policy event is policy/<activation_id>/<action_type>: use {expected!r}")
+            raise ValueError(f"event_id: a policy event's is policy/<activation_id>/<action_type>: use {expected!r}")
         return self
 
 
@@ -200,18 +202,38 @@ class EventError(ValueError):
         self.reason = reason
 
 
-def describe_validation_error(error: ValidationError) -> str:
-    """Pydantic's errors as one line: `field: problem` pairs joined by '; '."""
-    parts = []
-    for item in error.errors(include_url=False):
-        field = ".".join(str(p) for p in item["loc"][1:]) or "event"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "missing":
-            message = "is required"
-        elif item["type"] == "union_tag_invalid" or item["type"] == "union_tag_not_found":
-            field, message = "type", "must be one of action, outcome, checkpoint, override, tick, policy"
-        parts.append(f"{field}: {message}")
-    return "; ".join(parts)
+EVENT_TYPES = "action, outcome, checkpoint, override, tick, policy"
+FIELDS = frozenset(
+    name for model in (Action, Outcome, Override, Tick, PolicyEvent, Checkpoint) for name in model.model_fields
+)
+"""Every field some event type has: a missing field is never offered one of these as its near miss."""
+
+
+def describe_validation_error(error: ValidationError, data: Mapping[str, Any] | None = None) -> str:
+    """Pydantic's errors as one line: `field: problem` pairs joined by '; '. With the event's `data`, a
+    missing field is matched against the event's unknown keys (`action_typ`: did you mean `action_type`?)."""
+    return "; ".join(_problem(item, data or {}) for item in error.errors(include_url=False))
+
+
+def _problem(item: Mapping[str, Any], data: Mapping[str, Any]) -> str:
+    field = ".".join(str(p) for p in item["loc"][1:])
+    message = item["msg"].removeprefix("Value error, ")
+    if item["type"] == "union_tag_not_found":
+        return f"type: is required: add one of {EVENT_TYPES}{_near_miss('type', data)}"
+    if item["type"] == "union_tag_invalid":
+        return f"type: must be one of {EVENT_TYPES}"
+    if item["type"] == "missing":
+        return f"{field}: is required: add it{_near_miss(field, data)}"
+    if not field:  # the model's own checks name their field first; anything else is about the whole event
+        return message if item["type"] == "value_error" else f"event: {message}"
+    return f"{field}: {message}"
+
+
+def _near_miss(field: str, data: Mapping[str, Any]) -> str:
+    """' (the event has "action_typ": did you mean "action_type"?)' when an unknown key is a near miss."""
+    unknown = [key for key in data if isinstance(key, str) and key not in FIELDS]
+    close = difflib.get_close_matches(field, unknown, n=1, cutoff=0.8)
+    return f' (the event has "{close[0]}": did you mean "{field}"?)' if close else ""
 
 
 def event_from_dict(data: dict[str, Any]) -> AnyEvent:
@@ -219,4 +241,4 @@ def event_from_dict(data: dict[str, Any]) -> AnyEvent:
     try:
         return EVENT_ADAPTER.validate_python(data)
     except ValidationError as error:
-        raise EventError(describe_validation_error(error)) from None
+        raise EventError(describe_validation_error(error, data)) from None

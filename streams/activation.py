@@ -1,5 +1,5 @@
 """Turning a policy document into an activation: one `policy` event per action type of the old or the new
-catalog (DESIGN §11), and the diff an operator reads before applying it.
+catalog, and the diff an operator reads before applying it.
 
 The events are the same whichever runtime writes them: the embedded server appends them in one
 transaction; `tiergate policy apply --kafka` signs and produces them. Each names, per key, the activation
@@ -91,19 +91,29 @@ class Diff:
         return out or ["no change to any action type's rules"]
 
 
+READ_ONLY_FIELDS = frozenset({"read_only", "max_tier", "window", "allowed_lateness"})
+"""The rules that still matter to a read-only type (its tier, and what an activation refuses to change);
+every other rule (bars, holds, keep, demotion, confidence…) it never reads."""
+
+
 def diff(old: Mapping[str, Mapping[str, Any]], new: Policy) -> Diff:
-    """Compare each type's complete rules (`old`: type -> rules mapping in force) with the new policy's."""
+    """Compare each type's complete rules (`old`: type -> rules mapping in force) with the new policy's. A
+    read-only type's changes to rules it never reads are marked `(no effect: read-only)`."""
     changed: dict[str, list[str]] = {}
     for name in sorted(set(old) & set(new.types)):
-        changes = _changes(old[name], new.types[name].mapping, ())
+        read_only = bool(new.types[name].mapping.get("read_only"))
+        changes = [
+            line if not read_only or path[0] in READ_ONLY_FIELDS else f"{line} (no effect: read-only)"
+            for path, line in _changes(old[name], new.types[name].mapping, ())
+        ]
         if changes:
             changed[name] = changes
     return Diff(sorted(set(new.types) - set(old)), sorted(set(old) - set(new.types)), changed)
 
 
-def _changes(before: Any, after: Any, path: tuple[str, ...]) -> list[str]:
+def _changes(before: Any, after: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], str]]:
     if isinstance(before, Mapping) and isinstance(after, Mapping):
-        out: list[str] = []
+        out: list[tuple[tuple[str, ...], str]] = []
         for key in sorted(set(before) | set(after)):
             out += _changes(before.get(key), after.get(key), (*path, str(key)))
         return out
@@ -111,7 +121,7 @@ def _changes(before: Any, after: Any, path: tuple[str, ...]) -> list[str]:
         return []  # bars compare as a set
     if before == after:
         return []
-    return [f"{'.'.join(path)}: {_show(before)} → {_show(after)}"]
+    return [(path, f"{'.'.join(path)}: {_show(before)} → {_show(after)}")]
 
 
 def _as_set(items: list[Any]) -> frozenset[str]:

@@ -10,7 +10,11 @@ import orjson
 from tiergate.models.fold import Event
 from tiergate.models.wire import MAX_EVENT_BYTES, EventError, event_from_dict
 
-__all__ = ["Event", "EventError", "decode", "encode", "iter_lines"]
+__all__ = ["EXCERPT", "Event", "EventError", "decode", "encode", "excerpt", "iter_lines"]
+
+EXCERPT = 200
+"""Characters of a raw input shown where rows are listed (a table, the console); the whole of it is in --json,
+/v1/rejected and the console's expansion."""
 
 
 def decode(raw: bytes) -> Event:
@@ -23,11 +27,25 @@ def decode(raw: bytes) -> Event:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
-        strict = "strict JSON: no NaN, Infinity or numbers beyond a double"
-        raise EventError(f"malformed JSON: {error} ({strict})") from None
+        raise EventError(_malformed(error)) from None
     if not isinstance(data, dict):
         raise EventError("an event is one JSON object ({...}); send arrays as NDJSON, one object a line")
     return event_from_dict(data)
+
+
+NOT_JSON_NUMBERS = ("nan", "infinity", "inf")
+STRICT = "strict JSON: no NaN, Infinity or numbers beyond a double; send null or a string"
+
+
+def _malformed(error: orjson.JSONDecodeError) -> str:
+    """The reason for input that is not JSON, with the fix where the error shows it: a number JSON cannot
+    carry (NaN, Infinity, one beyond a double), or an event cut short."""
+    at = str(error.doc)[error.pos : error.pos + 8].lower()
+    if "infinity when parsed as double" in error.msg or at.startswith(NOT_JSON_NUMBERS):
+        return f"malformed JSON: {error} ({STRICT})"
+    if error.msg.startswith("unexpected end of data"):
+        return f"malformed JSON: {error}: the event is cut short; send the whole object"
+    return f"malformed JSON: {error}"
 
 
 def encode(event: Event) -> bytes:
@@ -41,3 +59,10 @@ def iter_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
         line = line.rstrip(b"\r\n")
         if line.strip():
             yield number, line
+
+
+def excerpt(raw: str, limit: int = EXCERPT) -> str:
+    """Raw input as a listing shows it: whole when short, else its first `limit` characters and its size."""
+    if len(raw) <= limit:
+        return raw
+    return f"{raw[:limit]}… ({len(raw.encode('utf-8', 'surrogateescape'))} bytes)"

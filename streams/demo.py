@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -92,7 +93,7 @@ def status_table(status: dict[str, Any], now: int, posted: Counter[str]) -> Tabl
     title = f"tiergate demo — event time {format_ts(now)} — {posted_line(posted)}"
     table = Table(title=title, title_justify="left")
     for column in ("action type", "tier", "bars (figure, n / min samples, bar)", "hold", "since"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a narrow terminal wraps a name, never cuts it
     for view in status["action_types"]:
         tier = view["tier"]
         bars = [_bar_line(rule, bar) for rule in ("promote", "keep") for bar in view[rule]]
@@ -148,8 +149,11 @@ def _bar(progress: float, width: int = 12) -> str:
     return "█" * filled + "░" * (width - filled) + f" {progress:4.0%}"
 
 
-async def run_demo(data_dir: Path, days: int, seconds: float, console: Console, seed: int = 7) -> DemoResult:
-    """Run the story for `days` of event time in about `seconds` of wall time; return what it decided."""
+async def run_demo(
+    data_dir: Path, days: int, seconds: float, console: Console, seed: int = 7, sock: socket.socket | None = None
+) -> DemoResult:
+    """Run the story for `days` of event time in about `seconds` of wall time, serving on `sock` (a listening
+    socket; default: a free loopback port); return what it decided."""
     if data_dir.exists():
         shutil.rmtree(data_dir)
     data_dir.mkdir(parents=True)
@@ -161,9 +165,12 @@ async def run_demo(data_dir: Path, days: int, seconds: float, console: Console, 
     settings = ServeSettings(policy=policy_path, data_dir=data_dir, tick_interval=0.01)
     runner = web.AppRunner(make_app(evaluator, settings), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    sock = sock or _loopback_socket()
+    await web.SockSite(runner, sock).start()
+    port = sock.getsockname()[1]
+    console.print(
+        f"serving on http://127.0.0.1:{port} while it runs: the console at /console, the tier map at /v1/tiers"
+    )
     maturity = {name: rules.maturity for name, rules in policy.types.items() if rules.maturity is not None}
     fleet = story_fleet(START, seed=seed, days=days, maturity=maturity)
     posted: Counter[str] = Counter()
@@ -185,6 +192,13 @@ async def run_demo(data_dir: Path, days: int, seconds: float, console: Console, 
         await runner.cleanup()
         evaluator.close()
     return _finish(data_dir, policy_path, posted)
+
+
+def _loopback_socket() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
 
 
 @dataclass(frozen=True)
@@ -311,7 +325,7 @@ def summary(result: DemoResult) -> Group:
         title_justify="left",
     )
     for column in ("decision", "at", "move", "why"):
-        log.add_column(column)
+        log.add_column(column, overflow="fold")
     moves = [d for d in result.decisions if _a_move(d)]
     for d in moves:
         log.add_row(

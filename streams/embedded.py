@@ -1,4 +1,4 @@
-"""The embedded runtime: the fold over a SQLite-backed log on one machine (DESIGN §8).
+"""The embedded runtime: the fold over a SQLite-backed log on one machine.
 
 `EmbeddedRuntime.ingest` is the one write path, for HTTP posts, clock ticks and `tiergate import` alike:
 the ingest pipeline folds a batch into the state and its store sink commits the batch's events,
@@ -187,6 +187,7 @@ class Applied:
     diff: Diff
     decisions: list[Decision]
     dry_run: bool
+    unchanged: bool = False  # the policy was already in force: nothing was (or would be) written
 
     @property
     def moves(self) -> list[Decision]:
@@ -198,6 +199,7 @@ class Applied:
             "policy_version": self.policy.version,
             "policy_sha256": self.policy.sha256,
             "dry_run": self.dry_run,
+            "unchanged": self.unchanged,
             "diff": self.diff.record(),
             "moves": [d.record() for d in self.moves],
             "decisions": [d.record() for d in self.decisions],
@@ -360,6 +362,9 @@ class EmbeddedRuntime:
         activation_id: str | None = None,
         dry_run: bool = False,
     ) -> Applied:
+        current = self.current_policy()
+        if current is not None and current.policy_sha256 == policy.sha256:  # applying it again changes nothing
+            return Applied(current.activation_id, policy, diff(self.rules_in_force(), policy), [], dry_run, True)
         now = self.clock.now()
         activation_id = activation_id or new_activation_id(now)
         events = policy_events(policy, Catalog.of(self.state), activation_id, actor, reason, now)
@@ -482,8 +487,7 @@ def results_of(items: list[Handled]) -> Ingested:
     """A batch's per-event results, its decisions and the tier records they change."""
     out = Ingested()
     for item in items:
-        event_id = None if item.event is None else item.event.event_id
-        out.results.append(EventResult(item.input.position, event_id, item.result, item.reason))
+        out.results.append(EventResult(item.input.position, item.event_id, item.result, item.reason))
         out.decisions.extend(item.decisions)
     out.tier_changes = [TierRecord.from_decision(d) for d in out.decisions if d.moves]
     return out

@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from tiergate.models.durations import format_duration
+
 
 class ExplainError(LookupError):
     """The decision log says nothing about the action type asked for."""
@@ -52,6 +54,7 @@ class Explanation:
     current: dict[str, Any]  # the decision that set the current tier
     holds: list[dict[str, Any]] = field(default_factory=list)  # pins and caps still in force
     history: list[dict[str, Any]] = field(default_factory=list)
+    now: dict[str, Any] | None = None  # a live server's view at the last close (GET /v1/status), if asked
 
     @property
     def tier(self) -> str:
@@ -63,13 +66,14 @@ class Explanation:
             if hold["op"] == "pin":
                 return f"pinned at {self.tier} by an operator: automatic moves are suspended until an unpin"
         for hold in self.holds:
-            if hold["op"] == "cap" and hold["to_tier"] == self.tier:
+            if hold["op"] == "cap" and hold.get("tier", hold["to_tier"]) == self.tier:
                 return f"held at {self.tier} by an operator's cap: no promotion above it until an uncap"
         current = self.current
         moved = {
             "promote": f"promoted at {current['at']}: every promote bar passed for the hold time",
             "demote": f"demoted at {current['at']}: {_fell(current['evidence'])}",
             "override": f"moved by an operator ({current.get('op')}) at {current['at']}",
+            "policy": f"moved by policy activation {current.get('activation_id')} at {current['at']}",
         }
         return moved.get(current["kind"], str(current["reason"]))
 
@@ -83,10 +87,10 @@ class Explanation:
             "set_by": self.current,
             "held_by": self.holds,
             "history": self.history,
-        }
+        } | ({"now": self.now} if self.now is not None else {})
 
 
-def explanation(decisions: list[dict[str, Any]], action_type: str) -> Explanation:
+def explanation(decisions: list[dict[str, Any]], action_type: str, now: dict[str, Any] | None = None) -> Explanation:
     """Read an action type's decisions (log order) into what set its tier and what holds it there."""
     if not decisions:
         raise ExplainError(f"no decision about {action_type!r} in the log: check the name (it is case-sensitive)")
@@ -94,7 +98,7 @@ def explanation(decisions: list[dict[str, Any]], action_type: str) -> Explanatio
         (d for d in decisions if d["kind"] != "violation" and d["to_tier"] != d.get("from_tier")),
         key=lambda d: d["version"],
     )
-    return Explanation(action_type, current, _holds(decisions), decisions)
+    return Explanation(action_type, current, _holds(decisions), decisions, now)
 
 
 def _fell(evidence: list[dict[str, Any]]) -> str:
@@ -120,9 +124,12 @@ def _holds(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [decision for decision in held.values() if decision is not None]
 
 
-def explain(decisions: list[dict[str, Any]], action_type: str, console: Console) -> None:
-    """Print the current tier, why it is there, the decision that set it with its evidence, and the history."""
-    told = explanation(decisions, action_type)
+def explain(
+    decisions: list[dict[str, Any]], action_type: str, console: Console, now: dict[str, Any] | None = None
+) -> None:
+    """Print the current tier, why it is there, the decision that set it with its evidence, the live view
+    when there is one, and the history."""
+    told = explanation(decisions, action_type, now)
     current = told.current
     heading = Text.assemble(
         (action_type, "bold"), " is at ", (told.tier, "bold"), f" since {current['at'] or 'the start'}"
@@ -138,7 +145,29 @@ def explain(decisions: list[dict[str, Any]], action_type: str, console: Console)
         console.print(_evidence_table(current["evidence"]))
     if current.get("hold"):
         console.print(f"hold: passing since {current['hold']['passing_since']}, required {current['hold']['required']}")
+    if now is not None:
+        _print_now(now, console)
     console.print(_history(decisions))
+
+
+def _print_now(now: dict[str, Any], console: Console) -> None:
+    """What the evaluator sees at the type's last close: the gate out of its tier, the keep bars, the hold
+    streak, and customer units still waiting to mature."""
+    console.print(f"now (as of the last close, {now['last_close'] or 'none yet'}; watermark {now['watermark']})")
+    if now["promote"]:
+        console.print(_evidence_table(now["promote"], "promote bars now"))
+        hold = now["hold"]
+        passing = f"passing since {hold['passing_since']}" if hold["passing_since"] else "not passing"
+        console.print(f"hold: {passing}; {hold['progress']:.0%} of {format_duration(hold['required'] or 0)} held")
+    if now["keep"]:
+        console.print(_evidence_table(now["keep"], "keep bars now"))
+    customer = now["customer"]
+    if customer["maturity"] is not None:
+        pending = ", ".join(f"{n} at {tier}" for tier, n in customer["pending"].items()) or "none"
+        console.print(
+            f"customer outcomes mature after {format_duration(customer['maturity'])}: pending {pending}; "
+            f"the feed's checkpoint {customer['checkpoint'] or 'not yet sent'}"
+        )
 
 
 def _hold_line(hold: dict[str, Any]) -> Text:
@@ -148,8 +177,12 @@ def _hold_line(hold: dict[str, Any]) -> Text:
 
 def _set_by_line(decision: dict[str, Any]) -> Text:
     line = Text(f"set by {decision['decision_id']} ({decision['kind']}")
+    if decision.get("op"):
+        line.append(f" {decision['op']}")
+    if decision.get("activation_id"):
+        line.append(" of activation ").append_text(plain(decision["activation_id"]))
     if decision.get("actor"):
-        line.append(f" {decision.get('op')} by ").append_text(plain(decision["actor"]))
+        line.append(" by ").append_text(plain(decision["actor"]))
     return line.append("): ").append_text(plain(decision["reason"]))
 
 
@@ -166,12 +199,12 @@ def _history(decisions: list[dict[str, Any]]) -> Table:
 TEST_COLUMNS = ("rule", "statistic", "threshold", "n since the test began")
 
 
-def _evidence_table(evidence: list[dict[str, Any]]) -> Table:
+def _evidence_table(evidence: list[dict[str, Any]], title: str = "evidence") -> Table:
     """Each bar's lookback figures; for a bar judged by a sequential rule or the tripwire, also the rule's
     statistic against its threshold, on the outcomes since its test began."""
     tested = any("test" in bar for bar in evidence)
     columns = ["metric", "n", "successes", "rate", "Wilson bounds", "target", "min samples", "passed"]
-    table = Table(*columns, *(TEST_COLUMNS if tested else ()), title="evidence", title_justify="left")
+    table = Table(*columns, *(TEST_COLUMNS if tested else ()), title=title, title_justify="left")
     for bar in evidence:
         rate = "-" if bar["rate"] is None else f"{bar['rate']:.4f}"
         row: list[Text | str] = [

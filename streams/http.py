@@ -31,6 +31,7 @@ from . import __version__, console
 from .access import ANONYMOUS, ROLES, Caller, Credentials, Role, first_forbidden
 from .embedded import EmbeddedRuntime, Ingested, PolicyRefused
 from .metrics import TiergateCollector, registry_with
+from .pipeline import request_source
 from .policy_file import PolicyFileError, parse_policy, policy_from_mapping
 from .settings import ServeSettings
 from .store import RejectedQuery, StoreError
@@ -231,7 +232,7 @@ async def post_events(request: web.Request) -> web.Response:
     refused = first_forbidden(raws, caller)
     if refused is not None:
         return problem(403, refused.error(caller), refused.fix())
-    source = f"http({request.remote})" if caller.name is None else f"http({request.remote} as {caller.name})"
+    source = request_source(request.remote, caller.name)
     evaluator = writer.evaluator
     if _dry_run(request):
         if caller.role != "operator":

@@ -2,7 +2,7 @@
 the result with what the workers recorded: the decisions topic, the compacted tier map, and the state
 the workers saved in their changelog.
 
-Logs from different runtimes are compared per key, and within a key byte for byte (DESIGN.md §6.7). The
+Logs from different runtimes are compared per key, and within a key byte for byte. The
 decisions topic is at-least-once: a decision id seen twice must carry the same bytes both times, and
 counts once. Decisions alone can agree while input went missing (a lost outcome need not change a
 decision), so each key's saved state is checked too: its input offset, the number of input events it
@@ -29,7 +29,7 @@ from .kafka import DECISIONS, EVENTS, STATE_CHANGELOG, TIER_MAP, KafkaSettings, 
 from .keyed import KeyedFold, Outputs
 from .pipeline import Input, Rejected, named_action_type
 from .replay import Replay, replay_inputs
-from .signing import kafka_admission
+from .signing import kafka_admission, signing_key
 
 
 async def read_topic(settings: KafkaSettings, name: str) -> list[ConsumerRecord[bytes, bytes]]:
@@ -108,7 +108,7 @@ def replay_records(
         for record in records
     )
     admit = kafka_admission(settings.deployment, settings.genesis_keys)
-    replay = replay_inputs(inputs, policy, decided, rejected.append, admit=admit)
+    replay = replay_inputs(inputs, policy, decided, rejected.append, admit=admit, principal=signing_key)
     return KafkaReplay(replay, out, rejected, records, settings)
 
 
@@ -234,5 +234,5 @@ def _first_field_differing(refolded: KeyState | None, saved: dict[str, Any] | No
 async def verify_state(settings: KafkaSettings, reference: KafkaReplay) -> list[Difference]:
     """Every key whose state in the workers' changelog is not the fold of its input (see `check_state`)."""
     partitions = read_topics(settings.topics_file)[EVENTS].partitions
-    fold = KeyedFold(reference.replay.policy, kafka_admission(settings.deployment, settings.genesis_keys))
+    fold = KeyedFold(reference.replay.policy, kafka_admission(settings.deployment, settings.genesis_keys), signing_key)
     return check_state(reference, await saved_state(settings), fold, partitions)

@@ -18,7 +18,7 @@ from tiergate.models.fold import initial_decisions, initial_key
 from tiergate.models.policy import Policy
 from tiergate.models.state import KeyState, State
 
-from .pipeline import Admit, Handled, Input, Pipeline, Rejected, Sink, key_matches
+from .pipeline import Admit, Handled, Input, Pipeline, Principal, Rejected, Sink, carried, key_matches
 
 
 @dataclass(slots=True)
@@ -63,9 +63,11 @@ class Outputs:
 class KeyedFold:
     """The fold of one key's records of a batch, in log order, from its saved state."""
 
-    def __init__(self, policy: Policy | None = None, admit: Admit = key_matches) -> None:
+    def __init__(
+        self, policy: Policy | None = None, admit: Admit = key_matches, principal: Principal = carried
+    ) -> None:
         self.policy = policy
-        self.pipeline = Pipeline(admit)
+        self.pipeline = Pipeline(admit, principal)
         self.initial = {d.action_type: d for d in initial_decisions(policy)}
 
     def start(self, name: str) -> tuple[Saved, tuple[Decision, ...]]:

@@ -3,7 +3,8 @@
 Nothing in the fold counts anything for Prometheus; this collector reads the views of the state and the
 runtime's tallies at scrape time. Labels are bounded by the catalog (action types, tiers, metrics): input
 that names no catalog type (malformed, an unknown type) is counted without an action_type label, in
-`tiergate_unattributed_events_total`, never as an `action_type=""` series.
+`tiergate_unattributed_events_total`, never as an `action_type=""` series; input the schema rejects that
+names a catalog type counts under that type, `result="rejected"`.
 """
 
 from __future__ import annotations

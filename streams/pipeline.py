@@ -16,6 +16,7 @@ and counts only what was committed.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import replace
@@ -43,6 +44,26 @@ class Input(NamedTuple):
     @property
     def origin(self) -> str:
         return f"{self.source}:{self.position}"
+
+
+def request_source(remote: str | None, credential: str | None) -> str:
+    """The source of events posted over HTTP: the sender's address, and its credential where there is one
+    (so a rejected input's origin says who sent it: `http(127.0.0.1 as support-bot):3`)."""
+    return f"http({remote})" if credential is None else f"http({remote} as {credential})"
+
+
+POSTED = re.compile(r"http\((?P<remote>[^ )]*)(?: as (?P<credential>[^)]+))?\):(?P<index>\d+)")
+
+
+def readable_origin(origin: str) -> str:
+    """An origin as people read it: a posted event's sender, address and place in its request
+    (`support-bot from 127.0.0.1, event 4 of its request`); any other origin (`file:line`,
+    `topic/partition:offset`) as it is."""
+    posted = POSTED.fullmatch(origin)
+    if posted is None:
+        return origin
+    sender = posted["remote"] if posted["credential"] is None else f"{posted['credential']} from {posted['remote']}"
+    return f"{sender}, event {int(posted['index']) + 1} of its request"
 
 
 class Rejected(NamedTuple):
@@ -82,32 +103,54 @@ class Handled(NamedTuple):
         if self.result != LATE and self.result != REJECTED:
             return None
         assert self.reason is not None  # the fold and the pipeline give a reason for both
-        action_type = self.action_type if self.event is not None else named_action_type(self.input.raw)
-        return Rejected(self.input.origin, self.result, self.reason, self.input.raw, action_type)
+        return Rejected(self.input.origin, self.result, self.reason, self.input.raw, self.named_action_type)
 
     @property
     def action_type(self) -> str | None:
         return None if self.event is None else self.event.action_type
 
+    @property
+    def named_action_type(self) -> str | None:
+        """The event's action type, or the one input the decoder refused names."""
+        return self.action_type if self.event is not None else named_action_type(self.input.raw)
 
-def named_action_type(raw: bytes) -> str | None:
-    """The `action_type` that input the decoder refused names, if it is a JSON object naming one: so rejected
-    input can be found by type even when it is malformed in another field."""
+    @property
+    def event_id(self) -> str | None:
+        """The event's id, or the one input the decoder refused names: so its producer can tell which it was."""
+        return self.event.event_id if self.event is not None else named(self.input.raw, "event_id")
+
+
+def named(raw: bytes, field: str) -> str | None:
+    """The string `field` of input the decoder refused, if it is a JSON object naming one."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    named = data.get("action_type") if isinstance(data, dict) else None
-    return named if isinstance(named, str) else None
+    value = data.get(field) if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
 
 
-def with_principal(item: Input, event: Event, decisions: tuple[Decision, ...]) -> tuple[Decision, ...]:
-    """An override's decision records who posted it (`principal`, authenticated) beside the `actor` it
-    declares. The principal comes with the input (stored beside the event in the log), not from its bytes."""
-    if item.principal is None or not isinstance(event, Override):
+def named_action_type(raw: bytes) -> str | None:
+    """The `action_type` that input the decoder refused names, if it is a JSON object naming one: so rejected
+    input can be found by type even when it is malformed in another field."""
+    return named(raw, "action_type")
+
+
+def carried(item: Input, event: Event) -> str | None:
+    """Who sent an input, as the runtime authenticated it and stored it beside the event."""
+    return item.principal
+
+
+Principal = Callable[[Input, Event], str | None]
+"""A runtime's answer to who sent an input (None: it cannot tell)."""
+
+
+def with_principal(principal: str | None, event: Event, decisions: tuple[Decision, ...]) -> tuple[Decision, ...]:
+    """An override's decision records who sent it (`principal`, authenticated) beside the `actor` it declares."""
+    if principal is None or not isinstance(event, Override):
         return decisions
-    principal = {"principal": item.principal}
-    return tuple(replace(d, details=d.details | principal) if d.kind == "override" else d for d in decisions)
+    named = {"principal": principal}
+    return tuple(replace(d, details=d.details | named) if d.kind == "override" else d for d in decisions)
 
 
 class Sink(Protocol):
@@ -125,8 +168,8 @@ Admit = Callable[[Input, Event, State], str | None]
 class Pipeline:
     """decode → admit → step; the runtimes differ only in `admit` and their sink."""
 
-    def __init__(self, admit: Admit | None = None) -> None:
-        self.admit = admit
+    def __init__(self, admit: Admit | None = None, principal: Principal = carried) -> None:
+        self.admit, self.principal = admit, principal
 
     def handle(self, state: State, item: Input) -> Handled:
         try:
@@ -138,7 +181,7 @@ class Pipeline:
             if refused is not None:
                 return Handled(item, event, REJECTED, refused, (), False)
         stepped = step(state, event)
-        decisions = with_principal(item, event, stepped.decisions)
+        decisions = with_principal(self.principal(item, event), event, stepped.decisions)
         return Handled(item, event, stepped.result, stepped.reason, decisions, True)
 
     def run(self, inputs: Iterable[Input], state: State, sink: Sink) -> None:
@@ -171,14 +214,15 @@ class Tallies(NamedTuple):
 
 class Counting:
     """Counts what a sink committed. Event counts are labelled by action type only for types the state
-    holds, so labels stay bounded by the catalog whatever producers send."""
+    holds, so labels stay bounded by the catalog whatever producers send; input the decoder refused counts
+    under the catalog type it names, as `tiergate rejected` lists it."""
 
     def __init__(self, inner: Sink, tallies: Tallies, state: State) -> None:
         self.inner, self.tallies, self.state = inner, tallies, state
         self.batch = Tallies.empty()
 
     def handled(self, item: Handled) -> None:
-        name = item.action_type
+        name = item.named_action_type
         self.batch.events[name if name is not None and name in self.state.keys else "", item.result] += 1
         for decision in item.decisions:
             self.batch.decisions[decision.action_type, decision.kind] += 1

@@ -31,8 +31,9 @@ class Timeline:
     views: list[KeyView] = field(default_factory=list)
 
 
-def timelines(lines: Iterable[bytes], policy: Policy) -> dict[str, Timeline]:
-    """Fold the lines; after each event that closed a window of its key, keep that key's view."""
+def timelines(lines: Iterable[bytes], policy: Policy | None) -> dict[str, Timeline]:
+    """Fold the lines (under `policy`, or the policy activations the log carries); after each event that
+    closed a window of its key, keep that key's view."""
     state = initial_state(policy)
     out: dict[str, Timeline] = defaultdict(lambda: Timeline(""))
     for raw in lines:

@@ -24,7 +24,7 @@ from tiergate.models.policy import Policy
 from tiergate.models.state import State
 
 from .codec import iter_lines
-from .pipeline import Admit, Handled, Input, Pipeline, Rejected
+from .pipeline import Admit, Handled, Input, Pipeline, Principal, Rejected, carried
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 PROGRESS_EVERY = 4096  # lines between progress bar updates
@@ -79,6 +79,7 @@ def replay_inputs(
     on_rejected: RejectedSink,
     state: State | None = None,
     admit: Admit | None = None,
+    principal: Principal = carried,
 ) -> Replay:
     """The fold of a log from its start (initial decisions first) or from a saved `state`: what `replay`
     does, and what the runtimes' checks compare with."""
@@ -89,7 +90,7 @@ def replay_inputs(
         for decision in initial_decisions(policy):
             replay.decisions += 1
             on_decision(decision)
-    Pipeline(admit).run(inputs, replay.state, replay)
+    Pipeline(admit, principal).run(inputs, replay.state, replay)
     return replay
 
 

@@ -1,4 +1,4 @@
-"""Operators' signatures on Kafka (DESIGN §14): overrides and policy activations are signed with Ed25519.
+"""Operators' signatures on Kafka: overrides and policy activations are signed with Ed25519.
 
 On Kafka, whoever may write to the input topic could otherwise post a `promote`; so an override or a policy
 event counts only if an operator key trusted by the key's policy signed it. The signature covers the event
@@ -162,3 +162,12 @@ def kafka_admission(deployment: str, genesis_keys: Path | None) -> Admit:
     signed by a trusted key for this deployment."""
     genesis = () if genesis_keys is None else read_trusted(genesis_keys)
     return all_of(key_matches, signed_by_operators(deployment, genesis))
+
+
+def signing_key(item: Input, event: Event) -> str | None:
+    """Who sent an operator event on Kafka: the key that signed it (the admission has verified the signature
+    before the fold runs, so the key id is authenticated, not merely claimed)."""
+    if not isinstance(event, SIGNED):
+        return item.principal
+    key_id = orjson.loads(item.raw).get("key_id")
+    return key_id if isinstance(key_id, str) else item.principal

@@ -1,4 +1,4 @@
-"""`tiergate worker`: the fold as a faust-streaming worker on Apache Kafka (DESIGN.md §8, §10).
+"""`tiergate worker`: the fold as a faust-streaming worker on Apache Kafka.
 
 - One agent consumes `tiergate.events.v1` (keyed by action type) in batches (`take_events`). Each input
   partition is folded in offset order from its resume point, without a gap: faust can deliver messages
@@ -59,7 +59,7 @@ from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, BrokerLog, KafkaSettings, h
 from .keyed import KeyedFold, Outputs, Saved
 from .metrics import TiergateCollector, WorkerCollector
 from .pipeline import Counting, Input, Rejected, Tallies
-from .signing import kafka_admission
+from .signing import kafka_admission, signing_key
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ class Worker:
         )
         self.table = self.app.Table("state", default=None, partitions=partitions, key_type=bytes, use_partitioner=True)
         self.tallies = Tallies.empty()
-        self.keyed = KeyedFold(policy, kafka_admission(kafka.deployment, kafka.genesis_keys))
+        self.keyed = KeyedFold(policy, kafka_admission(kafka.deployment, kafka.genesis_keys), signing_key)
         self.batches = self.batched = 0
         self.live: dict[bytes, Saved] = {}  # key -> what it last wrote to the table: no rebuild per batch
         self.partitions = partitions

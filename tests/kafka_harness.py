@@ -84,7 +84,14 @@ class Deployment:
 
     @property
     def settings(self) -> KafkaSettings:
-        return KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=self.prefix, topics_file=ROOT / "deploy" / "topics.yaml")
+        """The deployment's settings as its workers read them (genesis keys included, when they are given)."""
+        genesis = self.worker_env.get("TIERGATE_KAFKA_GENESIS_KEYS")
+        return KafkaSettings(
+            bootstrap=BOOTSTRAP,
+            topic_prefix=self.prefix,
+            topics_file=ROOT / "deploy" / "topics.yaml",
+            genesis_keys=None if genesis is None else Path(genesis),
+        )
 
     def create_topics(self) -> None:
         asyncio.run(create_topics(self.settings, 1, TEST_TOPICS))
@@ -163,7 +170,7 @@ class Deployment:
         decisions, the tier map and each key's saved state (`replay --from-kafka --verify`)."""
 
         async def check() -> list[str]:
-            reference = await replay_topic(self.settings, read_policy(POLICY))
+            reference = await replay_topic(self.settings, None if self.policy is None else read_policy(self.policy))
             found = await verify(self.settings, reference) + await verify_state(self.settings, reference)
             return [f"{d.action_type}: {d.problem}" for d in found]
 

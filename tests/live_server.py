@@ -34,15 +34,16 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class LiveServer:
     """`tiergate serve`'s app over a real SQLite store, on a real socket."""
 
-    def __init__(self, data_dir: Path, port: int, token: str | None = None) -> None:
-        self.data_dir, self.port, self.token = data_dir, port, token
+    def __init__(self, data_dir: Path, port: int, token: str | None = None, credentials: str | None = None) -> None:
+        self.data_dir, self.port, self.token, self.credentials = data_dir, port, token, credentials
         self.url = f"http://127.0.0.1:{port}"
         self.stream_headers: list[dict[str, str]] = []  # one per GET /v1/tiers/stream
 
     async def start(self) -> None:
         self.evaluator = EmbeddedRuntime(read_policy(POLICY), self.data_dir, ManualClock(NOON))
         token = SecretStr(self.token) if self.token else None
-        settings = ServeSettings(policy=POLICY, data_dir=self.data_dir, token=token)
+        credentials = SecretStr(self.credentials) if self.credentials else None
+        settings = ServeSettings(policy=POLICY, data_dir=self.data_dir, token=token, credentials=credentials)
         app = make_app(self.evaluator, settings, ticking=False)
         app.middlewares.append(self._note_stream_headers)
         self.runner = web.AppRunner(app)

@@ -255,7 +255,7 @@ def test_decisions_after_an_activation_carry_it() -> None:
     assert at(0) == format_ts(T0)
 
 
-# -- the bar rules (DESIGN §13) in an activation --------------------------------------------------------------
+# -- the bar rules in an activation --------------------------------------------------------------
 
 
 def at_walk_with_figures() -> Log:
@@ -279,7 +279,7 @@ def test_a_changed_demotion_parameter_restarts_only_the_keep_figures() -> None:
 
 
 def test_a_changed_rule_parameter_restarts_the_streak_and_every_figure() -> None:
-    """A new alpha is a changed §13 rule: the hold streak and all the tier's figures start again."""
+    """A new alpha is a changed bar rule: the hold streak and all the tier's figures start again."""
     log = at_walk_with_figures().apply(4.2, policy(promotion={"alpha": 0.1}), "a2")
     t = fold_log(log)[0].keys["t"]
     assert t.passing_since is None

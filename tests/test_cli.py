@@ -218,11 +218,21 @@ def override(op: str, tier: str | None, reason: str, actor: str = "ops@example.c
     return event if tier is None else {**event, "tier": tier}
 
 
+def test_explain_without_a_source_asks_for_one_unless_tiergate_server_is_set() -> None:
+    """With neither --log nor --server, explain reads TIERGATE_SERVER (here: a server that is not running,
+    so it says it cannot reach it); without that either, it asks for a source, exit 2."""
+    nothing = tiergate("explain", "reply_to_ticket", env={"TIERGATE_SERVER": ""})
+    refused(nothing, 2, "give --log DECISIONS.jsonl or --server URL (or set TIERGATE_SERVER)")
+    url = "http://127.0.0.1:9"  # discard: nothing serves tiergate there
+    refused(tiergate("explain", "reply_to_ticket", env={"TIERGATE_SERVER": url}), 2, f"cannot reach {url}")
+
+
 def test_explain_says_an_operators_cap_holds_a_type_at_crawl(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A type capped at Crawl is not explained as "every action type starts at crawl": the cap, its actor
-    and reason come first; after an uncap the start is the reason again."""
+    and reason come first; after an uncap the start is the reason again; a cap at Walk does not hold a
+    type at Crawl (it has not earned Walk yet)."""
     log = decision_log(tmp_path, override("cap", "crawl", "finance review pending"))
     assert main(["explain", "refund_up_to_50", "--log", str(log), "--json"]) == 0
     told = json.loads(capsys.readouterr().out)
@@ -237,6 +247,10 @@ def test_explain_says_an_operators_cap_holds_a_type_at_crawl(
     assert main(["explain", "refund_up_to_50", "--log", str(lifted), "--json"]) == 0
     told = json.loads(capsys.readouterr().out)
     assert (told["held_by"], told["why"]) == ([], "every action type starts at crawl")
+    above = decision_log(tmp_path, override("cap", "walk", "no run yet"))
+    assert main(["explain", "refund_up_to_50", "--log", str(above), "--json"]) == 0
+    told = json.loads(capsys.readouterr().out)
+    assert told["why"] == "every action type starts at crawl" and told["held_by"][0]["tier"] == "walk"
 
 
 def test_explain_shows_what_operators_wrote_as_inert_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -359,6 +373,30 @@ def test_a_busy_port_is_reported_before_the_banner(tmp_path: Path) -> None:
     assert "tiergate serve:" not in done.stderr
 
 
+def test_one_action_type_is_counted_in_the_singular(tmp_path: Path) -> None:
+    """A policy with one action type is `1 action type` in check-policy's verdict and serve's banner."""
+    import yaml
+
+    raw = yaml.safe_load(POLICY.read_text())
+    raw["action_types"] = {"reply_to_ticket": {}}
+    single = tmp_path / "single.yaml"
+    single.write_text(yaml.safe_dump(raw))
+    assert "golden-1, 1 action type, sha256" in tiergate("check-policy", str(single)).stderr
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "tiergate.streams.cli", "serve", "--policy", str(single), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert serve.stderr is not None
+        banner = next(line for line in serve.stderr if line.startswith("tiergate serve:"))
+    finally:
+        serve.terminate()
+        serve.wait(timeout=20)
+    assert "policy golden-1 (1 action type), data in" in banner
+
+
 def run_read_only(directory: Path, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
     """`tiergate ARGV` with `directory` read-only: a read-only bind mount in a private mount namespace when
     root (whom permissions do not stop), else the directory's write bits removed."""
@@ -379,7 +417,7 @@ def test_a_read_only_data_dir_is_an_error_not_a_traceback(tmp_path: Path) -> Non
     EmbeddedRuntime(read_policy(POLICY), data, ManualClock(0)).close()  # an existing store, now read-only
     for argv in (
         ["serve", "--policy", str(POLICY), "--data-dir", str(data), "--port", "0"],
-        ["import", str(CLIMB), "--policy", str(POLICY), "--data-dir", str(data / "fresh")],
+        ["import", str(CLIMB), "--data-dir", str(data / "fresh")],
     ):
         done = run_read_only(data, argv)
         refused(done, 2, "cannot use this data directory", "give a writable --data-dir")
@@ -419,3 +457,19 @@ def test_import_into_a_served_data_dir_says_its_history_turned_late(tmp_path: Pa
     assert "Import history before serving the data dir, or import it into a fresh --data-dir." in done.stderr
     fresh = tiergate("import", str(OLD_CLIMB), "--policy", str(POLICY), "--data-dir", str(tmp_path / "fresh"))
     assert fresh.returncode == 0 and "late" not in fresh.stderr
+
+
+def test_every_command_is_in_the_command_table_of_docs_cli_md() -> None:
+    """Each subcommand the parser registers has a row in docs/cli.md's command table, and the table names
+    no command that does not exist."""
+    import argparse
+    import re
+
+    from tiergate.streams.cli import parser
+
+    [commands] = [a for a in parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    text = (ROOT / "docs" / "cli.md").read_text()
+    table = text[text.index("| command | what |") : text.index("## Conventions")]
+    first_cells = [row.split("|")[1] for row in table.splitlines()[2:] if row.startswith("|")]
+    documented = {name.split()[0] for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
+    assert set(commands.choices) == documented

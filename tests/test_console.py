@@ -144,6 +144,47 @@ async def test_everything_from_the_log_is_escaped(console: Console) -> None:
     assert "&lt;i&gt;ops&lt;/i&gt;" in page
 
 
+def large_action(size: int = 70_000) -> bytes:
+    """An agent's action over the 64 KiB limit (its attributes hold `size` characters): rejected and kept."""
+    event = {
+        "type": "action",
+        "event_id": "big",
+        "ts": "2026-11-02T11:00:00Z",
+        "action_type": "refund_up_to_50",
+        "action_id": "big",
+        "tier": "crawl",
+        "attributes": {"note": "x" * size},
+    }
+    return json.dumps(event).encode()
+
+
+async def test_a_large_rejected_input_is_shortened_with_the_whole_of_it_on_demand(console: Console) -> None:
+    """A 70 KB rejected event is shown as its first 200 characters and its size, with the whole of it in a
+    collapsed expansion; a short one is shown as it is."""
+    large = large_action()
+    await console.post(large, "support-bot")
+    await console.post(b'{"type":"action"}', "support-bot")
+    async with browser() as http:
+        await signed_in(http, console.url, "grafana")
+        part = await (await http.get(f"{console.url}/console/parts/rejected")).text()
+    shown = large.decode()[:200].replace('"', "&#34;")
+    assert f"{shown}… ({len(large)} bytes)</code></summary>" in part
+    assert part.count("<details") == 1 and large.decode().replace('"', "&#34;") in part
+    assert '<code class="raw">{&#34;type&#34;:&#34;action&#34;}</code>' in part
+
+
+async def test_holds_and_origins_read_as_people_write_them(console: Console) -> None:
+    """A hold shows as the policy writes durations (`0% of 2h`, not hours with a decimal); a rejected input's
+    origin names the credential, the address and the event's place in its request."""
+    await console.post(b'{"type":"action"}', "support-bot")
+    async with browser() as http:
+        await signed_in(http, console.url, "grafana")
+        tiers = await (await http.get(f"{console.url}/console/parts/tiers")).text()
+        rejected = await (await http.get(f"{console.url}/console/parts/rejected")).text()
+    assert "0% of 2h" in tiers and "2.0h" not in tiers
+    assert "support-bot from 127.0.0.1, event 1 of its request" in rejected and "http(" not in rejected
+
+
 async def test_every_response_carries_a_strict_content_security_policy(open_console: Console) -> None:
     """The page, its parts, its static files and the API answer with CSP (no inline script or style) and
     nosniff; the script is served as JavaScript from the package."""
@@ -204,7 +245,7 @@ async def test_pending_customer_units_are_shown_per_tier_under_a_maturity(tmp_pa
         async with server, browser() as http:
             url = f"http://127.0.0.1:{server.port}/console/parts/tiers"
             tiers = await (await http.get(url)).text()
-            assert "customer outcomes count 3.0h after their action" in tiers
+            assert "customer outcomes count 3h after their action" in tiers
             assert '<span class="pending">walk 10</span>' in tiers and "feed checkpoint none yet" in tiers
             later = log.checkpoint(6.2, through=5.0).tick(7.1).events[-2:]
             runtime.ingest([json.dumps(event).encode() for event in later], "import", live=False)

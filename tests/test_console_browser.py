@@ -14,7 +14,7 @@ import pytest
 from playwright.async_api import BrowserContext, Page, async_playwright, expect
 
 from .console_app import Console, console_server, secret
-from .test_console import MARKUP, hostile_action, hostile_override
+from .test_console import MARKUP, hostile_action, hostile_override, large_action
 from .test_console_policy import LOWERED
 
 CHROMIUM = "/usr/bin/chromium"
@@ -138,6 +138,28 @@ async def test_injected_markup_is_shown_as_text(browser: BrowserContext, console
     await expect(page.locator("#rejected code.raw")).to_contain_text(json.dumps(MARKUP))
     assert await page.locator("#injected").count() == 0 and await page.locator("main img").count() == 0
     assert await page.evaluate("typeof window.pwned") == "undefined"
+
+
+async def test_a_large_rejected_input_keeps_the_page_short_and_opens_on_demand(
+    browser: BrowserContext, console: Console
+) -> None:
+    """A 70 KB rejected event leaves the rejected-input section a few lines tall; a click on it shows the
+    whole event (in a box that scrolls rather than stretching the page)."""
+    large = large_action()
+    await console.post(large, "support-bot")
+    page = await sign_in(browser, console, "grafana")
+    section = page.locator("#rejected")
+    await expect(section.locator("details.raw summary")).to_contain_text(f"({len(large)} bytes)")
+    whole = section.locator("details.raw code.whole")
+    await expect(whole).to_be_hidden()
+    box = await section.bounding_box()
+    assert box is not None and box["height"] < 600, box
+    await section.locator("details.raw summary").click()
+    await expect(whole).to_be_visible()
+    assert await whole.text_content() == large.decode()
+    opened = await section.bounding_box()
+    assert opened is not None and opened["height"] < 1200, opened
+    assert page.errors == []  # type: ignore[attr-defined]
 
 
 async def test_a_form_without_its_csrf_token_is_refused(browser: BrowserContext, console: Console) -> None:

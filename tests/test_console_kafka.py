@@ -354,3 +354,36 @@ async def test_a_promotion_and_rejected_input_show_up_live_in_the_browser(
         await expect(page.locator("#rejected tbody tr")).to_have_count(1, timeout=WAIT)
         await expect(page.locator("#rejected .reason")).to_contain_text("malformed JSON")
         assert await page.evaluate("window.sameDocument") is True and errors == []
+
+
+def _override(deployment: Any, *args: str, key: Path = GOLDEN / "operator.key") -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "tiergate.streams.cli", "override", *args, "--kafka", "--key", str(key)]
+    who = ["--actor", "ops@example.com", "--reason", "incident 4411", "--wait", "60"]
+    return subprocess.run(
+        [*command, *who], cwd=ROOT, env=kafka_env(deployment), capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.kafka
+def test_the_override_command_the_console_shows_is_signed_and_answered_by_the_workers(
+    half_climbed: Any, tmp_path: Path
+) -> None:
+    """`tiergate override … --kafka` signs with the operator key and prints the workers' decision (naming the
+    key as principal); an override the fold refuses, and one signed by a key the policy does not trust, come
+    back refused with the fold's reason from the DLQ; a refold of the topic agrees with the workers."""
+    from tiergate.streams.signing import OperatorKey
+
+    half_climbed.wait_drained()
+    done = _override(half_climbed, "demote", "reply_to_ticket")
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"override demote  (walk|run) → (crawl|walk)", done.stdout), done.stdout
+    assert "actor ops@example.com  principal golden-ops  reason incident 4411" in done.stdout
+    refused = _override(half_climbed, "unpin", "reply_to_ticket")
+    assert refused.returncode == 1 and "refused by the workers" in refused.stderr
+    assert "the action type is not pinned" in refused.stderr
+    stranger = OperatorKey.new("stranger")
+    stranger.write(tmp_path / "stranger.key")
+    untrusted = _override(half_climbed, "pin", "reply_to_ticket", "--tier", "crawl", key=tmp_path / "stranger.key")
+    assert untrusted.returncode == 1 and "'stranger' is not trusted" in untrusted.stderr
+    half_climbed.wait_drained()
+    assert half_climbed.differences() == [], "\n".join(half_climbed.differences())

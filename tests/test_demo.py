@@ -4,15 +4,21 @@ none is ahead of the server's clock, and the replay check passes."""
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tiergate.streams.demo import settling_time
 from tiergate.streams.simulate import Delivery
+
+from .test_restart import free_port
 
 
 def test_the_demo_tells_its_four_stories_and_its_log_replays(tmp_path: Path) -> None:
@@ -77,3 +83,49 @@ def test_the_demo_refuses_a_fleet_that_would_outrun_the_lateness() -> None:
     assert settling_time(Delivery(jitter_seconds=300), allowed_lateness=600) == 300
     with pytest.raises(ValueError, match="not less than the policy's allowed_lateness of 300s"):
         settling_time(Delivery(jitter_seconds=300), allowed_lateness=300)
+
+
+def test_the_demo_serves_on_the_port_it_is_given_and_its_tables_fit_a_pipe(tmp_path: Path) -> None:
+    """With TIERGATE_PORT the demo's server answers on that port while it runs (and says where); piped, its
+    tables are widened rather than cut, so every action type's name is whole; a busy --port is exit 2."""
+    port = free_port()
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "tiergate.streams.cli", "demo", "--days", "4", "--seconds", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        env=os.environ | {"TIERGATE_PORT": str(port)},
+    )
+    try:
+        assert wait_for_health(f"http://127.0.0.1:{port}", demo)
+        out, errors = demo.communicate(timeout=120)
+    finally:
+        demo.kill()
+    assert demo.returncode == 0, errors
+    assert f"serving on http://127.0.0.1:{port}" in out
+    assert "…" not in out and all(name in out for name in ("escalate_to_human", "refund_up_to_50", "reply_to_ticket"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        refused = subprocess.run(
+            [sys.executable, "-m", "tiergate.streams.cli", "demo", "--port", str(busy)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=60,
+        )
+    assert refused.returncode == 2 and f"127.0.0.1:{busy} is already in use" in refused.stderr
+
+
+def wait_for_health(url: str, process: subprocess.Popen[str]) -> bool:
+    """True once `url`/healthz answers 200 while `process` runs."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            time.sleep(0.05)
+    return False

@@ -145,8 +145,8 @@ def test_git_ignores_the_directories_the_commands_create_by_default() -> None:
 
 
 def test_the_docs_stand_on_their_own() -> None:
-    """README and docs/ never send a user to files outside the project, and every relative link in them
-    names a file that exists."""
+    """README, docs/ and the code's docstrings never send a reader to files outside the project, and every
+    relative link in the docs names a file that exists."""
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
     for page in pages:
         text = page.read_text()
@@ -154,6 +154,10 @@ def test_the_docs_stand_on_their_own() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
             if not target.startswith(("http://", "https://")):
                 assert (page.parent / target).exists(), (page, target)
+    sources = [*ROOT.glob("models/**/*.py"), *ROOT.glob("streams/**/*.py"), *ROOT.glob("streams/**/*.html")]
+    for source in sources:
+        text = source.read_text()
+        assert "../shared" not in text and "DESIGN" not in text and "§" not in text, source
     readme = (ROOT / "README.md").read_text()
     for needed in ("events.md", "policy.md", "decision-rules.md", "embedded.md", "pip install './[kafka]'"):
         assert needed in readme, needed

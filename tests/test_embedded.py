@@ -115,6 +115,23 @@ async def test_each_event_gets_its_result_and_bad_ones_are_kept(server: Running)
     assert any(k["event"] == '{"type":"action"' for k in kept)
 
 
+async def test_a_rejected_answer_echoes_the_event_id_the_input_names(server: Running) -> None:
+    """An event the schema rejects is answered with the event_id it names (a string), so its producer can
+    tell which it was; input naming none, or not as a string, is answered with null."""
+    batch = [
+        b'{"type":"action","event_id":"bad-1","ts":"2026-11-02T01:00:00Z","action_type":"reply_to_ticket"}',
+        b'{"type":"action","event_id":7,"ts":"2026-11-02T01:00:00Z","action_type":"reply_to_ticket"}',
+        b'{"type":"action","event_id":"cut',
+    ]
+    results = (await post(server.client, b"\n".join(batch)))["results"]
+    assert [(r["event_id"], r["result"]) for r in results] == [
+        ("bad-1", "rejected"),
+        (None, "rejected"),
+        (None, "rejected"),
+    ]
+    assert results[0]["reason"].startswith("action_id: is required: add it")
+
+
 def review(event_id: str, ts: str, action_type: str = "reply_to_ticket") -> bytes:
     """A review outcome (an event any reporter may post)."""
     fields = (event_id.encode(), ts.encode(), action_type.encode(), event_id.encode())
@@ -197,9 +214,12 @@ async def test_clock_ticks_close_idle_windows(server: Running) -> None:
 
 async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
     """/metrics is Prometheus text with the tier, bar figures and event counts; an action type outside the
-    catalog is counted without an action_type label, so producers cannot grow the label set."""
+    catalog is counted without an action_type label, so producers cannot grow the label set, and an event the
+    schema rejects is counted under the catalog type it names (as `tiergate rejected` lists it)."""
     await climb(server)
     await post(server.client, review("u", "2026-11-02T11:00:00Z", "made_up"))
+    walkk = review("w", "2026-11-02T11:00:00Z", "refund_up_to_50").replace(b'"tier":"crawl"', b'"tier":"walkk"')
+    await post(server.client, walkk)
     text = await (await server.client.get("/metrics")).text()
     assert "made_up" not in text
     samples = {
@@ -212,6 +232,7 @@ async def test_metrics_show_tiers_bars_and_counts(server: Running) -> None:
     assert applied == 281 + 1  # its events and its part of the policy's activation
     assert samples[("tiergate_decisions_total", (("action_type", "reply_to_ticket"), ("kind", "promote")))] == 2
     assert samples[("tiergate_unattributed_events_total", (("result", "rejected"),))] == 1
+    assert samples[("tiergate_events_total", (("action_type", "refund_up_to_50"), ("result", "rejected")))] == 1
     assert (
         "tiergate_bar_samples",
         (("action_type", "reply_to_ticket"), ("metric", "customer_success_rate"), ("rule", "keep")),

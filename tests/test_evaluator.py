@@ -1,4 +1,4 @@
-"""Given/when/then tests for each rule of the decision semantics (DESIGN.md §6)."""
+"""Given/when/then tests for each rule of the decision semantics."""
 
 from __future__ import annotations
 

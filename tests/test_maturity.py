@@ -219,3 +219,14 @@ def test_moving_a_failure_earlier_within_the_maturity_changes_no_decision(delays
         return [d.to_json() for d in folded(in_time_order(log).checkpoint(10, through=10).tick(10.1))[1]]
 
     assert story(delays) == story([2.9] * 5)
+
+
+def test_a_re_sent_checkpoint_is_a_duplicate_and_one_from_the_future_is_refused() -> None:
+    """The same checkpoint twice: the second is a duplicate. A checkpoint whose `through` is after its own
+    `ts` would vouch for failures not yet possible: rejected with the fix, and the feed's mark unchanged."""
+    log = walking().checkpoint(3, through=2, event_id="c1").checkpoint(3.5, through=2, event_id="c1")
+    log.checkpoint(4, through=400, event_id="c2")
+    assert [result for result, _ in results_of(log)][-3:] == ["applied", "duplicate", "rejected"]
+    assert results_of(log)[-1][1] is not None and results_of(log)[-1][1].startswith("through: ")
+    state, _ = folded(log)
+    assert state.keys["t"].checkpoint == T0 + 2 * HOUR

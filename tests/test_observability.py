@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 import urllib.parse
 import urllib.request
@@ -229,3 +231,23 @@ def test_plot_draws_bars_samples_and_tiers_from_a_history(tmp_path: Path) -> Non
     output = tmp_path / "tiers.png"
     assert main(["plot", str(events), "--policy", str(GOLDEN / "policy.yaml"), "-o", str(output)]) == 0
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and output.stat().st_size > 20_000
+
+
+def test_plot_takes_the_policy_from_a_log_that_carries_it(tmp_path: Path) -> None:
+    """A history that begins with its policy's activation (examples/events.jsonl) plots without --policy, as
+    replay and backtest fold it; a log without one says what to give."""
+    from tiergate.streams.cli import main
+
+    output = tmp_path / "tiers.png"
+    examples = ROOT / "examples"
+    assert main(["plot", str(examples / "events.jsonl"), "-o", str(output), "--types", "reply_to_ticket"]) == 0
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    old_log = GOLDEN / "old_log" / "events.jsonl"  # from before policies lived in the log
+    bare = subprocess.run(
+        [sys.executable, "-m", "tiergate.streams.cli", "plot", str(old_log)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "TIERGATE_POLICY"},
+    )
+    assert bare.returncode == 2 and "carries no policy activation? give --policy POLICY.yaml" in bare.stderr

@@ -144,20 +144,38 @@ def test_tiergate_rejected_reads_a_data_dir_as_a_table_or_json(tmp_path: Path) -
     assert missing.returncode == 2 and "no store here" in missing.stderr
 
 
+def test_a_large_rejected_event_is_shortened_in_the_table_and_whole_in_json(tmp_path: Path) -> None:
+    """A 70 KB rejected event shows in the table as its first 200 characters and its size, so no line is
+    wider than a screenful; --json gives it whole."""
+    data, history = tmp_path / "data", tmp_path / "large.jsonl"
+    large = FIRST_EVENT.replace('"accepted"', '"accepted","note":"' + "x" * 70_000 + '"')
+    history.write_text(large + "\n")
+    assert tiergate("import", str(history), "--policy", str(POLICY), "--data-dir", str(data)).returncode == 0
+    table = tiergate("rejected", "--data-dir", str(data))
+    assert table.returncode == 0 and f"… ({len(large.encode())} bytes)" in table.stdout
+    assert max(len(line) for line in table.stdout.splitlines()) < 600
+    as_json = json.loads(tiergate("rejected", "--data-dir", str(data), "--json").stdout)
+    assert [r["event"] for r in as_json["rejected"]] == [large]
+
+
 def test_import_refuses_policy_events_into_a_data_dir_that_holds_a_log(tmp_path: Path) -> None:
     """A history with a policy activation is refused before anything is written when the data dir already
-    holds events: the store is byte for byte as it was."""
+    holds events (the store is byte for byte as it was), and with a --policy that would contradict it."""
     data = tmp_path / "data"
-    assert tiergate("import", str(CLIMB), "--policy", str(POLICY), "--data-dir", str(data)).returncode == 0
+    assert tiergate("import", str(CLIMB), "--data-dir", str(data)).returncode == 0
     before = (data / DB_NAME).read_bytes()
     history = tmp_path / "with-policy.jsonl"
     activation = '{"type":"policy","event_id":"policy/a1/reply_to_ticket","ts":"2026-11-03T00:00:00Z"}'
     history.write_text(FIRST_EVENT + "\n" + activation + "\n")
-    refused = tiergate("import", str(history), "--policy", str(POLICY), "--data-dir", str(data))
+    refused = tiergate("import", str(history), "--data-dir", str(data))
     assert refused.returncode == 2, refused.stderr
     assert "with-policy.jsonl carries policy activations" in refused.stderr, refused.stderr
     assert "only into an empty --data-dir" in refused.stderr
     assert (data / DB_NAME).read_bytes() == before
+    fresh = tmp_path / "fresh"
+    doubled = tiergate("import", str(history), "--policy", str(POLICY), "--data-dir", str(fresh))
+    assert doubled.returncode == 2 and "carries its own policy (activations)" in doubled.stderr, doubled.stderr
+    assert not fresh.exists()
     plain = tmp_path / "mentions-policy.jsonl"  # the word in a reason is no activation
     plain.write_text(FIRST_EVENT.replace('"accepted"', '"accepted","note":"policy"') + "\n")
     assert tiergate("import", str(plain), "--policy", str(POLICY), "--data-dir", str(data)).returncode == 0
@@ -252,13 +270,34 @@ def test_override_checks_then_sends_and_prints_the_decision(served: str) -> None
     assert as_json["decisions"][0]["to_tier"] == "crawl" and as_json["decisions"][0]["principal"] == "alice@ops"
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("policy", "history"),
+        ("explain", "reply_to_ticket"),
+        ("checkpoint", "reply_to_ticket", "--through", "2026-11-02T10:00:00Z"),
+        ("override", "demote", "reply_to_ticket", "--actor", "a", "--reason", "r"),
+    ],
+)
+def test_a_command_without_a_credential_names_the_clients_variables(served: str, argv: tuple[str, ...]) -> None:
+    """Against a server with credentials, a server command sent without one exits 2 saying how to give the
+    client its credential (TIERGATE_CREDENTIAL[_FILE]), not the server's credentials file."""
+    env = {"TIERGATE_SERVER": served, "TIERGATE_CREDENTIAL": "", "TIERGATE_CREDENTIAL_FILE": ""}
+    server = ("--server", served) if argv[0] in ("policy", "checkpoint", "override") else ()
+    done = tiergate(*argv, *server, env=env)
+    assert done.returncode == 2, done.stderr
+    assert "TIERGATE_CREDENTIAL_FILE" in done.stderr and "TIERGATE_CREDENTIAL" in done.stderr
+    assert "TIERGATE_CREDENTIALS" not in done.stderr
+
+
 def test_override_mistakes_are_caught_before_anything_is_sent(tmp_path: Path) -> None:
-    """A pin without a tier is refused locally; --kafka says it is not there yet; no server, a clear line."""
+    """A pin without a tier is refused locally; --kafka without an operator key says how to give one; no
+    server, a clear line."""
     url = f"http://127.0.0.1:{free_port()}"
     missing_tier = override(url, OPERATOR, "pin", "reply_to_ticket", "--reason", "r")
     assert missing_tier.returncode == 2 and "op 'pin' needs a tier" in missing_tier.stderr
     kafka = tiergate("override", "demote", "reply_to_ticket", "--actor", "a", "--reason", "r", "--kafka")
-    assert kafka.returncode == 2 and "not yet" in kafka.stderr
+    assert kafka.returncode == 2 and "--key FILE or TIERGATE_OPERATOR_KEY_FILE" in kafka.stderr
     down = override(url, OPERATOR, "demote", "reply_to_ticket", "--reason", "r")
     assert down.returncode == 2 and "cannot reach" in down.stderr and "Traceback" not in down.stderr
 

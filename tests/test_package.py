@@ -25,15 +25,20 @@ def run(*argv: str | Path, cwd: Path, timeout: int = 600) -> subprocess.Complete
 
 
 def test_the_wheel_installs_outside_the_repo_and_runs_the_demo(tmp_path: Path) -> None:
-    """sdist and wheel build; the wheel carries the CLI package and the demo's policy; installed in a fresh
-    venv and run from an unrelated directory, `tiergate demo` replays its log byte for byte."""
+    """sdist and wheel build without a packaging warning about data directories; the wheel carries the CLI
+    package, the demo's policy and the console's templates and static files; installed in a fresh venv and run
+    from an unrelated directory, `tiergate demo` replays its log byte for byte."""
     assert not tmp_path.is_relative_to(ROOT)
     dist = tmp_path / "dist"
-    run(sys.executable, "-m", "build", "--outdir", dist, ROOT, cwd=tmp_path)
+    built = run(sys.executable, "-m", "build", "--outdir", dist, ROOT, cwd=tmp_path)
+    assert "would be ignored" not in built.stdout + built.stderr
+    assert "is absent from the `packages` configuration" not in built.stdout + built.stderr
     (sdist,), (wheel,) = dist.glob("tiergate-*.tar.gz"), dist.glob("tiergate-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert {"tiergate/streams/cli/__init__.py", "tiergate/streams/examples/demo-policy.yaml"} <= names
+    console = {"templates/page.html", "templates/_rejected.html", "static/console.js", "static/console.css"}
+    assert {f"tiergate/streams/console/{name}" for name in console} <= names
     assert not any(name.startswith(("tests/", "models/", "streams/")) for name in names)
     with tarfile.open(sdist) as archive:
         assert any(name.endswith("/streams/cli/__main__.py") for name in archive.getnames())

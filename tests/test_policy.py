@@ -1,4 +1,4 @@
-"""The policy loader: every rule of DESIGN.md §1/§5 enforced at load, with messages that name the field and the fix."""
+"""The policy loader: every rule of the policy enforced at load, with messages that name the field and the fix."""
 
 from __future__ import annotations
 
@@ -133,13 +133,20 @@ def test_the_sha256_depends_on_meaning_not_spelling() -> None:
             lambda p: p["action_types"].update(z={"promotion": {"rule": "wilson"}}),
             "action_types.z.promotion.alpha: applies only to promotion.rule mixture, not wilson: remove it",
         ),
+        (
+            lambda p: p["action_types"].update(z="walk"),
+            "action_types.z: must be a mapping (e.g. {} or {max_tier: walk})",
+        ),
+        (lambda p: p["tiers"].update(crawl=5), "tiers.crawl: must be a mapping of its fields"),
+        (lambda p: p.update(promotion="mixture"), "promotion: must be a mapping of its fields"),
     ],
 )
 def test_a_broken_rule_is_reported_with_its_field_and_fix(change: Any, expected: str) -> None:
-    """Each rule of the method, broken once, stops the load with a message that says where and what to do."""
+    """Each rule of the method, broken once, stops the load with a message that says where and what to do
+    (never a class name of the loader's)."""
     raw = example()
     change(raw)
-    assert expected in problems(raw)
+    assert expected in problems(raw) and "instance of" not in problems(raw)
 
 
 def test_a_policy_that_names_no_rule_gets_the_sound_rules_written_out() -> None:

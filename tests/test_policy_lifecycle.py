@@ -60,7 +60,8 @@ def edited(tmp_path: Path, *changes: tuple[str, str]) -> Path:
 
 
 def test_diff_names_what_changes_per_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`policy diff` lists the added type, and the changed bar of every type in the policy's words."""
+    """`policy diff` lists the added type, and the changed bar of every type in the policy's words; a
+    read-only type's change to a bar it never reads is marked as having no effect."""
     new = edited(
         tmp_path,
         ("target: 0.85", "target: 0.8"),
@@ -71,14 +72,17 @@ def test_diff_names_what_changes_per_type(tmp_path: Path, capsys: pytest.Capture
     assert "+ escalate (new action type: starts at crawl)" in out
     bar = "{metric: customer_success_rate, target: %s}"
     assert f"~ reply_to_ticket: tiers.run.keep: [{bar % 0.85}] → [{bar % 0.8}]" in out
+    assert f"~ lookup_order: tiers.run.keep: [{bar % 0.85}] → [{bar % 0.8}] (no effect: read-only)" in out
+    assert not [line for line in out if "read-only" in line and not line.startswith("~ lookup_order:")]
 
 
 def test_apply_dry_run_apply_history_and_rollback_on_a_running_server(
     served: tuple[str, int, Path], tmp_path: Path
 ) -> None:
     """A dry run writes nothing; an apply adds a type and lowers a ceiling (the capped type moves at once),
-    keeping every other type's tier and evidence; history lists who did what; a rollback activates the
-    first document again; the exported log replays to the stored decisions byte for byte."""
+    keeping every other type's tier and evidence; applying it again writes nothing; history lists who did
+    what; a rollback activates the first document again; the exported log replays to the stored decisions
+    byte for byte."""
     server, _, data = served
     status = httpx.get(f"{server}/v1/status").json()["action_types"]
     evidence_before = {s["action_type"]: s["promote"] for s in status}
@@ -89,6 +93,7 @@ def test_apply_dry_run_apply_history_and_rollback_on_a_running_server(
     dry = tiergate("policy", "apply", str(new), "--actor", "ops", "--reason", "try it", "--dry-run", server=server)
     assert dry.returncode == 0, dry.stderr
     assert "would activate" in dry.stderr and "+ escalate" in dry.stdout
+    assert dry.stderr.splitlines()[-1] == "dry run: nothing was written; nothing moves at once"
     assert len(httpx.get(f"{server}/v1/policy/history").json()["activations"]) == 1  # nothing written
 
     done = tiergate("policy", "apply", str(new), "--actor", "ops", "--reason", "finance review", server=server)
@@ -99,6 +104,8 @@ def test_apply_dry_run_apply_history_and_rollback_on_a_running_server(
     status = {s["action_type"]: s for s in httpx.get(f"{server}/v1/status").json()["action_types"]}
     assert status["reply_to_ticket"]["promote"] == evidence_before["reply_to_ticket"]  # evidence kept
 
+    again = tiergate("policy", "apply", str(new), "--actor", "ops", "--reason", "twice", server=server)
+    assert again.returncode == 0 and "is already in force as activation" in again.stderr, again.stderr
     history = tiergate("policy", "history", "--json", server=server)
     rows = json.loads(history.stdout)
     assert [(r["source"], r["actor"], r["reason"]) for r in rows][1:] == [("api", "ops", "finance review")]
@@ -141,8 +148,9 @@ def test_a_window_change_is_refused_before_anything_is_written(served: tuple[str
 
 
 def test_a_maturity_keeps_customer_units_pending_and_a_reporter_checkpoints_over_the_cli(tmp_path: Path) -> None:
-    """Under a 1h maturity, accepted reviews are customer units waiting (shown per tier in /v1/status);
-    `tiergate checkpoint` records how far the feed is complete."""
+    """Under a 1h maturity, accepted reviews are customer units waiting (shown per tier in /v1/status and by
+    `tiergate explain --server`, or TIERGATE_SERVER without a flag); `tiergate checkpoint` records how far the
+    feed is complete."""
     policy = edited(tmp_path, ("confidence: 0.95", "confidence: 0.95\noutcomes: {customer: {maturity: 1h}}"))
     data, port = tmp_path / "data", free_port()
     process = start(data, port, policy)
@@ -167,10 +175,38 @@ def test_a_maturity_keeps_customer_units_pending_and_a_reporter_checkpoints_over
         status = {s["action_type"]: s for s in httpx.get(f"{server}/v1/status").json()["action_types"]}
         customer = status["reply_to_ticket"]["customer"]
         assert customer["maturity"] == 3600 and customer["pending"] == {"crawl": 5} and customer["checkpoint"] is None
+        explained = tiergate("explain", "reply_to_ticket", "--server", server, server=server)
+        assert explained.returncode == 0, explained.stderr
+        assert "customer outcomes mature after 1h: pending 5 at crawl; the feed's checkpoint not yet sent" in (
+            explained.stdout
+        )
         done = tiergate("checkpoint", "reply_to_ticket", "--through", format_ts(now), server=server)
         assert done.returncode == 0 and "applied" in done.stderr, done.stderr
         status = {s["action_type"]: s for s in httpx.get(f"{server}/v1/status").json()["action_types"]}
         assert status["reply_to_ticket"]["customer"]["checkpoint"] == format_ts(now)
+        explained = tiergate("explain", "reply_to_ticket", "--json", server=server)  # TIERGATE_SERVER
+        assert orjson.loads(explained.stdout)["now"]["customer"]["checkpoint"] == format_ts(now)
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_serve_with_a_policy_the_log_cannot_take_says_so_and_keeps_the_policy_in_force(tmp_path: Path) -> None:
+    """A data dir made under one window, restarted with a file that redraws it: the banner names the policy in
+    force (not the file's), a warning says why the file was not applied, and /healthz is degraded."""
+    data, port = tmp_path / "data", free_port()
+    first = start(data, port)
+    first.terminate()
+    first.wait(timeout=20)
+    redrawn = edited(tmp_path, ("window: 1h", "window: 2h"), ("lookback: 1d", "lookback: 2d"), ("golden-1", "other"))
+    second = start(data, port, redrawn)
+    try:
+        health = httpx.get(f"http://127.0.0.1:{port}/healthz").json()
+        assert health["status"] == "degraded" and "window cannot change" in " ".join(health["problems"])
+    finally:
+        second.terminate()
+        second.wait(timeout=20)
+    assert second.stderr is not None
+    said = second.stderr.read().decode()
+    assert "tiergate serve: policy golden-1 (" in said, said
+    assert "warning:" in said and "not applied" in said and "degraded" in said

@@ -246,7 +246,7 @@ def test_the_same_log_gives_the_same_bytes_under_another_hash_seed(events: list[
     assert outputs[0] == outputs[1] and outputs[0].count("\n") >= 4
 
 
-# -- the sound bar rules (DESIGN §13): the same laws for logs that begin with their activation -----------------
+# -- the sound bar rules: the same laws for logs that begin with their activation -----------------
 
 SOUND = policy(allowed_lateness="10m", lookback="3h", demotion={"cooldown": "3h", "tripwire": 20})
 SOUND_ACTIVATION = policy_events(SOUND, Catalog(), "sound", "ops", "the sound rules", T0)

@@ -58,6 +58,18 @@ def test_the_public_api_is_what_all_says_and_every_error_is_a_tiergate_error() -
     assert not {"Decision", "Gate"} & set(sdk.__all__)
 
 
+def test_the_docs_call_only_reporter_methods_that_exist() -> None:
+    """Every `reporter.NAME(` in the README and docs/ names a method Reporter has (a renamed method cannot
+    leave a doc calling the old name)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    pages = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    called = {name for page in pages for name in re.findall(r"\breporter\.(\w+)\(", page.read_text())}
+    assert called and not {name for name in called if not hasattr(Reporter, name)}
+
+
 def test_receipts_round_trip_with_the_action_ts_and_damaged_ones_are_refused() -> None:
     """A receipt carries action id, type, tier and the action's ts through a string; one issued before
     receipts carried the ts still reads; anything else is a ReceiptError."""
@@ -114,7 +126,7 @@ async def test_bad_events_never_leave_and_the_size_limit_counts_utf8_bytes() -> 
     sink = MemoryEventSink()
     reporter = Reporter(sink, clock=lambda: TEN)
     receipt = Receipt("a-2", "refund_up_to_50", "crawl", TEN)
-    with pytest.raises(InvalidEvent, match="result 'great' is not valid for kind 'review'"):
+    with pytest.raises(InvalidEvent, match="result: 'great' is not valid for kind 'review'"):
         await reporter.report_outcome(receipt, "review", "great")
     with pytest.raises(InvalidEvent, match="not JSON"):
         await reporter.record_action("refund_up_to_50", "crawl", attributes={"when": object()})

@@ -163,6 +163,38 @@ async def test_rejections_are_counted_with_their_reason_and_a_wrong_token_is_ref
         await guarded.stop()
 
 
+AGENT, REPORTER = "agent-secret-0123456789", "reporter-secret-0123456789"
+ROLES = f"support-bot agent {AGENT}\nbilling-feed reporter {REPORTER}\n"
+
+
+async def test_under_roles_a_refusal_costs_only_what_the_credential_may_not_send(tmp_path: Path) -> None:
+    """Against a server with roles, an agent credential's batch of action and outcome is sent as one request
+    per role: the action is delivered and only the outcome is refused (dropped, with the 403 in last_error);
+    given a reporter credential for outcomes, actions and outcomes all arrive, in the order reported."""
+    guarded = LiveServer(tmp_path / "data", free_port(), credentials=ROLES)
+    await guarded.start()
+    try:
+        async with Reporter(HttpEventSink(guarded.url, token=AGENT), clock=lambda: TEN, backoff=(5, 5)) as agent:
+            receipt = await agent.record_action("refund_up_to_50", "crawl", action_id="a-1")
+            await agent.report_outcome(receipt, "review", "accepted")
+            assert await agent.flush(2)  # refused at once: no 5 s backoff
+        stats = agent.stats()
+        assert (stats.delivered, stats.rejected, stats.dropped) == (1, 0, {"refused": 1})
+        assert "403" in (stats.last_error or "") and "a-1/review" in (stats.last_error or "")
+        assert [orjson.loads(raw)["event_id"] for raw in guarded.events()] == ["a-1/action"]
+        sink = HttpEventSink(guarded.url, token=AGENT, reporter_token=REPORTER)
+        async with Reporter(sink, clock=lambda: TEN) as both:
+            for action_id in ("b-1", "b-2"):
+                receipt = await both.record_action("refund_up_to_50", "crawl", action_id=action_id)
+                await both.report_outcome(receipt, "review", "accepted")
+            assert await both.flush(5)
+        assert (both.stats().delivered, both.stats().dropped_total) == (4, 0)
+        logged = [orjson.loads(raw)["event_id"] for raw in guarded.events()][1:]
+        assert logged == ["b-1/action", "b-1/review", "b-2/action", "b-2/review"]
+    finally:
+        await guarded.stop()
+
+
 async def test_close_with_the_server_down_drops_what_is_left_and_returns() -> None:
     """close() flushes for close_timeout, counts what is still unsent as dropped (`closed`), and returns;
     a report after close is counted the same way instead of raising."""

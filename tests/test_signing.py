@@ -10,7 +10,14 @@ import yaml
 
 from tiergate.streams.keyed import KeyedFold, Outputs, Saved
 from tiergate.streams.pipeline import Input
-from tiergate.streams.signing import OperatorKey, OperatorKeyError, kafka_admission, read_trusted, verify
+from tiergate.streams.signing import (
+    OperatorKey,
+    OperatorKeyError,
+    kafka_admission,
+    read_trusted,
+    signing_key,
+    verify,
+)
 
 from .builders import Log, policy
 
@@ -47,17 +54,20 @@ def activation(
     return key.sign(event | over, deployment)
 
 
+PROMOTE = {
+    "type": "override",
+    "event_id": "o1",
+    "ts": "2026-11-02T01:00:00Z",
+    "action_type": "t",
+    "op": "promote",
+    "actor": "ops",
+    "reason": "ready",
+}
+
+
 def test_a_signature_covers_every_field_and_the_deployment() -> None:
     """A signed event verifies; a changed field, another deployment, an unknown key or no signature do not."""
-    event = {
-        "type": "override",
-        "event_id": "o1",
-        "ts": "2026-11-02T01:00:00Z",
-        "action_type": "t",
-        "op": "promote",
-        "actor": "ops",
-        "reason": "r",
-    }
+    event = PROMOTE
     signed = GENESIS.sign(event, "prod")
     trusted = [entry(GENESIS)]
     assert verify(orjson.dumps(signed), trusted, "prod") is None
@@ -91,18 +101,22 @@ def test_an_unsigned_override_is_rejected_before_dedup_and_squats_no_id(tmp_path
     operator's signed override with that id still applies."""
     fold = KeyedFold(None, kafka_admission("prod", genesis_file(tmp_path)))
     saved, _ = fold_key(fold, "t", [activation(policy(operators=[entry(GENESIS)]), "a1", GENESIS)])
-    promote = {
-        "type": "override",
-        "event_id": "o1",
-        "ts": "2026-11-02T01:00:00Z",
-        "action_type": "t",
-        "op": "promote",
-        "actor": "ops",
-        "reason": "ready",
-    }
-    saved, out = fold_key(fold, "t", [promote, GENESIS.sign(promote, "prod")], saved)
+    saved, out = fold_key(fold, "t", [PROMOTE, GENESIS.sign(PROMOTE, "prod")], saved)
     assert out.rejected[0].reason.startswith("unsigned")
     assert [(d.kind, d.to_tier) for d in out.decisions] == [("override", 1)]
+
+
+def test_an_override_on_kafka_names_the_key_that_signed_it_and_its_event(tmp_path: Path) -> None:
+    """The decision of a signed override records the verified key as its principal and the override's
+    event id (how `tiergate override --kafka` finds its answer); without the signature check, nobody."""
+    signed = GENESIS.sign(PROMOTE, "prod")
+    checked = KeyedFold(policy(), kafka_admission("prod", genesis_file(tmp_path)), signing_key)
+    _, out = fold_key(checked, "t", [signed])
+    assert [(d.details["principal"], d.details["event_id"]) for d in out.decisions if d.kind == "override"] == [
+        ("genesis", "o1")
+    ]
+    _, unchecked = fold_key(KeyedFold(policy()), "t", [signed])
+    assert [d.details.get("principal") for d in unchecked.decisions if d.kind == "override"] == [None]
 
 
 def test_key_files_say_what_is_wrong(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Given/when/then for the tripwire (DESIGN §13): failures in a row on a kept metric demote at once."""
+"""Given/when/then for the tripwire: failures in a row on a kept metric demote at once."""
 
 from __future__ import annotations
 

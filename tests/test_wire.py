@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from tiergate.models.fold import initial_state
 from tiergate.models.wire import MAX_EVENT_BYTES, EventError, Outcome, format_ts, parse_ts
 from tiergate.streams.codec import decode
+from tiergate.streams.pipeline import Input, Pipeline
+from tiergate.streams.policy_file import read_policy
+
+ROOT = Path(__file__).parent.parent
 
 
 def reason(raw: str | bytes) -> str:
@@ -39,7 +46,8 @@ def test_an_outcome_parses_with_unknown_fields_ignored() -> None:
             "ts: '2026-11-02T10:00:00' has no UTC offset",
         ),
         ('{"type":"tick","event_id":"e","ts":1700000000,"action_type":"r"}', "ts: must be an RFC 3339 string"),
-        ('{"type":"tick","ts":"2026-11-02T10:00:00Z","action_type":"r"}', "event_id: is required"),
+        ('{"type":"tick","ts":"2026-11-02T10:00:00Z","action_type":"r"}', "event_id: is required: add it"),
+        ('{"typ":"tick","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"r"}', 'did you mean "type"?'),
         (
             '{"type":"action","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"r","action_id":"a","tier":"sprint"}',
             "tier: Input should be 'crawl', 'walk' or 'run'",
@@ -47,16 +55,16 @@ def test_an_outcome_parses_with_unknown_fields_ignored() -> None:
         (
             '{"type":"outcome","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"r","action_id":"a","tier":"walk",'
             '"kind":"review","result":"success"}',
-            "result 'success' is not valid for kind 'review'",
+            "result: 'success' is not valid for kind 'review'",
         ),
         (
             '{"type":"override","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"r","op":"cap","actor":"a","reason":"r"}',
-            "op 'cap' needs a tier",
+            "tier: op 'cap' needs a tier",
         ),
         (
             '{"type":"override","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"r","op":"promote","tier":"run",'
             '"actor":"a","reason":"r"}',
-            "op 'promote' takes no tier",
+            "tier: op 'promote' takes no tier",
         ),
         (
             '{"type":"override","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"r","op":"unpin","reason":"r"}',
@@ -72,6 +80,48 @@ def test_an_outcome_parses_with_unknown_fields_ignored() -> None:
 def test_bad_input_is_rejected_with_a_reason_that_names_the_field(raw: str, expected: str) -> None:
     """Each kind of bad input gets a reason naming the field and, where there is one, the fix."""
     assert expected in reason(raw)
+
+
+def test_a_missing_field_names_a_near_miss_only_when_there_is_one() -> None:
+    """A missing field's reason asks "did you mean" for an unknown key close to it, and not for a key far
+    from it or one that is a field of another event type."""
+    base = '{"type":"action","event_id":"e","ts":"2026-11-02T10:00:00Z","action_id":"a","tier":"crawl"'
+    assert reason(base + ',"actiontype":"r"}').endswith('(the event has "actiontype": did you mean "action_type"?)')
+    assert reason(base + ',"kind":"r"}') == "action_type: is required: add it"
+    assert reason(base + ',"colour":"r"}') == "action_type: is required: add it"
+
+
+@pytest.mark.parametrize(
+    ("number", "strict"), [("NaN", True), ("-Infinity", True), ("1e309", True), ("nul", False), ("1,", False)]
+)
+def test_the_strict_json_note_is_given_only_for_numbers_json_cannot_carry(number: str, strict: bool) -> None:
+    """Malformed JSON mentions strict JSON (no NaN, Infinity or numbers beyond a double) only when the input
+    holds such a number, not for any other syntax error."""
+    found = reason(TICK.format(ts='"2026-11-02T10:00:00Z"', extra=f',"x":{number}'))
+    assert found.startswith("malformed JSON: ") and ("strict JSON" in found) == strict
+
+
+def test_an_event_cut_short_is_called_so() -> None:
+    """A truncated event's reason says it is cut short, and nothing about strict JSON."""
+    assert reason('{"type":"tick","event_id":"e"').endswith(": the event is cut short; send the whole object")
+
+
+def doc_examples() -> list[tuple[str, str]]:
+    """docs/events.md's examples of rejected input: each input line and the reason after its `→` line."""
+    text = (ROOT / "docs" / "events.md").read_text()
+    block = text[text.index("Examples: each input") :].split("```")[1].strip().splitlines()
+    assert len(block) % 2 == 0 and all(line.startswith("→ ") for line in block[1::2])
+    return [(raw, why.removeprefix("→ ")) for raw, why in zip(block[::2], block[1::2], strict=True)]
+
+
+@pytest.mark.parametrize(("raw", "why"), doc_examples())
+def test_the_reasons_docs_events_md_shows_are_the_ones_tiergate_gives(raw: str, why: str) -> None:
+    """Each example input of docs/events.md, folded against examples/policy.yaml's catalog, is rejected with
+    exactly the reason the page shows under it."""
+    handled = Pipeline().handle(
+        initial_state(read_policy(ROOT / "examples" / "policy.yaml")), Input("doc", 1, raw.encode())
+    )
+    assert (handled.result, handled.reason) == ("rejected", why)
 
 
 def test_an_event_over_64_kib_is_rejected() -> None:

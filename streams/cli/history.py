@@ -127,6 +127,11 @@ def _import(args: argparse.Namespace) -> int:
     carries_policy = _has_activations(source)
     if settings.policy is None and not carries_policy:
         raise CommandError(f"{source} has no policy activation: give --policy POLICY.yaml (or TIERGATE_POLICY)")
+    if settings.policy is not None and carries_policy:
+        raise CommandError(
+            f"{source} carries its own policy (activations), which decide its types: import it without --policy "
+            "(or unset TIERGATE_POLICY); change the policy afterwards with `tiergate policy apply`"
+        )
     policy = None if settings.policy is None else read_policy(settings.policy)
     runtime = open_runtime(None, settings.data_dir, SystemClock())
     try:

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .terminal import CommandError, err, examples
+
+if TYPE_CHECKING:
+    from ..signing import OperatorKey
+
+
+def operator_key(path: str | None) -> OperatorKey:
+    """The operator's signing key: --key FILE, or TIERGATE_OPERATOR_KEY_FILE."""
+    from ..signing import OperatorKey, OperatorKeyError
+
+    key_file = path or os.environ.get("TIERGATE_OPERATOR_KEY_FILE")
+    if not key_file:
+        raise CommandError(
+            "give the operator's signing key: --key FILE or TIERGATE_OPERATOR_KEY_FILE (tiergate keys new)"
+        )
+    try:
+        return OperatorKey.read(Path(key_file))
+    except OperatorKeyError as error:
+        raise CommandError(str(error)) from None
 
 
 def _new(args: argparse.Namespace) -> int:

@@ -15,7 +15,7 @@ import sqlite3
 import sys
 import uuid
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import httpx
 import orjson
@@ -26,26 +26,20 @@ from rich.table import Table
 from tiergate.models.wire import format_ts
 
 from ..clock import SystemClock
-from ..codec import EventError, decode
+from ..codec import EventError, decode, excerpt
 from ..embedded import DB_NAME
 from ..explain import plain
+from ..pipeline import readable_origin
 from ..settings import OperatorSettings, StoreSettings, load
 from ..store import RejectedQuery, Store, StoreError
-from .terminal import CommandError, err, examples, print_json
+from .terminal import NO_CREDENTIAL, CommandError, err, examples, print_json
 
+EXIT_PENDING = 3  # Kafka: produced, but no worker answered in time
 OPS = ("pin", "unpin", "cap", "uncap", "promote", "demote")
 TIMEOUT = 10.0
 
 
 # -- override --------------------------------------------------------------------------------------------
-
-
-class Sender(Protocol):
-    """Where an override goes: `check` answers what it would do, `send` does it (both: a batch's answer)."""
-
-    def check(self, raw: bytes) -> dict[str, Any]: ...
-
-    def send(self, raw: bytes) -> dict[str, Any]: ...
 
 
 class ServerSender:
@@ -83,7 +77,7 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
         return body
     error, fix = (body.get("error"), body.get("fix")) if isinstance(body, dict) else (None, None)
     if response.status_code == 401:
-        fix = "set TIERGATE_CREDENTIAL_FILE (or TIERGATE_CREDENTIAL) to an operator credential's secret"
+        fix = NO_CREDENTIAL
     raise CommandError(f"the server answered {response.status_code}: {error or response.text[:200]}; {fix or ''}")
 
 
@@ -108,18 +102,11 @@ def override_event(args: argparse.Namespace, now: int) -> bytes:
     return raw
 
 
-def sender_for(args: argparse.Namespace) -> Sender:
-    if args.kafka:
-        raise CommandError(
-            "not yet: overrides on Kafka must be signed with an operator's Ed25519 key (`tiergate keys new`), "
-            "which this tiergate cannot do yet; use --server with an embedded server"
-        )
-    return ServerSender(load(OperatorSettings, server=args.server))
-
-
 def _override(args: argparse.Namespace) -> int:
-    sender = sender_for(args)
     raw = override_event(args, SystemClock().now())
+    if args.kafka:
+        return _override_on_kafka(args, raw)
+    sender = ServerSender(load(OperatorSettings, server=args.server))
     tried = sender.check(raw)
     result = tried["results"][0]
     if result["result"] != "applied":
@@ -131,6 +118,33 @@ def _override(args: argparse.Namespace) -> int:
     else:
         _print_outcome(done)
     return 0 if done["results"][0]["result"] == "applied" else 1
+
+
+def _override_on_kafka(args: argparse.Namespace, raw: bytes) -> int:
+    """Sign, produce, and report what the workers' fold made of it (there is no dry run on Kafka)."""
+    from ..kafka import DECISIONS, DLQ, EVENTS
+    from ..kafka_override import send_override
+    from .kafka import kafka_settings, preflight
+    from .keys import operator_key
+
+    settings = kafka_settings(args)
+    key = operator_key(args.key)
+    preflight(settings, (EVENTS, DECISIONS, DLQ))
+    signed = key.sign(orjson.loads(raw), settings.deployment)
+    answer = asyncio.run(send_override(settings, signed, args.wait))
+    if args.json:
+        print_json({"event_id": signed["event_id"], "decision": answer.decision, "refused": answer.refused})
+    elif answer.refused is not None:
+        err.print(f"[red]refused by the workers:[/] {plain(answer.refused['reason'])} (kept on the DLQ)")
+    elif answer.decision is not None:
+        _print_outcome({"results": [{"result": "applied"}], "decisions": [answer.decision]})
+    else:
+        err.print(
+            f"produced {signed['event_id']} signed by {key.key_id}, but no worker answered within {args.wait:g}s: it "
+            "is in the log and counts when a worker folds it (is `tiergate worker` running?); its decision, or "
+            "its refusal on `tiergate rejected --kafka`, will name that event id"
+        )
+    return 0 if answer.decision is not None else 1 if answer.refused is not None else EXIT_PENDING
 
 
 def _print_outcome(done: dict[str, Any]) -> None:
@@ -208,7 +222,15 @@ def _print_rejected(rows: list[dict[str, Any]]) -> None:
         return
     table = Table("id", "origin", "result", "type", "reason", "input")
     for row in rows:
-        cells = (row["id"], row["origin"], row["result"], row["action_type"] or "—", row["reason"], row["event"])
+        shown = excerpt(row["event"])  # the whole of it: --json
+        cells = (
+            row["id"],
+            readable_origin(row["origin"]),
+            row["result"],
+            row["action_type"] or "—",
+            row["reason"],
+            shown,
+        )
         table.add_row(*(plain(cell) for cell in cells))
     wide = None if sys.stdout.isatty() else 100_000  # piped: one line a row, for grep
     Console(highlight=False, file=sys.stdout, width=wide).print(table)
@@ -287,12 +309,15 @@ def _add_override(commands: Any) -> None:
         description="Check an override against the server's live state with the evaluator's own rules (a dry "
         "run), say why it cannot apply, or send it and print the decision. The operator credential comes from "
         "TIERGATE_CREDENTIAL_FILE or TIERGATE_CREDENTIAL, the server from --server or TIERGATE_SERVER. Exit 1 "
-        "when the override is refused.",
+        "when the override is refused. With --kafka: signed with the operator key (--key or "
+        "TIERGATE_OPERATOR_KEY_FILE) and produced; the workers' fold answers (exit 3: no answer within --wait).",
         **examples(
             "tiergate override cap refund_over_50 --tier walk --actor ops@example.com --reason 'finance review'",
             "tiergate override demote reply_to_ticket --actor ops@example.com --reason 'incident 4411'",
             "TIERGATE_CREDENTIAL_FILE=~/.tiergate/operator tiergate override unpin lookup_order --actor me "
             "--reason done --server https://tiergate.internal",
+            "TIERGATE_OPERATOR_KEY_FILE=ops-2026.key tiergate override promote lookup_order --kafka --actor me "
+            "--reason ok",
         ),
     )
     override.add_argument("op", choices=OPS)
@@ -301,7 +326,13 @@ def _add_override(commands: Any) -> None:
     override.add_argument("--actor", required=True, help="who decides (recorded beside the credential's name)")
     override.add_argument("--reason", required=True, help="why (recorded in the promotion log)")
     override.add_argument("--server", help="the embedded server (or TIERGATE_SERVER; default http://127.0.0.1:8360)")
-    override.add_argument("--kafka", action="store_true", help="send to Kafka, signed (not yet)")
+    override.add_argument("--kafka", action="store_true", help="sign with the operator key and produce to Kafka")
+    override.add_argument("--key", metavar="FILE", help="with --kafka: operator key (or TIERGATE_OPERATOR_KEY_FILE)")
+    override.add_argument("--bootstrap", help="with --kafka: host:port (or TIERGATE_KAFKA_BOOTSTRAP)")
+    override.add_argument("--topic-prefix", help="with --kafka: (or TIERGATE_KAFKA_TOPIC_PREFIX)")
+    override.add_argument(
+        "--wait", type=float, default=30.0, metavar="SECONDS", help="with --kafka: wait for the answer"
+    )
     override.add_argument("--json", action="store_true", help="print the server's answer as JSON")
     override.set_defaults(run=_override)
 
@@ -311,7 +342,8 @@ def _add_rejected(commands: Any) -> None:
         "rejected",
         help="the input that did not count (bad, refused or late), with its reason",
         description="Read rejected input from an embedded data dir (oldest first, paged by id) or, with "
-        "--kafka, from the DLQ topic tiergate.events.v1.dlq. Filter by reason (a substring), result and type.",
+        "--kafka, from the DLQ topic tiergate.events.v1.dlq. Filter by reason (a substring), result and type. "
+        "The table shows the first 200 characters of a long input and its size; --json has all of it.",
         **examples(
             "tiergate rejected --data-dir tiergate-data",
             "tiergate rejected --data-dir tiergate-data --reason 'unknown action_type' --json",
@@ -327,5 +359,5 @@ def _add_rejected(commands: Any) -> None:
     rejected.add_argument("--action-type", metavar="TYPE")
     rejected.add_argument("--after", type=int, default=0, metavar="ID", help="the page after this id")
     rejected.add_argument("--limit", type=int, default=100, metavar="N")
-    rejected.add_argument("--json", action="store_true", help="print JSON: rows and next_after")
+    rejected.add_argument("--json", action="store_true", help="print JSON: rows (each input whole) and next_after")
     rejected.set_defaults(run=_rejected)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from tiergate.models.policy import Policy
 
 from ..activation import Diff, diff
 from ..policy_file import read_policy
-from .terminal import CommandError, err, examples, print_json
+from .terminal import NO_CREDENTIAL, CommandError, err, examples, print_json
 
 TIMEOUT = 30.0
 
@@ -64,7 +65,7 @@ def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str,
         ) from None
     body: dict[str, Any] = response.json() if response.content else {}
     if response.status_code >= 400:
-        fix = body.get("fix", "")
+        fix = NO_CREDENTIAL if response.status_code == 401 else body.get("fix", "")
         raise CommandError(f"{response.status_code}: {body.get('error', response.text)}" + (f"; {fix}" if fix else ""))
     return body
 
@@ -84,21 +85,16 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
     from ..activation import new_activation_id
     from ..kafka import EVENTS, POLICIES
     from ..kafka_policy import history, plan, produce, refusals
-    from ..signing import OperatorKey, OperatorKeyError
     from .kafka import kafka_settings, preflight
+    from .keys import operator_key
 
     settings = kafka_settings(args)
-    key_file = args.key or os.environ.get("TIERGATE_OPERATOR_KEY_FILE")
-    if not key_file:
-        raise CommandError(
-            "give the operator's signing key: --key FILE or TIERGATE_OPERATOR_KEY_FILE (tiergate keys new)"
-        )
-    try:
-        key = OperatorKey.read(Path(key_file))
-    except OperatorKeyError as error:
-        raise CommandError(str(error)) from None
+    key = operator_key(args.key)
     preflight(settings, (EVENTS, POLICIES))
     activations = asyncio.run(history(settings))
+    if activations and activations[-1].record["policy_sha256"] == policy.sha256:
+        err.print(f"{escape(policy.version)} is already in force as activation {activations[-1].activation_id}")
+        return 0
     problems = refusals(activations, policy)
     if problems:
         raise CommandError("refused before anything was written: " + "; ".join(problems))
@@ -117,6 +113,8 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
     )
     for line in planned.diff.lines():
         print(line)
+    if args.dry_run:
+        _dry_run_said("nothing was produced")
     return 0
 
 
@@ -131,6 +129,12 @@ def _activate(args: argparse.Namespace, body: dict[str, Any], dry_run: bool) -> 
     if args.json:
         print_json(applied)
         return 0
+    if applied["unchanged"]:
+        err.print(
+            f"{escape(applied['policy_version'])} (sha256 {applied['policy_sha256'][:12]}…) is already in force as "
+            f"activation {applied['activation_id']}: nothing written"
+        )
+        return 0
     verb = "would activate" if dry_run else "activated"
     err.print(
         f"{verb} {escape(applied['policy_version'])} as activation {applied['activation_id']} "
@@ -141,7 +145,17 @@ def _activate(args: argparse.Namespace, body: dict[str, Any], dry_run: bool) -> 
         print(line)
     for move in applied["moves"]:
         print(f"moves at once: {move['action_type']} {move['from_tier']} → {move['to_tier']}")
+    if dry_run:
+        moves = len(applied["moves"])
+        moving = f"{moves} type{'s' if moves != 1 else ''} would move at once" if moves else "nothing moves at once"
+        _dry_run_said(f"nothing was written; {moving}")
     return 0
+
+
+def _dry_run_said(what: str) -> None:
+    """A dry run's last line, after the diff on stdout (flushed first, so it ends a terminal's output)."""
+    sys.stdout.flush()
+    err.print(f"dry run: {what}")
 
 
 def _rollback(args: argparse.Namespace) -> int:
@@ -159,10 +173,11 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _rollback_target(history: list[dict[str, Any]], to: str | None) -> dict[str, Any]:
-    if to is None:
-        if len(history) < 2:
-            raise CommandError("nothing to roll back to: there has been one activation only")
-        return history[-2]
+    if to is None:  # the newest activation of another document than the one in force
+        earlier = [row for row in history[:-1] if row["policy_sha256"] != history[-1]["policy_sha256"]]
+        if not earlier:
+            raise CommandError("nothing to roll back to: no earlier activation had another policy")
+        return earlier[-1]
     for row in history:
         if row["activation_id"] == to:
             return row
@@ -222,7 +237,7 @@ def add_commands(commands: Any) -> None:
     apply.set_defaults(run=_apply)
 
     back = actions.add_parser("rollback", help="activate an earlier activation's document again")
-    back.add_argument("--to", metavar="ACTIVATION", help="default: the activation before the current one")
+    back.add_argument("--to", metavar="ACTIVATION", help="default: the newest earlier activation of another policy")
     changing(back)
     back.set_defaults(run=_rollback)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import socket
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from ..access import Credentials
 from ..policy_file import read_policy
 from ..settings import ServeSettings
 from .history import open_runtime
-from .terminal import CommandError, err, examples, print_json
+from .terminal import CommandError, counted, err, examples, print_json
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -65,10 +67,15 @@ def _serve(args: argparse.Namespace) -> int:
         raise
     try:
         port = sock.getsockname()[1]
+        in_force = evaluator.current_policy()
+        version = policy.version if in_force is None else in_force.policy_version
+        types = sum(not key.retired for key in evaluator.state.keys.values())
         err.print(
-            f"tiergate serve: policy {escape(policy.version)} ({len(policy.catalog)} action types), "
+            f"tiergate serve: policy {escape(version)} ({counted(types, 'action type')}), "
             f"data in {escape(str(settings.data_dir))}, http://{settings.host}:{port}/v1/tiers"
         )
+        for problem in evaluator.problems:
+            err.print(f"[yellow]warning:[/] {escape(problem)} (/healthz says degraded)")
         app = make_app(evaluator, settings, credentials=credentials)
         web.run_app(app, sock=sock, print=None, access_log=None, handle_signals=True)
     finally:
@@ -97,19 +104,35 @@ def _demo(args: argparse.Namespace) -> int:
 
     from ..demo import run_demo, summary
 
-    console = Console(highlight=False, quiet=args.json)
+    port = _demo_port(args.port)
+    wide = None if sys.stdout.isatty() else 160  # piped or captured: wide rows, not an 80-column squeeze
+    console = Console(highlight=False, quiet=args.json, width=wide)
+    sock = listening_socket("127.0.0.1", port)
     console.print(
         f"[bold]tiergate demo[/]: {args.days} days of a simulated support fleet, in about {args.seconds:.0f}s."
     )
     data_dir = Path(args.data_dir)
     try:
-        result = asyncio.run(run_demo(data_dir, args.days, args.seconds, console, seed=args.seed))
+        result = asyncio.run(run_demo(data_dir, args.days, args.seconds, console, seed=args.seed, sock=sock))
     except OSError as error:
         raise CommandError(f"{data_dir}: cannot use it for the demo ({error.strerror}); give --data-dir") from None
     if args.json:
         print_json(result.record())
+    console.line()  # a live table ends without a newline when the output is not a terminal
     console.print(summary(result))
     return 0 if result.replay_matches else 1
+
+
+def _demo_port(flag: int | None) -> int:
+    """--port, else TIERGATE_PORT, else 0 (any free port: two demos never collide)."""
+    if flag is not None:
+        return flag
+    value = os.environ.get("TIERGATE_PORT", "").strip()
+    if not value:
+        return 0
+    if not value.isdigit() or int(value) > 65535:
+        raise CommandError(f"TIERGATE_PORT: {value!r} is not a port; give a number from 0 to 65535")
+    return int(value)
 
 
 def add_commands(commands: Any) -> None:
@@ -153,4 +176,7 @@ def add_commands(commands: Any) -> None:
     demo.add_argument("--seconds", type=float, default=30.0, help="wall-clock time to spread them over")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--json", action="store_true", help="no live table: print the run's figures as JSON")
+    demo.add_argument(
+        "--port", type=int, help="serve on this loopback port while it runs (or TIERGATE_PORT; default: any free one)"
+    )
     demo.set_defaults(run=_demo)

@@ -15,6 +15,11 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_USAGE = 2  # bad input, settings or environment; argparse's own usage errors exit 2 too
 
+NO_CREDENTIAL = (
+    "set TIERGATE_CREDENTIAL_FILE (a file holding the secret of a credential the server knows) or TIERGATE_CREDENTIAL"
+)
+"""The fix for a server's 401, in the client's words (the server's own answer names its credentials file)."""
+
 
 class CommandError(Exception):
     """A mistake the user can fix: the message says what is wrong and what to do."""
@@ -22,6 +27,11 @@ class CommandError(Exception):
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
         super().__init__(message)
         self.code = code
+
+
+def counted(n: int, noun: str) -> str:
+    """`1 action type`, `2 action types`."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def print_json(data: Any) -> None:

@@ -20,9 +20,12 @@ from aiohttp import web
 from aiohttp_sse import EventSourceResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from tiergate.models.durations import format_duration
 from tiergate.models.wire import TIERS
 
 from ..access import ANONYMOUS, Caller
+from ..codec import excerpt
+from ..pipeline import readable_origin
 from . import views
 from .sessions import COOKIE, Session, Sessions
 from .sources import EmbeddedSource, Source
@@ -61,6 +64,9 @@ class Console:
             trim_blocks=True,
             lstrip_blocks=True,
         )
+        self.templates.filters["excerpt"] = excerpt
+        self.templates.filters["duration"] = lambda seconds: format_duration(int(seconds))
+        self.templates.filters["origin"] = readable_origin
 
     @property
     def embedded(self) -> EmbeddedSource | None:

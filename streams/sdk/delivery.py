@@ -5,9 +5,9 @@ on close, and counters of what became of every event.
 Delivery is at least once: a batch whose response was lost is sent again, and the server drops the second
 copy as a duplicate (event ids are stable). What is never sent is *dropped*, counted by reason:
 `queue_full` (reported while the queue held `queue_size` events), `closed` (reported after close, or still
-unsent when close's flush timed out), `refused` (the server refused the whole batch in a way no retry can
-fix, e.g. a wrong token). Events the server answered with a rejection are `rejected`: it keeps them with
-its reason, and so does `stats().last_rejection`.
+unsent when close's flush timed out), `refused` (the server refused them in a way no retry can fix, e.g. a
+wrong token, or a credential whose role may not post them). Events the server answered with a rejection are
+`rejected`: it keeps them with its reason, and so does `stats().last_rejection`.
 """
 
 from __future__ import annotations
@@ -29,15 +29,18 @@ log = logging.getLogger("tiergate.sdk")
 
 @dataclass(frozen=True)
 class Rejection:
-    """An event the server received and rejected, with its reason (the server keeps it too)."""
+    """An event the server received and rejected, with its reason (the server keeps it too) — or, when
+    `refused`, one it refused to take at all (its credential may not post it): not kept, counted as dropped."""
 
     event_id: str | None
     reason: str
+    refused: bool = False
 
 
 class EventSink(Protocol):
-    """Sends a batch of encoded events; returns the server's rejections. Raises TransportError when the
-    batch did not get through (retried while `retryable`, dropped as `refused` otherwise)."""
+    """Sends a batch of encoded events; returns the server's rejections (and refusals of part of the batch).
+    Raises TransportError when the batch did not get through (retried while `retryable`, dropped as
+    `refused` otherwise)."""
 
     async def send(self, events: Sequence[bytes]) -> list[Rejection]: ...
 
@@ -178,11 +181,20 @@ class Delivery:
             self._last_error = f"{type(error).__name__}: {error}"
             self._drop("refused", len(batch), self._last_error)
             return
-        self._delivered += len(batch) - len(rejections)
-        self._rejected += len(rejections)
+        self._count(len(batch), rejections)
+
+    def _count(self, sent: int, rejections: list[Rejection]) -> None:
+        """Everything sent is delivered but what the server rejected (kept) or refused (dropped)."""
+        self._delivered += sent - len(rejections)
+        refused = [rejection for rejection in rejections if rejection.refused]
+        if refused:
+            self._last_error = refused[-1].reason
+            self._drop("refused", len(refused), refused[-1].reason)
         for rejection in rejections:
-            self._last_rejection = rejection
-            log.warning("tiergate rejected event %s: %s", rejection.event_id, rejection.reason)
+            if not rejection.refused:
+                self._rejected += 1
+                self._last_rejection = rejection
+                log.warning("tiergate rejected event %s: %s", rejection.event_id, rejection.reason)
 
     def _note_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None

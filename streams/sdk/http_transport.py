@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import httpx
+import orjson
 from httpx_sse import ServerSentEvent, SSEError, aconnect_sse
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
@@ -146,33 +147,77 @@ def _json_object(response: httpx.Response) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-class HttpEventSink:
-    """POSTs NDJSON batches to `tiergate serve` (with a bearer token, if given). `async with` closes it."""
+_POSTED_BY = {"action": "agent", "outcome": "reporter", "checkpoint": "reporter"}
+"""Which role posts each event type; anything else (an override) is an operator's."""
 
-    def __init__(self, base_url: str, token: str | None = None, timeout: float = 10.0) -> None:
+
+def _poster(raw: bytes) -> str:
+    kind = orjson.loads(raw).get("type")
+    return _POSTED_BY.get(kind, "operator") if isinstance(kind, str) else "operator"
+
+
+def _runs(events: Sequence[bytes]) -> list[tuple[str, list[bytes]]]:
+    """The batch cut, in order, into runs of events that one role posts (actions | outcomes and checkpoints |
+    overrides): the server refuses a whole request holding an event its credential may not post."""
+    runs: list[tuple[str, list[bytes]]] = []
+    for raw in events:
+        role = _poster(raw)
+        if runs and runs[-1][0] == role:
+            runs[-1][1].append(raw)
+        else:
+            runs.append((role, [raw]))
+    return runs
+
+
+def _event_id(raw: bytes) -> str | None:
+    event_id = orjson.loads(raw).get("event_id")
+    return event_id if isinstance(event_id, str) else None
+
+
+class HttpEventSink:
+    """POSTs NDJSON batches to `tiergate serve`. Each request holds the events of one role: actions with
+    `token` (an agent's credential), outcomes and checkpoints with `reporter_token` (a reporter's; `token`
+    when not given), so a credential's refusal costs only the events it may not send. `async with` closes it.
+    """
+
+    def __init__(
+        self, base_url: str, token: str | None = None, timeout: float = 10.0, *, reporter_token: str | None = None
+    ) -> None:
         self.base_url, self.token, self.timeout = base_url.rstrip("/"), token, timeout
+        self.reporter_token = reporter_token
         self._http: httpx.AsyncClient | None = None
 
     async def send(self, events: Sequence[bytes]) -> list[Rejection]:
+        """Send each run of the batch in order; a run the server refuses for good comes back as refused
+        rejections. Raises TransportError (retryable) when a run did not get through and may next time."""
+        rejections: list[Rejection] = []
+        for role, run in _runs(events):
+            rejections += await self._post(run, self._token_for(role))
+        return rejections
+
+    def _token_for(self, role: str) -> str | None:
+        return (self.reporter_token or self.token) if role == "reporter" else self.token
+
+    async def _post(self, events: list[bytes], token: str | None) -> list[Rejection]:
         if self._http is None:
-            self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout, headers=_auth(self.token))
+            self._http = httpx.AsyncClient(base_url=self.base_url, timeout=self.timeout)
+        headers = {"Content-Type": "application/x-ndjson"} | _auth(token)
         try:
-            response = await self._http.post(
-                "/v1/events", content=b"\n".join(events), headers={"Content-Type": "application/x-ndjson"}
-            )
+            response = await self._http.post("/v1/events", content=b"\n".join(events), headers=headers)
         except httpx.HTTPError as error:
             raise TransportError(f"POST {self.base_url}/v1/events failed: {_describe(error)}") from error
         body = _json_object(response)
-        if response.status_code != 200 or "results" not in body:
-            status = response.status_code
-            raise TransportError(
-                f"POST {self.base_url}/v1/events: {status} {body.get('error', response.reason_phrase)}"
-                + (f" ({body['fix']})" if "fix" in body else ""),
-                retryable=status >= 500 or status in (408, 429),
-            )
-        return [
-            Rejection(r.get("event_id"), str(r.get("reason"))) for r in body["results"] if r["result"] == "rejected"
-        ]
+        if response.status_code == 200 and "results" in body:
+            return [
+                Rejection(r.get("event_id"), str(r.get("reason"))) for r in body["results"] if r["result"] == "rejected"
+            ]
+        status = response.status_code
+        why = f"POST {self.base_url}/v1/events: {status} {body.get('error', response.reason_phrase)}" + (
+            f" ({body['fix']})" if "fix" in body else ""
+        )
+        if status >= 500 or status in (408, 429):
+            raise TransportError(why, retryable=True)
+        return [Rejection(_event_id(raw), why, refused=True) for raw in events]
 
     async def close(self) -> None:
         if self._http is not None:

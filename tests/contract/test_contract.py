@@ -84,6 +84,17 @@ class Contract:
             self.runtime.lazy,
         )
 
+    @pytest.mark.parametrize("cut", [128, 160, 183])
+    def test_a_restart_between_activations_folds_on_under_the_policy_in_force(self, cut: int, tmp_path: Path) -> None:
+        """Stopped in the middle of an activation's events, after one, or just before a retirement, the
+        runtime restored from what it saved keeps each type's policy and decides what an uninterrupted run
+        decides (no policy file: the log carries them all)."""
+        assert_same(
+            self.runtime.run(scenario("policy_changes"), POLICY, tmp_path, restart_at=cut),
+            expected("policy_changes"),
+            self.runtime.lazy,
+        )
+
     def test_bad_input_is_rejected_with_its_reason_and_the_log_goes_on(self, tmp_path: Path) -> None:
         """Malformed JSON, a schema violation and an unknown action type are rejected input with the
         reasons the codec and the fold give, and change no decision of the scenario around them."""
@@ -100,8 +111,8 @@ class Contract:
         want.rejected += [
             (
                 "rejected",
-                "malformed JSON: unexpected end of data: line 1 column 17 (char 16) "
-                "(strict JSON: no NaN, Infinity or numbers beyond a double)",
+                "malformed JSON: unexpected end of data: line 1 column 17 (char 16): the event is cut short; "
+                "send the whole object",
                 bad[0][1],
             ),
             ("rejected", "ts: '2026-11-02T00:10:00' has no UTC offset; add one, e.g. Z or +02:00", bad[1][1]),
