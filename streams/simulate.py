@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,9 +164,14 @@ class Fleet:
         yield from self.arrivals(start + HOUR)
 
 
-def history(fleet: Fleet, policy: Policy, start: int, hours: int) -> Iterator[dict[str, Any]]:
-    """A fleet's events over `hours` from `start`, acting at the tiers a fold of its own output decides."""
+def history(
+    fleet: Fleet, policy: Policy | None, start: int, hours: int, activation: Sequence[dict[str, Any]] = ()
+) -> Iterator[dict[str, Any]]:
+    """A fleet's events over `hours` from `start`, acting at the tiers a fold of its own output decides:
+    a log that begins with `activation` (the log carries its policy), or an old log folded under `policy`."""
     state = initial_state(policy)
+    for event in activation:
+        step(state, event_from_dict(event))
 
     def tier_of(name: str) -> str:
         key = state.keys.get(name)
