@@ -1,13 +1,21 @@
-"""Benchmark: `tiergate replay` against the rate of replay's own parse path, and memory at 1× and 10× history.
+"""Benchmark: `tiergate replay` against the rate of replay's own parse path, and memory at 1×, 10× history
+and 10× volume.
 
     python bench/replay.py                 # 1M events, 60 action types, 90 days (the issue's target)
     python bench/replay.py --events 200000 # a quick look
+    python bench/replay.py --maturity 2d   # customer outcomes mature in 2 days (a feed with checkpoints)
 
 Reports events/s of the full replay (parse + fold + decision log written) and, in the same run, of
 the parse path alone (the file's lines decoded into the event models); the target is a ratio of at
-least 0.5. Then peak resident memory of `tiergate replay` (a child process) on the history and on ten
-times the history (the same fleet carried on for ten times as long); the target is within 10%.
-Generated histories are cached under bench/.data/.
+least 0.5. Then peak resident memory of `tiergate replay` (a child process) on the history, on ten
+times the history (the same fleet carried on for ten times as long) and on ten times the volume (the
+same fleet and days, ten times the events an hour); the target for history is within 10%.
+
+The history has late events, duplicates, outcomes reported again a day or two later (the same event id,
+a later ts: §6.6's re-reports) and operator overrides. With `--maturity`, the policy's
+`outcomes.customer.maturity` is set for every type, customer outcomes are failures only (success is
+their absence), each carrying its action's ts, and a customer feed posts an hourly checkpoint per type,
+two hours behind. Generated histories are cached under bench/.data/.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Any
 import orjson
 import yaml
 
+from tiergate.models.durations import parse_duration
 from tiergate.models.wire import format_ts, parse_ts
 from tiergate.streams.codec import decode, iter_lines
 from tiergate.streams.policy_file import policy_from_mapping
@@ -37,19 +46,26 @@ START = parse_ts("2026-01-01T00:00:00Z")
 DAY = 24 * HOUR
 
 
-def bench_policy(types: int) -> dict[str, Any]:
-    """The example policy's tiers (1h windows, 7d lookback) over a catalog of `types` action types."""
+REREPORT = 0.002  # share of outcomes reported again later
+
+
+def bench_policy(types: int, maturity: str | None = None) -> dict[str, Any]:
+    """The example policy's tiers (1h windows, 7d lookback) over a catalog of `types` action types, with a
+    customer maturity for every type when one is given."""
     policy = yaml.safe_load((ROOT / "examples" / "policy.yaml").read_text())
     catalog: dict[str, Any] = {f"action_{i:03d}": {} for i in range(types)}
     catalog["action_000"] = {"read_only": True}
     for i in range(1, types, 10):
         catalog[f"action_{i:03d}"] = {"max_tier": "walk"}
     policy["action_types"] = catalog
+    if maturity is not None:
+        policy["outcomes"] = {"customer": {"maturity": maturity}}
     return policy
 
 
-def bench_fleet(names: list[str], events: int, days: int, seed: int = 11) -> Fleet:
-    """A varied fleet sized to produce about `events` events in `days`, with some operator overrides."""
+def bench_fleet(names: list[str], events: int, days: int, seed: int = 11, maturity: int | None = None) -> Fleet:
+    """A varied fleet sized to produce about `events` events in `days`, with some operator overrides; under a
+    maturity, every evaluated type's customer failures come late and its feed posts checkpoints."""
     import random
 
     rng = random.Random(seed)
@@ -61,19 +77,23 @@ def bench_fleet(names: list[str], events: int, days: int, seed: int = 11) -> Fle
         for op, tier in (("cap", "crawl"), ("uncap", None), ("promote", None), ("pin", "walk"), ("demote", None))
         for _ in range(6)
     ]
-    return Fleet(profiles, seed=seed, delivery=Delivery(late=0.012, duplicate=0.002), overrides=overrides)
+    delivery = Delivery(late=0.012, duplicate=0.002, rereport=REREPORT)
+    matures = {} if maturity is None else {n: maturity for n in names[1:]}  # names[0] is read-only
+    return Fleet(profiles, seed=seed, delivery=delivery, overrides=overrides, maturity=matures)
 
 
-def generate(events: int, types: int, days: int) -> tuple[Path, Path]:
-    """The history file and its policy, generated once per size and cached."""
+def generate(events: int, types: int, days: int, maturity: str | None = None) -> tuple[Path, Path]:
+    """The history file and its policy, generated once per size (and maturity) and cached."""
     DATA.mkdir(parents=True, exist_ok=True)
-    path = DATA / f"history-{events}-{types}-{days}.jsonl"
-    policy_path = DATA / f"policy-{types}.yaml"
-    raw = bench_policy(types)
+    tag = f"-m{maturity}" if maturity is not None else ""
+    path = DATA / f"history-{events}-{types}-{days}{tag}-rr.jsonl"
+    policy_path = DATA / f"policy-{types}{tag}.yaml"
+    raw = bench_policy(types, maturity)
     policy_path.write_text(yaml.safe_dump(raw))
     if not path.exists():
         policy = policy_from_mapping(raw)
-        fleet = bench_fleet(sorted(raw["action_types"]), events, days)
+        seconds = None if maturity is None else parse_duration(maturity)
+        fleet = bench_fleet(sorted(raw["action_types"]), events, days, maturity=seconds)
         started = time.perf_counter()
         count = 0
         with open(path.with_suffix(".tmp"), "wb") as out:
@@ -85,6 +105,17 @@ def generate(events: int, types: int, days: int) -> tuple[Path, Path]:
     return path, policy_path
 
 
+def shifted(event: dict[str, Any], copy: int, shift: int) -> dict[str, Any]:
+    """An event of the history's `copy`-th repetition: every time in it moved on by `shift`, ids made its own."""
+    for name in ("ts", "action_ts", "through"):
+        if name in event:
+            event[name] = format_ts(parse_ts(event[name]) + shift)
+    event["event_id"] += f"~{copy}"
+    if "action_id" in event:
+        event["action_id"] += f"~{copy}"
+    return event
+
+
 def extend(path: Path, times: int, days: int) -> Path:
     """The same fleet carried on: the history repeated `times` times, each copy shifted by its span."""
     longer = path.with_name(path.stem + f"-x{times}.jsonl")
@@ -92,15 +123,9 @@ def extend(path: Path, times: int, days: int) -> Path:
         return longer
     with open(longer.with_suffix(".tmp"), "wb") as out:
         for copy in range(times):
-            shift = copy * days * DAY
             with open(path, "rb") as source:
                 for _, line in iter_lines(source):
-                    event = orjson.loads(line)
-                    event["ts"] = format_ts(parse_ts(event["ts"]) + shift)
-                    event["event_id"] += f"~{copy}"
-                    if "action_id" in event:
-                        event["action_id"] += f"~{copy}"
-                    out.write(orjson.dumps(event) + b"\n")
+                    out.write(orjson.dumps(shifted(orjson.loads(line), copy, copy * days * DAY)) + b"\n")
     os.replace(longer.with_suffix(".tmp"), longer)
     return longer
 
@@ -120,7 +145,8 @@ def parse_rate(path: Path) -> tuple[float, int]:
 
 
 def replay_rate(path: Path, policy_path: Path) -> tuple[float, dict[str, int]]:
-    """Events/s of the full replay: parse, fold, and the decision log and kept events written to files."""
+    """Events/s of the full replay: parse, fold, and the decision log and kept events written to files;
+    the counts of results and decisions, and what the state holds at the end."""
     from tiergate.streams.policy_file import read_policy
 
     policy = read_policy(policy_path)
@@ -135,7 +161,14 @@ def replay_rate(path: Path, policy_path: Path) -> tuple[float, dict[str, int]]:
             progress=False,
         )
     elapsed = time.perf_counter() - started
-    counts = dict(result.results) | {"decisions": result.decisions}
+    keys = result.state.keys.values()
+    held = {
+        "remembered_ids": sum(len(k.live_ids()) for k in keys),
+        "pending_cells": sum(len(k.cells) for k in keys),
+        "pending_units": sum(c.units for k in keys for c in k.cells.values()),
+        "pending_failure_ids": sum(len(k.failure_ids) for k in keys),
+    }
+    counts = dict(result.results) | {"decisions": result.decisions} | held
     return sum(result.results.values()) / elapsed, counts
 
 
@@ -162,43 +195,55 @@ def peak_rss_mib(path: Path, policy_path: Path) -> float:
     return usage.ru_maxrss / 1024
 
 
+def memory(path: Path, policy_path: Path, options: argparse.Namespace) -> dict[str, Any]:
+    """Peak RSS of `tiergate replay` on the history, on `--scale` times the history and on `--volume` times
+    the volume (each skipped at 1)."""
+    one = peak_rss_mib(path, policy_path)
+    out: dict[str, Any] = {"peak_rss_mib_1x": round(one, 1)}
+    if options.scale > 1:
+        many = peak_rss_mib(extend(path, options.scale, options.days), policy_path)
+        out |= {f"peak_rss_mib_{options.scale}x_history": round(many, 1), "history_growth": round(many / one - 1, 3)}
+    if options.volume > 1:
+        busier, _ = generate(options.events * options.volume, options.types, options.days, options.maturity)
+        dense = peak_rss_mib(busier, policy_path)
+        out |= {f"peak_rss_mib_{options.volume}x_volume": round(dense, 1), "volume_growth": round(dense / one - 1, 3)}
+    return out | {"target_history_growth": 0.10}
+
+
 def main() -> None:
     args = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     args.add_argument("--events", type=int, default=1_000_000)
     args.add_argument("--types", type=int, default=60)
     args.add_argument("--days", type=int, default=90)
+    args.add_argument("--maturity", default=None, help="outcomes.customer.maturity for every type, e.g. 2d")
     args.add_argument("--scale", type=int, default=10, help="memory run at this many times the history")
+    args.add_argument("--volume", type=int, default=10, help="memory run at this many times the events an hour")
     args.add_argument("--rounds", type=int, default=3, help="alternating parse/replay rounds; the best of each counts")
     options = args.parse_args()
-    path, policy_path = generate(options.events, options.types, options.days)
+    path, policy_path = generate(options.events, options.types, options.days, options.maturity)
     parses, replays, counts = [], [], {}
     for _ in range(options.rounds):
         parses.append(parse_rate(path)[0])
         rate, counts = replay_rate(path, policy_path)
         replays.append(rate)
+    held = {k: counts.pop(k) for k in ("remembered_ids", "pending_cells", "pending_units", "pending_failure_ids")}
     total = sum(v for k, v in counts.items() if k != "decisions")
     results = {
         "events": total,
         "action_types": options.types,
         "days": options.days,
+        "maturity": options.maturity,
         "late_share": round(counts.get("late", 0) / total, 4),
         "duplicate_share": round(counts.get("duplicate", 0) / total, 4),
         "decisions": counts["decisions"],
+        "held_at_the_end": held,
         "parse_events_per_s": round(max(parses)),
         "replay_events_per_s": round(max(replays)),
         "ratio": round(max(replays) / max(parses), 3),
         "target_ratio": 0.5,
     }
     print(json.dumps(results, indent=2), flush=True)
-    longer = extend(path, options.scale, options.days)
-    one, many = peak_rss_mib(path, policy_path), peak_rss_mib(longer, policy_path)
-    memory = {
-        "peak_rss_mib_1x": round(one, 1),
-        f"peak_rss_mib_{options.scale}x": round(many, 1),
-        "growth": round(many / one - 1, 3),
-        "target_growth": 0.10,
-    }
-    print(json.dumps(memory, indent=2))
+    print(json.dumps(memory(path, policy_path, options), indent=2))
 
 
 if __name__ == "__main__":

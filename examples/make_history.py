@@ -22,7 +22,7 @@ START, DAYS = parse_ts("2026-10-01T00:00:00Z"), 35
 def main() -> None:
     policy = read_policy(HERE / "policy.yaml")
     activation = policy_events(policy, Catalog(), "example-1", "ops@example.com", "the example policy", START)
-    events = history(story_fleet(START, seed=3, days=DAYS, scale=0.4), policy, START, DAYS * 24)
+    events = history(story_fleet(START, seed=3, days=DAYS, scale=0.4), None, START, DAYS * 24, activation)
     lines = (orjson.dumps(event) + b"\n" for event in [*activation, *events])
     (HERE / "events.jsonl").write_bytes(b"".join(lines))
 

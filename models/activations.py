@@ -15,15 +15,18 @@ from typing import Any
 from . import windows
 from .decisions import Decision
 from .results import DUPLICATE_REASON, Result
-from .rules import Rules, RulesError
-from .state import RUN, KeyState, State, rules_of
+from .rules import BarRule, Rules, RulesError
+from .sequential import SequentialState
+from .state import RUN, KeyState, State, fresh, rules_of
 from .transition import KeyStep
 from .wire import TIERS, PolicyEvent
 
 Applied = tuple[tuple[Decision, ...], Result, str | None]  # (decisions, what became of the event, why)
 
-# Rules whose change restarts the hold streak (besides the current tier's bars and hold).
-STREAK_FIELDS = ("confidence", "acceptance", "lookback", "outcomes", "promote_rule", "demotion_rule")
+# Rules whose change restarts the hold streak and every sequential figure (besides the current tier's bars
+# and hold, and the demotion rule's own fields). The other `demotion` parameters restart only the keep figures.
+STREAK_FIELDS = ("confidence", "acceptance", "lookback", "outcomes", "promotion")
+DEMOTION_RULE_FIELDS = ("rule", "threshold", "floor", "tripwire")
 
 
 def activate(state: State, event: PolicyEvent) -> Applied:
@@ -91,6 +94,7 @@ def _introduce(state: State, event: PolicyEvent, rules: Rules) -> tuple[Decision
         tier=tier,
         lookback=windows.Lookback(rules.lookback_windows),
         seq=0,
+        sequential=fresh(rules, tier),
     )
     _adopt(key, event, rules)
     out: list[Decision] = []
@@ -125,6 +129,9 @@ def _change(key: KeyState, event: PolicyEvent, rules: Rules) -> tuple[Decision, 
     before = key.rules
     if _streak_changed(before, rules, key.tier):
         key.passing_since = None
+        key.sequential = fresh(rules, key.tier)
+    else:
+        key.sequential = realigned(key.sequential, before, rules, key.tier)
     _adopt(key, event, rules)
     at = _last_close(key)
     out: list[Decision] = []
@@ -155,7 +162,36 @@ def _streak_changed(before: Rules, after: Rules, tier: int) -> bool:
             return True
     if _hold(old, name) != _hold(new, name):
         return True
+    if any(old["demotion"].get(field) != new["demotion"].get(field) for field in DEMOTION_RULE_FIELDS):
+        return True
     return any(old.get(field) != new.get(field) for field in STREAK_FIELDS)
+
+
+def realigned(figures: SequentialState, before: Rules, after: Rules, tier: int) -> SequentialState:
+    """The figures carried over to rules that changed nothing the hold streak is judged by: a changed
+    `demotion` restarts the keep figures only; unchanged bars keep theirs, in the new rules' order (bars
+    compare as sets, so an activation may list the same bars in another order)."""
+    if before.mapping["demotion"] != after.mapping["demotion"]:
+        keep = fresh(after, tier).keep
+    else:
+        keep = _reordered(before.keep_bars[tier], after.keep_bars[tier], figures.keep)
+    return SequentialState(keep, _reordered(before.promote_bars[tier], after.promote_bars[tier], figures.promote))
+
+
+def _reordered(before: tuple[BarRule, ...], after: tuple[BarRule, ...], figures: list[Any]) -> list[Any]:
+    if len(figures) != len(before):  # no figures kept for these bars under their rule
+        return figures
+    left = [(_bar(bar), figure) for bar, figure in zip(before, figures, strict=True)]
+    out = []
+    for bar in after:
+        found = next(i for i, (old, _) in enumerate(left) if old == _bar(bar))
+        out.append(left.pop(found)[1])
+    return out
+
+
+def _bar(bar: BarRule) -> tuple[str, float, int]:
+    """A bar as the policy wrote it (its demotion line comes from the margin, which may have changed)."""
+    return bar.metric, bar.target, bar.min_samples
 
 
 def _bars(mapping: Any, tier: str, part: str) -> frozenset[tuple[tuple[str, Any], ...]]:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from . import maturity, windows
 from .durations import format_duration
-from .evidence import judge_bars
-from .stats import Verdict, falls, judge_keep, judge_promote, passes
+from .evidence import keep_evidence, promote_evidence
+from .stats import Verdict, falls, passes
 from .transition import KeyStep
 from .wire import format_ts
 
@@ -43,6 +43,8 @@ def close(step: KeyStep, index: int) -> None:
         counters = maturity.mature(key, (index + 1) * size, counters)
     if key.since is not None and index < key.since // size:
         counters = None  # before the window holding `since`: no evidence for the current tier
+    if counters is not None and not key.read_only:
+        observe(step, counters)
     key.lookback.push(index, counters)
     key.next_close = index + 1
     key.forget()
@@ -72,27 +74,65 @@ def next_event(step: KeyStep) -> int:
     return max(min(due), start) if due else NEVER
 
 
+def observe(step: KeyStep, counters: windows.Counters) -> None:
+    """A closed window's outcomes of the current tier enter the bars' sequential figures (under a maturity,
+    customer units enter when they mature: `counters` holds them by then)."""
+    key, rules = step.key, step.rules
+    tier = key.tier
+    if rules.sequential_demotion:
+        for bar, test, state in zip(rules.keep_bars[tier], rules.keep_tests[tier], key.sequential.keep, strict=True):
+            at = windows.slot(tier, bar.metric_index)
+            test.observe(state, counters[at], counters[at + 1])
+    if rules.sequential_promotion:
+        bars, tests = rules.promote_bars[tier], rules.promote_tests[tier]
+        for bar, ptest, pstate in zip(bars, tests, key.sequential.promote, strict=True):
+            at = windows.slot(tier, bar.metric_index)
+            ptest.observe(pstate, counters[at], counters[at + 1])
+
+
 def verdicts(step: KeyStep) -> tuple[bool, bool]:
     """(a keep bar of the current tier falls, every promote bar passes), judged again only when the
-    evidence or the tier changed since the last close: most closes see the same totals."""
-    key, rules = step.key, step.rules
+    evidence or the tier changed since the last close: most closes see the same totals (the sequential
+    figures change only with the evidence too)."""
+    key = step.key
     lookback, tier = key.lookback, key.tier
     cached = key.verdicts
     if cached is not None and cached[0] == lookback.revision and cached[1] == tier:
         return cached[2], cached[3]
-    totals, falling, passing = lookback.totals, False, bool(rules.promote_bars[tier])
+    falling, passing = keep_falls(step), gate_passes(step)
+    key.verdicts = (lookback.revision, tier, falling, passing)
+    return falling, passing
+
+
+def keep_falls(step: KeyStep) -> bool:
+    """Does a keep bar of the current tier fall, by the demotion rule?"""
+    key, rules = step.key, step.rules
+    tier = key.tier
+    if rules.sequential_demotion:
+        tests, states = rules.keep_tests[tier], key.sequential.keep
+        return any(test.falls(state) for test, state in zip(tests, states, strict=True))
+    totals = key.lookback.totals
     for bar in rules.keep_bars[tier]:
         at = windows.slot(tier, bar.metric_index)
         if falls(bar, totals[at + 1], totals[at]):
-            falling = True
-            break
+            return True
+    return False
+
+
+def gate_passes(step: KeyStep) -> bool:
+    """Does every promote bar of the current tier pass, by the promotion rule? (No gate: never.)"""
+    key, rules = step.key, step.rules
+    tier = key.tier
+    if not rules.promote_bars[tier]:
+        return False
+    if rules.sequential_promotion:
+        return all(state.passing for state in key.sequential.promote)
+    totals = key.lookback.totals
     for bar in rules.promote_bars[tier]:
         at = windows.slot(tier, bar.metric_index)
         if not passes(bar, totals[at + 1], totals[at], rules.z):
-            passing = False
-            break
-    key.verdicts = (lookback.revision, tier, falling, passing)
-    return falling, passing
+            return False
+    return True
 
 
 def decide(step: KeyStep, end: int) -> None:
@@ -100,7 +140,7 @@ def decide(step: KeyStep, end: int) -> None:
     key, rules = step.key, step.rules
     falling, passing = verdicts(step)
     if falling and key.pinned is None:
-        kept = judge_bars(key, rules.keep_bars[key.tier], judge_keep)
+        kept = keep_evidence(key)
         reason = "; ".join(e.message("keep") for e in kept if e.verdict is Verdict.FAIL)
         step.move("demote", key.tier - 1, end, reason, evidence=tuple(e.record() for e in kept))
         return
@@ -110,7 +150,7 @@ def decide(step: KeyStep, end: int) -> None:
     if key.passing_since is None:
         key.passing_since = end
     if may_promote(step, end):
-        judged = judge_bars(key, rules.promote_bars[key.tier], judge_promote)
+        judged = promote_evidence(key)
         hold = {"passing_since": format_ts(key.passing_since), "required": format_duration(rules.hold[key.tier])}
         reason = "; ".join(e.message("promote") for e in judged)
         reason += f"; held {format_duration(end - key.passing_since)} (hold {hold['required']})"

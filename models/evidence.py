@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 from . import windows
 from .rules import METRIC_INDEX, BarRule
+from .sequential import Figures, KeepState, KeepTest, PromoteState, PromoteTest
 from .state import KeyState
-from .stats import Evidence
+from .stats import Evidence, Verdict, judge_keep, judge_promote, judged_by_test
 from .wire import TIER_INDEX, TIERS
 
 Judge = Callable[[BarRule, int, int, float], Evidence]
@@ -51,3 +52,52 @@ def judge_bars(key: KeyState, bars: tuple[BarRule, ...], judge: Judge) -> tuple[
         n, successes = key.lookback.pair(key.tier, bar.metric_index)
         judged.append(judge(bar, successes, n, key.rules.z))
     return tuple(judged)
+
+
+def keep_evidence(key: KeyState) -> tuple[Evidence, ...]:
+    """The current tier's keep bars judged by the type's demotion rule."""
+    rules, tier = key.rules, key.tier
+    bars = rules.keep_bars[tier]
+    if not rules.sequential_demotion:
+        return judge_bars(key, bars, judge_keep)
+    tests, states = rules.keep_tests[tier], key.sequential.keep
+    return tuple(
+        _by_test(key, bar, keep_verdict(test, state), test.figures(state))
+        for bar, test, state in zip(bars, tests, states, strict=True)
+    )
+
+
+def promote_evidence(key: KeyState) -> tuple[Evidence, ...]:
+    """The current tier's promote bars judged by the type's promotion rule."""
+    rules, tier = key.rules, key.tier
+    bars = rules.promote_bars[tier]
+    if not rules.sequential_promotion:
+        return judge_bars(key, bars, judge_promote)
+    tests, states = rules.promote_tests[tier], key.sequential.promote
+    return tuple(
+        _by_test(key, bar, promote_verdict(test, state), test.figures(state))
+        for bar, test, state in zip(bars, tests, states, strict=True)
+    )
+
+
+def tripwire_evidence(key: KeyState, bar: BarRule, state: KeepState) -> Evidence:
+    """A keep bar whose tripwire fired: FAIL, with the run of failures against the tripwire."""
+    figures = Figures("tripwire", float(state.run), float(key.rules.tripwire), state.n, state.successes)
+    return _by_test(key, bar, Verdict.FAIL, figures)
+
+
+def keep_verdict(test: KeepTest, state: KeepState) -> Verdict:
+    if state.n < test.min_samples:
+        return Verdict.INCONCLUSIVE
+    return Verdict.FAIL if test.falls(state) else Verdict.PASS
+
+
+def promote_verdict(test: PromoteTest, state: PromoteState) -> Verdict:
+    if state.n < test.min_samples:
+        return Verdict.INCONCLUSIVE
+    return Verdict.PASS if state.passing else Verdict.FAIL
+
+
+def _by_test(key: KeyState, bar: BarRule, verdict: Verdict, figures: Figures) -> Evidence:
+    n, successes = key.lookback.pair(key.tier, bar.metric_index)
+    return judged_by_test(bar, successes, n, key.rules.z, verdict, figures)

@@ -19,12 +19,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from . import activations, closes, maturity, overrides, windows
+from . import activations, closes, maturity, overrides, tripwire, windows
 from .decisions import Decision, TierRecord
 from .evidence import SCORES
 from .policy import Policy
 from .results import APPLIED, DUPLICATE, DUPLICATE_REASON, LATE, REJECTED, RESULTS, Result
-from .state import RUN, KeyState, State
+from .state import RUN, KeyState, State, fresh
 from .transition import KeyStep
 from .wire import TIER_INDEX, TIERS, Action, Checkpoint, Outcome, Override, PolicyEvent, Tick
 
@@ -46,15 +46,19 @@ def starting_tier(read_only: bool) -> int:
 
 
 def initial_key(policy: Policy, name: str) -> KeyState:
-    """A catalog type of the policy an old log folds under, before any activation."""
+    """A catalog type of the policy an old log folds under, before any activation: such a log was decided
+    by the v1 bar rules wherever the policy leaves its rules unnamed (`Policy.before_activations`)."""
+    policy = policy.before_activations
     rules = policy.types[name]
+    tier = starting_tier(rules.read_only)
     return KeyState(
         action_type=name,
         rules=rules,
         policy_version=policy.version,
         policy_sha256=policy.sha256,
-        tier=starting_tier(rules.read_only),
+        tier=tier,
         lookback=windows.Lookback(rules.lookback_windows),
+        sequential=fresh(rules, tier),
     )
 
 
@@ -69,6 +73,7 @@ def initial_decisions(policy: Policy | None) -> list[Decision]:
     decisions: list[Decision] = []
     if policy is None:
         return decisions
+    policy = policy.before_activations
     for name in policy.catalog:
         read_only = policy.types[name].read_only
         reason = (
@@ -137,7 +142,7 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
         return Stepped(state, tuple(out), APPLIED, None)
     if isinstance(event, Outcome):
         if event.kind == "customer" and (key.rules.maturity is not None or key.cells):
-            matured = _customer_under_maturity(key, event)
+            matured = _customer_under_maturity(KeyStep(key, out), event)
             if matured is not None:
                 return Stepped(state, tuple(out), *matured)
         key.remember(event_id, index)
@@ -151,6 +156,8 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
             cell = maturity.unit_of_review(event, size)
             if cell is not None:
                 maturity.add_unit(key, cell)
+        if rules.tripwire:
+            tripwire.after_outcome(KeyStep(key, out), event, success)
         return Stepped(state, tuple(out), APPLIED, None)
     key.remember(event_id, index)
     if isinstance(event, Action):
@@ -178,10 +185,11 @@ def _checkpoint(state: State, key: KeyState, event: Checkpoint) -> Stepped:
     return Stepped(state, (), APPLIED, None)
 
 
-def _customer_under_maturity(key: KeyState, event: Outcome) -> tuple[Result, str | None] | None:
+def _customer_under_maturity(step: KeyStep, event: Outcome) -> tuple[Result, str | None] | None:
     """A customer outcome where a maturity applies: a success changes nothing and leaves no id (the absence
-    of a failure is the success); a failure marks its cell, or is late after its action's maturity. None:
-    no maturity applies to it after all (it counts as it comes)."""
+    of a failure is the success); a failure marks its cell (and may trip the tripwire), or is late after its
+    action's maturity. None: no maturity applies to it after all (it counts as it comes)."""
+    key = step.key
     if event.result == "success":
         cell = None if event.action_ts is None else (event.action_ts // key.rules.window, TIER_INDEX[event.tier])
         if key.rules.maturity is None and cell not in key.cells:
@@ -193,6 +201,8 @@ def _customer_under_maturity(key: KeyState, event: Outcome) -> tuple[Result, str
     if cell is None:
         return None
     maturity.add_failure(key, cell, event.event_id)
+    if key.rules.tripwire:
+        tripwire.after_customer_failure(step, event, cell)
     return APPLIED, None
 
 

@@ -16,12 +16,16 @@ import copy
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationError
 
 from .durations import format_duration
 from .rules import (
+    SOUND_DEMOTION,
+    SOUND_PROMOTION,
+    V1_DEMOTION,
+    V1_PROMOTION,
     Acceptance,
     Demotion,
     Duration,
@@ -52,6 +56,7 @@ class _ActionTypeSpec(Strict):
     max_tier: Tier = "run"
     read_only: bool = False
     tiers: dict[str, Any] | None = None
+    promotion: dict[str, Any] | None = None
     demotion: dict[str, Any] | None = None
     outcomes: dict[str, Any] | None = None
 
@@ -84,6 +89,7 @@ class _Document(Strict):
     lookback: PositiveDuration
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
     acceptance: Acceptance = Field(default_factory=Acceptance)
+    promotion: dict[str, Any] = Field(default_factory=dict)
     demotion: dict[str, Any] = Field(default_factory=dict)
     tiers: dict[str, Any] = Field(default_factory=dict)
     outcomes: dict[str, Any] = Field(default_factory=dict)
@@ -104,11 +110,19 @@ class Policy:
     types: dict[str, Rules]
     normalised: dict[str, Any]
     operators: tuple[dict[str, str], ...] = ()  # the keys trusted to sign its successor (on Kafka)
+    old_log: Policy | None = None  # the same document with its unnamed rules v1, when that differs
 
     @property
     def catalog(self) -> list[str]:
         """Action type names in name order, the order of the initial decisions."""
         return sorted(self.types)
+
+    @property
+    def before_activations(self) -> Policy:
+        """The policy the events of an old log before its first activation fold under: this document with
+        every bar rule it leaves unnamed read as the v1 rule, because that is what decided such logs
+        (a document that names its rules is the same either way)."""
+        return self if self.old_log is None else self.old_log
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -129,17 +143,33 @@ def canonical_json(value: Any) -> str:
 
 GLOBAL_RULES = ("window", "allowed_lateness", "lookback", "confidence", "acceptance")
 
+# What a bar rule the document leaves unnamed means: the sound rules for a policy being applied, v1 for the
+# policy an old log (no activations) was decided by.
+Unnamed = Literal["sound", "v1"]
+UNNAMED_RULES: dict[Unnamed, tuple[str, str]] = {
+    "sound": (SOUND_PROMOTION, SOUND_DEMOTION),
+    "v1": (V1_PROMOTION, V1_DEMOTION),
+}
 
-def _type_mapping(raw: dict[str, Any], spec: _ActionTypeSpec) -> dict[str, Any]:
-    """One type's complete rules in the policy's words: the globals with its own entries merged in."""
+
+def _type_mapping(raw: dict[str, Any], spec: _ActionTypeSpec, unnamed: Unnamed) -> dict[str, Any]:
+    """One type's complete rules in the policy's words: the globals with its own entries merged in, and
+    the bar rules it does not name filled in."""
     mapping = {name: raw[name] for name in GLOBAL_RULES if name in raw}
+    promotion, demotion = UNNAMED_RULES[unnamed]
     return mapping | {
-        "demotion": deep_merge(raw.get("demotion") or {}, spec.demotion or {}),
+        "promotion": {"rule": promotion} | deep_merge(_mapping(raw.get("promotion")), _mapping(spec.promotion)),
+        "demotion": {"rule": demotion} | deep_merge(_mapping(raw.get("demotion")), _mapping(spec.demotion)),
         "tiers": deep_merge(raw.get("tiers") or {}, spec.tiers or {}),
         "outcomes": deep_merge(raw.get("outcomes") or {}, spec.outcomes or {}),
         "max_tier": spec.max_tier,
         "read_only": spec.read_only,
     }
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """A section as given (validated as a mapping already), or none."""
+    return value if isinstance(value, dict) else {}
 
 
 def _check(mapping: dict[str, Any], where: Path, problems: Problems) -> RulesSpec | None:
@@ -157,9 +187,11 @@ def _check(mapping: dict[str, Any], where: Path, problems: Problems) -> RulesSpe
 Digest = Callable[[Mapping[str, Any]], str]
 
 
-def load_policy(raw: Any, digest: Digest) -> Policy:
+def load_policy(raw: Any, digest: Digest, unnamed: Unnamed = "sound") -> Policy:
     """Validate a policy mapping (as read from YAML) and resolve every action type's rules. `digest` gives
-    the normalised document its identity (streams/canonical.py: sha256 of its RFC 8785 form)."""
+    the normalised document its identity (streams/canonical.py: sha256 of its RFC 8785 form). A bar rule
+    the document does not name is the sound one; `unnamed="v1"` reads it as v1, for the policy of an old
+    log (`Policy.before_activations` holds that reading)."""
     if not isinstance(raw, dict):
         raise PolicyError([((), "the policy must be a mapping of fields (policy_version, window, tiers, …)")])
     try:
@@ -167,26 +199,38 @@ def load_policy(raw: Any, digest: Digest) -> Policy:
     except ValidationError as error:
         raise PolicyError(_names_the_fix(pydantic_problems(error))) from None
     problems = lookback_problems(document.window, document.lookback)
-    _check(_type_mapping(raw, _ActionTypeSpec()), (), problems)  # the globals alone, reported once
+    _check(_type_mapping(raw, _ActionTypeSpec(), unnamed), (), problems)  # the globals alone, reported once
     if problems:
         raise PolicyError(problems)
     types: dict[str, Rules] = {}
     for name, spec in document.action_types.items():
-        checked = _check(_type_mapping(raw, spec or _ActionTypeSpec()), ("action_types", name), problems)
+        checked = _check(_type_mapping(raw, spec or _ActionTypeSpec(), unnamed), ("action_types", name), problems)
         if checked is not None:
             types[name] = resolve(checked)
     if problems:
         raise PolicyError(problems)
     normalised = _normalise(document, types)
+    sha256 = digest(normalised)
+    old_log = _old_log_reading(raw, digest) if unnamed == "sound" else None
     return Policy(
         version=document.policy_version,
-        sha256=digest(normalised),
+        sha256=sha256,
         window=document.window,
         allowed_lateness=document.allowed_lateness,
         types=types,
         operators=tuple(normalised.get("operators", ())),
         normalised=normalised,
+        old_log=None if old_log is None or old_log.sha256 == sha256 else old_log,
     )
+
+
+def _old_log_reading(raw: dict[str, Any], digest: Digest) -> Policy | None:
+    """The document with its unnamed rules v1; None when that reading is not valid (a document that gives
+    the sound rules' parameters without naming them was never an old log's policy)."""
+    try:
+        return load_policy(raw, digest, "v1")
+    except PolicyError:
+        return None
 
 
 def _names_the_fix(problems: Problems) -> Problems:
@@ -218,6 +262,7 @@ def _normalise(document: _Document, types: dict[str, Rules]) -> dict[str, Any]:
                 "read_only": rules.mapping["read_only"],
                 "max_tier": rules.mapping["max_tier"],
                 "tiers": rules.mapping["tiers"],
+                "promotion": rules.mapping["promotion"],
                 "demotion": rules.mapping["demotion"],
                 "outcomes": rules.mapping["outcomes"],
             }

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .durations import format_duration, parse_duration
+from .sequential import KeepTest, PromoteTest
 from .wire import TIER_INDEX, TIERS, Tier
 
 RULES_SCHEMA = 1
@@ -91,12 +92,47 @@ class Tiers(Strict):
     run: TierPolicy = Field(default_factory=TierPolicy)
 
 
+# The rules a bar is judged by. In a rules mapping an absent `rule` is the v1 rule: rules written
+# before the rule fields existed were decided by it. A policy file that names no rule gets the sound rule
+# instead (models/policy.py), except where it stands for an old log's policy.
+PromotionRule = Literal["mixture", "wilson"]
+DemotionRule = Literal["sprt", "point"]
+SOUND_PROMOTION: PromotionRule = "mixture"
+SOUND_DEMOTION: DemotionRule = "sprt"
+V1_PROMOTION: PromotionRule = "wilson"
+V1_DEMOTION: DemotionRule = "point"
+# Each rule's parameters and their defaults; a parameter of a rule not in force is refused.
+PROMOTION_PARAMETERS: dict[str, dict[str, float]] = {"mixture": {"alpha": 0.2, "floor": -10.0}, "wilson": {}}
+DEMOTION_PARAMETERS: dict[str, dict[str, float]] = {"sprt": {"threshold": 2.0, "floor": -4.0}, "point": {}}
+TRIPWIRE_DEFAULT: dict[str, int] = {"sprt": 6, "point": 0}  # v1 had none
+RULES_OF: dict[str, tuple[str, ...]] = {"promotion": ("mixture", "wilson"), "demotion": ("sprt", "point")}
+
+
+class Promotion(Strict):
+    """How a promote bar passes: `wilson` (v1: the lookback's Wilson lower bound ≥ target, at every close) or
+    `mixture` (an e-value since the type entered its tier reaches 1/alpha; models/sequential.py)."""
+
+    rule: PromotionRule = V1_PROMOTION
+    alpha: Annotated[float, Field(gt=0, lt=1)] | None = None
+    floor: Annotated[float, Field(le=0)] | None = None
+
+
 class Demotion(Strict):
-    """Automatic demotion: a keep bar's point rate below target − margin on enough samples."""
+    """Automatic demotion: `point` (v1: a keep bar's point rate below target − margin on enough samples) or
+    `sprt` (a sequential test of target − 2·margin against the target reaches `threshold`), and a tripwire
+    of `tripwire` failures in a row (0: none)."""
 
     margin: Annotated[float, Field(ge=0, lt=1)] = 0.05
     min_samples: Annotated[int, Field(ge=1)] = 20
     cooldown: Duration = 0
+    rule: DemotionRule = V1_DEMOTION
+    threshold: Annotated[float, Field(gt=0)] | None = None
+    floor: Annotated[float, Field(le=0)] | None = None
+    tripwire: Annotated[int, Field(ge=0, strict=True)] | None = None
+
+    @property
+    def tripwire_in_force(self) -> int:
+        return TRIPWIRE_DEFAULT[self.rule] if self.tripwire is None else self.tripwire
 
 
 class Acceptance(Strict):
@@ -123,6 +159,7 @@ class RulesSpec(Strict):
     lookback: PositiveDuration
     confidence: Annotated[float, Field(gt=0, lt=1)] = 0.95
     acceptance: Acceptance = Field(default_factory=Acceptance)
+    promotion: Promotion = Field(default_factory=Promotion)
     demotion: Demotion = Field(default_factory=Demotion)
     tiers: Tiers = Field(default_factory=Tiers)
     outcomes: Outcomes = Field(default_factory=Outcomes)
@@ -162,6 +199,19 @@ class Rules:
     cooldown: int
     maturity: int | None  # customer outcomes known only this long after their action (None: as they come)
     mapping: Mapping[str, Any]  # the same rules in the policy's vocabulary, normalised (what the log keeps)
+    promotion_rule: PromotionRule
+    demotion_rule: DemotionRule
+    tripwire: int  # failures in a row on a kept metric that demote at once (0: no tripwire)
+    promote_tests: tuple[tuple[PromoteTest, ...], ...]  # per tier, under `mixture` (else empty)
+    keep_tests: tuple[tuple[KeepTest, ...], ...]  # per tier, under `sprt` (else empty)
+
+    @property
+    def sequential_promotion(self) -> bool:
+        return self.promotion_rule == "mixture"
+
+    @property
+    def sequential_demotion(self) -> bool:
+        return self.demotion_rule == "sprt"
 
     @property
     def lookback_windows(self) -> int:
@@ -173,7 +223,56 @@ def problems_of(spec: RulesSpec) -> Problems:
     problems = lookback_problems(spec.window, spec.lookback)
     if spec.read_only and spec.max_tier != "run":
         problems.append((("max_tier",), "a read_only type is Run from the start: remove max_tier or read_only"))
-    return problems + tier_problems(spec.tiers)
+    return problems + tier_problems(spec.tiers) + rule_problems(spec)
+
+
+def rule_problems(spec: RulesSpec) -> Problems:
+    """The bar rules: each parameter belongs to its rule, and each rule's test must be possible for every
+    bar it judges."""
+    problems: Problems = []
+    promotion, demotion = spec.promotion, spec.demotion
+    for name in ("alpha", "floor"):
+        if getattr(promotion, name) is not None and name not in PROMOTION_PARAMETERS[promotion.rule]:
+            problems.append(
+                (("promotion", name), f"applies only to promotion.rule mixture, not {promotion.rule}: remove it")
+            )
+    for name in ("threshold", "floor"):
+        if getattr(demotion, name) is not None and name not in DEMOTION_PARAMETERS[demotion.rule]:
+            problems.append((("demotion", name), f"applies only to demotion.rule sprt, not {demotion.rule}: remove it"))
+    for tier in TIERS:
+        policy: TierPolicy = getattr(spec.tiers, tier)
+        if promotion.rule == "mixture" and policy.promote is not None:
+            for i, bar in enumerate(policy.promote.bars):
+                if bar.target >= 1:
+                    problems.append(
+                        (
+                            ("tiers", tier, "promote", "bars", i, "target"),
+                            "a target of 1 can never be shown by promotion.rule mixture: lower it below 1, "
+                            "or use promotion.rule wilson",
+                        )
+                    )
+        if demotion.rule == "sprt":
+            for i, bar in enumerate(policy.keep):
+                problem = _keep_test_problem(tier, i, bar, demotion.margin)
+                if problem is not None and problem not in problems:
+                    problems.append(problem)
+    return problems
+
+
+def _keep_test_problem(tier: str, index: int, bar: Bar, margin: float) -> tuple[Path, str] | None:
+    """Why demotion.rule sprt cannot test a keep bar, if it cannot: it tests target − 2·margin against the
+    target, so both must lie strictly between 0 and 1 and differ."""
+    path: Path = ("tiers", tier, "keep", index, "target")
+    if bar.target >= 1:
+        return path, "a keep target of 1 cannot be tested by demotion.rule sprt: lower it below 1, or use rule point"
+    if margin <= 0:
+        return ("demotion", "margin"), "demotion.rule sprt tests target − 2·margin: give a margin above 0"
+    if bar.target - 2 * margin <= 0:
+        return path, (
+            f"demotion.rule sprt tests target − 2·margin, {bar.target} − 2·{margin} ≤ 0: raise the target, "
+            "lower demotion.margin, or use rule point"
+        )
+    return None
 
 
 def lookback_problems(window: int, lookback: int) -> Problems:
@@ -252,6 +351,9 @@ def pydantic_problems(error: ValidationError, prefix: Path = ()) -> Problems:
             message = _mapping_wanted(prefix + tuple(item["loc"]))
         elif item["type"] == "literal_error" and item["loc"] and item["loc"][-1] == "metric":
             message = f"unknown metric {item['input']!r}: use one of {', '.join(METRICS)}"
+        elif item["type"] == "literal_error" and len(item["loc"]) >= 2 and item["loc"][-1] == "rule":
+            rules = RULES_OF.get(str(item["loc"][-2]), ())
+            message = f"unknown rule {item['input']!r}: use {' or '.join(rules)}"
         elif item["type"] == "literal_error" and item["loc"] and item["loc"][-1] == "schema":
             message = f"unknown rules schema {item['input']!r}: this tiergate knows schema {RULES_SCHEMA}; upgrade it"
         problems.append((prefix + tuple(item["loc"]), message))
@@ -300,6 +402,32 @@ def resolve(spec: RulesSpec) -> Rules:
         cooldown=demotion.cooldown,
         maturity=spec.outcomes.customer.maturity,
         mapping=normalise(spec),
+        promotion_rule=spec.promotion.rule,
+        demotion_rule=demotion.rule,
+        tripwire=demotion.tripwire_in_force,
+        promote_tests=tuple(_promote_tests(spec, gate) for gate in gates),
+        keep_tests=tuple(_keep_tests(spec, getattr(tiers, t).keep) for t in TIERS),
+    )
+
+
+def _promote_tests(spec: RulesSpec, gate: Gate | None) -> tuple[PromoteTest, ...]:
+    promotion = normalise_promotion(spec.promotion)
+    if promotion["rule"] != "mixture" or gate is None:
+        return ()
+    alpha, floor = promotion["alpha"], promotion["floor"]
+    return tuple(PromoteTest.against(bar.target, alpha, floor, bar.min_samples or 1) for bar in gate.bars)
+
+
+def _keep_tests(spec: RulesSpec, bars: list[Bar]) -> tuple[KeepTest, ...]:
+    demotion = normalise_demotion(spec.demotion)
+    if demotion["rule"] != "sprt":
+        return ()
+    margin, threshold, floor = demotion["margin"], demotion["threshold"], demotion["floor"]
+    return tuple(
+        KeepTest.between(
+            bar.target, bar.target - 2 * margin, threshold, floor, bar.min_samples or demotion["min_samples"]
+        )
+        for bar in bars
     )
 
 
@@ -328,11 +456,27 @@ def normalise_tiers(tiers: Tiers) -> dict[str, Any]:
 
 
 def normalise_demotion(demotion: Demotion) -> dict[str, Any]:
+    """Its parameters, the rule's with their defaults written out."""
     return {
         "margin": demotion.margin,
         "min_samples": demotion.min_samples,
         "cooldown": format_duration(demotion.cooldown),
+        "rule": demotion.rule,
+        **_parameters(demotion, DEMOTION_PARAMETERS[demotion.rule]),
+        "tripwire": demotion.tripwire_in_force,
     }
+
+
+def _parameters(given: Promotion | Demotion, defaults: dict[str, float]) -> dict[str, float]:
+    """A rule's parameters as given, each missing one at its default."""
+    return {
+        name: default if getattr(given, name) is None else getattr(given, name) for name, default in defaults.items()
+    }
+
+
+def normalise_promotion(promotion: Promotion) -> dict[str, Any]:
+    """The rule and its parameters, defaults written out."""
+    return {"rule": promotion.rule, **_parameters(promotion, PROMOTION_PARAMETERS[promotion.rule])}
 
 
 def normalise_outcomes(outcomes: Outcomes) -> dict[str, Any]:
@@ -349,6 +493,7 @@ def normalise(spec: RulesSpec) -> dict[str, Any]:
         "lookback": format_duration(spec.lookback),
         "confidence": spec.confidence,
         "acceptance": spec.acceptance.model_dump(),
+        "promotion": normalise_promotion(spec.promotion),
         "demotion": normalise_demotion(spec.demotion),
         "tiers": normalise_tiers(spec.tiers),
         "outcomes": normalise_outcomes(spec.outcomes),

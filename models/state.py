@@ -14,9 +14,10 @@ from typing import Any
 
 from . import windows
 from .rules import Rules, rules_from_mapping
+from .sequential import SequentialState
 from .wire import TIER_INDEX
 
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2  # 2: the sequential figures of the bar rules
 RUN = TIER_INDEX["run"]
 SWEEP_MIN = 1024
 
@@ -71,6 +72,7 @@ class KeyState:
     unmatched: int = 0  # customer failures beyond their cell's units when it matured (no such action)
     retired: bool = False  # left the catalog: out of the tier map, its events rejected
     halted: str | None = None  # why the fold stopped this key (rules it cannot read): nothing folds until fixed
+    sequential: SequentialState = field(default_factory=SequentialState)  # the current tier's bar statistics
     # derived, never serialised: (lookback revision, tier, a keep bar falls, the gate passes)
     verdicts: tuple[int, int, bool, bool] | None = None
     sweep_at: int = SWEEP_MIN  # forget ids that left the lookback once `seen` grows past this
@@ -145,6 +147,7 @@ class KeyState:
             "unmatched": self.unmatched,
             "retired": self.retired,
             "halted": self.halted,
+            "sequential": self.sequential.to_dict(),
             "horizon": self.lookback.horizon,
             "closed": [[k, c] for k, c in self.lookback.windows],
         }
@@ -190,6 +193,7 @@ class KeyState:
             unmatched=data["unmatched"],
             retired=data["retired"],
             halted=data["halted"],
+            sequential=SequentialState.from_dict(data["sequential"]),
         )
 
 
@@ -211,6 +215,11 @@ def _by_window(seen: dict[str, int]) -> dict[str, list[str]]:
     for event_id, window in seen.items():
         grouped.setdefault(window, []).append(event_id)
     return {str(w): sorted(ids) for w, ids in sorted(grouped.items())}
+
+
+def fresh(rules: Rules, tier: int) -> SequentialState:
+    """The sequential figures of a type that has just entered `tier` under `rules`: nothing observed."""
+    return SequentialState.fresh(len(rules.keep_bars[tier]), rules.promote_tests[tier])
 
 
 def rules_of(mapping: Mapping[str, Any]) -> Rules:

@@ -8,6 +8,7 @@ from enum import IntEnum
 from typing import Any
 
 from .rules import BarRule
+from .sequential import Figures
 
 
 def wilson(successes: int, n: int, z: float) -> tuple[float, float]:
@@ -39,6 +40,7 @@ class Evidence:
     verdict: Verdict
     lower: float
     upper: float
+    test: Figures | None = None  # a sequential rule's figures (since the type entered its tier); None: v1
 
     @property
     def rate(self) -> float | None:
@@ -46,6 +48,8 @@ class Evidence:
 
     def message(self, rule: str) -> str:
         bar, n = self.bar, self.n
+        if self.test is not None:
+            return self.test_message()
         if self.verdict is Verdict.INCONCLUSIVE:
             return f"{bar.metric} inconclusive: n={n} < min_samples {bar.min_samples}"
         if rule == "keep":
@@ -54,9 +58,28 @@ class Evidence:
         relation = "≥" if self.verdict is Verdict.PASS else "<"
         return f"{bar.metric} lower bound {self.lower:.4f} {relation} target {bar.target:g} (n={n})"
 
+    def test_message(self) -> str:
+        """The verdict of a sequential rule in its own figures."""
+        test, metric = self.test, self.bar.metric
+        assert test is not None
+        counted = f"n={test.n} since the test began"
+        if self.verdict is Verdict.INCONCLUSIVE:
+            return f"{metric} inconclusive: {counted} < min_samples {self.bar.min_samples}"
+        if test.rule == "tripwire":
+            return f"{metric} tripwire: {test.statistic:g} failures in a row ≥ {test.threshold:g} ({counted})"
+        if test.rule == "sprt":
+            relation = "≥" if self.verdict is Verdict.FAIL else "<"
+            return f"{metric} sequential test {test.statistic:.3f} {relation} threshold {test.threshold:g} ({counted})"
+        statistic = f"{metric} log e-value {test.statistic:.3f}"
+        if self.verdict is Verdict.FAIL:
+            return f"{statistic} < ln(1/alpha) {test.threshold:.3f} ({counted})"
+        if test.statistic >= test.threshold:
+            return f"{statistic} ≥ ln(1/alpha) {test.threshold:.3f} ({counted})"
+        return f"{statistic} ≥ 0, passing since it reached ln(1/alpha) {test.threshold:.3f} ({counted})"
+
     def record(self) -> dict[str, Any]:
         rate = self.rate
-        return {
+        record = {
             "metric": self.bar.metric,
             "n": self.n,
             "successes": self.successes,
@@ -67,6 +90,7 @@ class Evidence:
             "min_samples": self.bar.min_samples,
             "passed": self.verdict is Verdict.PASS,
         }
+        return record if self.test is None else record | {"test": self.test.record()}
 
 
 def passes(bar: BarRule, successes: int, n: int, z: float) -> bool:
@@ -99,3 +123,10 @@ def judge_keep(bar: BarRule, successes: int, n: int, z: float) -> Evidence:
     else:
         verdict = Verdict.FAIL if falls(bar, successes, n) else Verdict.PASS
     return Evidence(bar, n, successes, verdict, lower, upper)
+
+
+def judged_by_test(bar: BarRule, successes: int, n: int, z: float, verdict: Verdict, test: Figures) -> Evidence:
+    """A bar judged by a sequential rule: the verdict and figures are the rule's; n, successes and the
+    Wilson bounds are the lookback's, as for every bar."""
+    lower, upper = wilson(successes, n, z)
+    return Evidence(bar, n, successes, verdict, lower, upper, test)

@@ -1,8 +1,9 @@
 """One step's view of a key: its state, its rules, and the decisions the step emits.
 
-Window closes (models/closes.py) and overrides (models/overrides.py) both move tiers and note facts
-through it, so every decision is made the same way: numbered by the key's `seq`, stamped with the policy
-in force, and, for a tier change, with the new `version`, `since`, streak reset and evidence restarted.
+Window closes (models/closes.py), overrides (models/overrides.py) and the tripwire (models/tripwire.py)
+move tiers and note facts through it, so every decision is made the same way: numbered by the key's `seq`,
+stamped with the policy in force, and, for a tier change, with the new `version`, `since`, streak reset and
+evidence restarted.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .decisions import Decision, Kind
-from .state import KeyState
+from .state import KeyState, fresh
 
 
 class _Current:
@@ -39,7 +40,7 @@ class KeyStep:
         self, kind: Kind, to: int | None, at: int | None, reason: str, sets_cooldown: bool = True, **extra: Any
     ) -> None:
         """A tier change (None: the type leaves the catalog): new version and `since`, streak reset, evidence
-        restarts; a downward one starts the cooldown."""
+        and the bars' sequential figures restart; a downward one starts the cooldown."""
         key = self.key
         if sets_cooldown and to is not None and to < key.tier and at is not None:
             key.last_demotion = at
@@ -51,6 +52,7 @@ class KeyStep:
         if to is not None:
             key.tier = to
         key.lookback.clear()
+        key.sequential = fresh(key.rules, key.tier)
 
     def note(
         self,

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .evidence import judge_bars
+from .evidence import keep_evidence, promote_evidence
 from .maturity import pending
 from .state import KeyState
-from .stats import Evidence, judge_keep, judge_promote
+from .stats import Evidence
 from .wire import TIERS, format_ts
 
 
@@ -38,6 +38,7 @@ class KeyView:
     pending: dict[str, int] | None = None  # customer units waiting to mature, per tier
     checkpoint: int | None = None  # how far the customer feed says its failures are complete
     unmatched: int = 0  # customer failures beyond their cell's units (no such action)
+    rules: tuple[str, str, int] = ("wilson", "point", 0)  # (promotion rule, demotion rule, tripwire)
 
     @property
     def hold_progress(self) -> float:
@@ -58,11 +59,9 @@ class KeyView:
             "ceiling": self.ceiling,
             "watermark": None if self.watermark is None else format_ts(self.watermark),
             "last_close": None if self.last_close is None else format_ts(self.last_close),
+            "rules": {"promotion": self.rules[0], "demotion": self.rules[1], "tripwire": self.rules[2]},
             "promote": [e.record() | {"verdict": e.verdict.name.lower()} for e in self.promote],
-            "keep": [
-                e.record() | {"verdict": e.verdict.name.lower(), "threshold": float(e.bar.keep_below)}
-                for e in self.keep
-            ],
+            "keep": [_keep_record(e) for e in self.keep],
             "hold": {
                 "passing_since": None if self.passing_since is None else format_ts(self.passing_since),
                 "required": self.hold_required,
@@ -75,6 +74,13 @@ class KeyView:
                 "unmatched_failures": self.unmatched,
             },
         }
+
+
+def _keep_record(evidence: Evidence) -> dict[str, Any]:
+    """A keep bar's figures; under the v1 rule, its demotion line (target − margin) as `threshold`; under a
+    sequential rule the line is the test's (`test.threshold`)."""
+    record = evidence.record() | {"verdict": evidence.verdict.name.lower()}
+    return record if evidence.test is not None else record | {"threshold": float(evidence.bar.keep_below)}
 
 
 def key_view(key: KeyState) -> KeyView:
@@ -91,12 +97,13 @@ def key_view(key: KeyState) -> KeyView:
         ceiling=TIERS[key.ceiling],
         watermark=key.watermark,
         last_close=None if key.next_close is None else key.next_close * rules.window,
-        promote=() if key.read_only else judge_bars(key, rules.promote_bars[tier], judge_promote),
-        keep=() if key.read_only else judge_bars(key, rules.keep_bars[tier], judge_keep),
+        promote=() if key.read_only else promote_evidence(key),
+        keep=() if key.read_only else keep_evidence(key),
         passing_since=key.passing_since,
         hold_required=rules.hold[tier] if has_gate else None,
         maturity=rules.maturity,
         pending={TIERS[t]: n for t, n in sorted(pending(key).items())},
         checkpoint=key.checkpoint,
         unmatched=key.unmatched,
+        rules=(rules.promotion_rule, rules.demotion_rule, rules.tripwire),
     )

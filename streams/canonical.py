@@ -30,11 +30,30 @@ def policy_sha256(normalised: Mapping[str, Any]) -> str:
 
 
 _DURATIONS = frozenset({"window", "allowed_lateness", "lookback", "hold", "cooldown"})
+_RULE_FIELDS = ("rule", "threshold", "floor", "tripwire")  # the bar rules' fields in `demotion`
 
 
-def legacy_sha256(policy: Policy) -> str:
-    """The sha the first tiergate (before policies lived in the log) gave the same document: sorted-key
-    JSON with each duration in its largest whole unit. Only to recognise the policy an old store claims."""
+def claimed_sha256s(policy: Policy) -> set[str]:
+    """Every sha a tiergate from before policies lived in the log may have given this document (read with
+    its unnamed rules v1): today's, and the forms before the bar rules were fields of the policy — RFC 8785
+    and the first tiergate's. Only to recognise the policy an old store claims."""
+    before_rules = without_rule_fields(policy.normalised)
+    return {policy.sha256, policy_sha256(before_rules), legacy_sha256(before_rules)}
+
+
+def without_rule_fields(normalised: Mapping[str, Any]) -> dict[str, Any]:
+    """The normalised document as written before the bar rules were policy fields (they were all v1)."""
+    types = {
+        name: {key: value for key, value in entry.items() if key != "promotion"}
+        | {"demotion": {k: v for k, v in entry["demotion"].items() if k not in _RULE_FIELDS}}
+        for name, entry in normalised["action_types"].items()
+    }
+    return dict(normalised) | {"action_types": types}
+
+
+def legacy_sha256(normalised: Mapping[str, Any]) -> str:
+    """The sha the first tiergate (before policies lived in the log) gave a normalised document: sorted-key
+    JSON with each duration in its largest whole unit."""
 
     def old(value: Any, key: str = "") -> Any:
         if isinstance(value, dict):
@@ -47,5 +66,5 @@ def legacy_sha256(policy: Policy) -> str:
             return f"{seconds // size}{unit}"
         return value
 
-    text = json.dumps(old(policy.normalised), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    text = json.dumps(old(dict(normalised)), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()

@@ -122,7 +122,15 @@ def posted_line(posted: Counter[str]) -> str:
 
 
 def _bar_line(rule: str, bar: dict[str, Any]) -> str:
-    """A promote bar by its Wilson lower bound against the target; a keep bar by its rate against target − margin."""
+    """A bar by its rule's figure: a sequential test's statistic against its threshold (on the outcomes since
+    the test began); under v1, a promote bar's Wilson lower bound against the target and a keep bar's rate
+    against target − margin."""
+    test = bar.get("test")
+    if test is not None:
+        name = "log e-value" if test["rule"] == "mixture" else "sequential test"
+        line = f"≥{test['threshold']:.2f} passes" if rule == "promote" else f"demote at ≥{test['threshold']:g}"
+        figures = f"(n {test['n']}/{bar['min_samples']}, {line})"
+        return f"{bar['metric']} {name} {test['statistic']:.2f} {figures} {_verdict(bar['verdict'])}"
     if rule == "promote":
         figure, line = bar["lower"], f"≥{bar['target']}"
     else:

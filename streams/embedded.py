@@ -26,7 +26,7 @@ from tiergate.models.ticks import due_ticks
 from tiergate.models.wire import PolicyEvent, format_ts
 
 from .activation import Catalog, Diff, diff, new_activation_id, policy_events
-from .canonical import legacy_sha256, policy_sha256
+from .canonical import claimed_sha256s, policy_sha256
 from .clock import Clock
 from .codec import encode
 from .pipeline import Admit, Counting, Handled, Input, Pipeline, Tallies, named_action_type
@@ -258,21 +258,22 @@ class EmbeddedRuntime:
 
     def _fallback(self, policy: Policy | None) -> Policy | None:
         """The policy the events before the log's first activation fold under: the one a store made before
-        activations existed was bound to (kept as its migration activation), or None for any other store."""
+        activations existed was bound to (kept as its migration activation), or None for any other store.
+        Such a store was decided by the v1 bar rules, so the rules its document leaves unnamed are v1."""
         migrated = self.store.activations(source="migration")
         if migrated:
-            return load_policy(migrated[0].document, digest=policy_sha256)
+            return load_policy(migrated[0].document, digest=policy_sha256).before_activations
         claim = self.store.legacy_claim()
         if claim is None:
             return None
         version, sha = claim
-        if policy is None or sha not in (policy.sha256, legacy_sha256(policy)):
+        if policy is None or sha not in claimed_sha256s(policy.before_activations):
             raise StoreError(
                 f"{self.store.path} was made before policies lived in the log and is bound to policy {version} "
                 f"(sha256 {sha[:12]}…): start it once with --policy set to that policy file to migrate it; "
                 "apply a new policy after that"
             )
-        return policy
+        return policy.before_activations
 
     def _restore(self) -> State:
         """The saved snapshot, then a fold of the log after it: the state equals a fold of the stored log.

@@ -71,7 +71,7 @@ class Explanation:
         current = self.current
         moved = {
             "promote": f"promoted at {current['at']}: every promote bar passed for the hold time",
-            "demote": f"demoted at {current['at']}: a keep bar fell below target − margin",
+            "demote": f"demoted at {current['at']}: {_fell(current['evidence'])}",
             "override": f"moved by an operator ({current.get('op')}) at {current['at']}",
             "policy": f"moved by policy activation {current.get('activation_id')} at {current['at']}",
         }
@@ -99,6 +99,16 @@ def explanation(decisions: list[dict[str, Any]], action_type: str, now: dict[str
         key=lambda d: d["version"],
     )
     return Explanation(action_type, current, _holds(decisions), decisions, now)
+
+
+def _fell(evidence: list[dict[str, Any]]) -> str:
+    """How a keep bar fell, by the rule that judged it."""
+    rules = {bar["test"]["rule"] for bar in evidence if "test" in bar and not bar["passed"]}
+    if "tripwire" in rules:
+        return "its tripwire fired (failures in a row on a kept metric)"
+    if "sprt" in rules:
+        return "a keep bar's sequential test reached its threshold"
+    return "a keep bar fell below target − margin"
 
 
 def _holds(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -186,22 +196,18 @@ def _history(decisions: list[dict[str, Any]]) -> Table:
     return history
 
 
+TEST_COLUMNS = ("rule", "statistic", "threshold", "n since the test began")
+
+
 def _evidence_table(evidence: list[dict[str, Any]], title: str = "evidence") -> Table:
-    table = Table(
-        "metric",
-        "n",
-        "successes",
-        "rate",
-        "Wilson bounds",
-        "target",
-        "min samples",
-        "passed",
-        title=title,
-        title_justify="left",
-    )
+    """Each bar's lookback figures; for a bar judged by a sequential rule or the tripwire, also the rule's
+    statistic against its threshold, on the outcomes since its test began."""
+    tested = any("test" in bar for bar in evidence)
+    columns = ["metric", "n", "successes", "rate", "Wilson bounds", "target", "min samples", "passed"]
+    table = Table(*columns, *(TEST_COLUMNS if tested else ()), title=title, title_justify="left")
     for bar in evidence:
         rate = "-" if bar["rate"] is None else f"{bar['rate']:.4f}"
-        table.add_row(
+        row: list[Text | str] = [
             plain(bar["metric"]),
             str(bar["n"]),
             str(bar["successes"]),
@@ -210,5 +216,14 @@ def _evidence_table(evidence: list[dict[str, Any]], title: str = "evidence") -> 
             f"{bar['target']}",
             str(bar["min_samples"]),
             "yes" if bar["passed"] else "no",
-        )
+        ]
+        if tested:
+            row += _test_cells(bar.get("test"))
+        table.add_row(*row)
     return table
+
+
+def _test_cells(test: dict[str, Any] | None) -> list[Text | str]:
+    if test is None:
+        return ["v1", "-", "-", "-"]
+    return [plain(test["rule"]), f"{test['statistic']:g}", f"{test['threshold']:g}", str(test["n"])]

@@ -103,7 +103,19 @@ class TiergateCollector(Collector):
         upper = GaugeMetricFamily("tiergate_bar_wilson_upper", "Wilson upper bound of a bar's rate", labels=labels)
         target = GaugeMetricFamily("tiergate_bar_target", "A bar's target", labels=labels)
         threshold = GaugeMetricFamily(
-            "tiergate_keep_threshold", "A keep bar's demotion line: target − margin", labels=["action_type", "metric"]
+            "tiergate_keep_threshold",
+            "A keep bar's demotion line under the v1 rule (point): target − margin",
+            labels=["action_type", "metric"],
+        )
+        statistic = GaugeMetricFamily(
+            "tiergate_bar_statistic",
+            "A sequential rule's statistic since its test began (keep: the SPRT; promote: the log e-value)",
+            labels=labels,
+        )
+        statistic_threshold = GaugeMetricFamily(
+            "tiergate_bar_statistic_threshold",
+            "The statistic's threshold (keep: demote at or above it; promote: passes from it)",
+            labels=labels,
         )
         hold = GaugeMetricFamily(
             "tiergate_hold_progress_ratio", "Share of the promote hold held so far", labels=["action_type"]
@@ -170,7 +182,10 @@ class TiergateCollector(Collector):
                     lower.add_metric(bar_labels, e.lower)
                     upper.add_metric(bar_labels, e.upper)
                     target.add_metric(bar_labels, e.bar.target)
-                    if rule == "keep":
+                    if e.test is not None:
+                        statistic.add_metric(bar_labels, e.test.statistic)
+                        statistic_threshold.add_metric(bar_labels, e.test.threshold)
+                    elif rule == "keep":
                         threshold.add_metric([name, e.bar.metric], float(e.bar.keep_below))
             if view.hold_required is not None:
                 hold.add_metric([name], view.hold_progress)
@@ -182,7 +197,8 @@ class TiergateCollector(Collector):
             if view.last_close is not None:
                 closed.add_metric([name], view.last_close)
                 stale.add_metric([name], float(now - view.last_close > self.stale_after))
-        yield from (tier, level, since, rate, samples, lower, upper, target, threshold, hold, watermark, lag)
+        yield from (tier, level, since, rate, samples, lower, upper, target, threshold, statistic, statistic_threshold)
+        yield from (hold, watermark, lag)
         yield from (in_tier, closed, stale, halted, customer_pending, checkpoint_lag, maturity)
 
 

@@ -4,14 +4,15 @@ Each action type has a `Profile` of how good the agent is at it (per outcome kin
 time). The fleet acts at the tier the tier map holds for the type at that moment (it asks `tier_of`),
 humans review suggestions at Crawl, staff complete or correct work at Walk, customers succeed or fail
 at Walk and Run. Delivery is imperfect on purpose: some events arrive out of order within the allowed
-lateness, some arrive late, some twice. Seeded, so a history is reproducible.
+lateness, some arrive late, some twice, and some outcomes may be reported again later (a re-report: the
+same id, a later ts). Seeded, so a history is reproducible.
 """
 
 from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,8 @@ class Delivery:
     late: float = 0.012  # arrive `late_seconds` after their ts: after their window closed
     late_seconds: int = 3 * HOUR
     duplicate: float = 0.002
+    rereport: float = 0.0  # outcomes reported again later (same event_id, a later ts), after an hour and
+    rereport_seconds: int = 48 * HOUR  # within this: once the first report's window has closed
 
 
 @dataclass
@@ -109,6 +112,9 @@ class Fleet:
                 **extra,
             }
             self._deliver(event, moment)
+            if self.delivery.rereport and rng.random() < self.delivery.rereport:
+                again = moment + rng.randrange(HOUR, self.delivery.rereport_seconds)
+                self._push(again, {**event, "ts": format_ts(again)})
 
         if tier == "crawl":
             accepted = rng.random() < quality.acceptance
@@ -158,9 +164,14 @@ class Fleet:
         yield from self.arrivals(start + HOUR)
 
 
-def history(fleet: Fleet, policy: Policy, start: int, hours: int) -> Iterator[dict[str, Any]]:
-    """A fleet's events over `hours` from `start`, acting at the tiers a fold of its own output decides."""
+def history(
+    fleet: Fleet, policy: Policy | None, start: int, hours: int, activation: Sequence[dict[str, Any]] = ()
+) -> Iterator[dict[str, Any]]:
+    """A fleet's events over `hours` from `start`, acting at the tiers a fold of its own output decides:
+    a log that begins with `activation` (the log carries its policy), or an old log folded under `policy`."""
     state = initial_state(policy)
+    for event in activation:
+        step(state, event_from_dict(event))
 
     def tier_of(name: str) -> str:
         key = state.keys.get(name)

@@ -253,3 +253,63 @@ def test_decisions_after_an_activation_carry_it() -> None:
     promote = next(d for d in decisions if d.kind == "promote")
     assert promote.details["activation_id"] == "a1" and promote.policy_sha256 == V1.sha256
     assert at(0) == format_ts(T0)
+
+
+# -- the bar rules in an activation --------------------------------------------------------------
+
+
+def at_walk_with_figures() -> Log:
+    """`t` climbs to Walk under the sound rules and builds figures there: completions with a few failures."""
+    log = log_with()
+    climb_to_walk(log)
+    log.internal(3.5, completed=8, failed=4).customer(3.5, success=12)
+    return log.tick(4.1)
+
+
+def test_a_changed_demotion_parameter_restarts_only_the_keep_figures() -> None:
+    """A new margin restarts the keep test (its alternative moved) but neither the promote figures nor the
+    hold streak."""
+    before, _ = fold_log(at_walk_with_figures())
+    log = at_walk_with_figures().apply(4.2, policy(demotion={"margin": 0.1}), "a2")
+    after, _ = fold_log(log)
+    t0, t1 = before.keys["t"], after.keys["t"]
+    assert t0.sequential.keep[0].n == 12 and t0.sequential.keep[0].statistic != 0
+    assert (t1.sequential.keep[0].n, t1.sequential.keep[0].statistic) == (0, 0.0)
+    assert t1.sequential.promote == t0.sequential.promote and t1.passing_since == t0.passing_since
+
+
+def test_a_changed_rule_parameter_restarts_the_streak_and_every_figure() -> None:
+    """A new alpha is a changed bar rule: the hold streak and all the tier's figures start again."""
+    log = at_walk_with_figures().apply(4.2, policy(promotion={"alpha": 0.1}), "a2")
+    t = fold_log(log)[0].keys["t"]
+    assert t.passing_since is None
+    assert [s.n for s in t.sequential.promote] == [0, 0] and t.sequential.keep[0].n == 0
+
+
+def test_bars_listed_in_another_order_keep_their_figures() -> None:
+    """Bars compare as a set: the same Walk gate with its bars swapped changes nothing, and each bar keeps
+    its own figures in the new order."""
+    gate = BASE_POLICY["tiers"]["walk"]["promote"]
+    swapped = policy(tiers={"walk": {"promote": {"hold": gate["hold"], "bars": list(reversed(gate["bars"]))}}})
+    before = fold_log(at_walk_with_figures())[0].keys["t"].sequential.promote
+    after = fold_log(at_walk_with_figures().apply(4.2, swapped, "a2"))[0].keys["t"].sequential.promote
+    assert after == list(reversed(before)) and before[0] != before[1]
+
+
+def test_rules_written_before_the_rule_fields_are_the_v1_rules() -> None:
+    """An activation whose rules name no bar rule (as every one did before they existed) is folded by v1:
+    ten straight failures at Walk demote at the close, by the point rate, with no tripwire."""
+    log = Log()
+    for event in log_with().events:
+        rules = event["rules"]
+        rules.pop("promotion")
+        rules["demotion"] = {k: v for k, v in rules["demotion"].items() if k in ("margin", "min_samples", "cooldown")}
+        log.events.append(event)
+    climb_to_walk(log)
+    log.internal(3.5, completed=0, failed=10).tick(4.1)
+    state, decisions = fold_log(log)
+    rules = state.keys["t"].rules
+    assert (rules.promotion_rule, rules.demotion_rule, rules.tripwire) == ("wilson", "point", 0)
+    demotion = next(d for d in decisions if d.kind == "demote")
+    assert format_ts(demotion.at) == end_of_hour(3) and "target − margin" in demotion.reason  # type: ignore[arg-type]
+    assert "test" not in demotion.evidence[0]

@@ -286,7 +286,8 @@ def test_backtesting_the_logs_own_policy_changes_no_decision(events: list[dict[s
     record too."""
     last = max((parse_ts(e["ts"]) for e in events), default=T0)
     start = None if cut < 0.2 else int(T0 + cut * (last - T0))
-    question = Question(PROPERTY_POLICY, fallback=PROPERTY_POLICY, start=start)
+    same = PROPERTY_POLICY.before_activations  # the rules the old log was decided by: its unnamed rules are v1
+    question = Question(same, fallback=PROPERTY_POLICY, start=start)
     decisions: list[Decision] = []
     report = backtest([orjson.dumps(e) for e in events], question, "law", decisions.append)
     recorded = fold([event_from_dict(e) for e in events], PROPERTY_POLICY)[1]

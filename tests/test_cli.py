@@ -3,6 +3,7 @@ gets something wrong (one line, a non-zero exit, no traceback)."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -14,10 +15,12 @@ from pathlib import Path
 
 import orjson
 import pytest
+from rich.console import Console
 
 from tiergate.streams.cli import main, parser
 from tiergate.streams.clock import ManualClock
 from tiergate.streams.embedded import EmbeddedRuntime
+from tiergate.streams.explain import decisions_for, explain
 from tiergate.streams.policy_file import PolicyFileError, read_policy
 from tiergate.streams.settings import ServeSettings, SettingsError
 
@@ -168,6 +171,30 @@ def test_explain_shows_the_tier_since_and_evidence(capsys: pytest.CaptureFixture
     assert "customer_success_rate" in out and "0.9630" in out
     assert main(["explain", "no_such_type", "--log", str(EXPECTED)]) == 1
     assert "no decision about 'no_such_type'" in capsys.readouterr().err
+
+
+def test_explain_shows_the_rule_that_moved_a_type_and_its_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    """A tripwire demotion is explained as one, with the run against the tripwire; a promotion under the
+    sound rules shows each bar's log e-value against ln(1/alpha) and its n since the test began."""
+    tripped = GOLDEN / "tripwire_in_a_window" / "expected.jsonl"
+    assert main(["explain", "reply_to_ticket", "--log", str(tripped)]) == 0
+    out = capsys.readouterr().out
+    assert "why: demoted at 2026-11-02T05:30:00Z: its tripwire fired (failures in a row on a kept metric)" in out
+    assert main(["explain", "reply_to_ticket", "--log", str(tripped), "--json"]) == 0
+    (bar,) = json.loads(capsys.readouterr().out)["set_by"]["evidence"]
+    assert (bar["test"]["rule"], bar["test"]["statistic"], bar["test"]["threshold"]) == ("tripwire", 6, 6)
+    table = io.StringIO()
+    explain(
+        decisions_for(tripped.read_bytes().splitlines(), "reply_to_ticket"),
+        "reply_to_ticket",
+        Console(file=table, width=250),
+    )
+    row = next(line for line in table.getvalue().splitlines() if line.startswith("│ completion_rate"))
+    assert [cell.strip() for cell in row.split("│")[-5:-1]] == ["tripwire", "6", "6", "20"]
+    kept = GOLDEN / "healthy_low_volume" / "expected.jsonl"
+    assert main(["explain", "refund_up_to_50", "--log", str(kept), "--json"]) == 0
+    (bar,) = json.loads(capsys.readouterr().out)["set_by"]["evidence"]
+    assert bar["test"]["rule"] == "mixture" and bar["test"]["statistic"] >= bar["test"]["threshold"]
 
 
 def decision_log(tmp_path: Path, *events: dict[str, object]) -> Path:

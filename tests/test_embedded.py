@@ -14,12 +14,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from tiergate.models.wire import parse_ts
+from tiergate.streams.canonical import policy_sha256, without_rule_fields
 from tiergate.streams.cli import main
 from tiergate.streams.clock import ManualClock
 from tiergate.streams.embedded import EmbeddedRuntime
 from tiergate.streams.http import WRITER, make_app
-from tiergate.streams.policy_file import read_policy
+from tiergate.streams.policy_file import parse_policy, read_policy
 from tiergate.streams.settings import ServeSettings
+from tiergate.streams.store import Store
 
 from .histories import feed
 
@@ -357,3 +359,50 @@ def test_settings_come_from_flags_then_environment_then_the_config_file(
     assert ServeSettings.load(config).port == 9002
     monkeypatch.delenv("TIERGATE_PORT")
     assert ServeSettings.load(config).port == 9001
+
+
+async def test_status_shows_each_bars_rule_and_its_figures(tmp_path: Path) -> None:
+    """GET /v1/status under the sound rules: the type's rules, and for each bar its test's statistic,
+    threshold and the outcomes since the test began (the healthy low-volume golden story: kept at Walk)."""
+    history = (GOLDEN / "healthy_low_volume" / "events.jsonl").read_bytes().splitlines()
+    evaluator = EmbeddedRuntime(None, tmp_path / "data", ManualClock(parse_ts("2026-11-02T15:00:00Z")))
+    evaluator.ingest(history, "healthy_low_volume", live=False)
+    settings = ServeSettings(policy=POLICY, data_dir=tmp_path / "data", tick_interval=60)
+    http = TestServer(make_app(evaluator, settings, ticking=False), host="127.0.0.1")
+    async with http, TestClient(http) as client:
+        status = await (await client.get("/v1/status")).json()
+    evaluator.close()
+    view = next(s for s in status["action_types"] if s["action_type"] == "refund_up_to_50")
+    assert view["tier"] == "walk" and view["rules"] == {"promotion": "mixture", "demotion": "sprt", "tripwire": 6}
+    (keep,) = view["keep"]
+    assert keep["test"]["rule"] == "sprt" and keep["test"]["n"] == 20 and keep["test"]["threshold"] == 2.0
+    assert keep["test"]["statistic"] < 0 and keep["verdict"] == "pass" and "threshold" not in keep
+    assert {bar["test"]["rule"] for bar in view["promote"]} == {"mixture"}
+
+
+def test_a_store_from_before_activations_migrates_under_the_v1_rules(tmp_path: Path) -> None:
+    """A store bound to a policy before policies lived in the log (its sha as written then, before the bar
+    rules were policy fields) is migrated by activation 0 with the v1 rules — what decided it — and the
+    file, which names no rule, is applied after it with the sound ones; the old climb keeps its tiers."""
+    text = POLICY.read_text().replace("promotion: {rule: wilson}\n", "").replace(", rule: point, tripwire: 0", "")
+    policy = parse_policy(text, "unnamed.yaml")
+    store = Store(tmp_path / "data" / "tiergate.db")
+    claimed = policy_sha256(without_rule_fields(policy.before_activations.normalised))
+    store.db.executemany("INSERT INTO meta VALUES (?, ?)", [("policy_version", "golden-1"), ("policy_sha256", claimed)])
+    old = (GOLDEN / "old_log" / "events.jsonl").read_bytes().splitlines()
+    store.db.executemany(
+        "INSERT INTO events (action_type, result, raw) VALUES (?, 'applied', ?)",
+        [(json.loads(raw)["action_type"], raw) for raw in old],
+    )
+    store.db.commit()
+    store.close()
+    evaluator = EmbeddedRuntime(policy, tmp_path / "data", ManualClock(parse_ts("2026-11-02T12:00:00Z")))
+    try:
+        migration, applied = evaluator.store.activations()
+        assert (migration.activation_id, migration.source, applied.source) == ("0", "migration", "file")
+        rules = [a.document["action_types"]["reply_to_ticket"] for a in (migration, applied)]
+        assert [r["promotion"]["rule"] for r in rules] == ["wilson", "mixture"]
+        assert [(r["demotion"]["rule"], r["demotion"]["tripwire"]) for r in rules] == [("point", 0), ("sprt", 6)]
+        assert {r.action_type: r.tier for r in evaluator.tier_map()}["reply_to_ticket"] == 2
+    finally:
+        evaluator.close()

@@ -8,13 +8,17 @@ plot is asserted here in a reader's terms, so a regenerated golden file cannot s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
+from tiergate.models.fold import fold
+from tiergate.models.wire import TIERS, format_ts
 from tiergate.streams.cli import main
 
-from .golden.scenarios import OLD_LOGS, SCENARIOS, events_jsonl
+from .builders import Log
+from .golden.scenarios import OLD_LOGS, SCENARIOS, events_jsonl, golden_policy, healthy_low_volume
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -50,6 +54,15 @@ STORIES = {
     "old_log": [  # the clean climb, folded under --policy: the same moves, initial decisions of the old form
         ("promote", "reply_to_ticket", "crawl", "walk", "2026-11-02T04:00:00Z"),
         ("promote", "reply_to_ticket", "walk", "run", "2026-11-02T09:00:00Z"),
+    ],
+    # the sound rules keep a healthy low-volume type that v1 demotes at 09:00 (see the test below)
+    "healthy_low_volume": [("promote", "refund_up_to_50", "crawl", "walk", "2026-11-02T04:00:00Z")],
+    "tripwire_in_a_window": [
+        ("promote", "reply_to_ticket", "crawl", "walk", "2026-11-02T04:00:00Z"),
+        ("demote", "reply_to_ticket", "walk", "crawl", "2026-11-02T05:30:00Z"),  # at the 6th failure, not at 06:00
+    ],
+    "rule_change_restarts_the_streak": [  # v1 would promote at 04:00; the new rule's streak begins at 04:00
+        ("promote", "reply_to_ticket", "crawl", "walk", "2026-11-02T06:00:00Z"),
     ],
 }
 
@@ -91,8 +104,56 @@ def test_a_golden_scenario_tells_its_story(name: str) -> None:
     moves = [
         (r["kind"], r["action_type"], r["from_tier"], r["to_tier"], r["at"])
         for r in records
-        if (r["kind"] != "initial" or r.get("activation_id") not in (None, "golden-1"))
+        if (r["kind"] != "initial" or r.get("activation_id") not in (None, "golden-1", "golden-sound"))
         and (r["kind"] != "policy" or r["from_tier"] != r["to_tier"])
     ]
     assert moves == STORIES[name]
     assert (folder / "events.jsonl").read_bytes() == events_jsonl(name)
+
+
+def test_the_healthy_low_volume_type_is_one_v1_demotes() -> None:
+    """The same story under the golden policy's v1 rules demotes the type at 09:00 (7 of 10 completed,
+    0.7 < 0.75); under the sound rules its sequential test is far below its threshold and it keeps Walk."""
+    v1 = [m for m in _moves(healthy_low_volume(golden_policy)) if m[0] != "initial"]
+    assert v1 == [
+        ("promote", "refund_up_to_50", "crawl", "walk", "2026-11-02T04:00:00Z"),
+        ("demote", "refund_up_to_50", "walk", "crawl", "2026-11-02T09:00:00Z"),
+    ]
+    records = [
+        orjson.loads(line) for line in (GOLDEN / "healthy_low_volume" / "expected.jsonl").read_bytes().splitlines()
+    ]
+    assert not any(r["kind"] == "demote" for r in records)
+
+
+def test_the_tripwire_demotion_carries_its_figures() -> None:
+    """The tripwire's demotion names it in its reason, and its evidence records the run against the tripwire."""
+    records = [
+        orjson.loads(line) for line in (GOLDEN / "tripwire_in_a_window" / "expected.jsonl").read_bytes().splitlines()
+    ]
+    demotion = next(r for r in records if r["kind"] == "demote")
+    assert "tripwire" in demotion["reason"]
+    assert demotion["evidence"][0]["test"] | {"n": 0, "successes": 0} == {
+        "rule": "tripwire",
+        "statistic": 6.0,
+        "threshold": 6.0,
+        "n": 0,
+        "successes": 0,
+    }
+    assert demotion["window"] == {"start": "2026-11-02T05:00:00Z", "end": "2026-11-02T06:00:00Z"}
+
+
+def expected(name: str) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in (GOLDEN / name / "expected.jsonl").read_bytes().splitlines()]
+
+
+def _moves(log: Log) -> list[tuple[Any, ...]]:
+    decisions = fold(log.models())[1]
+    return [(d.kind, d.action_type, _tier(d.from_tier), _tier(d.to_tier), _ts(d.at)) for d in decisions]
+
+
+def _tier(tier: int | None) -> str | None:
+    return None if tier is None else TIERS[tier]
+
+
+def _ts(at: int | None) -> str | None:
+    return None if at is None else format_ts(at)

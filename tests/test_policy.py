@@ -100,11 +100,45 @@ def test_the_sha256_depends_on_meaning_not_spelling() -> None:
         (lambda p: p.update(colour="blue"), "colour: is not a policy field"),
         (lambda p: p.pop("policy_version"), "policy_version: is required"),
         (lambda p: p.update(action_types={}), "action_types"),
+        (lambda p: p["promotion"].update(rule="bayes"), "promotion.rule: unknown rule 'bayes': use mixture or wilson"),
+        (lambda p: p["demotion"].update(rule="cusum"), "demotion.rule: unknown rule 'cusum': use sprt or point"),
+        (
+            lambda p: p["promotion"].update(rule="wilson"),
+            "promotion.alpha: applies only to promotion.rule mixture, not wilson: remove it",
+        ),
+        (
+            lambda p: p["demotion"].update(rule="point"),
+            "demotion.threshold: applies only to demotion.rule sprt, not point: remove it",
+        ),
+        (lambda p: p["promotion"].update(alpha=1.5), "promotion.alpha: Input should be less than 1"),
+        (lambda p: p["demotion"].update(floor=1), "demotion.floor: Input should be less than or equal to 0"),
+        (lambda p: p["demotion"].update(threshold=0), "demotion.threshold: Input should be greater than 0"),
+        (lambda p: p["demotion"].update(tripwire=-1), "demotion.tripwire: Input should be greater than or equal to 0"),
+        (lambda p: p["demotion"].update(tripwire=2.5), "demotion.tripwire: Input should be a valid integer"),
+        (
+            lambda p: p["tiers"]["crawl"]["promote"]["bars"][0].update(target=1.0),
+            "tiers.crawl.promote.bars.0.target: a target of 1 can never be shown by promotion.rule mixture: "
+            "lower it below 1, or use promotion.rule wilson",
+        ),
+        (
+            lambda p: p["demotion"].update(margin=0.46),
+            "tiers.walk.keep.0.target: demotion.rule sprt tests target − 2·margin, 0.9 − 2·0.46 ≤ 0: raise the "
+            "target, lower demotion.margin, or use rule point",
+        ),
+        (
+            lambda p: p["demotion"].update(margin=0),
+            "demotion.margin: demotion.rule sprt tests target − 2·margin: give a margin above 0",
+        ),
+        (
+            lambda p: p["action_types"].update(z={"promotion": {"rule": "wilson"}}),
+            "action_types.z.promotion.alpha: applies only to promotion.rule mixture, not wilson: remove it",
+        ),
         (
             lambda p: p["action_types"].update(z="walk"),
             "action_types.z: must be a mapping (e.g. {} or {max_tier: walk})",
         ),
         (lambda p: p["tiers"].update(crawl=5), "tiers.crawl: must be a mapping of its fields"),
+        (lambda p: p.update(promotion="mixture"), "promotion: must be a mapping of its fields"),
     ],
 )
 def test_a_broken_rule_is_reported_with_its_field_and_fix(change: Any, expected: str) -> None:
@@ -113,6 +147,47 @@ def test_a_broken_rule_is_reported_with_its_field_and_fix(change: Any, expected:
     raw = example()
     change(raw)
     assert expected in problems(raw) and "instance of" not in problems(raw)
+
+
+def test_a_policy_that_names_no_rule_gets_the_sound_rules_written_out() -> None:
+    """Unnamed bar rules are the sound ones, every parameter written out (so the sha covers them); an old log
+    reads the same document with the v1 rules, and a document that names its rules reads the same both ways."""
+    raw = example()
+    del raw["promotion"]
+    raw["demotion"] = {"margin": 0.05, "min_samples": 20, "cooldown": "3d"}
+    policy = policy_from_mapping(raw)
+    rules = policy.types["reply_to_ticket"].mapping
+    assert rules["promotion"] == {"rule": "mixture", "alpha": 0.2, "floor": -10.0}
+    assert rules["demotion"] == {
+        "margin": 0.05,
+        "min_samples": 20,
+        "cooldown": "3d",
+        "rule": "sprt",
+        "threshold": 2.0,
+        "floor": -4.0,
+        "tripwire": 6,
+    }
+    old = policy.before_activations.types["reply_to_ticket"].mapping
+    assert old["promotion"] == {"rule": "wilson"}
+    assert old["demotion"] == {"margin": 0.05, "min_samples": 20, "cooldown": "3d", "rule": "point", "tripwire": 0}
+    assert policy.before_activations.sha256 != policy.sha256
+    named = policy_from_mapping(example())
+    assert named.before_activations is named and named.types == policy.types
+
+
+def test_a_type_may_name_its_own_rules() -> None:
+    """Per action type, promotion and demotion deep-merge over the globals like the rest of the policy; null
+    takes back a parameter the globals give, so a type can use a rule without it."""
+    raw = example()
+    raw["action_types"]["refund_over_50"] = {
+        "max_tier": "walk",
+        "promotion": {"alpha": 0.1},
+        "demotion": {"rule": "point", "tripwire": 3, "threshold": None, "floor": None},
+    }
+    rules = policy_from_mapping(raw).types["refund_over_50"]
+    assert rules.mapping["promotion"] == {"rule": "mixture", "alpha": 0.1, "floor": -10.0}
+    assert (rules.demotion_rule, rules.tripwire, rules.keep_tests) == ("point", 3, ((), (), ()))
+    assert policy_from_mapping(raw).types["reply_to_ticket"].tripwire == 6
 
 
 def test_errors_in_a_file_carry_line_numbers(tmp_path: Path) -> None:

@@ -184,10 +184,13 @@ def tier_moves(decisions: list[Any]) -> list[tuple[str, str, int | None, int | N
 
 
 def activation_chain(versions: int) -> list[list[dict[str, Any]]]:
-    """Activations of the property policy's own rules under new versions, each replacing the one before."""
+    """Activations of the property policy's own rules under new versions, each replacing the one before (the
+    rules the log folds under before them: its unnamed bar rules are v1)."""
     chain, parent = [], None
     for n in range(versions):
-        renamed = policy(allowed_lateness="10m", lookback="3h", demotion={"cooldown": "3h"}, policy_version=f"v{n}")
+        renamed = policy(
+            allowed_lateness="10m", lookback="3h", demotion={"cooldown": "3h"}, policy_version=f"v{n}"
+        ).before_activations
         catalog = Catalog({name: parent for name in renamed.types}, frozenset(renamed.types))
         chain.append(policy_events(renamed, catalog, f"act-{n}", "ops", "same rules, new version", T0))
         parent = renamed.sha256
@@ -241,3 +244,67 @@ def test_the_same_log_gives_the_same_bytes_under_another_hash_seed(events: list[
         for seed in ("1", "4242")
     ]
     assert outputs[0] == outputs[1] and outputs[0].count("\n") >= 4
+
+
+# -- the sound bar rules: the same laws for logs that begin with their activation -----------------
+
+SOUND = policy(allowed_lateness="10m", lookback="3h", demotion={"cooldown": "3h", "tripwire": 20})
+SOUND_ACTIVATION = policy_events(SOUND, Catalog(), "sound", "ops", "the sound rules", T0)
+
+
+def sound(events: list[dict[str, Any]]) -> list[Any]:
+    """The log under the sound rules: their activation first (the policy names no rule, so they are its)."""
+    return models(SOUND_ACTIVATION + events)
+
+
+@fast
+@given(logs, st.data())
+def test_sequential_figures_survive_a_snapshot_and_restore(events: list[dict[str, Any]], data: st.DataObject) -> None:
+    """Under the sound rules fold(a + b) == fold(b, from=fold(a)) with the state saved to JSON in between: the
+    statistics are deterministic and all in the state."""
+    whole_log = sound(events)
+    cut = data.draw(st.integers(0, len(whole_log)))
+    state, head = fold(whole_log[:cut])
+    restored = State.from_dict(json.loads(json.dumps(state.to_dict())))
+    whole_state, whole = fold(whole_log)
+    tail_state, tail = fold(whole_log[cut:], state=restored)
+    assert [d.to_json() for d in head + tail] == [d.to_json() for d in whole]
+    assert tail_state.to_dict() == whole_state.to_dict()
+    assert [d.to_json() for d in fold(whole_log)[1]] == [d.to_json() for d in whole]
+
+
+@fast
+@given(logs)
+def test_sound_moves_are_one_tier_and_only_on_their_rules_figures(events: list[dict[str, Any]]) -> None:
+    """Under the sound rules a promotion comes only with every promote bar's e-value passing on min_samples
+    since its test began, after the hold; a demotion only with a keep bar's test at its threshold on
+    min_samples, or its tripwire's run at the tripwire."""
+    for decision in fold(sound(events))[1]:
+        record = decision.record()
+        if decision.kind == "promote":
+            assert decision.to_tier == decision.from_tier + 1
+            tests = [bar["test"] for bar in record["evidence"]]
+            assert all(t["rule"] == "mixture" and t["passing"] and t["statistic"] >= 0 for t in tests)
+            assert all(bar["test"]["n"] >= bar["min_samples"] for bar in record["evidence"])
+            hold = record["hold"]
+            assert parse_ts(record["at"]) - parse_ts(hold["passing_since"]) >= parse_duration(hold["required"])
+        if decision.kind == "demote":
+            assert decision.to_tier == decision.from_tier - 1
+            tests = [(bar["test"], bar["min_samples"]) for bar in record["evidence"]]
+            assert any(
+                ((t["rule"] == "sprt" and t["n"] >= least) or t["rule"] == "tripwire")
+                and t["statistic"] >= t["threshold"]
+                for t, least in tests
+            )
+
+
+@fast
+@given(logs)
+def test_passing_over_quiet_windows_changes_no_sound_decision(events: list[dict[str, Any]]) -> None:
+    """Under the sound rules too, skipping the closes where nothing can happen changes no decision and no
+    statistic: they move only with evidence."""
+    quick_state, quick = fold(sound(events))
+    with patch.object(closes, "next_event", lambda step: step.key.next_close):
+        slow_state, slow = fold(sound(events))
+    assert [d.to_json() for d in quick] == [d.to_json() for d in slow]
+    assert quick_state.to_dict() == slow_state.to_dict()

@@ -267,10 +267,13 @@ async def test_openfeature_reads_tiers_through_the_sync_client_and_follows_its_s
             wait_until(lambda: flags.get_provider_status() is ProviderStatus.READY)
 
     await asyncio.to_thread(scenario)
+
+    def kinds() -> list[ProviderEvent]:
+        return [e for e, _ in openfeature_events if e is not ProviderEvent.PROVIDER_CONFIGURATION_CHANGED]
+
+    await until_heard(lambda: kinds()[-2:] == [ProviderEvent.PROVIDER_STALE, ProviderEvent.PROVIDER_READY])
     changed = [d.flags_changed for e, d in openfeature_events if e is ProviderEvent.PROVIDER_CONFIGURATION_CHANGED]
     assert ["reply_to_ticket"] in changed
-    kinds = [e for e, _ in openfeature_events if e is not ProviderEvent.PROVIDER_CONFIGURATION_CHANGED]
-    assert kinds[-2:] == [ProviderEvent.PROVIDER_STALE, ProviderEvent.PROVIDER_READY]
 
 
 async def test_openfeature_fails_closed_when_the_map_never_loads_and_for_retired_types(
@@ -301,9 +304,20 @@ async def test_openfeature_fails_closed_when_the_map_never_loads_and_for_retired
         await tiers.wait_for(lambda c: c.record("t") is None, 1)
         details = flags.get_string_details("t", "run")
         assert (details.value, details.reason, details.error_code) == ("crawl", "DEFAULT", None)
-    assert (ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, ["t"]) in [
-        (e, d.flags_changed) for e, d in openfeature_events
-    ]
+    await until_heard(
+        lambda: (
+            (ProviderEvent.PROVIDER_CONFIGURATION_CHANGED, ["t"])
+            in [(e, d.flags_changed) for e, d in openfeature_events]
+        )
+    )
+
+
+async def until_heard(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """openfeature runs event handlers on its own thread pool: what a provider emitted is heard a moment later."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert condition(), "the OpenFeature handlers did not hear it in time"
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

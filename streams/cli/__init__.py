@@ -17,7 +17,7 @@ from .. import __version__
 from ..policy_file import PolicyFileError
 from ..settings import SettingsError
 from ..store import StoreError
-from . import backtest, history, inspection, kafka, keys, operator, policy, report, serve
+from . import backtest, history, inspection, kafka, keys, oc, operator, policy, report, serve
 from .terminal import EXIT_USAGE, CommandError, err, examples
 
 __all__ = ["main", "parser"]
@@ -39,7 +39,7 @@ def parser() -> argparse.ArgumentParser:
     )
     top.add_argument("--version", action="version", version=f"tiergate {__version__}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (serve, history, policy, backtest, report, inspection, operator, kafka, keys):
+    for group in (serve, history, policy, backtest, oc, report, inspection, operator, kafka, keys):
         group.add_commands(commands)
     return top
 

@@ -136,6 +136,56 @@ def policy_changes() -> Log:
     return log.tick(10.25)
 
 
+def healthy_low_volume(rules: Callable[[], Policy] | None = None) -> Log:
+    """Under the sound rules (`golden-sound`), refund_up_to_50 reaches Walk at 04:00 and then sees two
+    completion outcomes an hour at a healthy rate. Three of its first ten fail: a point rate of 0.7 < 0.8 − 0.05
+    on min_samples 10, which v1 would demote at 09:00 (`tests/test_golden.py` folds the same story under
+    v1). The sequential test stands at 0.28 against its threshold 2 (a failure adds ln(0.3/0.2), a success
+    ln(0.7/0.8)), so the type keeps Walk, and the later successes take the statistic down to its floor."""
+    log = Log("refund_up_to_50").activate(0, (rules or sound_policy)(), "golden-sound", reason="the sound rules")
+    climb_to_walk(log)
+    failed_at = {5, 7, 8}  # one failure in each of these hours, the other outcome completed
+    for hour in range(4, 14):
+        failures = int(hour in failed_at)
+        log.internal(hour + 0.25, completed=1 - failures, failed=failures).internal(hour + 0.75, completed=1)
+    return log.tick(14.25)
+
+
+def tripwire_in_a_window() -> Log:
+    """Under the sound rules, reply_to_ticket reaches Walk at 04:00 and completes its first 20 internal tasks.
+    From 05:05 six tasks fail in a row, five minutes apart: the tripwire (6 failures in a row) demotes it at
+    05:30, at the sixth failure, inside the window — the close at 06:00 would not have (the sequential test
+    stands at −0.24, far below its threshold 2)."""
+    log = Log("reply_to_ticket").activate(0, sound_policy(), "golden-sound", reason="the sound rules")
+    climb_to_walk(log)
+    log.internal(4.5, completed=20)
+    for minute in range(5, 35, 5):
+        log.internal(5 + minute / 60, completed=0, failed=1)
+    return log.tick(6.25)
+
+
+def rule_change_restarts_the_streak() -> Log:
+    """reply_to_ticket passes its Crawl gate under v1 from 02:00 and would be promoted at 04:00, but at 03:12
+    an activation (golden-m) names the sound promote rule. A changed rule restarts the hold streak and the
+    statistics: the e-value counts only the windows closed after the activation (the watermark then stood
+    in hour 2), is inconclusive at 03:00 (n=10 < 20), reaches 1/alpha at 04:00 (n=20, ln E 2.71 ≥ ln 5), and
+    the type is promoted when that new streak has held 2h, at 06:00."""
+    log = Log("reply_to_ticket").activate(0, golden_policy(), "golden-1", reason="the golden scenarios' policy")
+    mixture = changed_policy(("golden-1", "golden-m"), ("rule: wilson", "rule: mixture"))
+    for hour in range(7):
+        if hour == 3:
+            log.apply(3.2, mixture, "golden-m", reason="the sound promote rule")
+        log.reviews(hour + 0.5, accepted=10)
+    return log.tick(7.25)
+
+
+def sound_policy() -> Policy:
+    """The golden policy naming the sound rules in place of v1, each with its defaults."""
+    return changed_policy(
+        ('"golden-1"', '"golden-sound"'), ("rule: wilson", "rule: mixture"), ("rule: point, tripwire: 0", "rule: sprt")
+    )
+
+
 def changed_policy(*changes: tuple[str, str]) -> Policy:
     """The golden policy with text replaced (each change must apply)."""
     from tiergate.streams.policy_file import parse_policy
@@ -176,9 +226,13 @@ SCENARIOS: dict[str, Callable[[], Log]] = {
     "thin_evidence": thin_evidence,
     "old_log": clean_climb,
     "policy_changes": policy_changes,
+    "healthy_low_volume": healthy_low_volume,
+    "tripwire_in_a_window": tripwire_in_a_window,
+    "rule_change_restarts_the_streak": rule_change_restarts_the_streak,
 }
 OLD_LOGS = {"old_log"}  # made before policies lived in the log: no activation, replayed with --policy policy.yaml
-OWN_ACTIVATIONS = {"policy_changes"}  # stories that write their policy's activations themselves
+# stories that write their policy's activations themselves
+OWN_ACTIVATIONS = {"policy_changes", "healthy_low_volume", "tripwire_in_a_window", "rule_change_restarts_the_streak"}
 
 
 def events_jsonl(name: str) -> bytes:
