@@ -236,12 +236,24 @@ def old_tree(commit: str, tmp: Path) -> Path | None:
     return root
 
 
+def without_rules(policy: Path) -> Path:
+    """The policy as the old worker reads it: without the bar rules' fields, which came later (it folds
+    v1's rules, a little cheaper per window close than the sequential tests the new worker runs)."""
+    raw = yaml.safe_load(policy.read_text())
+    raw.pop("promotion", None)
+    for field in ("rule", "threshold", "floor", "tripwire"):
+        raw.get("demotion", {}).pop(field, None)
+    path = policy.with_name(f"v1-{policy.name}")
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def old_path(prefix: str, policy: Path, tmp: Path, total: int, commit: str, budget: float) -> float | None:
     """Events/s of the worker at `commit` (a faust agent), over at most `budget` seconds of folding."""
     tree = old_tree(commit, tmp)
     if tree is None:
         return None
-    workers = Workers(prefix, policy, tmp, "tiergate-worker", env={"PYTHONPATH": str(tree)})
+    workers = Workers(prefix, without_rules(policy), tmp, "tiergate-worker", env={"PYTHONPATH": str(tree)})
     try:
         port = workers.start(extra=["--data-dir", str(tmp / f"faust-{prefix}")])
         ready = lambda: (get_json(port, "/healthz") or {}).get("assigned", 0) > 0  # noqa: E731
