@@ -24,6 +24,11 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    GroupCoordinatorNotAvailableError,
+    NotCoordinatorForGroupError,
+)
 
 from tiergate.streams.kafka import (
     ACTIONS,
@@ -198,25 +203,15 @@ class Deployment:
 
     def committed_all(self) -> bool:
         """Has the workers' consumer group committed every input offset (the end of each partition)?"""
-
-        async def check() -> bool:
-            admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-            consumer = AIOKafkaConsumer(bootstrap_servers=BOOTSTRAP)
-            await admin.start()
-            await consumer.start()
-            try:
-                committed = await admin.list_consumer_group_offsets(self.settings.topic("tiergate-worker"))
-                partitions = self.partitions(EVENTS)
-                ends = await consumer.end_offsets(partitions)
-                return all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in partitions)
-            finally:
-                await consumer.stop()
-                await admin.close()
-
-        return asyncio.run(check())
+        return self._group_at_end("tiergate-worker", self.partitions(EVENTS))
 
     def forwarded_all(self) -> bool:
         """Has the workers' forwarding group committed every offset of the ingress topics?"""
+        return self._group_at_end("tiergate-worker-forward", self.partitions(ACTIONS) + self.partitions(OUTCOMES))
+
+    def _group_at_end(self, group: str, partitions: list[TopicPartition]) -> bool:
+        """Has `group` committed the end of every partition? Not yet while the broker is still electing the
+        group's coordinator (a group that has just started, on a loaded machine)."""
 
         async def check() -> bool:
             admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
@@ -224,10 +219,11 @@ class Deployment:
             await admin.start()
             await consumer.start()
             try:
-                committed = await admin.list_consumer_group_offsets(self.settings.topic("tiergate-worker-forward"))
-                partitions = self.partitions(ACTIONS) + self.partitions(OUTCOMES)
+                committed = await admin.list_consumer_group_offsets(self.settings.topic(group))
                 ends = await consumer.end_offsets(partitions)
                 return all(ends[tp] == 0 or (tp in committed and committed[tp].offset >= ends[tp]) for tp in partitions)
+            except (GroupCoordinatorNotAvailableError, NotCoordinatorForGroupError, CoordinatorLoadInProgressError):
+                return False
             finally:
                 await consumer.stop()
                 await admin.close()
