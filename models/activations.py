@@ -91,6 +91,7 @@ def _introduce(state: State, event: PolicyEvent, rules: Rules) -> tuple[Decision
         rules=rules,
         policy_version=event.policy_version,
         policy_sha256=event.policy_sha256,
+        tier_policy=(event.policy_version, event.policy_sha256),
         tier=tier,
         lookback=windows.Lookback(rules.lookback_windows),
         seq=0,

@@ -56,6 +56,7 @@ def initial_key(policy: Policy, name: str) -> KeyState:
         rules=rules,
         policy_version=policy.version,
         policy_sha256=policy.sha256,
+        tier_policy=(policy.version, policy.sha256),
         tier=tier,
         lookback=windows.Lookback(rules.lookback_windows),
         sequential=fresh(rules, tier),
@@ -265,8 +266,8 @@ def tier_records(state: State) -> list[TierRecord]:
             version=key.version,
             since=key.since,
             decision_id=f"{name}/{key.changed_by}",
-            policy_version=key.policy_version,
-            policy_sha256=key.policy_sha256,
+            policy_version=key.tier_policy[0],
+            policy_sha256=key.tier_policy[1],
         )
         for name, key in sorted(state.keys.items())
         if not key.retired

@@ -17,7 +17,7 @@ from .rules import Rules, rules_from_mapping
 from .sequential import SequentialState
 from .wire import TIER_INDEX
 
-STATE_SCHEMA = 2  # 2: the sequential figures of the bar rules
+STATE_SCHEMA = 3  # 2: the sequential figures of the bar rules; 3: the policy the current tier was set under
 RUN = TIER_INDEX["run"]
 SWEEP_MIN = 1024
 
@@ -48,6 +48,7 @@ class KeyState:
     rules: Rules
     policy_version: str  # the policy in force: an activation's, or the --policy an old log folds under
     policy_sha256: str
+    tier_policy: tuple[str, str]  # (policy_version, policy_sha256) of the decision that set the current tier
     tier: int
     lookback: windows.Lookback
     version: int = 0
@@ -127,6 +128,7 @@ class KeyState:
             "seq": self.seq,
             "since": self.since,
             "changed_by": self.changed_by,
+            "tier_policy": list(self.tier_policy),
             "last_demotion": self.last_demotion,
             "passing_since": self.passing_since,
             "pinned": self.pinned,
@@ -175,6 +177,7 @@ class KeyState:
             seq=data["seq"],
             since=data["since"],
             changed_by=data["changed_by"],
+            tier_policy=(data["tier_policy"][0], data["tier_policy"][1]),
             last_demotion=data["last_demotion"],
             passing_since=data["passing_since"],
             pinned=data["pinned"],

@@ -47,7 +47,7 @@ class KeyStep:
         if kind in ("promote", "demote") and at is not None:
             extra.setdefault("window", (at - self.rules.window, at))
         self.note(kind, to, at, reason, version=key.version + 1, **extra)
-        key.changed_by = key.seq - 1
+        key.changed_by, key.tier_policy = key.seq - 1, (key.policy_version, key.policy_sha256)
         key.version, key.since, key.passing_since = key.version + 1, at, None
         if to is not None:
             key.tier = to

@@ -14,7 +14,8 @@ from unittest.mock import patch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tiergate.models import State, closes, fold
+from tiergate.models import State, closes, fold, tier_records
+from tiergate.models.decisions import TierRecord
 from tiergate.models.durations import parse_duration
 from tiergate.models.wire import TIER_INDEX, event_from_dict, format_ts, parse_ts
 from tiergate.streams.activation import Catalog, policy_events
@@ -214,6 +215,23 @@ def test_an_activation_that_changes_only_the_version_changes_no_tier(
     assert [d.to_json() for d in fold(models(redelivered), POLICY)[1]] == [
         d.to_json() for d in fold(models(activated), POLICY)[1]
     ]
+
+
+@fast
+@given(logs, st.data())
+def test_the_tier_map_published_from_decisions_is_the_states_tier_map(
+    events: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """What a live runtime publishes (each tier-changing decision's record, the newest per type) is what a
+    runtime rebuilt from the state publishes (`tier_records`), activations anywhere in the log: a record
+    names the decision that set the tier and the policy that decision was made under, not a later one."""
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(events)), min_size=1, max_size=4)))
+    activated: list[dict[str, Any]] = []
+    for n, (start, end) in enumerate(zip([0, *cuts], [*cuts, len(events)], strict=True)):
+        activated += events[start:end] + (activation_chain(len(cuts))[n] if n < len(cuts) else [])
+    state, decisions = fold(models(activated), POLICY)
+    published = {d.action_type: TierRecord.from_decision(d).record() for d in decisions if d.moves}
+    assert published == {r.action_type: r.record() for r in tier_records(state)}
 
 
 DETERMINISM_SCRIPT = """
