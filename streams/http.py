@@ -149,6 +149,20 @@ def _route(request: web.Request) -> str | None:
 
 
 @web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An unknown route or method of the API answers JSON with the fix, like every other error."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        if not request.path.startswith("/v1/"):
+            raise
+        return problem(404, f"no such endpoint: {request.path}", "see the API table in docs/embedded.md")
+    except web.HTTPMethodNotAllowed as refused:
+        allowed = ", ".join(sorted(refused.allowed_methods))
+        return problem(405, f"{request.method} is not allowed on {request.path}", f"use {allowed}")
+
+
+@web.middleware
 async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     """401 for a missing or unknown credential, 403 for a role that may not call the route; else the handler
     runs with the caller in request[CALLER]."""
@@ -531,7 +545,7 @@ def make_app(
     credentials: Credentials | None = None,
 ) -> web.Application:
     """The server's app. `credentials` (else those the settings name) decide who may call what."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[guard, body_deadline])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors, guard, body_deadline])
     app[GATE] = Gate(credentials if credentials is not None else settings.load_credentials(), settings.token)
     writer = Writer(evaluator)
     registry = registry_with(

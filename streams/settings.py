@@ -82,7 +82,7 @@ class StoreSettings(_Layered):
 class ServeSettings(StoreSettings):
     """`tiergate serve`: the embedded runtime (HTTP + SQLite)."""
 
-    policy: Path = Field(description="the policy YAML")
+    policy: Path | None = Field(None, description="the policy YAML (optional once the data dir's log carries one)")
     host: str = Field("127.0.0.1", description="bind address; anything but loopback needs a token")
     port: int = Field(8360, ge=0, le=65535)
     token: SecretStr | None = Field(None, description="legacy: one bearer token, acting as an operator")

@@ -158,3 +158,17 @@ async def test_metrics_carry_process_and_python_series_and_no_empty_action_type(
     assert samples[("tiergate_unattributed_events_total", (("result", "rejected"),))] == 2
     names = {name for name, _ in samples}
     assert {"process_resident_memory_bytes", "process_cpu_seconds_total", "python_info"} <= names
+
+
+async def test_an_unknown_endpoint_or_method_answers_json_with_the_fix(server: Running) -> None:
+    """404 and 405 of the API say what is wrong and what to do, in JSON like every other error."""
+    missing = await server.client.get("/v1/nothing")
+    assert missing.status == 404
+    assert await missing.json() == {
+        "error": "no such endpoint: /v1/nothing",
+        "fix": "see the API table in docs/embedded.md",
+    }
+    wrong = await server.client.delete("/v1/tiers", headers={"Authorization": "Bearer s3cret"})
+    assert wrong.status == 405
+    body = await wrong.json()
+    assert body["error"] == "DELETE is not allowed on /v1/tiers" and "GET" in body["fix"]

@@ -263,7 +263,7 @@ def test_override_checks_then_sends_and_prints_the_decision(served: str) -> None
     assert pin.returncode == 1 and "demote to crawl first, then pin" in pin.stderr and "nothing was sent" in pin.stderr
     assert len(decisions(served)) == count
     agent = override(served, AGENT, "demote", "reply_to_ticket", "--reason", "sneaky")
-    assert agent.returncode == 2 and "403" in agent.stderr
+    assert agent.returncode == 2 and "403" in agent.stderr and "needs a credential with role operator" in agent.stderr
     as_json = json.loads(
         override(served, OPERATOR, "cap", "reply_to_ticket", "--tier", "crawl", "--reason", "x", "--json").stdout
     )

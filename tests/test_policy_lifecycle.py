@@ -210,3 +210,34 @@ def test_serve_with_a_policy_the_log_cannot_take_says_so_and_keeps_the_policy_in
     said = second.stderr.read().decode()
     assert "tiergate serve: policy golden-1 (" in said, said
     assert "warning:" in said and "not applied" in said and "degraded" in said
+
+
+def test_serve_without_a_policy_file_serves_the_policy_its_log_carries(tmp_path: Path) -> None:
+    """A data dir whose log carries a policy needs no --policy: the server folds under the policy in force and
+    publishes the same tier map. A data dir without a log says to give one, and creates nothing."""
+    data, port = tmp_path / "data", free_port()
+    empty = subprocess.run(
+        [sys.executable, "-m", "tiergate.streams.cli", "serve", "--data-dir", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "TIERGATE_POLICY"},
+    )
+    assert empty.returncode == 2 and "holds no log yet: give --policy" in empty.stderr, empty.stderr
+    assert not (tmp_path / "none").exists()
+    first = start(data, port)
+    try:
+        for batch in batches(3, 20):
+            assert post(port, batch)
+        before = httpx.get(f"http://127.0.0.1:{port}/v1/tiers").json()
+    finally:
+        first.terminate()
+        first.wait(timeout=20)
+    second = start(data, port, None)
+    try:
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/tiers").json() == before
+    finally:
+        second.terminate()
+        second.wait(timeout=20)
+    assert second.stderr is not None
+    assert "tiergate serve: policy golden-1 (" in second.stderr.read().decode()

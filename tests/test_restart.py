@@ -31,15 +31,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start(data_dir: Path, port: int, policy: Path = POLICY) -> subprocess.Popen[bytes]:
+def start(data_dir: Path, port: int, policy: Path | None = POLICY) -> subprocess.Popen[bytes]:
+    """`tiergate serve` on `data_dir` (without --policy when `policy` is None), once it answers /healthz."""
+    given = [] if policy is None else ["--policy", str(policy)]
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "tiergate.streams.cli",
             "serve",
-            "--policy",
-            str(policy),
+            *given,
             "--data-dir",
             str(data_dir),
             "--port",

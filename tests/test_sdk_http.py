@@ -167,6 +167,22 @@ AGENT, REPORTER = "agent-secret-0123456789", "reporter-secret-0123456789"
 ROLES = f"support-bot agent {AGENT}\nbilling-feed reporter {REPORTER}\n"
 
 
+async def test_a_tier_map_without_a_credential_says_what_the_server_said_and_what_to_do(tmp_path: Path) -> None:
+    """Against a server with roles, a tier map client without a credential never loads (every flag Crawl) and
+    its status names the server's refusal and the fix, not the HTTP library's exception."""
+    guarded = LiveServer(tmp_path / "data", free_port(), credentials=ROLES)
+    await guarded.start()
+    try:
+        async with TierMapClient(HttpTierTransport(guarded.url, backoff=(0.05, 0.2))) as tiers:
+            with pytest.raises(TierMapNotReady):
+                await tiers.wait_until_ready(1)
+            error = tiers.status().last_error or ""
+            assert "401: " in error and "give the client a credential the server knows" in error, error
+            assert "HTTPStatusError" not in error and tiers.tier_for("refund_up_to_50") == "crawl"
+    finally:
+        await guarded.stop()
+
+
 async def test_under_roles_a_refusal_costs_only_what_the_credential_may_not_send(tmp_path: Path) -> None:
     """Against a server with roles, an agent credential's batch of action and outcome is sent as one request
     per role: the action is delivered and only the outcome is refused (dropped, with the 403 in last_error);

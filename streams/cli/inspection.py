@@ -80,6 +80,16 @@ def _from_server(server: str, action_type: str) -> tuple[list[dict[str, Any]], d
 def _ok(response: httpx.Response) -> dict[str, Any]:
     if response.status_code == 401:
         raise CommandError(f"the server wants a credential: {NO_CREDENTIAL}")
+    if response.status_code == 403:
+        said = (
+            response.json().get("error", "")
+            if response.headers.get("content-type", "").startswith("application/json")
+            else ""
+        )
+        raise CommandError(
+            f"the server answered 403: {said or response.text[:200]}; explain reads with a credential of role reader "
+            f"or operator: {NO_CREDENTIAL}"
+        )
     if response.status_code != 200:
         raise CommandError(f"the server answered {response.status_code}: {response.text[:200]}")
     body: dict[str, Any] = response.json()

@@ -78,6 +78,8 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
     error, fix = (body.get("error"), body.get("fix")) if isinstance(body, dict) else (None, None)
     if response.status_code == 401:
         fix = NO_CREDENTIAL
+    if response.status_code == 403:
+        fix = f"an override needs a credential with role operator: {NO_CREDENTIAL}"
     raise CommandError(f"the server answered {response.status_code}: {error or response.text[:200]}; {fix or ''}")
 
 

@@ -66,6 +66,10 @@ def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str,
     body: dict[str, Any] = response.json() if response.content else {}
     if response.status_code >= 400:
         fix = NO_CREDENTIAL if response.status_code == 401 else body.get("fix", "")
+        if response.status_code == 403:
+            fix = (
+                f"policy apply and rollback need a credential with role operator (history: reader too): {NO_CREDENTIAL}"
+            )
         raise CommandError(f"{response.status_code}: {body.get('error', response.text)}" + (f"; {fix}" if fix else ""))
     return body
 

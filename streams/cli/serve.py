@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..access import Credentials
+from ..embedded import DB_NAME
 from ..policy_file import read_policy
 from ..settings import ServeSettings
 from .history import open_runtime
@@ -58,7 +59,9 @@ def _serve(args: argparse.Namespace) -> int:
     settings.check_exposure()
     credentials = settings.load_credentials()
     _warn_about_access(settings, credentials)
-    policy = read_policy(settings.policy)
+    policy = None if settings.policy is None else read_policy(settings.policy)
+    if policy is None and not (settings.data_dir / DB_NAME).exists():
+        raise CommandError(f"{settings.data_dir} holds no log yet: give --policy POLICY.yaml (or TIERGATE_POLICY)")
     sock = listening_socket(settings.host, settings.port)
     try:
         evaluator = open_runtime(policy, settings.data_dir, SystemClock(), settings.max_skew, settings.max_past)
@@ -68,7 +71,14 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         port = sock.getsockname()[1]
         in_force = evaluator.current_policy()
-        version = policy.version if in_force is None else in_force.policy_version
+        if in_force is not None:
+            version = in_force.policy_version
+        elif policy is not None:
+            version = policy.version
+        else:
+            raise CommandError(
+                f"{settings.data_dir}: its log carries no policy yet: give --policy POLICY.yaml (or TIERGATE_POLICY)"
+            )
         types = sum(not key.retired for key in evaluator.state.keys.values())
         err.print(
             f"tiergate serve: policy {escape(version)} ({counted(types, 'action type')}), "

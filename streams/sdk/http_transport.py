@@ -29,8 +29,27 @@ def _auth(token: str | None) -> dict[str, str]:
 
 
 def _describe(error: BaseException) -> str:
+    """An error as a line for status() and the log; a server's refusal in its own words, with the fix."""
+    if isinstance(error, httpx.HTTPStatusError):
+        status, said = error.response.status_code, _said(error.response)
+        if status == 401:
+            return f"401: {said or 'no credential'}; give the client a credential the server knows (token=…)"
+        if status == 403:
+            return (
+                f"403: {said or 'refused'}; the tier map needs a credential of role agent, reporter, reader or operator"
+            )
+        return f"{status}: {said or error.response.reason_phrase}"
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _said(response: httpx.Response) -> str:
+    """The server's {error} of a refusal (its body is read: the tier map is a small request)."""
+    try:
+        body = response.json()
+    except (ValueError, httpx.ResponseNotRead):
+        return ""
+    return str(body.get("error", "")) if isinstance(body, dict) else ""
 
 
 class _HeardStream(httpx.AsyncByteStream):
