@@ -133,7 +133,9 @@ def arguments() -> argparse.Namespace:
         description=(__doc__ or "").split("\n")[0],
         epilog="credentials: TIERGATE_CREDENTIAL[_FILE] (agent), TIERGATE_REPORTER_CREDENTIAL[_FILE] (reporter)",
     )
-    parser.add_argument("--server", default="http://127.0.0.1:8360")
+    parser.add_argument(
+        "--server", default=os.environ.get("TIERGATE_SERVER", "http://127.0.0.1:8360"), help="(or TIERGATE_SERVER)"
+    )
     parser.add_argument("--rate", type=float, default=40.0, help="refund requests a second (default 40)")
     parser.add_argument("--at-run", type=int, default=20, help="requests to handle at Run before stopping")
     parser.add_argument("--max-seconds", type=float, default=120.0, help="give up if Run is not reached by then")

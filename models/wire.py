@@ -226,7 +226,17 @@ def _problem(item: Mapping[str, Any], data: Mapping[str, Any]) -> str:
         return f"{field}: is required: add it{_near_miss(field, data)}"
     if not field:  # the model's own checks name their field first; anything else is about the whole event
         return message if item["type"] == "value_error" else f"event: {message}"
-    return f"{field}: {message}"
+    fix = TYPE_FIXES.get(item["type"])
+    return f"{field}: {message}" + (f": {fix}" if fix else "")
+
+
+TYPE_FIXES = {  # pydantic's error types whose message says what is wrong but not what to send
+    "string_type": "send it as a JSON string",
+    "int_type": "send a whole number",
+    "int_parsing": "send a whole number",
+    "bool_type": "send true or false",
+    "dict_type": "send a JSON object",
+}
 
 
 def _near_miss(field: str, data: Mapping[str, Any]) -> str:

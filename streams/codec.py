@@ -45,6 +45,10 @@ def _malformed(error: orjson.JSONDecodeError) -> str:
         return f"malformed JSON: {error} ({STRICT})"
     if error.msg.startswith("unexpected end of data"):
         return f"malformed JSON: {error}: the event is cut short; send the whole object"
+    if error.msg.startswith("unexpected content after document"):
+        return f"malformed JSON: {error}: one event a line (NDJSON), each a single JSON object"
+    if "not valid UTF-8" in error.msg:
+        return f"malformed JSON: {error.msg}: send the event as UTF-8 text"
     return f"malformed JSON: {error}"
 
 

@@ -16,10 +16,9 @@ from tiergate.models.wire import parse_ts
 from ..backtest import BacktestError, Question, backtest
 from ..policy_file import read_policy
 from ..replay import file_lines, line_writer
-from .terminal import CommandError, err, examples, input_file, print_json
+from .terminal import CommandError, err, examples, input_file, print_json, table_width
 
 LOG = "a JSONL event history (tiergate export, or the input topic as JSONL)"
-TABLE_WIDTH = 160  # when stdout is not a terminal: wide enough that a row stays on one line
 
 
 def _backtest(args: argparse.Namespace) -> int:
@@ -34,7 +33,7 @@ def _backtest(args: argparse.Namespace) -> int:
     if args.json:
         print_json(report)
     else:
-        show(report, Console(highlight=False, width=None if _terminal() else TABLE_WIDTH))
+        show(report, Console(highlight=False, width=table_width()))
     return 0
 
 
@@ -67,10 +66,6 @@ def _png(report: dict[str, Any], output: Path) -> None:
         raise CommandError("no action type to draw: the log and the candidate name none")
     render(report, output)
     err.print(f"wrote {escape(str(output))}: {', '.join(sorted(report['types']))}")
-
-
-def _terminal() -> bool:
-    return Console().is_terminal
 
 
 # -- the text report -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from ..explain import ExplainError, decisions_for, explain, explanation
 from ..policy_file import read_policy
 from ..replay import file_lines
 from ..settings import OperatorSettings, StoreSettings, load
-from .terminal import NO_CREDENTIAL, CommandError, counted, err, examples, input_file, print_json
+from .terminal import NO_CREDENTIAL, CommandError, counted, err, examples, input_file, print_json, table_width
 
 
 def _check_policy(args: argparse.Namespace) -> int:
@@ -48,7 +48,7 @@ def _explain(args: argparse.Namespace) -> int:
         if args.json:
             print_json(explanation(decisions, args.action_type, now).record())
         else:
-            explain(decisions, args.action_type, Console(highlight=False, soft_wrap=True), now)
+            explain(decisions, args.action_type, Console(highlight=False, soft_wrap=True, width=table_width()), now)
     except ExplainError as error:
         raise CommandError(str(error), code=1) from None
     return 0

@@ -6,7 +6,6 @@ import argparse
 import errno
 import os
 import socket
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from ..embedded import DB_NAME
 from ..policy_file import read_policy
 from ..settings import ServeSettings
 from .history import open_runtime
-from .terminal import CommandError, counted, err, examples, print_json
+from .terminal import CommandError, counted, err, examples, print_json, table_width
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -115,8 +114,7 @@ def _demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo, summary
 
     port = _demo_port(args.port)
-    wide = None if sys.stdout.isatty() else 160  # piped or captured: wide rows, not an 80-column squeeze
-    console = Console(highlight=False, quiet=args.json, width=wide)
+    console = Console(highlight=False, quiet=args.json, width=table_width())
     sock = listening_socket("127.0.0.1", port)
     console.print(
         f"[bold]tiergate demo[/]: {args.days} days of a simulated support fleet, in about {args.seconds:.0f}s."

@@ -21,6 +21,16 @@ NO_CREDENTIAL = (
 """The fix for a server's 401, in the client's words (the server's own answer names its credentials file)."""
 
 
+PIPED_WIDTH = 160
+"""Columns of a table printed to a pipe or a file: wide enough that rows stay on one line (rich would
+squeeze them into 80 and cut every cell)."""
+
+
+def table_width() -> int | None:
+    """The width for stdout's tables: the terminal's, or PIPED_WIDTH when stdout is not a terminal."""
+    return None if sys.stdout.isatty() else PIPED_WIDTH
+
+
 class CommandError(Exception):
     """A mistake the user can fix: the message says what is wrong and what to do."""
 
