@@ -29,7 +29,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from tiergate.models.wire import ACTION_TYPE_PATTERN
+from tiergate.models.wire import ACTION_TYPE_PATTERN, MAX_EVENT_BYTES
 
 from .kafka import ACTIONS, DLQ, EVENTS, OUTCOMES, KafkaSettings
 
@@ -56,7 +56,10 @@ class Refused:
 
 def admit(ingress: str, raw: bytes) -> Admitted | Refused:
     """Whether an ingress topic's record is forwarded: a JSON event of a type that topic takes, under a
-    valid action type. The fold validates the rest, as it does for any event of the log."""
+    valid action type, within the size of an event. The fold validates the rest, as it does for any event of
+    the log."""
+    if len(raw) > MAX_EVENT_BYTES:
+        return Refused(f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte limit: split or trim it")
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
@@ -220,6 +223,9 @@ class Forwarder:
         self.refused += 1
         headers = [("tiergate-result", b"rejected"), ("tiergate-reason", verdict.reason.encode())]
         headers.append(("tiergate-origin", origin))
+        if len(raw) > MAX_EVENT_BYTES:  # kept as far as it is an event's size: a huge record must not wedge forwarding
+            headers.append(("tiergate-truncated", str(len(raw)).encode()))
+            raw = raw[:MAX_EVENT_BYTES]
         return await producer.send(self.kafka.topic(DLQ), raw, key=record.key, headers=headers)
 
 

@@ -60,6 +60,8 @@ def test_an_ingress_topic_admits_only_its_own_types() -> None:
     assert isinstance(admit(ACTIONS, outcome), Refused)
     assert isinstance(admit(ACTIONS, b"{not json"), Refused)
     assert isinstance(admit(ACTIONS, orjson.dumps({"type": "action", "action_type": "no spaces"})), Refused)
+    huge = admit(ACTIONS, orjson.dumps({"type": "action", "action_type": "reply_to_ticket", "pad": "x" * 70_000}))
+    assert isinstance(huge, Refused) and "over the 65536 byte limit" in huge.reason
 
 
 def test_every_ingress_record_is_appended_exactly_once_in_order_through_worker_kills(deployment: Deployment) -> None:
