@@ -75,16 +75,20 @@ class Diff:
     added: list[str]
     removed: list[str]
     changed: dict[str, list[str]]  # action type -> what changed in its rules, in the policy's words
+    read_only: list[str] = field(default_factory=list)  # the added types that are read-only (they start at run)
 
     @property
     def empty(self) -> bool:
         return not (self.added or self.removed or self.changed)
 
     def record(self) -> dict[str, Any]:
-        return {"added": self.added, "removed": self.removed, "changed": self.changed}
+        return {"added": self.added, "removed": self.removed, "changed": self.changed, "read_only": self.read_only}
 
     def lines(self) -> list[str]:
-        out = [f"+ {name} (new action type: starts at crawl)" for name in self.added]
+        out = [
+            f"+ {name} (new action type: {'read-only, starts at run' if name in self.read_only else 'starts at crawl'})"
+            for name in self.added
+        ]
         out += [f"- {name} (retired: leaves the tier map)" for name in self.removed]
         for name, changes in sorted(self.changed.items()):
             out += [f"~ {name}: {change}" for change in changes]
@@ -108,7 +112,9 @@ def diff(old: Mapping[str, Mapping[str, Any]], new: Policy) -> Diff:
         ]
         if changes:
             changed[name] = changes
-    return Diff(sorted(set(new.types) - set(old)), sorted(set(old) - set(new.types)), changed)
+    added = sorted(set(new.types) - set(old))
+    read_only_added = [name for name in added if new.types[name].read_only]
+    return Diff(added, sorted(set(old) - set(new.types)), changed, read_only_added)
 
 
 def _changes(before: Any, after: Any, path: tuple[str, ...]) -> list[tuple[tuple[str, ...], str]]:

@@ -27,7 +27,7 @@ def decode(raw: bytes) -> Event:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
-        raise EventError(_malformed(error)) from None
+        raise EventError(malformed(error)) from None
     if not isinstance(data, dict):
         raise EventError("an event is one JSON object ({...}); send arrays as NDJSON, one object a line")
     return event_from_dict(data)
@@ -37,7 +37,7 @@ NOT_JSON_NUMBERS = ("nan", "infinity", "inf")
 STRICT = "strict JSON: no NaN, Infinity or numbers beyond a double; send null or a string"
 
 
-def _malformed(error: orjson.JSONDecodeError) -> str:
+def malformed(error: orjson.JSONDecodeError) -> str:
     """The reason for input that is not JSON, with the fix where the error shows it: a number JSON cannot
     carry (NaN, Infinity, one beyond a double), or an event cut short."""
     at = str(error.doc)[error.pos : error.pos + 8].lower()

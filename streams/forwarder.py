@@ -29,8 +29,10 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from aiokafka.structs import ConsumerRecord
 
-from tiergate.models.wire import ACTION_TYPE_PATTERN, MAX_EVENT_BYTES
+from tiergate.models.wire import ACTION_TYPE_PATTERN, MAX_EVENT_BYTES, format_ts, parse_ts
 
+from .clock import Clock, SystemClock
+from .codec import malformed
 from .kafka import ACTIONS, DLQ, EVENTS, OUTCOMES, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -54,27 +56,51 @@ class Refused:
     reason: str
 
 
-def admit(ingress: str, raw: bytes) -> Admitted | Refused:
+def admit(ingress: str, raw: bytes, now: int | None = None, max_skew: int = 300) -> Admitted | Refused:
     """Whether an ingress topic's record is forwarded: a JSON event of a type that topic takes, under a
-    valid action type, within the size of an event. The fold validates the rest, as it does for any event of
-    the log."""
+    valid action type, within the size of an event, and (given the clock's `now`) not dated beyond `max_skew`
+    ahead of it — one such event would close every window of its type up to its date, and all later input
+    would be late. The check is the forwarder's, before the log: the fold, and so a replay, never depends on
+    a clock. The fold validates the rest, as it does for any event of the log."""
     if len(raw) > MAX_EVENT_BYTES:
         return Refused(f"event is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte limit: split or trim it")
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
-        return Refused(f"malformed JSON: {error}")
-    kind = event.get("type") if isinstance(event, dict) else None
+        return Refused(malformed(error))
+    if not isinstance(event, dict):
+        return Refused("an event is one JSON object ({...}): produce one event a message")
+    kind = event.get("type")
     if kind not in TAKES[ingress]:
-        takes = " and ".join(f"{t}s" for t in TAKES[ingress])
         return Refused(
-            f"{ingress} takes {takes} only ({WHO[ingress]}); got type {kind!r}: overrides and policy events go to "
-            f"{EVENTS}, signed by an operator (tiergate override --kafka), and ticks are the workers'"
+            f"{ingress} takes {' and '.join(f'{t}s' for t in TAKES[ingress])} only ({WHO[ingress]}); "
+            f"got type {kind!r}: {_belongs(kind)}"
         )
     action_type = event.get("action_type")
     if not isinstance(action_type, str) or ACTION_TYPE.fullmatch(action_type) is None:
         return Refused(f"action_type {action_type!r} is not an action type: it names one catalog action type")
+    if now is not None:
+        try:
+            ts = parse_ts(event.get("ts"))
+        except ValueError:
+            return Admitted(action_type)  # the fold rejects it with the field and the fix
+        if ts > now + max_skew:
+            return Refused(
+                f"future: ts {format_ts(ts)} is more than {max_skew} s ahead of the forwarder's clock "
+                f"({format_ts(now)}): fix the producer's clock"
+            )
     return Admitted(action_type)
+
+
+def _belongs(kind: object) -> str:
+    """Where an event of `kind` goes instead."""
+    for ingress, kinds in TAKES.items():
+        if kind in kinds:
+            return f"{kind}s go to {ingress} ({WHO[ingress]})"
+    return (
+        f"overrides and policy events go to {EVENTS}, signed by an operator (tiergate override --kafka), and "
+        "ticks are the workers'"
+    )
 
 
 class Ingress(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type information
@@ -95,8 +121,17 @@ class Forwarder:
 
     START_TIMEOUT = 30.0  # seconds a producer may take to fence its predecessor (its transaction completing)
 
-    def __init__(self, kafka: KafkaSettings, app_id: str, batch: int = 2000, within: float = 0.05) -> None:
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        app_id: str,
+        clock: Clock | None = None,
+        max_skew: int = 300,
+        batch: int = 2000,
+        within: float = 0.05,
+    ) -> None:
         self.kafka, self.batch, self.within = kafka, batch, within
+        self.clock, self.max_skew = clock or SystemClock(), max_skew
         self.group = kafka.topic(f"{app_id}-forward")
         self.topics = {kafka.topic(name): name for name in (ACTIONS, OUTCOMES)}
         self.consumer = AIOKafkaConsumer(
@@ -215,7 +250,7 @@ class Forwarder:
         """Queue the record's forwarding (to the events topic, or set aside); returns the future of its delivery."""
         raw = record.value or b""
         origin = f"{record.topic}/{record.partition}:{record.offset}".encode()
-        verdict = admit(ingress, raw)
+        verdict = admit(ingress, raw, self.clock.now(), self.max_skew)
         if isinstance(verdict, Admitted):
             self.forwarded += 1
             headers = [("tiergate-origin", origin)]

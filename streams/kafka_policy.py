@@ -1,14 +1,18 @@
 """Activating a policy on a Kafka deployment: signed `policy` events into the input topic, one per action
 type, then the whole document into the compacted `tiergate.policies.v1` (key = activation id).
 
-Workers need no policy file: they fold the activations in the log. What an activation replaces per key is
-read from the policies topic (each activation's document, in order), so `apply` can show the diff and
-refuse a change the fold would refuse (a window or lateness change) before anything is written. A resumed
-apply (`--activation-id`) writes the same events again: duplicates.
+Workers need no policy file: they fold the activations in the log. The policies topic records what was
+produced; what is in force is what the workers applied, as their decisions say (each applied activation
+makes a decision per type naming it). An activation the workers refused (signed by a key the policy in force
+does not trust, or stale) is on the policies topic but never in force. From the applied ones `apply` shows
+the diff and refuses, before anything is written, what the fold would refuse: a window or lateness change, a
+signing key the policy in force does not list, a parent that is no longer in force. A resumed apply
+(`--activation-id`) writes the same events again: duplicates.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +21,7 @@ import orjson
 from tiergate.models.policy import Policy
 
 from .activation import Catalog, Diff, diff, policy_events
-from .kafka import EVENTS, POLICIES, KafkaSettings
+from .kafka import DECISIONS, EVENTS, POLICIES, KafkaSettings
 from .kafka_replay import read_topic
 from .policy_file import policy_from_mapping
 from .signing import OperatorKey
@@ -34,15 +38,31 @@ class Activation:
     record: dict[str, Any]
 
 
+ACTIVATING = ("initial", "policy", "retire")  # the kinds of decision an applied activation makes
+
+
 async def history(settings: KafkaSettings) -> list[Activation]:
-    """Every activation recorded on the policies topic, oldest first (a resumed one counts once)."""
+    """The activations the workers applied, oldest first: recorded on the policies topic (a resumed one
+    counts once) and named by at least one of their decisions."""
+    applied = await applied_activations(settings)
     seen: dict[str, Activation] = {}
     for message in await read_topic(settings, POLICIES):
         if message.value is None:
             continue
         record = orjson.loads(message.value)
-        seen.setdefault(record["activation_id"], Activation(record["activation_id"], record["policy"], record))
+        if record["activation_id"] in applied:
+            seen.setdefault(record["activation_id"], Activation(record["activation_id"], record["policy"], record))
     return list(seen.values())
+
+
+async def applied_activations(settings: KafkaSettings) -> set[str]:
+    """The activation ids the workers' decisions name."""
+    applied = set()
+    for message in await read_topic(settings, DECISIONS):
+        record = orjson.loads(message.value) if message.value else None
+        if isinstance(record, dict) and record.get("kind") in ACTIVATING and record.get("activation_id"):
+            applied.add(str(record["activation_id"]))
+    return applied
 
 
 def catalog_of(activations: list[Activation]) -> Catalog:
@@ -57,17 +77,27 @@ def catalog_of(activations: list[Activation]) -> Catalog:
     return Catalog(parents, current)
 
 
-def refusals(activations: list[Activation], policy: Policy) -> list[str]:
-    """What the fold would refuse: an existing type's window or lateness redrawn."""
+def refusals(activations: list[Activation], policy: Policy, key_id: str, genesis: Sequence[str] | None) -> list[str]:
+    """What the fold would refuse: an existing type's window or lateness redrawn, or a signing key that the
+    policy in force (the genesis keys, before any; None: not configured here, so not checked) does not trust."""
     if not activations:
-        return []
-    current = activations[-1].document
-    return [
-        f"{field} cannot change for existing action types ({current[field]} → {policy.normalised[field]}): "
-        "their windows are already drawn; keep it, or start a new log"
-        for field in WINDOWED
-        if current[field] != policy.normalised[field] and set(current["action_types"]) & set(policy.types)
-    ]
+        trusted = set(genesis or ())
+        whose = "the deployment's genesis keys (TIERGATE_KAFKA_GENESIS_KEYS)"
+    else:
+        trusted = {operator["key_id"] for operator in activations[-1].document.get("operators", [])}
+        whose = f"the policy in force ({activations[-1].record['policy_version']})"
+    problems = []
+    if key_id not in trusted and (activations or genesis is not None):
+        problems.append(f"key {key_id!r} is not among {whose}: sign with a key it lists")
+    if activations:
+        current = activations[-1].document
+        problems += [
+            f"{field} cannot change for existing action types ({current[field]} → {policy.normalised[field]}): "
+            "their windows are already drawn; keep it, or start a new log"
+            for field in WINDOWED
+            if current[field] != policy.normalised[field] and set(current["action_types"]) & set(policy.types)
+        ]
+    return problems
 
 
 @dataclass(frozen=True, slots=True)

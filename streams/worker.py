@@ -97,6 +97,9 @@ class WorkerSettings(BaseSettings):
     batch: int = Field(5000, gt=0, description="input records fetched and folded per batch at most")
     batch_within: float = Field(0.2, gt=0, description="seconds to wait for input when none is fetched yet")
     forward: bool = Field(True, description="forward the ingress topics (actions, outcomes) into the events topic")
+    max_skew: int = Field(
+        300, ge=0, description="seconds an ingress event's ts may be ahead of the clock (else future)"
+    )
     snapshot_interval: float = Field(
         5.0, gt=0, description="seconds between snapshots of the keys' state (and offset commits)"
     )
@@ -248,7 +251,7 @@ class Worker:
             compression_type="gzip",  # a state's remembered ids compress well; no extra library needed
         )
         self.changelog = Changelog(kafka, self.producer, settings.app_id)
-        self.forwarder = Forwarder(kafka, settings.app_id) if settings.forward else None
+        self.forwarder = Forwarder(kafka, settings.app_id, self.clock, settings.max_skew) if settings.forward else None
 
     def _consumer_settings(self) -> dict[str, Any]:
         session = int(self.settings.session_timeout * 1000)

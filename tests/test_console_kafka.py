@@ -17,6 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
 from tiergate.models.decisions import TierRecord
@@ -387,3 +388,17 @@ def test_the_override_command_the_console_shows_is_signed_and_answered_by_the_wo
     assert untrusted.returncode == 1 and "'stranger' is not trusted" in untrusted.stderr
     half_climbed.wait_drained()
     assert half_climbed.differences() == [], "\n".join(half_climbed.differences())
+
+
+def test_the_policy_in_force_is_the_newest_activation_the_workers_applied() -> None:
+    """An activation on the policies topic that no decision names (the workers refused it: an untrusted key,
+    a stale parent) is listed but never in force; the newest applied one is."""
+    view = TopicView()
+    applied = {"activation_id": "a1", "ts": 100, "policy_version": "p1", "policy_sha256": "s1", "policy": {}}
+    refused = {"activation_id": "evil", "ts": 200, "policy_version": "p-evil", "policy_sha256": "s2", "policy": {}}
+    view.policy_record(orjson.dumps(applied))
+    view.decision(orjson.dumps({"action_type": "t", "kind": "initial", "activation_id": "a1", "to_tier": "crawl"}))
+    view.policy_record(orjson.dumps(refused))
+    current = view.current()
+    assert current is not None and current["activation_id"] == "a1"
+    assert [a["activation_id"] for a in view.policy()["activations"]] == ["evil", "a1"]

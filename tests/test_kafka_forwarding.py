@@ -13,6 +13,7 @@ from collections import Counter, defaultdict
 import orjson
 import pytest
 
+from tiergate.models.wire import parse_ts
 from tiergate.streams.forwarder import Admitted, Refused, admit
 from tiergate.streams.kafka import ACTIONS, DLQ, EVENTS, OUTCOMES
 from tiergate.streams.kafka_replay import read_topic
@@ -60,6 +61,12 @@ def test_an_ingress_topic_admits_only_its_own_types() -> None:
     assert isinstance(admit(ACTIONS, outcome), Refused)
     assert isinstance(admit(ACTIONS, b"{not json"), Refused)
     assert isinstance(admit(ACTIONS, orjson.dumps({"type": "action", "action_type": "no spaces"})), Refused)
+    dated = {"type": "action", "action_type": "reply_to_ticket", "ts": "2099-01-01T00:00:00Z"}
+    future = admit(ACTIONS, orjson.dumps(dated), now=parse_ts("2026-11-29T21:00:00Z"))
+    assert isinstance(future, Refused) and future.reason.startswith(
+        "future: ts 2099-01-01T00:00:00Z is more than 300 s"
+    )
+    assert admit(ACTIONS, orjson.dumps(dated), now=parse_ts("2098-12-31T23:58:00Z")) == Admitted("reply_to_ticket")
     huge = admit(ACTIONS, orjson.dumps({"type": "action", "action_type": "reply_to_ticket", "pad": "x" * 70_000}))
     assert isinstance(huge, Refused) and "over the 65536 byte limit" in huge.reason
 

@@ -241,3 +241,14 @@ def test_serve_without_a_policy_file_serves_the_policy_its_log_carries(tmp_path:
         second.wait(timeout=20)
     assert second.stderr is not None
     assert "tiergate serve: policy golden-1 (" in second.stderr.read().decode()
+
+
+def test_the_diff_says_a_new_read_only_type_starts_at_run() -> None:
+    """A read-only type starts at Run (never evaluated), and the diff of the activation that adds it says so."""
+    from tiergate.streams.activation import Diff, diff
+    from tiergate.streams.policy_file import read_policy
+
+    added = diff({}, read_policy(POLICY))
+    assert "+ lookup_order (new action type: read-only, starts at run)" in added.lines()
+    assert "+ reply_to_ticket (new action type: starts at crawl)" in added.lines()
+    assert Diff(**added.record()) == added  # as the server answers it, read back by the CLI

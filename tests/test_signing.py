@@ -132,3 +132,23 @@ def test_key_files_say_what_is_wrong(tmp_path: Path) -> None:
     shape.write_text("- just a string\n")
     with pytest.raises(OperatorKeyError, match="key_id, public_key, actor"):
         read_trusted(shape)
+
+
+def test_a_kafka_apply_is_refused_before_writing_when_its_key_is_not_trusted() -> None:
+    """`policy apply --kafka` checks the signing key against the policy in force (the genesis keys before
+    any activation) and says which keys would do; a trusted key passes."""
+    from tiergate.streams.kafka_policy import Activation, refusals
+
+    golden = policy()
+    first = refusals([], golden, "evil", ["ops"])
+    assert first == [
+        "key 'evil' is not among the deployment's genesis keys (TIERGATE_KAFKA_GENESIS_KEYS): sign with a key it lists"
+    ]
+    assert refusals([], golden, "ops", ["ops"]) == []
+    assert refusals([], golden, "anyone", None) == []  # no genesis keys here: the workers judge
+    document = golden.normalised | {"operators": [{"key_id": "ops", "public_key": "…", "actor": "ops@example.com"}]}
+    record = {"policy_version": golden.version, "policy_sha256": golden.sha256}
+    applied = [Activation("a1", document, record)]
+    later = refusals(applied, golden, "evil", ["ops"])
+    assert later == [f"key 'evil' is not among the policy in force ({golden.version}): sign with a key it lists"]
+    assert refusals(applied, golden, "ops", ["someone-else"]) == []

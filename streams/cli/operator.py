@@ -345,7 +345,8 @@ def _add_rejected(commands: Any) -> None:
         help="the input that did not count (bad, refused or late), with its reason",
         description="Read rejected input from an embedded data dir (oldest first, paged by id) or, with "
         "--kafka, from the DLQ topic tiergate.events.v1.dlq. Filter by reason (a substring), result and type. "
-        "The table shows the first 200 characters of a long input and its size; --json has all of it.",
+        "The table shows the first 200 characters of a long input and its size; --json has all of it (on Kafka, as "
+        "the DLQ keeps it: a record over 64 KiB is kept cut to that size, whole in its ingress topic).",
         **examples(
             "tiergate rejected --data-dir tiergate-data",
             "tiergate rejected --data-dir tiergate-data --reason 'unknown action_type' --json",

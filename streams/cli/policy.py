@@ -89,6 +89,7 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
     from ..activation import new_activation_id
     from ..kafka import EVENTS, POLICIES
     from ..kafka_policy import history, plan, produce, refusals
+    from ..signing import read_trusted
     from .kafka import kafka_settings, preflight
     from .keys import operator_key
 
@@ -99,7 +100,8 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
     if activations and activations[-1].record["policy_sha256"] == policy.sha256:
         err.print(f"{escape(policy.version)} is already in force as activation {activations[-1].activation_id}")
         return 0
-    problems = refusals(activations, policy)
+    genesis = None if settings.genesis_keys is None else [k["key_id"] for k in read_trusted(settings.genesis_keys)]
+    problems = refusals(activations, policy, key.key_id, genesis)
     if problems:
         raise CommandError("refused before anything was written: " + "; ".join(problems))
     now = int(time.time())

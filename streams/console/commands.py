@@ -71,7 +71,9 @@ async def command(request: web.Request) -> web.StreamResponse:
         "Run the dry run first: it shows the diff and what moves at once; then apply. The CLI signs the "
         "activation with your operator key."
         if policy
-        else "The CLI signs the override with your operator key and checks it against the live state first."
+        else "The CLI signs the override with your operator key; against a server it checks it first, with a "
+        "dry run of the live state (on Kafka there is none: it waits for the workers' decision, or the reason "
+        "they refused it)."
     )
     title = "Apply a policy from the CLI" if policy else "Override from the CLI"
     values = {"commands": commands, "problem": problem, "hint": hint, "back": back, "title": title}

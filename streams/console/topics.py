@@ -55,7 +55,6 @@ class TopicView:
     rejected: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=KEEP))
     activations: dict[str, dict[str, Any]] = field(default_factory=dict)  # in the order first read
     documents: dict[str, dict[str, Any]] = field(default_factory=dict)  # activation id -> its policy document
-    in_force: str | None = None  # the newest activation on the policies topic
     unreadable: int = 0  # records that are not what the workers write (counted, shown, never a crash)
 
     # -- reading records ---------------------------------------------------------------------------------
@@ -111,7 +110,6 @@ class TopicView:
         }
         if isinstance(record.get("policy"), dict):
             self.documents[record["activation_id"]] = record["policy"]
-        self.in_force = record["activation_id"]
 
     def _activation_of(self, activation_id: str, first: dict[str, Any]) -> dict[str, Any]:
         return self.activations.setdefault(
@@ -215,10 +213,12 @@ class TopicView:
         return found
 
     def current(self) -> dict[str, Any] | None:
-        """The newest activation of the policies topic, else the newest the decisions name."""
-        if self.in_force is not None:
-            return self.activations[self.in_force]
-        return next(reversed(self.activations.values()), None)
+        """The newest activation the workers applied (its decisions name it), by the time it was produced,
+        then by the order read; one only on the policies topic (refused by the workers, or not folded yet) is
+        listed but not in force."""
+        applied = [(found.get("ts") or "", order, found) for order, found in enumerate(self.activations.values())]
+        newest = max((entry for entry in applied if entry[2]["types"]), default=None, key=lambda e: e[:2])
+        return None if newest is None else newest[2]
 
     def policy(self) -> dict[str, Any]:
         current = self.current()
