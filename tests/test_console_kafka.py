@@ -307,7 +307,7 @@ def test_the_kafka_console_reads_the_topics_and_writes_nothing(half_climbed: Any
     not routes), and an override is a command to run."""
     from .kafka_harness import wait_for
 
-    wait_for(lambda: _walk_shown(console_process), 90, "the console to show reply_to_ticket at walk")
+    wait_for(lambda: _walk_shown(console_process), 150, "the console to show reply_to_ticket at walk")
     status, page = _get(f"{console_process}/console")
     assert status == 200 and "Kafka, read-only" in page
     assert 'data-decision-id="reply_to_ticket/1"' in page and "Kafka, read-only" in page
@@ -347,7 +347,7 @@ async def test_a_promotion_and_rejected_input_show_up_live_in_the_browser(
         await page.goto(f"{console_process}/console")
         await expect(page.locator("#live")).to_have_text("live", timeout=WAIT)
         tier = page.locator('#tiers tr[data-action-type="reply_to_ticket"] .tier')
-        await expect(tier).to_have_text("walk", timeout=90_000)  # the worker got through the first half
+        await expect(tier).to_have_text("walk", timeout=150_000)  # the worker got through the first half
         await page.evaluate("window.sameDocument = true")
         await asyncio.to_thread(half_climbed.produce, [*REST, b'{"type":"action","action_type":"reply_to_ticket"'])
         await expect(tier).to_have_text("run", timeout=60_000)
