@@ -5,7 +5,6 @@
   const PARTS = ["tiers", "log", "overrides", "rejected", "activations"];
   const live = document.getElementById("live");
   let queued = false;
-  let opened = false;
 
   function mark(text, state) {
     if (live) {
@@ -50,8 +49,9 @@
   const source = new EventSource("/console/stream");
   source.addEventListener("ready", function () {
     mark("live", "live");
-    if (opened) soon(); // reconnected: changes may have been missed
-    opened = true;
+    // Fetch the sections once the stream is open: a change committed between this page's render and the
+    // stream's subscription told no one (and on a reconnect, changes may have been missed).
+    soon();
   });
   source.addEventListener("changed", soon);
   source.addEventListener("error", function () {
