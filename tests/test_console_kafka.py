@@ -338,8 +338,12 @@ async def test_a_promotion_and_rejected_input_show_up_live_in_the_browser(
     the worker's promotion to run and its DLQ record appear without a reload."""
     from playwright.async_api import expect
 
+    from .kafka_harness import wait_for
     from .test_console_browser import WAIT, chromium
 
+    # the worker got through the first half before the page opens: a change that lands between a page's
+    # render and its event stream's subscription is shown only at the next change (a known gap)
+    await asyncio.to_thread(wait_for, lambda: _walk_shown(console_process), 150, "reply_to_ticket at walk")
     async with chromium(tmp_path / "profile") as browser:
         page = await browser.new_page()
         errors: list[str] = []
@@ -347,7 +351,7 @@ async def test_a_promotion_and_rejected_input_show_up_live_in_the_browser(
         await page.goto(f"{console_process}/console")
         await expect(page.locator("#live")).to_have_text("live", timeout=WAIT)
         tier = page.locator('#tiers tr[data-action-type="reply_to_ticket"] .tier')
-        await expect(tier).to_have_text("walk", timeout=150_000)  # the worker got through the first half
+        await expect(tier).to_have_text("walk", timeout=WAIT)
         await page.evaluate("window.sameDocument = true")
         await asyncio.to_thread(half_climbed.produce, [*REST, b'{"type":"action","action_type":"reply_to_ticket"'])
         await expect(tier).to_have_text("run", timeout=60_000)

@@ -5,6 +5,7 @@
   const PARTS = ["tiers", "log", "overrides", "rejected", "activations"];
   const live = document.getElementById("live");
   let queued = false;
+  let opened = false;
 
   function mark(text, state) {
     if (live) {
@@ -49,9 +50,8 @@
   const source = new EventSource("/console/stream");
   source.addEventListener("ready", function () {
     mark("live", "live");
-    // Fetch the sections once the stream is open: a change committed between this page's render and the
-    // stream's subscription told no one (and on a reconnect, changes may have been missed).
-    soon();
+    if (opened) soon(); // reconnected: changes may have been missed
+    opened = true;
   });
   source.addEventListener("changed", soon);
   source.addEventListener("error", function () {
