@@ -80,13 +80,11 @@ def observe(step: KeyStep, counters: windows.Counters) -> None:
     key, rules = step.key, step.rules
     tier = key.tier
     if rules.sequential_demotion:
-        for bar, test, state in zip(rules.keep_bars[tier], rules.keep_tests[tier], key.sequential.keep, strict=True):
-            at = windows.slot(tier, bar.metric_index)
+        for at, test, state in zip(rules.keep_slots[tier], rules.keep_tests[tier], key.sequential.keep, strict=True):
             test.observe(state, counters[at], counters[at + 1])
     if rules.sequential_promotion:
-        bars, tests = rules.promote_bars[tier], rules.promote_tests[tier]
-        for bar, ptest, pstate in zip(bars, tests, key.sequential.promote, strict=True):
-            at = windows.slot(tier, bar.metric_index)
+        slots, tests = rules.promote_slots[tier], rules.promote_tests[tier]
+        for at, ptest, pstate in zip(slots, tests, key.sequential.promote, strict=True):
             ptest.observe(pstate, counters[at], counters[at + 1])
 
 
@@ -105,12 +103,15 @@ def verdicts(step: KeyStep) -> tuple[bool, bool]:
 
 
 def keep_falls(step: KeyStep) -> bool:
-    """Does a keep bar of the current tier fall, by the demotion rule?"""
+    """Does a keep bar of the current tier fall, by the demotion rule? (Loops, not generators: this runs at
+    nearly every close.)"""
     key, rules = step.key, step.rules
     tier = key.tier
     if rules.sequential_demotion:
-        tests, states = rules.keep_tests[tier], key.sequential.keep
-        return any(test.falls(state) for test, state in zip(tests, states, strict=True))
+        for test, state in zip(rules.keep_tests[tier], key.sequential.keep, strict=True):  # noqa: SIM110 - no generator at every close
+            if test.falls(state):
+                return True
+        return False
     totals = key.lookback.totals
     for bar in rules.keep_bars[tier]:
         at = windows.slot(tier, bar.metric_index)
@@ -126,7 +127,10 @@ def gate_passes(step: KeyStep) -> bool:
     if not rules.promote_bars[tier]:
         return False
     if rules.sequential_promotion:
-        return all(state.passing for state in key.sequential.promote)
+        for state in key.sequential.promote:  # noqa: SIM110 - no generator at every close
+            if not state.passing:
+                return False
+        return True
     totals = key.lookback.totals
     for bar in rules.promote_bars[tier]:
         at = windows.slot(tier, bar.metric_index)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import windows
-from .rules import METRIC_INDEX, BarRule
+from .rules import METRIC_INDEX, METRIC_OF_KIND, BarRule
 from .sequential import Figures, KeepState, KeepTest, PromoteState, PromoteTest
 from .state import KeyState
 from .stats import Evidence, Verdict, judge_keep, judge_promote, judged_by_test
@@ -17,8 +17,6 @@ from .wire import TIER_INDEX, TIERS
 
 Judge = Callable[[BarRule, int, int, float], Evidence]
 Score = dict[tuple[str, str, str | None, str], tuple[int, int]]
-
-METRIC_OF_KIND = {"review": "acceptance_rate", "internal": "completion_rate", "customer": "customer_success_rate"}
 
 
 def _scores(minor_edits_accepted: bool) -> Score:

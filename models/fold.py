@@ -107,24 +107,26 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
     `violations=False` folds a counterfactual (a backtest's candidate policy): the agents ran under another
     tier map than this fold's, so an action above its tier is no violation; everything else is the same.
 
-    The common case (an action or outcome in an open window that closes nothing) stays on a short path:
-    this runs once per event of every history."""
-    if isinstance(event, PolicyEvent):
-        decisions, result, reason = activations.activate(state, event)
+    The common case (an action or outcome in an open window that closes nothing) stays on a short path,
+    with nothing allocated but its result: this runs once per event of every history."""
+    kind = type(event)
+    if kind is PolicyEvent:
+        decisions, result, reason = activations.activate(state, event)  # type: ignore[arg-type]
         return Stepped(state, decisions, result, reason)
-    name = event.action_type
-    key = state.keys.get(name)
+    key = state.keys.get(event.action_type)
     if key is None:
-        reason = f"unknown action_type {name!r}: add it to the policy's action_types or fix the producer"
+        reason = f"unknown action_type {event.action_type!r}: add it to the policy's action_types or fix the producer"
         return Stepped(state, (), REJECTED, reason)
     if key.retired or key.halted is not None:
         return _stopped(state, key, event, violations)
-    if isinstance(event, Override):
-        return _override(state, key, event)
-    if isinstance(event, Checkpoint):
-        return _checkpoint(state, key, event)
+    if kind is Override:
+        return _override(state, key, event)  # type: ignore[arg-type]
+    if kind is Checkpoint:
+        return _checkpoint(state, key, event)  # type: ignore[arg-type]
     event_id = event.event_id
-    if key.remembers(event_id) or event_id in key.failure_ids:
+    first = key.seen.get(event_id)
+    horizon = key.lookback.horizon
+    if (first is not None and (horizon is None or first >= horizon)) or event_id in key.failure_ids:
         return Stepped(state, (), DUPLICATE, DUPLICATE_REASON)
     out: list[Decision] = []
     rules = key.rules
@@ -134,39 +136,60 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
             key.max_ts = ts  # the watermark rises but reaches no window's end
         else:
             closes.advance(KeyStep(key, out), ts)
+            horizon = key.lookback.horizon
     index = ts // size
-    if index < key.next_close:  # type: ignore[operator]  # advance() has set it
-        key.remember(event_id, index)
-        return Stepped(state, tuple(out), LATE, closes.late_reason(KeyStep(key, out), index))
-    if key.read_only:  # never evaluated: time moves and ids are remembered, nothing is aggregated
-        key.remember(event_id, index)
-        return Stepped(state, tuple(out), APPLIED, None)
-    if isinstance(event, Outcome):
-        if event.kind == "customer" and (key.rules.maturity is not None or key.cells):
+    remember = horizon is None or index >= horizon  # an id is remembered until its window leaves the lookback
+    if index < key.next_close or rules.read_only:  # type: ignore[operator]  # advance() has set it
+        if remember:
+            key.seen[event_id] = index
+        if index < key.next_close:  # type: ignore[operator]
+            return Stepped(state, tuple(out), LATE, closes.late_reason(KeyStep(key, out), index))
+        return Stepped(state, tuple(out), APPLIED, None)  # read-only: never evaluated, only time moves
+    units = rules.maturity is not None or bool(key.cells)  # customer units are counted (models/maturity.py)
+    if kind is Outcome:
+        return _outcome(state, key, event, index, remember, out, units)  # type: ignore[arg-type]
+    if remember:
+        key.seen[event_id] = index
+    if kind is Action:
+        _action(key, event, index, units, violations, out)  # type: ignore[arg-type]
+    return Stepped(state, tuple(out) if out else (), APPLIED, None)
+
+
+def _action(key: KeyState, event: Action, index: int, units: bool, violations: bool, out: list[Decision]) -> None:
+    """An action in an open window: a customer unit of its cell (under a maturity), or a violation."""
+    tier = TIER_INDEX[event.tier]
+    if units and tier:
+        maturity.add_unit(key, (index, tier))
+    if violations and tier > key.tier:
+        _violation(KeyStep(key, out), event)
+
+
+def _outcome(
+    state: State, key: KeyState, event: Outcome, index: int, remember: bool, out: list[Decision], units: bool
+) -> Stepped:
+    """An outcome in an open window: counted in its window's counters, or, for a customer outcome under a
+    maturity, in its action's cell (a success there leaves no id: the absence of a failure is the success)."""
+    rules = key.rules
+    if units:
+        if event.kind == "customer":
             matured = _customer_under_maturity(KeyStep(key, out), event)
             if matured is not None:
                 return Stepped(state, tuple(out), *matured)
-        key.remember(event_id, index)
-        at, success = SCORES[rules.minor_edits_accepted][event.kind, event.result, event.edit, event.tier]
-        counters = key.open.get(index)
-        if counters is None:
-            counters = key.open[index] = windows.empty()
-        counters[at] += 1
-        counters[at + 1] += success
-        if event.kind == "review" and (key.rules.maturity is not None or key.cells):
-            cell = maturity.unit_of_review(event, size)
+        elif event.kind == "review":
+            cell = maturity.unit_of_review(event, rules.window)
             if cell is not None:
                 maturity.add_unit(key, cell)
-        if rules.tripwire:
-            tripwire.after_outcome(KeyStep(key, out), event, success)
-        return Stepped(state, tuple(out), APPLIED, None)
-    key.remember(event_id, index)
-    if isinstance(event, Action):
-        if event.tier != "crawl" and (key.rules.maturity is not None or key.cells):
-            maturity.add_unit(key, (index, TIER_INDEX[event.tier]))
-        if violations and TIER_INDEX[event.tier] > key.tier:
-            _violation(KeyStep(key, out), event)
-    return Stepped(state, tuple(out), APPLIED, None)
+    if remember:
+        key.seen[event.event_id] = index
+    at, success = SCORES[rules.minor_edits_accepted][event.kind, event.result, event.edit, event.tier]
+    counters = key.open.get(index)
+    if counters is None:
+        counters = key.open[index] = windows.empty()
+    counters[at] += 1
+    counters[at + 1] += success
+    if rules.tripwire:
+        tripwire.after_outcome(key, event, success, out)
+    return Stepped(state, tuple(out) if out else (), APPLIED, None)
 
 
 def _checkpoint(state: State, key: KeyState, event: Checkpoint) -> Stepped:

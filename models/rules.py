@@ -26,6 +26,7 @@ RULES_SCHEMA = 1
 
 Metric = Literal["acceptance_rate", "completion_rate", "customer_success_rate"]
 METRICS: tuple[Metric, ...] = ("acceptance_rate", "completion_rate", "customer_success_rate")
+METRIC_OF_KIND = {"review": "acceptance_rate", "internal": "completion_rate", "customer": "customer_success_rate"}
 METRIC_INDEX: dict[str, int] = {name: i for i, name in enumerate(METRICS)}
 CUSTOMER_METRICS: frozenset[str] = frozenset({"customer_success_rate"})
 
@@ -204,18 +205,13 @@ class Rules:
     tripwire: int  # failures in a row on a kept metric that demote at once (0: no tripwire)
     promote_tests: tuple[tuple[PromoteTest, ...], ...]  # per tier, under `mixture` (else empty)
     keep_tests: tuple[tuple[KeepTest, ...], ...]  # per tier, under `sprt` (else empty)
-
-    @property
-    def sequential_promotion(self) -> bool:
-        return self.promotion_rule == "mixture"
-
-    @property
-    def sequential_demotion(self) -> bool:
-        return self.demotion_rule == "sprt"
-
-    @property
-    def lookback_windows(self) -> int:
-        return self.lookback // self.window
+    # derived once here, read at every event or close of the fold:
+    sequential_promotion: bool  # promotion.rule is mixture
+    sequential_demotion: bool  # demotion.rule is sprt
+    lookback_windows: int
+    tripwire_bars: tuple[Mapping[str, tuple[int, ...]], ...]  # per tier: outcome kind -> keep bars on its metric
+    keep_slots: tuple[tuple[int, ...], ...]  # per tier: where each keep bar's (n, successes) is in a window's counters
+    promote_slots: tuple[tuple[int, ...], ...]  # per tier: the same for each promote bar
 
 
 def problems_of(spec: RulesSpec) -> Problems:
@@ -407,7 +403,30 @@ def resolve(spec: RulesSpec) -> Rules:
         tripwire=demotion.tripwire_in_force,
         promote_tests=tuple(_promote_tests(spec, gate) for gate in gates),
         keep_tests=tuple(_keep_tests(spec, getattr(tiers, t).keep) for t in TIERS),
+        sequential_promotion=spec.promotion.rule == "mixture",
+        sequential_demotion=demotion.rule == "sprt",
+        lookback_windows=spec.lookback // spec.window,
+        tripwire_bars=tuple(_tripwire_bars(getattr(tiers, t).keep) for t in TIERS),
+        keep_slots=_slots(tuple(getattr(tiers, t).keep for t in TIERS)),
+        promote_slots=_slots(tuple(gate.bars if gate else [] for gate in gates)),
     )
+
+
+def _slots(bars: tuple[list[Bar], ...]) -> tuple[tuple[int, ...], ...]:
+    """Per tier, where each bar's (n, successes) pair starts in a window's counters (models/windows.py)."""
+    width = len(METRICS) * 2
+    return tuple(
+        tuple(tier * width + METRIC_INDEX[bar.metric] * 2 for bar in tier_bars) for tier, tier_bars in enumerate(bars)
+    )
+
+
+def _tripwire_bars(bars: list[Bar]) -> Mapping[str, tuple[int, ...]]:
+    """Outcome kind -> the indices of the keep bars on its metric: the runs a tripwire extends or ends."""
+    return {
+        kind: tuple(i for i, bar in enumerate(bars) if bar.metric == metric)
+        for kind, metric in METRIC_OF_KIND.items()
+        if any(bar.metric == metric for bar in bars)
+    }
 
 
 def _promote_tests(spec: RulesSpec, gate: Gate | None) -> tuple[PromoteTest, ...]:

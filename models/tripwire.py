@@ -14,27 +14,29 @@ mature. A pinned type is not moved (its run still counts).
 from __future__ import annotations
 
 from . import windows
-from .evidence import METRIC_OF_KIND, tripwire_evidence
-from .rules import METRIC_INDEX
+from .decisions import Decision
+from .evidence import tripwire_evidence
+from .rules import METRIC_INDEX, METRIC_OF_KIND
 from .sequential import KeepState, tripped
-from .state import CellKey
+from .state import CellKey, KeyState
 from .transition import KeyStep
 from .wire import TIER_INDEX, Outcome
 
 
-def after_outcome(step: KeyStep, event: Outcome, success: int) -> None:
-    """An outcome counted as it comes: it extends or ends the run of each keep bar on its metric."""
-    key = step.key
-    if not _watched(step, event):
+def after_outcome(key: KeyState, event: Outcome, success: int, out: list[Decision]) -> None:
+    """An outcome counted as it comes: it extends or ends the run of each keep bar on its metric.
+    (It runs for every outcome of a type with a tripwire, so it reads only what the rules resolved.)"""
+    tier = key.tier
+    bars = key.rules.tripwire_bars[tier].get(event.kind)
+    if not bars or TIER_INDEX[event.tier] != tier or not _since_tier(key, event.ts):
         return
-    metric = METRIC_INDEX[METRIC_OF_KIND[event.kind]]
-    bars = key.rules.keep_bars[key.tier]
-    for bar, state in zip(bars, key.sequential.keep, strict=True):
-        if bar.metric_index == metric:
-            state.run, fired = tripped(state.run, bool(success), key.rules.tripwire)
-            if fired and key.pinned is None:
-                _demote(step, event.ts, bars.index(bar), state)
-                return
+    runs, failures = key.sequential.keep, key.rules.tripwire
+    for index in bars:
+        state = runs[index]
+        state.run, fired = tripped(state.run, bool(success), failures)
+        if fired and key.pinned is None:
+            _demote(KeyStep(key, out), event.ts, index, state)
+            return
 
 
 def after_customer_failure(step: KeyStep, event: Outcome, cell: CellKey) -> None:
@@ -70,10 +72,16 @@ def failed_in_a_row(step: KeyStep) -> int:
 
 def _watched(step: KeyStep, event: Outcome) -> bool:
     """Is the outcome evidence for the current tier that a tripwire watches?"""
-    key, size = step.key, step.rules.window
-    if step.rules.tripwire <= 0 or TIER_INDEX[event.tier] != key.tier:
-        return False
-    return key.since is None or event.ts >= windows.window_for(key.since, size) * size
+    key = step.key
+    return step.rules.tripwire > 0 and TIER_INDEX[event.tier] == key.tier and _since_tier(key, event.ts)
+
+
+def _since_tier(key: KeyState, ts: int) -> bool:
+    """Is `ts` in or after the window where the current tier began (its evidence starts there)?"""
+    if key.since is None:
+        return True
+    size = key.rules.window
+    return ts >= windows.window_for(key.since, size) * size
 
 
 def _demote(step: KeyStep, ts: int, index: int, state: KeepState) -> None:

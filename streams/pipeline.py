@@ -181,7 +181,9 @@ class Pipeline:
             if refused is not None:
                 return Handled(item, event, REJECTED, refused, (), False)
         stepped = step(state, event)
-        decisions = with_principal(self.principal(item, event), event, stepped.decisions)
+        decisions = stepped.decisions
+        if decisions and type(event) is Override:  # only an override's decision records who sent it
+            decisions = with_principal(self.principal(item, event), event, decisions)
         return Handled(item, event, stepped.result, stepped.reason, decisions, True)
 
     def run(self, inputs: Iterable[Input], state: State, sink: Sink) -> None:

@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import starmap
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -19,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from tiergate.models.decisions import Decision
-from tiergate.models.fold import initial_decisions, initial_state, tier_records
+from tiergate.models.fold import LATE, REJECTED, initial_decisions, initial_state, tier_records
 from tiergate.models.policy import Policy
 from tiergate.models.state import State
 
@@ -54,8 +56,9 @@ class Replay:
         for decision in item.decisions:
             self.decisions += 1
             self.on_decision(decision)
-        rejection = item.rejection
-        if rejection is not None:
+        if item.result == LATE or item.result == REJECTED:  # checked here: `item.rejection` costs a call per input
+            rejection = item.rejection
+            assert rejection is not None
             self.rejected += 1
             self.on_rejected(rejection)
 
@@ -103,17 +106,18 @@ def fold_lines(
     state: State | None = None,
 ) -> Replay:
     """`replay_inputs` over numbered raw lines (origin `source:number`)."""
-    inputs = (Input(source, number, raw) for number, raw in lines)
+    inputs = starmap(partial(Input, source), lines)
     return replay_inputs(inputs, policy, on_decision, on_rejected, state)
 
 
 def file_lines(stream: BinaryIO, advance: Callable[[int], object] | None = None) -> Iterator[tuple[int, bytes]]:
     """(number, line) for each event line of a file; `advance` hears the bytes read now and then."""
-    if advance is None:
-        yield from iter_lines(stream)
-        return
+    return iter_lines(stream) if advance is None else _reporting(iter_lines(stream), advance)
+
+
+def _reporting(lines: Iterator[tuple[int, bytes]], advance: Callable[[int], object]) -> Iterator[tuple[int, bytes]]:
     done = 0
-    for number, line in iter_lines(stream):
+    for number, line in lines:
         done += len(line) + 1
         if number % PROGRESS_EVERY == 0:
             advance(done)
