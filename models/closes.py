@@ -37,18 +37,22 @@ def advance(step: KeyStep, ts: int) -> None:
 
 
 def close(step: KeyStep, index: int) -> None:
-    key, size = step.key, step.rules.window
+    """Close window `index`: its outcomes enter the lookback (and the bars' figures), the bars are judged.
+    It runs at every window of every type that holds anything, so it calls out only where work is due."""
+    key, rules = step.key, step.rules
+    size = rules.window
     counters = key.open.pop(index, None)
     if key.cells:
         counters = maturity.mature(key, (index + 1) * size, counters)
-    if key.since is not None and index < key.since // size:
+    if counters is not None and key.since is not None and index < key.since // size:
         counters = None  # before the window holding `since`: no evidence for the current tier
-    if counters is not None and not key.read_only:
+    if counters is not None and not rules.read_only:
         observe(step, counters)
     key.lookback.push(index, counters)
     key.next_close = index + 1
-    key.forget()
-    if not key.read_only:
+    if len(key.seen) > key.sweep_at:
+        key.forget()
+    if not rules.read_only:
         decide(step, (index + 1) * size)
 
 
@@ -59,19 +63,23 @@ def next_event(step: KeyStep) -> int:
     key, rules = step.key, step.rules
     start = key.next_close
     assert start is not None
-    due = [index for index in key.open if index >= start]
-    expiry = key.lookback.next_expiry()
-    if expiry is not None:
-        due.append(expiry)
-    ripe = maturity.next_due(key) if key.cells else None
-    if ripe is not None:
-        due.append(ripe)
+    due = NEVER
+    for index in key.open:
+        if start <= index < due:
+            due = index
+    held = key.lookback.windows
+    if held:
+        due = min(due, held[0][0] + key.lookback.length)  # the oldest window held leaves the lookback
+    if key.cells:
+        ripe = maturity.next_due(key)
+        if ripe is not None:
+            due = min(due, ripe)
     if key.passing_since is not None and key.pinned is None and key.tier + 1 <= key.ceiling:
         promotable = key.passing_since + rules.hold[key.tier]
         if key.last_demotion is not None:
             promotable = max(promotable, key.last_demotion + rules.cooldown)
-        due.append(-(-promotable // rules.window) - 1)  # the first window whose end reaches it
-    return max(min(due), start) if due else NEVER
+        due = min(due, -(-promotable // rules.window) - 1)  # the first window whose end reaches it
+    return due if due == NEVER else max(due, start)
 
 
 def observe(step: KeyStep, counters: windows.Counters) -> None:

@@ -104,10 +104,10 @@ class KeyState:
 
     def forget(self) -> None:
         """Drop the ids whose window left the lookback: memory follows the lookback, not the history.
-        Called at closes; amortised O(1) per event because the threshold doubles with what stays."""
-        if len(self.seen) > self.sweep_at:
-            self.seen = self.live_ids()
-            self.sweep_at = max(SWEEP_MIN, 2 * len(self.seen))
+        Called at a close once `seen` has grown past `sweep_at`; amortised O(1) per event because the
+        threshold doubles with what stays."""
+        self.seen = self.live_ids()
+        self.sweep_at = max(SWEEP_MIN, 2 * len(self.seen))
 
     def live_ids(self) -> dict[str, int]:
         horizon = self.lookback.horizon

@@ -74,10 +74,6 @@ class Lookback:
             self.totals = list(map(sub, self.totals, dropped))
             self.revision += 1
 
-    def next_expiry(self) -> int | None:
-        """The index of the close at which the oldest window held leaves the lookback."""
-        return self.windows[0][0] + self.length if self.windows else None
-
     def clear(self) -> None:
         """Forget every closed window: evidence restarts at the window that holds a tier change."""
         self.windows.clear()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tiergate.models.decisions import Decision, TierRecord
-from tiergate.models.fold import initial_decisions, initial_key
+from tiergate.models.fold import LATE, REJECTED, initial_decisions, initial_key
 from tiergate.models.policy import Policy
 from tiergate.models.state import KeyState, State
 
@@ -48,9 +48,11 @@ class Outputs:
     rejected: list[Rejected] = field(default_factory=list)
 
     def handled(self, item: Handled) -> None:
-        self.decisions.extend(item.decisions)
-        rejection = item.rejection
-        if rejection is not None:
+        if item.decisions:
+            self.decisions.extend(item.decisions)
+        if item.result == LATE or item.result == REJECTED:  # checked here: `item.rejection` costs a call per input
+            rejection = item.rejection
+            assert rejection is not None
             self.rejected.append(rejection)
 
     def commit(self) -> None:

@@ -224,10 +224,12 @@ class Counting:
         self.batch = Tallies.empty()
 
     def handled(self, item: Handled) -> None:
-        name = item.named_action_type
+        event = item.event  # `item.named_action_type`, without a property call on every input
+        name = event.action_type if event is not None else named_action_type(item.input.raw)
         self.batch.events[name if name is not None and name in self.state.keys else "", item.result] += 1
-        for decision in item.decisions:
-            self.batch.decisions[decision.action_type, decision.kind] += 1
+        if item.decisions:
+            for decision in item.decisions:
+                self.batch.decisions[decision.action_type, decision.kind] += 1
         self.inner.handled(item)
 
     def commit(self) -> None:
