@@ -428,7 +428,11 @@ async def latency(types: int, tmp: Path) -> dict[str, Any]:
     await create_topics(settings, 1, SINGLE_BROKER)
     reviews = edge_events(types)
     await produce(settings.topic(EVENTS), reviews)
-    workers = Workers(prefix, policy, tmp, "tiergate-worker", env={"TIERGATE_WORKER_TICKS": "true"})
+    # The edge is dated years ahead so that the workers' clock ticks cannot close it; the forwarder would
+    # refuse the reporter's outcome as from the future, so its allowed skew reaches that far.
+    skew = str(EDGE_START + 5 * 3600 - int(time.time()))
+    env = {"TIERGATE_WORKER_TICKS": "true", "TIERGATE_WORKER_MAX_SKEW": skew}
+    workers = Workers(prefix, policy, tmp, "tiergate-worker", env=env)
     port = workers.start()
     tail = AIOKafkaConsumer(settings.topic(TIER_MAP), bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest")
     producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, linger_ms=0)
@@ -450,8 +454,10 @@ async def latency(types: int, tmp: Path) -> dict[str, Any]:
             )
             sent = time.perf_counter()
             await producer.send_and_wait(settings.topic(topic), event, key=key.encode())
-            found = False
+            found, deadline = False, time.monotonic() + 60
             while not found:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"latency: {key}'s tier change never reached the tier map ({via})")
                 for messages in (await tail.getmany(timeout_ms=2000)).values():
                     found = found or any(
                         orjson.loads(m.value)["action_type"] == key and orjson.loads(m.value)["version"] == 1
