@@ -62,6 +62,7 @@ class Writer:
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiergate-writer")
         self.subscribers: set[asyncio.Queue[TierRecord | None]] = set()  # None: the server is shutting down
         self.watchers: set[asyncio.Queue[int | None]] = set()  # decisions per committed batch (the console)
+        self.changes = 0  # decisions the watchers have been told of, all told
 
     async def call(self, work: Callable[[], T]) -> T:
         """Run `work` on the writer thread, after the writes queued before it (it sees their state)."""
@@ -81,6 +82,7 @@ class Writer:
             for queue in self.subscribers:
                 queue.put_nowait(record)
         if decided:
+            self.changes += decided
             for watcher in self.watchers:
                 watcher.put_nowait(decided)
         return done

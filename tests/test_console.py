@@ -3,6 +3,7 @@ session cookie, CSRF on every form, the Content-Security-Policy, and everything 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
@@ -253,3 +254,60 @@ async def test_pending_customer_units_are_shown_per_tier_under_a_maturity(tmp_pa
             assert "pending: none; feed checkpoint 2026-" in tiers
     finally:
         runtime.close()
+
+
+def changes_of(page: str) -> int:
+    """The count of changes a console page was rendered after (what its event stream is opened with)."""
+    found = re.search(r'data-changes="(\d+)"', page)
+    assert found is not None, page
+    return int(found.group(1))
+
+
+async def next_event(stream: aiohttp.ClientResponse, wait: float = 5.0) -> tuple[str, str]:
+    """The next server-sent event's name and data (comments such as pings are skipped)."""
+    name, data = "message", None
+    async with asyncio.timeout(wait):
+        while True:
+            line = (await stream.content.readline()).decode().rstrip("\r\n")
+            if line.startswith("event:"):
+                name = line.removeprefix("event:").strip()
+            elif line.startswith("data:"):
+                data = line.removeprefix("data:").strip()
+            elif not line and data is not None:
+                return name, data
+            elif not line:
+                name = "message"
+
+
+def cap(event_id: str) -> bytes:
+    """An operator's cap of refund_up_to_50 at crawl: one override decision."""
+    event = {
+        "type": "override",
+        "event_id": event_id,
+        "ts": "2026-11-02T11:30:00Z",
+        "action_type": "refund_up_to_50",
+        "op": "cap",
+        "tier": "crawl",
+        "actor": "ops",
+        "reason": "audit",
+    }
+    return json.dumps(event).encode()
+
+
+async def test_a_change_before_a_page_listens_is_told_when_its_stream_opens(console: Console) -> None:
+    """A page carries the count of changes it was rendered after; its event stream, opened with it, says
+    `changed` at once when a decision was made in between, and nothing when none was (until the next)."""
+    async with browser() as http:
+        rendered = changes_of(await signed_in(http, console.url, "grafana"))
+        await console.post(cap("o1"), "alice@ops")  # decided after the render, before the stream listens
+        async with http.get(f"{console.url}/console/stream?since={rendered}") as stream:
+            assert await next_event(stream) == ("ready", "ready")
+            assert await next_event(stream) == ("changed", "1")
+        current = changes_of(await (await http.get(f"{console.url}/console")).text())
+        assert current == rendered + 1
+        async with http.get(f"{console.url}/console/stream?since={current}") as stream:
+            assert await next_event(stream) == ("ready", "ready")
+            with pytest.raises(TimeoutError):
+                await next_event(stream, wait=1.0)  # nothing was missed, so nothing is said
+            await console.post(cap("o2"), "alice@ops")
+            assert await next_event(stream) == ("changed", "1")

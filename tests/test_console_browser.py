@@ -5,13 +5,14 @@ and seen live."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import BrowserContext, Page, async_playwright, expect
+from playwright.async_api import BrowserContext, Page, Route, async_playwright, expect
 
 from .console_app import Console, console_server, secret
 from .test_console import MARKUP, hostile_action, hostile_override, large_action
@@ -90,6 +91,27 @@ async def test_the_page_loads_and_a_promotion_shows_up_live(browser: BrowserCont
     await expect(page.locator('#tiers tr[data-action-type="reply_to_ticket"] .bar.pass')).to_have_count(1)
     assert await page.evaluate("window.sameDocument") is True  # updated in place, not reloaded
     assert page.errors == []  # type: ignore[attr-defined]  # no CSP violation, no script error
+
+
+async def test_a_decision_made_before_the_page_listens_shows_once_it_does(
+    browser: BrowserContext, console: Console
+) -> None:
+    """A decision made after the page was rendered but before its event stream is open (held here) shows
+    as soon as the stream opens, not only at the next change."""
+    page = await sign_in(browser, console, "grafana")
+    released = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        await released.wait()
+        await route.continue_()
+
+    await page.route("**/console/stream*", hold)
+    await page.reload()
+    await expect(page.locator("#live")).to_have_text("connecting…")
+    await console.post(hostile_override(), "alice@ops")
+    released.set()
+    await expect(page.locator("#live")).to_have_text("live", timeout=WAIT)
+    await expect(page.locator('#log tr[data-decision-id="refund_up_to_50/1"]')).to_have_count(1, timeout=WAIT)
 
 
 async def test_an_override_made_in_the_page_appears_in_the_promotion_log(

@@ -341,8 +341,7 @@ async def test_a_promotion_and_rejected_input_show_up_live_in_the_browser(
     from .kafka_harness import wait_for
     from .test_console_browser import WAIT, chromium
 
-    # the worker got through the first half before the page opens: a change that lands between a page's
-    # render and its event stream's subscription is shown only at the next change (a known gap)
+    # the worker got through the first half before the page opens: the page shows walk from the start
     await asyncio.to_thread(wait_for, lambda: _walk_shown(console_process), 150, "reply_to_ticket at walk")
     async with chromium(tmp_path / "profile") as browser:
         page = await browser.new_page()

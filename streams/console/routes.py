@@ -214,9 +214,12 @@ async def page(request: web.Request) -> web.StreamResponse:
     if away is not None:
         return away
     filters = views.Filters.of(request.query, console.source.catalog())
+    changes = console.source.changes  # read first: a change while the page is read is told again, not missed
     data = await console.source.everything(filters)
     notice = session.take_notice()
-    response = console.render("page.html", session, notice=notice, filters=filters, live_page=True, **data)
+    response = console.render(
+        "page.html", session, notice=notice, filters=filters, live_page=True, changes=changes, **data
+    )
     return with_cookie(response, session, request) if new else response
 
 
@@ -226,9 +229,12 @@ async def policy_page(request: web.Request) -> web.StreamResponse:
     console, session, new, away = viewer_or_sign_in(request)
     if away is not None:
         return away
+    changes = console.source.changes  # read first: a change while the page is read is told again, not missed
     data = await console.source.policy()
     notice = session.take_notice()
-    response = console.render("policy.html", session, notice=notice, draft=None, live_page=True, **data)
+    response = console.render(
+        "policy.html", session, notice=notice, draft=None, live_page=True, changes=changes, **data
+    )
     return with_cookie(response, session, request) if new else response
 
 
@@ -248,7 +254,8 @@ async def part(request: web.Request) -> web.StreamResponse:
 
 async def stream(request: web.Request) -> web.StreamResponse:
     """Server-sent events: `changed` (with how many new facts) after every commit that made decisions (or,
-    on Kafka, after records arrived)."""
+    on Kafka, after records arrived). Opened with `since` (the count of changes a page was rendered after),
+    it says `changed` at once when there were more by the time it listens: nothing falls in between."""
     console = request.app[CONSOLE]
     session, _ = session_of(request)
     if console.viewer(session) is None:
@@ -260,12 +267,22 @@ async def stream(request: web.Request) -> web.StreamResponse:
         await response.prepare(request)
         async with response:
             await response.send("ready", event="ready")
+            missed = _missed(request.query.get("since"), console.source.changes)
+            if missed:
+                await response.send(str(missed), event="changed")
             await _forward(response, queue, console, session)
     except (ConnectionResetError, TimeoutError):  # the reader left, or stalled and was cut off
         pass
     finally:
         console.source.watchers.discard(queue)
     return response
+
+
+def _missed(since: str | None, changes: int) -> int:
+    """Changes made after a page's render (`since`) and before its stream listened (0: none, or no `since`)."""
+    if since is None or not since.isdigit():
+        return 0
+    return max(changes - int(since), 0)
 
 
 async def _forward(

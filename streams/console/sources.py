@@ -25,6 +25,12 @@ class Source(Protocol):
         """Queues told how many new facts (decisions, rejected input) each commit made; None at shutdown."""
         ...
 
+    @property
+    def changes(self) -> int:
+        """How many facts the watchers have been told of so far. A page carries the count it was rendered
+        after, and its event stream, opened with it, is told at once of a change made in between."""
+        ...
+
     def catalog(self) -> set[str]:
         """Every action type the source knows, retired ones included."""
         ...
@@ -53,6 +59,10 @@ class EmbeddedSource:
     @property
     def watchers(self) -> set[asyncio.Queue[int | None]]:
         return self.writer.watchers
+
+    @property
+    def changes(self) -> int:
+        return self.writer.changes
 
     def catalog(self) -> set[str]:
         return set(self.runtime.state.keys)

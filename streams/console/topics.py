@@ -239,6 +239,7 @@ class KafkaSource:
         self.settings = settings
         self.view = TopicView()
         self._watchers: set[asyncio.Queue[int | None]] = set()
+        self._changes = 0  # records (or the catching up) the watchers have been told of
         self.caught_up = asyncio.Event()  # set once the records present at start are read
         self._task: asyncio.Task[None] | None = None
         self.problem: str | None = None  # the last read's error while it lasts (the page shows it)
@@ -247,6 +248,10 @@ class KafkaSource:
     @property
     def watchers(self) -> set[asyncio.Queue[int | None]]:
         return self._watchers
+
+    @property
+    def changes(self) -> int:
+        return self._changes
 
     def catalog(self) -> set[str]:
         return self.view.catalog()
@@ -308,6 +313,7 @@ class KafkaSource:
             if arrived:
                 self.caught_up.set()
             if read or arrived:
+                self._changes += max(read, 1)
                 for watcher in self._watchers:
                     watcher.put_nowait(read)
 

@@ -47,7 +47,10 @@
     }
   }
 
-  const source = new EventSource("/console/stream");
+  // The count of changes the page was rendered after: the stream says `changed` at once if there were
+  // more by the time it listens, so a change between the render and the subscription is not missed.
+  const rendered = document.currentScript ? document.currentScript.dataset.changes : undefined;
+  const source = new EventSource("/console/stream" + (rendered ? "?since=" + encodeURIComponent(rendered) : ""));
   source.addEventListener("ready", function () {
     mark("live", "live");
     if (opened) soon(); // reconnected: changes may have been missed
