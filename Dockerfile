@@ -11,8 +11,7 @@ COPY --chown=tiergate:tiergate pyproject.toml README.md ./
 COPY --chown=tiergate:tiergate models ./models
 COPY --chown=tiergate:tiergate streams ./streams
 RUN pip install --no-cache-dir '.[kafka]'
-# the topic definition and the example policy the compose file points at
-COPY --chown=tiergate:tiergate deploy/topics.yaml ./deploy/topics.yaml
+# the example policy the compose file points at (the topic definition ships with the package)
 COPY --chown=tiergate:tiergate examples/policy.yaml ./examples/policy.yaml
 ENV TIERGATE_DATA_DIR=/var/lib/tiergate/data
 VOLUME ["/var/lib/tiergate"]

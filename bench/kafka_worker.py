@@ -48,6 +48,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from tiergate.models.wire import format_ts, parse_ts
 from tiergate.streams.codec import decode
 from tiergate.streams.kafka import (
+    DEFAULT_TOPICS_FILE,
     EVENTS,
     OUTCOMES,
     SINGLE_BROKER,
@@ -144,7 +145,7 @@ class Workers:
             | {
                 "TIERGATE_KAFKA_BOOTSTRAP": BOOTSTRAP,
                 "TIERGATE_KAFKA_TOPIC_PREFIX": prefix,
-                "TIERGATE_KAFKA_TOPICS_FILE": str(ROOT / "deploy" / "topics.yaml"),
+                "TIERGATE_KAFKA_TOPICS_FILE": str(DEFAULT_TOPICS_FILE),
                 "TIERGATE_WORKER_TICKS": "false",
                 "TIERGATE_WORKER_APP_ID": app_id,
             }
@@ -201,7 +202,7 @@ def folding_all(ports: list[int]) -> Callable[[], bool]:
 
 async def create_changelog(prefix: str, app_id: str) -> None:
     """The state changelog of a worker group other than the default one (as the definition's changelog)."""
-    spec = read_topics(ROOT / "deploy" / "topics.yaml")[STATE_CHANGELOG]
+    spec = read_topics(DEFAULT_TOPICS_FILE)[STATE_CHANGELOG]
     admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
     await admin.start()
     try:
@@ -264,7 +265,7 @@ def old_path(prefix: str, policy: Path, tmp: Path, total: int, commit: str, budg
 
 def one_round(lines: list[bytes], policy: Path, tmp: Path, turn: int, options: argparse.Namespace) -> dict[str, Any]:
     prefix = f"bench{uuid.uuid4().hex[:6]}."
-    settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=ROOT / "deploy" / "topics.yaml")
+    settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=DEFAULT_TOPICS_FILE)
     asyncio.run(create_topics(settings, 1, SINGLE_BROKER))
     topic, total = settings.topic(EVENTS), len(lines)
     asyncio.run(produce(topic, lines))
@@ -328,7 +329,7 @@ PROFILED = {  # what the profile reports: a frame's name as py-spy prints it -> 
 def profile(lines: list[bytes], policy: Path, tmp: Path, seconds: int) -> dict[str, Any]:
     """Sample one worker folding the topic with py-spy; the share of samples under each PROFILED frame."""
     prefix = f"prof{uuid.uuid4().hex[:6]}."
-    settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=ROOT / "deploy" / "topics.yaml")
+    settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=DEFAULT_TOPICS_FILE)
     asyncio.run(create_topics(settings, 1, SINGLE_BROKER))
     asyncio.run(produce(settings.topic(EVENTS), lines))
     raw = tmp / "profile.txt"
@@ -424,7 +425,7 @@ async def latency(types: int, tmp: Path) -> dict[str, Any]:
     (forwarded by the worker, then folded)."""
     policy = latency_policy(tmp, types)
     prefix = f"lat{uuid.uuid4().hex[:6]}."
-    settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=ROOT / "deploy" / "topics.yaml")
+    settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=DEFAULT_TOPICS_FILE)
     await create_topics(settings, 1, SINGLE_BROKER)
     reviews = edge_events(types)
     await produce(settings.topic(EVENTS), reviews)

@@ -31,7 +31,7 @@ from aiohttp import web
 from tiergate.streams.clock import ManualClock
 from tiergate.streams.embedded import EmbeddedRuntime
 from tiergate.streams.http import make_app
-from tiergate.streams.kafka import EVENTS, SINGLE_BROKER, KafkaSettings, create_topics
+from tiergate.streams.kafka import DEFAULT_TOPICS_FILE, EVENTS, SINGLE_BROKER, KafkaSettings, create_topics
 from tiergate.streams.policy_file import read_policy
 from tiergate.streams.sdk import (
     ActionGate,
@@ -48,7 +48,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from kafka_worker import (
     BOOTSTRAP,
     EDGE_START,
-    ROOT,
     closing_tick,
     edge_events,
     latency_policy,
@@ -131,7 +130,7 @@ async def http_latency(types: int, tmp: Path) -> dict[str, Any]:
 async def kafka_latency(types: int, tmp: Path) -> dict[str, Any]:
     policy = latency_policy(tmp, types)
     prefix = f"sdk{uuid.uuid4().hex[:6]}."
-    settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=ROOT / "deploy" / "topics.yaml")
+    settings = KafkaSettings(bootstrap=BOOTSTRAP, topic_prefix=prefix, topics_file=DEFAULT_TOPICS_FILE)
     await create_topics(settings, 1, SINGLE_BROKER)
     events = edge_events(types)
     await produce(settings.topic(EVENTS), events)

@@ -1,7 +1,8 @@
 """Kafka connection settings and topic administration (`tiergate topics create|describe`).
 
-The topics come from one definition, deploy/topics.yaml; nothing is auto-created. Connection settings
-cover a plain local broker and a secured cluster (SASL/SCRAM over TLS) alike.
+The topics come from one definition, streams/topics.yaml (shipped with the package, so a worker runs from
+any directory); nothing is auto-created. Connection settings cover a plain local broker and a secured
+cluster (SASL/SCRAM over TLS) alike.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ TIER_MAP = "tiergate.tier-map.v1"
 DECISIONS = "tiergate.decisions.v1"
 DLQ = "tiergate.events.v1.dlq"
 STATE_CHANGELOG = "tiergate-worker-state-changelog"  # the workers' snapshots of each key's state (streams/changelog.py)
-DEFAULT_TOPICS_FILE = Path("deploy/topics.yaml")
+DEFAULT_TOPICS_FILE = Path(__file__).with_name("topics.yaml")  # shipped with the package
 SINGLE_BROKER = {"min.insync.replicas": "1"}  # what a one-broker development cluster overrides of the definition
 
 

@@ -33,6 +33,7 @@ from aiokafka.errors import (
 from tiergate.streams.kafka import (
     ACTIONS,
     DECISIONS,
+    DEFAULT_TOPICS_FILE,
     DLQ,
     EVENTS,
     OUTCOMES,
@@ -50,7 +51,7 @@ ROOT = Path(__file__).parent.parent
 BROKER = ROOT / "deploy" / "kafka" / "broker.sh"
 BOOTSTRAP = f"127.0.0.1:{os.environ.get('TIERGATE_KAFKA_PORT', '19092')}"
 POLICY = ROOT / "tests" / "golden" / "policy.yaml"
-# What the tests override of deploy/topics.yaml's production settings: one broker, and segments rolled and
+# What the tests override of the topic definition's production settings: one broker, and segments rolled and
 # compacted within seconds (the tier-map tests watch compaction happen).
 TEST_TOPICS = SINGLE_BROKER | {
     "segment.ms": "10000",
@@ -104,7 +105,7 @@ class Deployment:
         return KafkaSettings(
             bootstrap=BOOTSTRAP,
             topic_prefix=self.prefix,
-            topics_file=ROOT / "deploy" / "topics.yaml",
+            topics_file=DEFAULT_TOPICS_FILE,
             genesis_keys=None if genesis is None else Path(genesis),
         )
 

@@ -337,13 +337,13 @@ def test_export_and_import_take_the_data_dir_from_the_environment(tmp_path: Path
         (["serve", "--policy", str(POLICY), "--host", "0.0.0.0"], {}, ["not loopback and no credentials are set"]),
         (["serve", "--policy", "nothere.yaml"], {}, ["invalid policy", "nothere.yaml: cannot read the policy"]),
         (
-            ["topics", "describe", "--bootstrap", "127.0.0.1:1", "--definition", str(ROOT / "deploy" / "topics.yaml")],
+            ["topics", "describe", "--bootstrap", "127.0.0.1:1"],  # the packaged definition, from any directory
             {},
             ["cannot reach the Kafka broker at 127.0.0.1:1", "deploy/kafka/broker.sh start"],
         ),
         (
             ["replay", "--from-kafka", "--policy", str(POLICY)],
-            {"TIERGATE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "TIERGATE_KAFKA_TOPICS_FILE": str(ROOT / "deploy/topics.yaml")},
+            {"TIERGATE_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
             ["cannot reach the Kafka broker at 127.0.0.1:1"],
         ),
     ],

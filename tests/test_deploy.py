@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tiergate.streams.kafka import check_replication, read_topics
+from tiergate.streams.kafka import DEFAULT_TOPICS_FILE, check_replication, read_topics
 
 ROOT = Path(__file__).parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.kafka.yml").read_text())
@@ -52,18 +52,19 @@ def test_compose_broker_settings_match_the_local_broker() -> None:
 
 
 def test_compose_creates_the_topics_from_the_one_definition_before_the_worker_starts() -> None:
-    """The topic step runs `tiergate topics create` on deploy/topics.yaml; the worker waits for it."""
+    """The topic step runs `tiergate topics create` on the packaged definition (no --definition: the image
+    has no other); the worker waits for it."""
     topics, worker = COMPOSE["services"]["topics"], COMPOSE["services"]["worker"]
-    assert topics["command"][:2] == ["topics", "create"] and "deploy/topics.yaml" in topics["command"]
+    assert topics["command"][:2] == ["topics", "create"] and "--definition" not in topics["command"]
     assert worker["depends_on"]["topics"]["condition"] == "service_completed_successfully"
     assert worker["command"][0] == "worker" and (ROOT / worker["command"][2]).exists()
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^COPY .*deploy/topics.yaml", dockerfile, re.MULTILINE) and "'.[kafka]'" in dockerfile
+    assert re.search(r"^COPY .*streams ", dockerfile, re.MULTILINE) and "'.[kafka]'" in dockerfile
 
 
 def test_the_topic_definition_keeps_the_changelog_co_partitioned_and_the_tier_map_compacted() -> None:
     """A source/changelog partition mismatch crash-loops the worker; the tier map must compact."""
-    topics = read_topics(ROOT / "deploy" / "topics.yaml")
+    topics = read_topics(DEFAULT_TOPICS_FILE)
     assert topics["tiergate-worker-state-changelog"].partitions == topics["tiergate.events.v1"].partitions
     assert topics["tiergate.tier-map.v1"].config["cleanup.policy"] == "compact"
     assert topics["tiergate.events.v1"].config["retention.ms"] == "-1"
@@ -73,13 +74,13 @@ def test_the_topic_definition_has_production_settings_and_a_single_broker_must_o
     """Every topic keeps acknowledged writes on two replicas and no test-only compaction setting (segments
     rolled within seconds, a near-zero dirty ratio); creating them with one replica without overriding
     min.insync.replicas is refused with the fix."""
-    topics = read_topics(ROOT / "deploy" / "topics.yaml")
+    topics = read_topics(DEFAULT_TOPICS_FILE)
     assert all(spec.config["min.insync.replicas"] == "2" for spec in topics.values())
     assert all(int(spec.config.get("segment.ms", 3600000)) >= 3600000 for spec in topics.values())
     assert not {"min.cleanable.dirty.ratio"} & {key for spec in topics.values() for key in spec.config}
     with pytest.raises(ValueError, match=r"min.insync.replicas=2 needs a replication factor of at least 2.*--config"):
         check_replication(topics, 1)
-    check_replication(read_topics(ROOT / "deploy" / "topics.yaml", {"min.insync.replicas": "1"}), 1)
+    check_replication(read_topics(DEFAULT_TOPICS_FILE, {"min.insync.replicas": "1"}), 1)
     command = COMPOSE["services"]["topics"]["command"]
     assert command[command.index("--config") + 1] == "min.insync.replicas=1"  # compose runs one broker
 

@@ -71,7 +71,7 @@ def decisions_so_far(deployment: Deployment) -> int:
 
 
 def test_topics_are_created_from_the_one_definition(deployment: Deployment) -> None:
-    """`tiergate topics create` makes every topic of deploy/topics.yaml with its partitions and configs (as
+    """`tiergate topics create` makes every topic of the topic definition with its partitions and configs (as
     the tests override them), and `describe` holds the cluster to the production definition itself."""
     report, problems = asyncio.run(describe_topics(deployment.settings, TEST_TOPICS))
     assert problems == []

@@ -18,7 +18,16 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import TopicAuthorizationFailedError
 
-from tiergate.streams.kafka import ACTIONS, DECISIONS, DLQ, EVENTS, OUTCOMES, KafkaSettings, create_topics
+from tiergate.streams.kafka import (
+    ACTIONS,
+    DECISIONS,
+    DEFAULT_TOPICS_FILE,
+    DLQ,
+    EVENTS,
+    OUTCOMES,
+    KafkaSettings,
+    create_topics,
+)
 from tiergate.streams.kafka_replay import read_topic
 
 from .kafka_harness import BROKER, ROOT, TEST_TOPICS, Deployment, kafka_ports, wait_for
@@ -136,7 +145,7 @@ def settings(port: int, ca: Path, prefix: str, password: str = PASSWORD, user: s
         sasl_password=password,
         ssl_cafile=ca,
         topic_prefix=prefix,
-        topics_file=ROOT / "deploy" / "topics.yaml",
+        topics_file=DEFAULT_TOPICS_FILE,
     )
 
 
@@ -204,9 +213,7 @@ def test_an_agent_cannot_move_a_tier_under_the_roles_acls(
     nothing, while its action and the reporter's outcome are forwarded and folded; an operator may write
     the events topic."""
     port, ca, plain = secured_broker
-    admin = KafkaSettings(
-        bootstrap=f"127.0.0.1:{plain}", topic_prefix="acl.", topics_file=ROOT / "deploy" / "topics.yaml"
-    )
+    admin = KafkaSettings(bootstrap=f"127.0.0.1:{plain}", topic_prefix="acl.", topics_file=DEFAULT_TOPICS_FILE)
     asyncio.run(create_topics(admin, 1, TEST_TOPICS))
     for role in ROLES:
         acls = [str(ROOT / "deploy" / "kafka" / "acls.sh"), role, f"User:{role}", "--bootstrap", f"127.0.0.1:{plain}"]

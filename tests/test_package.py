@@ -37,6 +37,7 @@ def test_the_wheel_installs_outside_the_repo_and_runs_the_demo(tmp_path: Path) -
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     assert {"tiergate/streams/cli/__init__.py", "tiergate/streams/examples/demo-policy.yaml"} <= names
+    assert "tiergate/streams/topics.yaml" in names  # the topic definition: a worker runs from any directory
     console = {"templates/page.html", "templates/_rejected.html", "static/console.js", "static/console.css"}
     assert {f"tiergate/streams/console/{name}" for name in console} <= names
     assert not any(name.startswith(("tests/", "models/", "streams/")) for name in names)
