@@ -140,6 +140,12 @@ def test_tiergate_rejected_reads_a_data_dir_as_a_table_or_json(tmp_path: Path) -
     assert [r["action_type"] for r in as_json["rejected"]] == ["nope"]
     page = json.loads(tiergate("rejected", "--data-dir", str(data), "--limit", "2", "--json").stdout)
     assert page["next_after"] == page["rejected"][-1]["id"] and len(page["rejected"]) == 2
+    after = str(page["next_after"])
+    rest = json.loads(tiergate("rejected", "--data-dir", str(data), "--after", after, "--json").stdout)
+    assert len(rest["rejected"]) == 2 and rest["rejected"][0]["id"] > page["next_after"]
+    assert "more: --after" in tiergate("rejected", "--data-dir", str(data), "--limit", "2").stderr
+    kafka_id = tiergate("rejected", "--data-dir", str(data), "--after", "0:3")
+    assert kafka_id.returncode == 2 and "has a number as id" in kafka_id.stderr
     missing = tiergate("rejected", "--data-dir", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no store here" in missing.stderr
 
@@ -341,3 +347,9 @@ def test_tiergate_rejected_reads_the_dlq_topic(kafka_broker: None, tmp_path: Pat
     assert rows[2]["action_type"] == "reply_to_ticket" and rows[0]["origin"] == "tiergate.events.v1/0:0"
     filtered = json.loads(tiergate("rejected", "--kafka", "--json", "--reason", "unknown", env=env).stdout)
     assert [r["action_type"] for r in filtered["rejected"]] == ["nope"]
+    first = json.loads(tiergate("rejected", "--kafka", "--json", "--limit", "2", env=env).stdout)
+    assert [r["event"].encode() for r in first["rejected"]] == BAD[:2] and first["next_after"] == rows[1]["id"]
+    rest = json.loads(tiergate("rejected", "--kafka", "--json", "--after", first["next_after"], env=env).stdout)
+    assert [r["event"].encode() for r in rest["rejected"]] == BAD[2:3]
+    unreadable = tiergate("rejected", "--kafka", "--after", "12", env=env)
+    assert unreadable.returncode == 2 and "PARTITION:OFFSET" in unreadable.stderr

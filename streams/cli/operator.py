@@ -14,6 +14,7 @@ import asyncio
 import sqlite3
 import sys
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -168,20 +169,22 @@ def _print_outcome(done: dict[str, Any]) -> None:
 
 
 def _rejected(args: argparse.Namespace) -> int:
-    query = RejectedQuery(
-        after=args.after, limit=args.limit, reason=args.reason, result=args.result, action_type=args.action_type
-    )
+    query = RejectedQuery(limit=args.limit, reason=args.reason, result=args.result, action_type=args.action_type)
     rows = _from_kafka(args, query) if args.kafka else _from_store(args, query)
     if args.json:
-        print_json({"rejected": rows, "next_after": rows[-1]["id"] if rows and not args.kafka else args.after})
+        unmoved = args.after if args.kafka else int(args.after or 0)  # no rows: the page stays where it was
+        print_json({"rejected": rows, "next_after": rows[-1]["id"] if rows else unmoved})
     else:
         _print_rejected(rows)
-        if len(rows) == args.limit and not args.kafka:
+        if len(rows) == args.limit:
             err.print(f"more: --after {rows[-1]['id']}")
     return 0
 
 
 def _from_store(args: argparse.Namespace, query: RejectedQuery) -> list[dict[str, Any]]:
+    if args.after is not None and not args.after.isdigit():
+        raise CommandError(f"--after {args.after}: an embedded store's rejected input has a number as id (the table's)")
+    query = replace(query, after=int(args.after or 0))
     data_dir = load(StoreSettings, data_dir=args.data_dir).data_dir
     path = data_dir / DB_NAME
     if not path.is_file():
@@ -197,17 +200,27 @@ def _from_store(args: argparse.Namespace, query: RejectedQuery) -> list[dict[str
 
 
 def _from_kafka(args: argparse.Namespace, query: RejectedQuery) -> list[dict[str, Any]]:
-    """The DLQ topic from offset 0 to its end, filtered like the store's rows (kept in topic order)."""
+    """The DLQ topic from offset 0 to its end, filtered like the store's rows, in the order of their ids
+    (partition, then offset): a page is `limit` rows after the id `--after`."""
     from ..kafka import DLQ
     from ..kafka_replay import dlq_row, read_topic
     from .kafka import kafka_settings, preflight
 
-    if query.after:
-        raise CommandError("--after pages the embedded store by id; on Kafka, filter instead (--reason, --result)")
+    after = (-1, -1) if args.after is None else _dlq_place(args.after)
     settings = kafka_settings(args)
     preflight(settings, (DLQ,))
-    rows = [dlq_row(record) for record in asyncio.run(read_topic(settings, DLQ))]
-    return [row for row in rows if _matches(row, query)][: query.limit]
+    rows = sorted(
+        (dlq_row(record) for record in asyncio.run(read_topic(settings, DLQ))), key=lambda r: _dlq_place(r["id"])
+    )
+    return [row for row in rows if _dlq_place(row["id"]) > after and _matches(row, query)][: query.limit]
+
+
+def _dlq_place(row_id: str) -> tuple[int, int]:
+    """A DLQ row's id, `PARTITION:OFFSET`, as a place in the listing's order."""
+    partition, _, offset = row_id.partition(":")
+    if not (partition.isdigit() and offset.isdigit()):
+        raise CommandError(f"--after {row_id}: on Kafka a rejected input's id is PARTITION:OFFSET (the table's)")
+    return int(partition), int(offset)
 
 
 def _matches(row: dict[str, Any], query: RejectedQuery) -> bool:
@@ -344,13 +357,15 @@ def _add_rejected(commands: Any) -> None:
         "rejected",
         help="the input that did not count (bad, refused or late), with its reason",
         description="Read rejected input from an embedded data dir (oldest first, paged by id) or, with "
-        "--kafka, from the DLQ topic tiergate.events.v1.dlq. Filter by reason (a substring), result and type. "
-        "The table shows the first 200 characters of a long input and its size; --json has all of it (on Kafka, as "
-        "the DLQ keeps it: a record over 64 KiB is kept cut to that size, whole in its ingress topic).",
+        "--kafka, from the DLQ topic tiergate.events.v1.dlq (by partition and offset, paged likewise by a "
+        "PARTITION:OFFSET id). Filter by reason (a substring), result and type. The table shows the first 200 "
+        "characters of a long input and its size; --json has all of it (on Kafka, as the DLQ keeps it: a record "
+        "over 64 KiB is kept cut to that size, whole in its ingress topic).",
         **examples(
             "tiergate rejected --data-dir tiergate-data",
             "tiergate rejected --data-dir tiergate-data --reason 'unknown action_type' --json",
             "tiergate rejected --kafka --result late --action-type refund_up_to_50",
+            "tiergate rejected --kafka --after 3:1041",
         ),
     )
     rejected.add_argument("--data-dir", metavar="DIR", help="(or TIERGATE_DATA_DIR; default ./tiergate-data)")
@@ -360,7 +375,7 @@ def _add_rejected(commands: Any) -> None:
     rejected.add_argument("--reason", help="only reasons containing this (case-insensitive)")
     rejected.add_argument("--result", choices=("rejected", "late"))
     rejected.add_argument("--action-type", metavar="TYPE")
-    rejected.add_argument("--after", type=int, default=0, metavar="ID", help="the page after this id")
+    rejected.add_argument("--after", metavar="ID", help="the page after this id (PARTITION:OFFSET on Kafka)")
     rejected.add_argument("--limit", type=int, default=100, metavar="N")
     rejected.add_argument("--json", action="store_true", help="print JSON: rows (each input whole) and next_after")
     rejected.set_defaults(run=_rejected)
