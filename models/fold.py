@@ -187,7 +187,7 @@ def _outcome(
         counters = key.open[index] = windows.empty()
     counters[at] += 1
     counters[at + 1] += success
-    if rules.tripwire:
+    if rules.tripwire and event.kind in rules.tripwire_bars[key.tier]:  # a keep bar of this tier watches it
         tripwire.after_outcome(key, event, success, out)
     return Stepped(state, tuple(out) if out else (), APPLIED, None)
 

@@ -164,9 +164,11 @@ class Forwarder:
                     for tp, records in batch.items():
                         if tp in self.producers:
                             await self._forward(tp, records)
-        finally:
-            await self.give_up()
-            await self.consumer.stop()
+        finally:  # each client closed even if the worker cancels this while the broker is unreachable
+            try:
+                await self.give_up()
+            finally:
+                await self.consumer.stop()
 
     # -- assignment ----------------------------------------------------------------------------------
 
@@ -179,12 +181,12 @@ class Forwarder:
             self.consumer.pause(*waiting)
 
     async def give_up(self) -> None:
-        """Wait for the forwarding in progress (its transaction commits), then close the producers."""
+        """Wait for the forwarding in progress (its transaction commits), then close the producers, all at
+        once (with the broker unreachable each waits out its timeout)."""
         async with self.lock:
             producers, self.producers = self.producers, {}
             self.assigned = set()
-            for producer in producers.values():
-                await _stop(producer)
+            await asyncio.gather(*(_stop(producer) for producer in producers.values()))
 
     async def _start_pending(self) -> None:
         """Start the producers of the partitions given but not forwarded yet, all at once (each waits on the
@@ -215,6 +217,9 @@ class Forwarder:
             committed = await self.consumer.committed(tp)
             if committed is None:  # nothing forwarded yet (an offset, not seek_to_beginning: tp is paused)
                 committed = (await self.consumer.beginning_offsets([tp]))[tp]
+        except asyncio.CancelledError:  # the worker is stopping: close it, or it is left open at exit
+            await _stop(producer)
+            raise
         except Exception as error:  # a broker error or a timeout; anything else must not end the forwarding
             await _stop(producer)
             log.warning("forwarding %s: could not start (%r); trying again in 1 s", tp, error)

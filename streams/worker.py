@@ -289,11 +289,14 @@ class Worker:
             await web_runner.cleanup()
 
     async def _stopped(self, forwarding: asyncio.Task[None]) -> None:
-        """The forwarder ends its loop on `stopping`: wait for it (its transaction commits), within bounds."""
+        """The forwarder ends its loop on `stopping`: wait for it (its transaction commits), within bounds;
+        past them it is cancelled, and its clients are closed without waiting on the broker."""
         try:
-            await asyncio.wait_for(forwarding, self.settings.stop_timeout / 3)
+            await asyncio.wait_for(asyncio.shield(forwarding), self.settings.stop_timeout / 3)
         except TimeoutError:
             log.warning("stopping: the forwarder did not finish; its open transaction is aborted by the next owner")
+            forwarding.cancel()
+            await asyncio.wait([forwarding], timeout=1.0)
         except Exception:
             log.exception("the forwarder failed")
 

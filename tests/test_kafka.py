@@ -223,6 +223,7 @@ def test_a_worker_stops_on_sigterm_while_the_broker_is_down_and_logs_the_outage_
     assert sum("Kafka broker unreachable" in line for line in outage) == 1
     assert any("Kafka broker still unreachable after 10 s" in line for line in outage)
     assert sum("[ERROR]" in line or "[WARNING]" in line for line in outage) < 10, "\n".join(outage[-20:])
+    assert not any("Unclosed" in line for line in outage), "a Kafka client was left open at exit"
 
 
 def test_a_fresh_consumer_of_the_compacted_tier_map_sees_the_latest_record_per_key(deployment: Deployment) -> None:
