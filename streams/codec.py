@@ -49,7 +49,7 @@ def malformed(error: orjson.JSONDecodeError) -> str:
         return f"malformed JSON: {error}: one event a line (NDJSON), each a single JSON object"
     if "not valid UTF-8" in error.msg:
         return f"malformed JSON: {error.msg}: send the event as UTF-8 text"
-    return f"malformed JSON: {error}"
+    return f"malformed JSON: {error}: send each event as one JSON object ({{...}}), strings in double quotes"
 
 
 def encode(event: Event) -> bytes:

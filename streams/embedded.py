@@ -238,7 +238,7 @@ class EmbeddedRuntime:
         self._count_history()
         self.since_snapshot = 0
         self.tier_changes: list[TierRecord] = []  # committed, not yet told to the server's subscribers
-        self.decided = 0  # decisions committed, not yet told to the console's watchers
+        self.facts = 0  # decisions and rejected input committed, not yet told to the console's watchers
         if self.fallback is not None and not self.store.activations():
             self._apply(
                 self.fallback,
@@ -449,7 +449,7 @@ class EmbeddedRuntime:
     def _published(self, items: list[Handled]) -> Ingested:
         out = results_of(items)
         self.tier_changes.extend(out.tier_changes)
-        self.decided += len(out.decisions)
+        self.facts += len(out.decisions) + sum(1 for item in items if item.rejection is not None)
         changed = {r.action_type: r for r in out.tier_changes}
         self.tiers = {  # replaced whole: safe to read from any thread; retired types leave the map
             name: record for name, record in (self.tiers | changed).items() if not record.retired
@@ -473,10 +473,11 @@ class EmbeddedRuntime:
         changes, self.tier_changes = self.tier_changes, []
         return changes
 
-    def take_decided(self) -> int:
-        """How many decisions were committed since the last call (call on the writer thread)."""
-        decided, self.decided = self.decided, 0
-        return decided
+    def take_facts(self) -> int:
+        """How many decisions and rejected inputs were committed since the last call (on the writer thread):
+        what the console shows that a batch can change."""
+        facts, self.facts = self.facts, 0
+        return facts
 
     def tier_map(self) -> list[TierRecord]:
         """The published tier map (records replaced whole after each commit: safe to read from any thread)."""

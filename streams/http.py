@@ -58,11 +58,11 @@ class Writer:
     def __init__(self, evaluator: EmbeddedRuntime) -> None:
         self.evaluator = evaluator
         evaluator.take_tier_changes()  # made before anyone could listen: a subscriber gets the whole map first
-        evaluator.take_decided()
+        evaluator.take_facts()
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tiergate-writer")
         self.subscribers: set[asyncio.Queue[TierRecord | None]] = set()  # None: the server is shutting down
-        self.watchers: set[asyncio.Queue[int | None]] = set()  # decisions per committed batch (the console)
-        self.changes = 0  # decisions the watchers have been told of, all told
+        self.watchers: set[asyncio.Queue[int | None]] = set()  # new facts per committed batch (the console)
+        self.changes = 0  # facts (decisions, rejected input) the watchers have been told of, all told
 
     async def call(self, work: Callable[[], T]) -> T:
         """Run `work` on the writer thread, after the writes queued before it (it sees their state)."""
@@ -70,21 +70,21 @@ class Writer:
 
     async def run(self, work: Callable[[], T]) -> T:
         """Run `work` on the writer thread, then tell subscribers of every tier change it committed and the
-        console's watchers how many decisions it made. (What was committed is taken on the writer thread, so
-        a write queued behind this one cannot slip between.)"""
+        console's watchers how many facts (decisions, rejected input) it added. (What was committed is taken
+        on the writer thread, so a write queued behind this one cannot slip between.)"""
 
         def work_then_take() -> tuple[T, list[TierRecord], int]:
             done = work()
-            return done, self.evaluator.take_tier_changes(), self.evaluator.take_decided()
+            return done, self.evaluator.take_tier_changes(), self.evaluator.take_facts()
 
-        done, changes, decided = await self.call(work_then_take)
+        done, changes, facts = await self.call(work_then_take)
         for record in changes:
             for queue in self.subscribers:
                 queue.put_nowait(record)
-        if decided:
-            self.changes += decided
+        if facts:
+            self.changes += facts
             for watcher in self.watchers:
-                watcher.put_nowait(decided)
+                watcher.put_nowait(facts)
         return done
 
     def close(self) -> None:

@@ -185,7 +185,8 @@ def read_topics(path: Path, overrides: Mapping[str, str] | None = None) -> dict[
     except OSError as error:
         raise ValueError(
             f"{path}: cannot read the topic definition ({error.strerror}); "
-            "run from the project root or set TIERGATE_KAFKA_TOPICS_FILE"
+            "name a readable one with --definition or TIERGATE_KAFKA_TOPICS_FILE, or leave both unset for the "
+            "definition that ships with tiergate"
         ) from None
     if not overrides:
         return topics

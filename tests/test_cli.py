@@ -473,3 +473,25 @@ def test_every_command_is_in_the_command_table_of_docs_cli_md() -> None:
     first_cells = [row.split("|")[1] for row in table.splitlines()[2:] if row.startswith("|")]
     documented = {name.split()[0] for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
     assert set(commands.choices) == documented
+
+
+@pytest.mark.parametrize(
+    ("module", "argv", "extra"),
+    [
+        ("aiokafka", ["topics", "describe", "--bootstrap", "127.0.0.1:1"], "kafka"),
+        ("aiokafka", ["rejected", "--kafka", "--bootstrap", "127.0.0.1:1"], "kafka"),
+        ("cryptography", ["keys", "new", "--key-id", "ops-1", "--actor", "ops"], "kafka"),
+        ("matplotlib", ["plot", str(CLIMB), "-o", "tiers.png"], "plot"),
+    ],
+)
+def test_a_command_without_its_extra_names_the_extra_to_install(
+    tmp_path: Path, module: str, argv: list[str], extra: str
+) -> None:
+    """Installed without an optional extra, a command that needs it says which to install (exit 2), not a
+    traceback. (The module is shadowed by one that cannot be imported, as when it is not installed.)"""
+    shadow = tmp_path / "shadow" / module
+    shadow.mkdir(parents=True)
+    message = f"No module named {module!r}"
+    (shadow / "__init__.py").write_text(f"raise ModuleNotFoundError({message!r}, name={module!r})\n")
+    done = tiergate(*argv, env={"PYTHONPATH": str(tmp_path / "shadow")}, cwd=tmp_path)
+    refused(done, 2, f"this command needs the {extra} extra", f"pip install 'tiergate[{extra}]'")

@@ -311,3 +311,13 @@ async def test_a_change_before_a_page_listens_is_told_when_its_stream_opens(cons
                 await next_event(stream, wait=1.0)  # nothing was missed, so nothing is said
             await console.post(cap("o2"), "alice@ops")
             assert await next_event(stream) == ("changed", "1")
+
+
+async def test_rejected_input_alone_refreshes_the_page(console: Console) -> None:
+    """A batch of nothing but rejected input changes the page's rejected section: its stream says so."""
+    async with browser() as http:
+        rendered = changes_of(await signed_in(http, console.url, "grafana"))
+        async with http.get(f"{console.url}/console/stream?since={rendered}") as stream:
+            assert await next_event(stream) == ("ready", "ready")
+            await console.post(b'{"type":"action","action_type":"reply_to_ticket"\n{"nope"', "support-bot")
+            assert await next_event(stream) == ("changed", "2")

@@ -144,8 +144,13 @@ def test_tiergate_rejected_reads_a_data_dir_as_a_table_or_json(tmp_path: Path) -
     rest = json.loads(tiergate("rejected", "--data-dir", str(data), "--after", after, "--json").stdout)
     assert len(rest["rejected"]) == 2 and rest["rejected"][0]["id"] > page["next_after"]
     assert "more: --after" in tiergate("rejected", "--data-dir", str(data), "--limit", "2").stderr
+    last = tiergate("rejected", "--data-dir", str(data), "--limit", "2", "--after", after)
+    assert last.returncode == 0 and "more:" not in last.stderr  # a full last page says no more
+    for limit in ("0", "-1", "10001"):
+        wrong = tiergate("rejected", "--data-dir", str(data), "--limit", limit)
+        assert wrong.returncode == 2 and "give 1 to 10000 rows" in wrong.stderr
     kafka_id = tiergate("rejected", "--data-dir", str(data), "--after", "0:3")
-    assert kafka_id.returncode == 2 and "has a number as id" in kafka_id.stderr
+    assert kafka_id.returncode == 2 and "ids are whole numbers" in kafka_id.stderr
     missing = tiergate("rejected", "--data-dir", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no store here" in missing.stderr
 

@@ -55,9 +55,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CommandError as error:
         err.print(f"[red]error:[/] {escape(str(error))}")
         return error.code
+    except ModuleNotFoundError as error:
+        extra = EXTRAS.get((error.name or "").split(".")[0])
+        if extra is None:
+            raise
+        fix = f"pip install 'tiergate[{extra}]'"
+        err.print(f"[red]error:[/] this command needs the {extra} extra: {escape(fix)}")
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE
+
+
+EXTRAS = {"aiokafka": "kafka", "cryptography": "kafka", "matplotlib": "plot", "openfeature": "openfeature"}
+"""The optional dependencies a command may import, and the extra that installs each."""
 
 
 if __name__ == "__main__":

@@ -50,8 +50,9 @@ async def _existing_topics(settings: KafkaSettings) -> set[str]:
         return set(await admin.list_topics())
     except KafkaError as error:
         raise CommandError(
-            f"cannot reach the Kafka broker at {settings.bootstrap} ({type(error).__name__}): start it "
-            "(deploy/kafka/broker.sh start), or give --bootstrap / TIERGATE_KAFKA_BOOTSTRAP"
+            f"cannot reach the Kafka broker at {settings.bootstrap} ({type(error).__name__}): is it running? "
+            "(a local one, in a clone of tiergate: deploy/kafka/broker.sh start), or give --bootstrap / "
+            "TIERGATE_KAFKA_BOOTSTRAP"
         ) from None
     finally:
         await admin.close()

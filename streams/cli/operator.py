@@ -169,21 +169,31 @@ def _print_outcome(done: dict[str, Any]) -> None:
 
 
 def _rejected(args: argparse.Namespace) -> int:
-    query = RejectedQuery(limit=args.limit, reason=args.reason, result=args.result, action_type=args.action_type)
+    query = RejectedQuery(  # one row past the page: is there more?
+        limit=args.limit + 1, reason=args.reason, result=args.result, action_type=args.action_type
+    )
     rows = _from_kafka(args, query) if args.kafka else _from_store(args, query)
+    more, rows = len(rows) > args.limit, rows[: args.limit]
     if args.json:
         unmoved = args.after if args.kafka else int(args.after or 0)  # no rows: the page stays where it was
         print_json({"rejected": rows, "next_after": rows[-1]["id"] if rows else unmoved})
     else:
         _print_rejected(rows)
-        if len(rows) == args.limit:
+        if more:
             err.print(f"more: --after {rows[-1]['id']}")
     return 0
 
 
+def _page_size(text: str) -> int:
+    """--limit: rows a page, 1 to 10,000 (as /v1/rejected takes them)."""
+    if not text.isdigit() or not 1 <= int(text) <= 10_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a page size: give 1 to 10000 rows")
+    return int(text)
+
+
 def _from_store(args: argparse.Namespace, query: RejectedQuery) -> list[dict[str, Any]]:
     if args.after is not None and not args.after.isdigit():
-        raise CommandError(f"--after {args.after}: an embedded store's rejected input has a number as id (the table's)")
+        raise CommandError(f"--after {args.after}: the store's rejected input ids are whole numbers (the table's)")
     query = replace(query, after=int(args.after or 0))
     data_dir = load(StoreSettings, data_dir=args.data_dir).data_dir
     path = data_dir / DB_NAME
@@ -376,6 +386,6 @@ def _add_rejected(commands: Any) -> None:
     rejected.add_argument("--result", choices=("rejected", "late"))
     rejected.add_argument("--action-type", metavar="TYPE")
     rejected.add_argument("--after", metavar="ID", help="the page after this id (PARTITION:OFFSET on Kafka)")
-    rejected.add_argument("--limit", type=int, default=100, metavar="N")
-    rejected.add_argument("--json", action="store_true", help="print JSON: rows (each input whole) and next_after")
+    rejected.add_argument("--limit", type=_page_size, default=100, metavar="N", help="rows a page, 1 to 10000")
+    rejected.add_argument("--json", action="store_true", help="print JSON: `rejected` (each input whole), `next_after`")
     rejected.set_defaults(run=_rejected)

@@ -253,7 +253,8 @@ async def part(request: web.Request) -> web.StreamResponse:
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    """Server-sent events: `changed` (with how many new facts) after every commit that made decisions (or,
+    """Server-sent events: `changed` (with how many new facts) after every commit that made decisions or kept
+    rejected input (or,
     on Kafka, after records arrived). Opened with `since` (the count of changes a page was rendered after),
     it says `changed` at once when there were more by the time it listens: nothing falls in between."""
     console = request.app[CONSOLE]

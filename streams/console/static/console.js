@@ -1,4 +1,4 @@
-// The console's live refresh: when the server commits decisions, fetch the page's sections again (rendered
+// The console's live refresh: when the server commits decisions or rejected input, fetch the page's sections again (rendered
 // and escaped by the server) and swap them in. No inline script, no markup built from data here.
 "use strict";
 (function () {
