@@ -221,12 +221,14 @@ def _problem(item: Mapping[str, Any], data: Mapping[str, Any]) -> str:
     if item["type"] == "union_tag_not_found":
         return f"type: is required: add one of {EVENT_TYPES}{_near_miss('type', data)}"
     if item["type"] == "union_tag_invalid":
-        return f"type: must be one of {EVENT_TYPES}"
+        return f"type: {data.get('type')!r} is not an event type: use one of {EVENT_TYPES}"
     if item["type"] == "missing":
         return f"{field}: is required: add it{_near_miss(field, data)}"
     if not field:  # the model's own checks name their field first; anything else is about the whole event
         return message if item["type"] == "value_error" else f"event: {message}"
-    fix = TYPE_FIXES.get(item["type"])
+    if item["type"] == "literal_error":  # "Input should be 'crawl', 'walk' or 'run'": say what was sent
+        return f"{field}: {item['input']!r} is not valid: use {message.removeprefix('Input should be ')}"
+    fix = FIELD_FIXES.get((field, item["type"])) or TYPE_FIXES.get(item["type"])
     return f"{field}: {message}" + (f": {fix}" if fix else "")
 
 
@@ -236,6 +238,13 @@ TYPE_FIXES = {  # pydantic's error types whose message says what is wrong but no
     "int_parsing": "send a whole number",
     "bool_type": "send true or false",
     "dict_type": "send a JSON object",
+    "string_too_short": "send a non-empty string",
+    "string_too_long": "shorten it",
+}
+FIELD_FIXES = {  # the same, where the fix depends on the field
+    ("action_type", "string_pattern_mismatch"): (
+        "a name starts with a letter or digit, then letters, digits, '_', '.', ':' or '-', at most 128 in all"
+    ),
 }
 
 

@@ -40,7 +40,10 @@ def test_an_outcome_parses_with_unknown_fields_ignored() -> None:
     ("raw", "expected"),
     [
         ('{"type":"action"', "malformed JSON"),
-        ('{"type":"nap","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"r"}', "type: must be one of"),
+        (
+            '{"type":"nap","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"r"}',
+            "type: 'nap' is not an event type: use one of action, outcome",
+        ),
         (
             '{"type":"tick","event_id":"e","ts":"2026-11-02T10:00:00","action_type":"r"}',
             "ts: '2026-11-02T10:00:00' has no UTC offset",
@@ -50,7 +53,7 @@ def test_an_outcome_parses_with_unknown_fields_ignored() -> None:
         ('{"typ":"tick","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"r"}', 'did you mean "type"?'),
         (
             '{"type":"action","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"r","action_id":"a","tier":"sprint"}',
-            "tier: Input should be 'crawl', 'walk' or 'run'",
+            "tier: 'sprint' is not valid: use 'crawl', 'walk' or 'run'",
         ),
         (
             '{"type":"outcome","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"r","action_id":"a","tier":"walk",'
@@ -72,7 +75,11 @@ def test_an_outcome_parses_with_unknown_fields_ignored() -> None:
         ),
         (
             '{"type":"tick","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"has space"}',
-            "action_type: String should match",
+            "action_type: String should match pattern '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$': a name starts with",
+        ),
+        (
+            '{"type":"tick","event_id":"","ts":"2026-11-02T10:00:00Z","action_type":"r"}',
+            "event_id: String should have at least 1 character: send a non-empty string",
         ),
         ("[1, 2]", "event"),
     ],
