@@ -80,8 +80,8 @@ class Changelog:
         partitions up), and the first offset of each input partition. A client of its own: the worker's
         consumer has a fetch waiting on the broker, which a request on its connection would queue behind."""
         consumer = AIOKafkaConsumer(**self.kafka.client_kwargs(), enable_auto_commit=False)
-        await consumer.start()
-        try:
+        try:  # started inside: a start that fails still closes it (else 'Unclosed' at exit)
+            await consumer.start()
             restored = await self._read(consumer, [TopicPartition(self.topic, p) for p in partitions])
             inputs = [TopicPartition(input_topic, p) for p in partitions]
             for tp, first in (await consumer.beginning_offsets(inputs)).items():

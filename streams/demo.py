@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -110,7 +111,7 @@ def status_table(status: dict[str, Any], now: int, posted: Counter[str]) -> Tabl
             f"[{TIER_STYLE[tier]}]{tier}[/]" + (f" ({', '.join(notes)})" if notes else ""),
             "\n".join(bars) or "-",
             progress,
-            (view["since"] or "start")[:13],
+            (view["since"] or "start")[:16],  # to the minute, as the promotion log's times
         )
     return table
 
@@ -318,6 +319,15 @@ def _a_move(decision: dict[str, Any]) -> bool:
     return bool(decision["kind"] != "policy" or decision["from_tier"] != decision["to_tier"])
 
 
+def tiergate_command() -> str:
+    """How to run tiergate from the user's shell: `tiergate` where it is on the PATH, else the script this
+    process runs from (`make demo` runs the virtualenv's, which is not on the PATH until it is activated)."""
+    if shutil.which("tiergate") is not None:
+        return "tiergate"
+    script = Path(sys.argv[0])
+    return str(script) if script.name == "tiergate" else "tiergate"
+
+
 def summary(result: DemoResult) -> Group:
     log = Table(
         title="promotion log (the first initial decisions, tier violations and policy decisions that move nothing "
@@ -330,7 +340,7 @@ def summary(result: DemoResult) -> Group:
     for d in moves:
         log.add_row(
             d["decision_id"],
-            (d["at"] or "")[:16],
+            (d["at"] or "—")[:16],  # an initial decision has no time: its type came with an activation
             f"{d['from_tier'] or '(new)'} → {d['to_tier']}"
             + (f" ({d['op']} by {d['actor']})" if d["kind"] == "override" else f" ({d['kind']})"),
             d["reason"],
@@ -340,6 +350,7 @@ def summary(result: DemoResult) -> Group:
     )
     violations = sum(d["kind"] == "violation" for d in result.decisions)
     data = result.data_dir
+    command = tiergate_command()
     lines = [
         *(
             f"policy {version} activated by {actor} while the fleet ran (activation {activation}): every type kept "
@@ -359,8 +370,8 @@ def summary(result: DemoResult) -> Group:
         f"  {data / 'policy.yaml'}  the policy it ran (from {demo_policy_path().name})",
         "",
         "try:",
-        f"  tiergate explain escalate_to_human --log {data / 'decisions.jsonl'}",
-        f"  tiergate replay {data / 'events.jsonl'}   # the log carries its policies",
-        f"  tiergate serve --policy {data / 'policy.yaml'} --data-dir {data}   # then GET /v1/tiers, /metrics",
+        f"  {command} explain escalate_to_human --log {data / 'decisions.jsonl'}",
+        f"  {command} replay {data / 'events.jsonl'}   # the log carries its policies",
+        f"  {command} serve --policy {data / 'policy.yaml'} --data-dir {data}   # then GET /v1/tiers, /metrics",
     ]
     return Group(log, *lines)

@@ -222,8 +222,8 @@ async def create_topics(
     wanted = read_topics(settings.topics_file, overrides)
     check_replication(wanted, replication)
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         new = [
             NewTopic(settings.topic(name), spec.partitions, replication, topic_configs=spec.config)
@@ -270,8 +270,8 @@ async def describe_topics(
     defined = read_topics(settings.topics_file, overrides)
     wanted = {settings.topic(name): spec for name, spec in defined.items()}
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         present = [name for name in wanted if name in existing]
         described = {t["topic"]: t for t in await admin.describe_topics(present)} if present else {}
@@ -306,8 +306,8 @@ async def produce_history(settings: KafkaSettings, events: list[tuple[str, bytes
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(**settings.client_kwargs(), acks="all", enable_idempotence=True, linger_ms=20)
-    await producer.start()
     try:
+        await producer.start()
         for action_type, raw in events:
             await producer.send(settings.topic(EVENTS), raw, key=action_type.encode())
         await producer.flush()

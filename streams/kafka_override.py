@@ -32,8 +32,8 @@ class Answer:
 async def send_override(settings: KafkaSettings, signed: dict[str, Any], wait: float) -> Answer:
     """Produce the signed override and wait up to `wait` seconds for the workers' answer."""
     consumer = AIOKafkaConsumer(**settings.client_kwargs(), enable_auto_commit=False)
-    await consumer.start()
     try:
+        await consumer.start()
         partitions = [
             TopicPartition(settings.topic(name), p)
             for name in (DECISIONS, DLQ)
@@ -52,8 +52,8 @@ async def send_override(settings: KafkaSettings, signed: dict[str, Any], wait: f
 
 async def _produce(settings: KafkaSettings, signed: dict[str, Any]) -> None:
     producer = AIOKafkaProducer(**settings.client_kwargs(), acks="all", enable_idempotence=True)
-    await producer.start()
     try:
+        await producer.start()
         await producer.send_and_wait(settings.topic(EVENTS), orjson.dumps(signed), key=signed["action_type"].encode())
     finally:
         await producer.stop()

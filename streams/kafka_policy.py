@@ -143,8 +143,8 @@ async def produce(settings: KafkaSettings, planned: Planned) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(**settings.client_kwargs(), acks="all", enable_idempotence=True)
-    await producer.start()
     try:
+        await producer.start()
         for event in planned.events:
             await producer.send_and_wait(settings.topic(EVENTS), orjson.dumps(event), key=event["action_type"].encode())
         await producer.send_and_wait(
