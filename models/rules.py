@@ -28,6 +28,13 @@ Metric = Literal["acceptance_rate", "completion_rate", "customer_success_rate"]
 METRICS: tuple[Metric, ...] = ("acceptance_rate", "completion_rate", "customer_success_rate")
 METRIC_OF_KIND = {"review": "acceptance_rate", "internal": "completion_rate", "customer": "customer_success_rate"}
 METRIC_INDEX: dict[str, int] = {name: i for i, name in enumerate(METRICS)}
+
+
+def slot(tier: int, metric: int) -> int:
+    """Where the (n, successes) pair of one tier and metric starts in a window's counters (models/windows.py)."""
+    return (tier * len(METRICS) + metric) * 2
+
+
 CUSTOMER_METRICS: frozenset[str] = frozenset({"customer_success_rate"})
 
 # What each tier can observe: there are no human reviews once the agent acts (Walk, Run), and at Run it
@@ -413,10 +420,9 @@ def resolve(spec: RulesSpec) -> Rules:
 
 
 def _slots(bars: tuple[list[Bar], ...]) -> tuple[tuple[int, ...], ...]:
-    """Per tier, where each bar's (n, successes) pair starts in a window's counters (models/windows.py)."""
-    width = len(METRICS) * 2
+    """Per tier, where each bar's (n, successes) pair starts in a window's counters."""
     return tuple(
-        tuple(tier * width + METRIC_INDEX[bar.metric] * 2 for bar in tier_bars) for tier, tier_bars in enumerate(bars)
+        tuple(slot(tier, METRIC_INDEX[bar.metric]) for bar in tier_bars) for tier, tier_bars in enumerate(bars)
     )
 
 

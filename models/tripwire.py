@@ -24,12 +24,12 @@ from .wire import TIER_INDEX, Outcome
 
 
 def after_outcome(key: KeyState, event: Outcome, success: int, out: list[Decision]) -> None:
-    """An outcome counted as it comes: it extends or ends the run of each keep bar on its metric.
-    (It runs for every outcome of a type with a tripwire, so it reads only what the rules resolved.)"""
+    """An outcome counted as it comes, of a kind a keep bar of the current tier watches (the caller checks
+    `rules.tripwire_bars`): it extends or ends the run of each keep bar on its metric."""
     tier = key.tier
-    bars = key.rules.tripwire_bars[tier].get(event.kind)
-    if not bars or TIER_INDEX[event.tier] != tier or not _since_tier(key, event.ts):
+    if TIER_INDEX[event.tier] != tier or not _since_tier(key, event.ts):
         return
+    bars = key.rules.tripwire_bars[tier][event.kind]
     runs, failures = key.sequential.keep, key.rules.tripwire
     for index in bars:
         state = runs[index]

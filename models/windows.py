@@ -12,6 +12,7 @@ from collections import deque
 from operator import add, sub
 
 from .rules import METRICS
+from .rules import slot as slot  # the counters' layout, defined beside the metrics (the rules resolve it too)
 from .wire import TIERS
 
 Counters = list[int]
@@ -21,11 +22,6 @@ WIDTH = len(TIERS) * len(METRICS) * 2
 def window_for(ts: int, size: int) -> int:
     """The index of the window holding `ts`."""
     return ts // size
-
-
-def slot(tier: int, metric: int) -> int:
-    """Where the (n, successes) pair of one tier and metric starts in a `Counters` list."""
-    return (tier * len(METRICS) + metric) * 2
 
 
 def empty() -> Counters:

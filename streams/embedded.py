@@ -21,6 +21,7 @@ from tiergate.models.decisions import Decision, TierRecord
 from tiergate.models.durations import format_duration
 from tiergate.models.fold import APPLIED, REJECTED, initial_state, tier_records
 from tiergate.models.policy import Policy, load_policy
+from tiergate.models.results import SET_ASIDE
 from tiergate.models.state import KeyState, State, StateSchemaError
 from tiergate.models.ticks import due_ticks
 from tiergate.models.wire import PolicyEvent, format_ts
@@ -449,7 +450,7 @@ class EmbeddedRuntime:
     def _published(self, items: list[Handled]) -> Ingested:
         out = results_of(items)
         self.tier_changes.extend(out.tier_changes)
-        self.facts += len(out.decisions) + sum(1 for item in items if item.rejection is not None)
+        self.facts += len(out.decisions) + sum(1 for item in items if item.result in SET_ASIDE)
         changed = {r.action_type: r for r in out.tier_changes}
         self.tiers = {  # replaced whole: safe to read from any thread; retired types leave the map
             name: record for name, record in (self.tiers | changed).items() if not record.retired

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tiergate.models.decisions import Decision, TierRecord
-from tiergate.models.fold import LATE, REJECTED, initial_decisions, initial_key
+from tiergate.models.fold import initial_decisions, initial_key
 from tiergate.models.policy import Policy
+from tiergate.models.results import SET_ASIDE
 from tiergate.models.state import KeyState, State
 
 from .pipeline import Admit, Handled, Input, Pipeline, Principal, Rejected, Sink, carried, key_matches
@@ -50,10 +51,8 @@ class Outputs:
     def handled(self, item: Handled) -> None:
         if item.decisions:
             self.decisions.extend(item.decisions)
-        if item.result == LATE or item.result == REJECTED:  # checked here: `item.rejection` costs a call per input
-            rejection = item.rejection
-            assert rejection is not None
-            self.rejected.append(rejection)
+        if item.result in SET_ASIDE:
+            self.rejected.append(item.rejected_input())
 
     def commit(self) -> None:
         """Nothing to make durable here: the caller produces the outputs, then writes the table."""

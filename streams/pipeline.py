@@ -25,7 +25,8 @@ from typing import Any, NamedTuple, Protocol
 import orjson
 
 from tiergate.models.decisions import Decision
-from tiergate.models.fold import LATE, REJECTED, Event, Result, step
+from tiergate.models.fold import REJECTED, Event, Result, step
+from tiergate.models.results import SET_ASIDE
 from tiergate.models.state import State
 from tiergate.models.wire import Override
 
@@ -100,8 +101,10 @@ class Handled(NamedTuple):
     @property
     def rejection(self) -> Rejected | None:
         """The rejected-input record, for an input that did not count."""
-        if self.result != LATE and self.result != REJECTED:
-            return None
+        return self.rejected_input() if self.result in SET_ASIDE else None
+
+    def rejected_input(self) -> Rejected:
+        """The rejected-input record of an input whose result is in SET_ASIDE (a sink that has checked)."""
         assert self.reason is not None  # the fold and the pipeline give a reason for both
         return Rejected(self.input.origin, self.result, self.reason, self.input.raw, self.named_action_type)
 
@@ -145,9 +148,9 @@ Principal = Callable[[Input, Event], str | None]
 """A runtime's answer to who sent an input (None: it cannot tell)."""
 
 
-def with_principal(principal: str | None, event: Event, decisions: tuple[Decision, ...]) -> tuple[Decision, ...]:
-    """An override's decision records who sent it (`principal`, authenticated) beside the `actor` it declares."""
-    if principal is None or not isinstance(event, Override):
+def with_principal(principal: str | None, decisions: tuple[Decision, ...]) -> tuple[Decision, ...]:
+    """An override's decisions record who sent it (`principal`, authenticated) beside the `actor` it declares."""
+    if principal is None:
         return decisions
     named = {"principal": principal}
     return tuple(replace(d, details=d.details | named) if d.kind == "override" else d for d in decisions)
@@ -183,7 +186,7 @@ class Pipeline:
         stepped = step(state, event)
         decisions = stepped.decisions
         if decisions and type(event) is Override:  # only an override's decision records who sent it
-            decisions = with_principal(self.principal(item, event), event, decisions)
+            decisions = with_principal(self.principal(item, event), decisions)
         return Handled(item, event, stepped.result, stepped.reason, decisions, True)
 
     def run(self, inputs: Iterable[Input], state: State, sink: Sink) -> None:
@@ -224,8 +227,7 @@ class Counting:
         self.batch = Tallies.empty()
 
     def handled(self, item: Handled) -> None:
-        event = item.event  # `item.named_action_type`, without a property call on every input
-        name = event.action_type if event is not None else named_action_type(item.input.raw)
+        name = item.named_action_type
         self.batch.events[name if name is not None and name in self.state.keys else "", item.result] += 1
         if item.decisions:
             for decision in item.decisions:

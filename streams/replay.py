@@ -21,8 +21,9 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
 
 from tiergate.models.decisions import Decision
-from tiergate.models.fold import LATE, REJECTED, initial_decisions, initial_state, tier_records
+from tiergate.models.fold import initial_decisions, initial_state, tier_records
 from tiergate.models.policy import Policy
+from tiergate.models.results import SET_ASIDE
 from tiergate.models.state import State
 
 from .codec import iter_lines
@@ -56,11 +57,9 @@ class Replay:
         for decision in item.decisions:
             self.decisions += 1
             self.on_decision(decision)
-        if item.result == LATE or item.result == REJECTED:  # checked here: `item.rejection` costs a call per input
-            rejection = item.rejection
-            assert rejection is not None
+        if item.result in SET_ASIDE:
             self.rejected += 1
-            self.on_rejected(rejection)
+            self.on_rejected(item.rejected_input())
 
     def commit(self) -> None:
         """Nothing to make durable: the writers flush when they close."""
