@@ -2,15 +2,15 @@
 
     initial_state(policy)            -> State, every catalog type at its starting tier
     initial_decisions(policy)        -> the `initial` decision of each type, in name order
-    step(state, event)               -> Stepped(state, decisions, result, reason)
+    step(state, event)               -> Stepped(decisions, result, reason)
     step(state, event, violations=False): the same, for a counterfactual fold (a backtest)
     fold(events[, policy][, state])  -> (state, decisions)
 
 Each key carries its own rules: from the policy activations in its log (models/activations.py), or, for
 the events of an old log before its first activation, from the `policy` a fold starts with.
 
-`step` owns the state it is given and returns it advanced (it is mutated in place: copying per event
-would cost more than the fold itself). Callers that need the state before a step keep a snapshot with
+`step` owns the state it is given and advances it in place (copying per event would cost more than the
+fold itself). Callers that need the state before a step keep a snapshot with
 `KeyState.to_dict()`. Nothing here reads a clock: time is the `ts` of events, ticks included.
 """
 
@@ -33,12 +33,16 @@ __all__ = ["APPLIED", "DUPLICATE", "LATE", "REJECTED", "RESULTS", "Event", "Resu
 
 
 class Stepped(NamedTuple):
-    """What one step did: the state it advanced, the decisions it made, what became of the event and why."""
+    """What one step did (to the state it was given): the decisions it made, what became of the event and why."""
 
-    state: State
     decisions: tuple[Decision, ...]
     result: Result
     reason: str | None
+
+
+COUNTED = Stepped((), APPLIED, None)
+"""The common step: applied, no decision (one shared record: the fold makes one per event of every history)."""
+REPEATED = Stepped((), DUPLICATE, DUPLICATE_REASON)
 
 
 def starting_tier(read_only: bool) -> int:
@@ -112,11 +116,11 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
     kind = type(event)
     if kind is PolicyEvent:
         decisions, result, reason = activations.activate(state, event)  # type: ignore[arg-type]
-        return Stepped(state, decisions, result, reason)
+        return Stepped(decisions, result, reason)
     key = state.keys.get(event.action_type)
     if key is None:
         reason = f"unknown action_type {event.action_type!r}: add it to the policy's action_types or fix the producer"
-        return Stepped(state, (), REJECTED, reason)
+        return Stepped((), REJECTED, reason)
     if key.retired or key.halted is not None:
         return _stopped(state, key, event, violations)
     if kind is Override:
@@ -127,7 +131,7 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
     first = key.seen.get(event_id)
     horizon = key.lookback.horizon
     if (first is not None and (horizon is None or first >= horizon)) or event_id in key.failure_ids:
-        return Stepped(state, (), DUPLICATE, DUPLICATE_REASON)
+        return REPEATED
     out: list[Decision] = []
     rules = key.rules
     ts, size = event.ts, rules.window
@@ -143,8 +147,8 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
         if remember:
             key.seen[event_id] = index
         if index < key.next_close:  # type: ignore[operator]
-            return Stepped(state, tuple(out), LATE, closes.late_reason(KeyStep(key, out), index))
-        return Stepped(state, tuple(out), APPLIED, None)  # read-only: never evaluated, only time moves
+            return Stepped(tuple(out), LATE, closes.late_reason(KeyStep(key, out), index))
+        return Stepped(tuple(out), APPLIED, None)  # read-only: never evaluated, only time moves
     units = rules.maturity is not None or bool(key.cells)  # customer units are counted (models/maturity.py)
     if kind is Outcome:
         return _outcome(state, key, event, index, remember, out, units)  # type: ignore[arg-type]
@@ -152,7 +156,7 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
         key.seen[event_id] = index
     if kind is Action:
         _action(key, event, index, units, violations, out)  # type: ignore[arg-type]
-    return Stepped(state, tuple(out) if out else (), APPLIED, None)
+    return Stepped(tuple(out), APPLIED, None) if out else COUNTED
 
 
 def _action(key: KeyState, event: Action, index: int, units: bool, violations: bool, out: list[Decision]) -> None:
@@ -174,7 +178,7 @@ def _outcome(
         if event.kind == "customer":
             matured = _customer_under_maturity(KeyStep(key, out), event)
             if matured is not None:
-                return Stepped(state, tuple(out), *matured)
+                return Stepped(tuple(out), *matured)
         elif event.kind == "review":
             cell = maturity.unit_of_review(event, rules.window)
             if cell is not None:
@@ -189,24 +193,24 @@ def _outcome(
     counters[at + 1] += success
     if rules.tripwire and event.kind in rules.tripwire_bars[key.tier]:  # a keep bar of this tier watches it
         tripwire.after_outcome(key, event, success, out)
-    return Stepped(state, tuple(out) if out else (), APPLIED, None)
+    return Stepped(tuple(out), APPLIED, None) if out else COUNTED
 
 
 def _checkpoint(state: State, key: KeyState, event: Checkpoint) -> Stepped:
     """How far the customer feed is complete: never late, moves no event time; a re-sent one is a duplicate.
     A feed can only vouch for what has already happened, so `through` may not be after its own `ts`."""
     if key.remembers(event.event_id):
-        return Stepped(state, (), DUPLICATE, DUPLICATE_REASON)
+        return REPEATED
     if event.through > event.ts:
         reason = (
             "through: a checkpoint cannot vouch for the future (through is after its own ts): send it once the "
             "feed has reported every failure up to through"
         )
-        return Stepped(state, (), REJECTED, reason)
+        return Stepped((), REJECTED, reason)
     key.remember(event.event_id, event.ts // key.rules.window)
     if key.checkpoint is None or event.through > key.checkpoint:
         key.checkpoint = event.through
-    return Stepped(state, (), APPLIED, None)
+    return COUNTED
 
 
 def _customer_under_maturity(step: KeyStep, event: Outcome) -> tuple[Result, str | None] | None:
@@ -232,24 +236,24 @@ def _customer_under_maturity(step: KeyStep, event: Outcome) -> tuple[Result, str
 
 def _override(state: State, key: KeyState, event: Override) -> Stepped:
     if event.event_id in key.kept_ids:
-        return Stepped(state, (), DUPLICATE, DUPLICATE_REASON)
+        return REPEATED
     if key.read_only:
         name = key.action_type
         reason = (
             f"override rejected: {name} is read_only and never evaluated; remove read_only from the catalog to gate it"
         )
-        return Stepped(state, (), REJECTED, reason)
+        return Stepped((), REJECTED, reason)
     key.kept_ids.add(event.event_id)
     out: list[Decision] = []
     refused = overrides.apply(KeyStep(key, out), event)
-    return Stepped(state, tuple(out), APPLIED if refused is None else REJECTED, refused)
+    return Stepped(tuple(out), APPLIED if refused is None else REJECTED, refused)
 
 
 def _stopped(state: State, key: KeyState, event: Event, violations: bool) -> Stepped:
     """A retired or halted key folds nothing and moves no time; an action a retired type still took above
     Crawl is a violation (the tier map answers Crawl for it)."""
     if key.halted is not None:
-        return Stepped(state, (), REJECTED, f"halted: {key.halted}")
+        return Stepped((), REJECTED, f"halted: {key.halted}")
     reason = (
         f"retired: {key.action_type} left the catalog in activation {key.activation_id} and the tier map answers "
         "crawl for it; stop sending it, or name it in a policy again"
@@ -260,7 +264,7 @@ def _stopped(state: State, key: KeyState, event: Event, violations: bool) -> Ste
         KeyStep(key, out).note(
             "violation", None, event.ts, violation, from_tier=None, action_id=event.action_id, agent=event.agent
         )
-    return Stepped(state, tuple(out), REJECTED, reason)
+    return Stepped(tuple(out), REJECTED, reason)
 
 
 def _violation(step: KeyStep, event: Action) -> None:

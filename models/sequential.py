@@ -188,8 +188,8 @@ class PromoteTest:
 
     def passes(self, logs: tuple[float, ...], n: int, passing: bool) -> bool:
         """Passing from the close at which the e-value reaches 1/alpha, while it stays ≥ 1."""
-        if n < self.min_samples:
-            return False
+        if n < self.min_samples or (not passing and max(logs) < self.threshold):
+            return False  # the mixture's log is at most its largest term's: it cannot reach the threshold
         log_e = self.log_evalue(logs)
         return log_e >= self.threshold or (passing and log_e >= 0)
 

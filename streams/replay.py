@@ -12,8 +12,6 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
-from itertools import starmap
 from pathlib import Path
 from typing import IO, BinaryIO
 
@@ -27,7 +25,7 @@ from tiergate.models.results import SET_ASIDE
 from tiergate.models.state import State
 
 from .codec import iter_lines
-from .pipeline import Admit, Handled, Input, Pipeline, Principal, Rejected, carried
+from .pipeline import Admit, Handled, Input, Pipeline, Principal, Rejected, carried, new_record
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 PROGRESS_EVERY = 4096  # lines between progress bar updates
@@ -51,13 +49,15 @@ class Replay:
     first_types: dict[str, str] | None = None  # each key's first event type, when a fallback policy is given
 
     def handled(self, item: Handled) -> None:
-        self.results[item.result] += 1
-        if self.first_types is not None and item.event is not None:
-            self.first_types.setdefault(item.event.action_type, item.event.type)
-        for decision in item.decisions:
-            self.decisions += 1
-            self.on_decision(decision)
-        if item.result in SET_ASIDE:
+        result, event = item.result, item.event
+        self.results[result] += 1
+        if self.first_types is not None and event is not None:
+            self.first_types.setdefault(event.action_type, event.type)
+        if item.decisions:
+            for decision in item.decisions:
+                self.decisions += 1
+                self.on_decision(decision)
+        if result in SET_ASIDE:
             self.rejected += 1
             self.on_rejected(item.rejected_input())
 
@@ -105,8 +105,13 @@ def fold_lines(
     state: State | None = None,
 ) -> Replay:
     """`replay_inputs` over numbered raw lines (origin `source:number`)."""
-    inputs = starmap(partial(Input, source), lines)
-    return replay_inputs(inputs, policy, on_decision, on_rejected, state)
+    return replay_inputs(numbered_inputs(source, lines), policy, on_decision, on_rejected, state)
+
+
+def numbered_inputs(source: str, lines: Iterable[tuple[int, bytes]]) -> Iterator[Input]:
+    """Each line as an input from `source` (the pipeline's records, built as `new_record` does)."""
+    for number, line in lines:
+        yield new_record(Input, (source, number, line, None, None))
 
 
 def file_lines(stream: BinaryIO, advance: Callable[[int], object] | None = None) -> Iterator[tuple[int, bytes]]:

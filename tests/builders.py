@@ -149,7 +149,7 @@ def results(log: Log, pol: Policy | None = None) -> list[tuple[str, str | None]]
     """What became of each event of the log, in order."""
     pol = pol or policy()
     state, _ = fold([], pol)
-    return [step(state, e)[2:] for e in log.models()]
+    return [step(state, e)[1:] for e in log.models()]
 
 
 def moves(decisions: list[Decision]) -> list[tuple[str, str | None, str | None, str | None]]:
