@@ -148,14 +148,15 @@ def past_and_future(now: int, max_skew: int, max_past: int) -> Admit:
 
 
 class DataDirLock:
-    """One process at a time owns a data directory (the server, or an import)."""
+    """One process at a time owns a data directory (the server, or an import). The lock lies beside the
+    database the directory really uses, so a second directory whose tiergate.db links to it is refused too."""
 
     def __init__(self, data_dir: Path) -> None:
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"{data_dir}: cannot use this data directory ({error.strerror}); {WRITABLE}") from None
-        self.path = data_dir / "lock"
+        self.path = (data_dir / DB_NAME).resolve().parent / "lock"
         self.lock = FileLock(self.path)
 
     def acquire(self) -> None:

@@ -11,6 +11,8 @@ the log on disk.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from tiergate.models.wire import format_ts
 
 from .pipeline import Rejected, named_action_type
 
+log = logging.getLogger("tiergate.serve")
 STORE_FORMAT = "tiergate-store-1"
 
 SCHEMA = """
@@ -302,25 +305,32 @@ class Store:
     def save_snapshot(self, keys: Iterable[KeyState]) -> int:
         """Replace the saved state with `keys` as of the log's end now; call inside `transaction()`."""
         db = self.db
+        rows = sorted((k.action_type, orjson.dumps(k.to_dict()).decode()) for k in keys)
         db.execute("DELETE FROM state")
-        db.executemany(
-            "INSERT INTO state VALUES (?, ?)", ((k.action_type, orjson.dumps(k.to_dict()).decode()) for k in keys)
-        )
+        db.executemany("INSERT INTO state VALUES (?, ?)", rows)
         seq = self.last_seq()
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('snapshot_seq', ?)", (str(seq),))
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('state_schema', ?)", (str(STATE_SCHEMA),))
+        saved = {"snapshot_seq": str(seq), "state_schema": str(STATE_SCHEMA), "snapshot_sha256": _digest(rows)}
+        db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", saved.items())
         return seq
 
     # -- reading -------------------------------------------------------------------------------------
 
     def snapshot(self) -> tuple[dict[str, dict[str, Any]], int]:
-        """The saved state of every key and the log position it reflects; nothing (position 0) when it was
-        saved under another state schema, so that the caller refolds the whole log."""
-        meta = dict(self.db.execute("SELECT key, value FROM meta WHERE key IN ('snapshot_seq', 'state_schema')"))
+        """The saved state of every key and the log position it reflects; nothing (position 0), so that the
+        caller refolds the whole log, when it was saved under another state schema or is not exactly what
+        was saved (a row changed or missing, a position past the log's end)."""
+        meta = dict(self.db.execute("SELECT key, value FROM meta WHERE key LIKE 'snapshot%' OR key = 'state_schema'"))
         if meta.get("state_schema") != str(STATE_SCHEMA):
             return {}, 0
-        keys = {name: orjson.loads(text) for name, text in self.db.execute("SELECT action_type, snapshot FROM state")}
-        return keys, int(meta.get("snapshot_seq", 0))
+        rows = list(self.db.execute("SELECT action_type, snapshot FROM state ORDER BY action_type"))
+        position = meta.get("snapshot_seq", "0")
+        if not rows and position == "0":
+            return {}, 0  # nothing saved yet
+        problem = _unverified(rows, meta, self.last_seq())
+        if problem is not None:
+            log.warning("%s: the saved state %s; refolding the whole log", self.path, problem)
+            return {}, 0
+        return {name: orjson.loads(text) for name, text in rows}, int(position)
 
     def last_seq(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
@@ -398,3 +408,21 @@ class Store:
         out["decisions"] = self.db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0]
         out["rejected_input"] = self.db.execute("SELECT COUNT(*) FROM rejected").fetchone()[0]
         return out
+
+
+def _digest(rows: Iterable[tuple[str, str]]) -> str:
+    """The sha256 of a snapshot's rows, in action type order: what a restore checks before trusting them."""
+    digest = hashlib.sha256()
+    for name, text in rows:
+        digest.update(f"{name}\t{text}\n".encode())
+    return digest.hexdigest()
+
+
+def _unverified(rows: list[tuple[str, str]], meta: dict[str, str], last_seq: int) -> str | None:
+    """Why a saved snapshot cannot be trusted, or None."""
+    if meta.get("snapshot_sha256") != _digest(rows):
+        return "does not match the digest saved with it (changed, cut short, or saved before digests)"
+    position = meta.get("snapshot_seq", "")
+    if not position.isdigit() or int(position) > last_seq:
+        return f"claims log position {position!r}, past the log's end ({last_seq})"
+    return None

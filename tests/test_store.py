@@ -62,6 +62,48 @@ def test_a_damaged_page_is_found_at_start_and_refused(tmp_path: Path) -> None:
         EmbeddedRuntime(POLICY, tmp_path, ManualClock(NOON))
 
 
+TAMPERING = {
+    "a row that is not JSON": "UPDATE state SET snapshot = '{not json' WHERE action_type = 'reply_to_ticket'",
+    "a row cut short": "UPDATE state SET snapshot = substr(snapshot, 1, 40) WHERE action_type = 'reply_to_ticket'",
+    "a row deleted": "DELETE FROM state WHERE action_type = 'reply_to_ticket'",
+    "a field changed": "UPDATE state SET snapshot = replace(snapshot, '\"tier\":0', '\"tier\":7')",
+    "a position that is no number": "UPDATE meta SET value = 'abc' WHERE key = 'snapshot_seq'",
+    "a position past the log": "UPDATE meta SET value = '99999999' WHERE key = 'snapshot_seq'",
+}
+
+
+@pytest.mark.parametrize("tampering", TAMPERING.values(), ids=TAMPERING.keys())
+def test_a_saved_state_that_is_not_what_was_saved_is_refolded_not_trusted(tmp_path: Path, tampering: str) -> None:
+    """A snapshot changed, cut short, missing a type or claiming a position past the log is not restored
+    (it would crash the start or silently skip events): the server refolds the log and starts."""
+    first = EmbeddedRuntime(POLICY, tmp_path, ManualClock(NOON))
+    first.ingest(STORY[:100], "http(test)")
+    with first.store.transaction():
+        first.store.save_snapshot(first.state.keys.values())
+    first.ingest(STORY[100:200], "http(test)")  # after the snapshot: a restore must fold these
+    first.close()
+    with sqlite3.connect(tmp_path / DB_NAME) as db:
+        assert db.execute(tampering).rowcount > 0
+    again = EmbeddedRuntime(POLICY, tmp_path, ManualClock(NOON))
+    try:
+        assert again.state.to_dict() == stored_fold(again)
+        assert "reply_to_ticket" in again.state.keys
+    finally:
+        again.close()
+
+
+def test_a_second_data_dir_linking_to_the_same_database_is_refused(tmp_path: Path) -> None:
+    """The lock follows the database a data directory really uses: two servers never write one file."""
+    first = EmbeddedRuntime(POLICY, tmp_path / "a", ManualClock(NOON))
+    try:
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / DB_NAME).symlink_to(tmp_path / "a" / DB_NAME)
+        with pytest.raises(StoreError, match="in use by another tiergate process"):
+            EmbeddedRuntime(None, tmp_path / "b", ManualClock(NOON))
+    finally:
+        first.close()
+
+
 @pytest.mark.parametrize("failing", list(range(0, 60, 7)))
 def test_a_batch_failing_anywhere_leaves_the_state_equal_to_the_stored_log(
     runtime: EmbeddedRuntime, failing: int, monkeypatch: pytest.MonkeyPatch
