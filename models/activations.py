@@ -70,7 +70,13 @@ def _details(event: PolicyEvent) -> dict[str, Any]:
 
 
 def _last_close(key: KeyState) -> int | None:
-    return None if key.next_close is None else key.next_close * key.rules.window
+    """When an activation's decision is dated: the end of the key's last closed window (a policy event moves
+    no time), or the key's `since` if later — an override or the tripwire may have moved it after that
+    close, and a key's tier never changes before the change it replaces."""
+    closed = None if key.next_close is None else key.next_close * key.rules.window
+    if key.since is None or closed is None:
+        return closed
+    return max(closed, key.since)
 
 
 def _adopt(key: KeyState, event: PolicyEvent, rules: Rules) -> None:

@@ -82,12 +82,13 @@ class TierRecord:
 
     @classmethod
     def from_decision(cls, decision: Decision) -> TierRecord:
-        """The tier map entry a tier-changing decision sets."""
+        """The tier map entry a tier-changing decision sets (an `initial` one, a revival's too, sets `since`
+        null: the type starts over, as the fold's state says)."""
         return cls(
             action_type=decision.action_type,
             tier=decision.to_tier,
             version=decision.version,
-            since=decision.at,
+            since=None if decision.kind == "initial" else decision.at,
             decision_id=decision.decision_id,
             policy_version=decision.policy_version,
             policy_sha256=decision.policy_sha256,

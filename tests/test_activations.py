@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from tiergate.models import Decision, State, fold
-from tiergate.models.fold import step
+from tiergate.models.decisions import TierRecord
+from tiergate.models.fold import step, tier_records
 from tiergate.models.wire import TIERS, event_from_dict, format_ts
 from tiergate.streams.activation import Catalog
 
@@ -180,6 +181,8 @@ def test_a_revived_type_starts_over_keeping_its_time_seq_version_and_ids() -> No
     assert revived.seq == 2 and format_ts(revived.at) == end_of_hour(0)  # type: ignore[arg-type]
     assert results_of(log)[-1][0] == "duplicate"
     assert state.keys["t"].since is None and not state.keys["t"].retired
+    live = TierRecord.from_decision(revived)  # what a runtime publishes as the decision is made
+    assert live == next(r for r in tier_records(state) if r.action_type == "t")  # what a restart rebuilds
 
 
 def test_a_changed_window_is_refused_and_changes_nothing() -> None:
@@ -313,3 +316,16 @@ def test_rules_written_before_the_rule_fields_are_the_v1_rules() -> None:
     demotion = next(d for d in decisions if d.kind == "demote")
     assert format_ts(demotion.at) == end_of_hour(3) and "target − margin" in demotion.reason  # type: ignore[arg-type]
     assert "test" not in demotion.evidence[0]
+
+
+def test_an_activation_after_an_override_is_dated_no_earlier_than_it() -> None:
+    """An override takes effect at its own ts, after the last close; a policy move right after it is dated
+    the last close or the key's `since`, whichever is later: the tier map's `since` never goes backwards."""
+    log = log_with()
+    log.reviews(0.5, accepted=1).tick(1.1)  # the window ending at hour 1 closes
+    log.override(1.5, "promote")  # walk, dated 1.5h
+    log.apply(1.6, policy(action_types={"t": {"max_tier": "crawl"}}), "a2")  # back to crawl
+    state, decisions = fold_log(log)
+    promoted, capped = [d for d in decisions if d.action_type == "t"][-2:]
+    assert (promoted.kind, capped.kind, capped.to_tier) == ("override", "policy", 0)
+    assert capped.at == promoted.at == state.keys["t"].since  # not the end of hour 1
