@@ -35,6 +35,7 @@ from .store import ActivationRow, Appended, Store, StoreError
 
 DB_NAME = "tiergate.db"
 WRITABLE = "give a writable --data-dir (or TIERGATE_DATA_DIR)"
+UNATTENDED = ("file", "log", "migration")  # activation sources no person chose at the time
 SNAPSHOT_EVERY = 10_000  # events between snapshots of the state at least (more when the state is large)
 
 
@@ -319,11 +320,12 @@ class EmbeddedRuntime:
         return {name: key.rules.mapping for name, key in self.state.keys.items() if not key.retired}
 
     def use_policy_file(self, policy: Policy, origin: str) -> Applied | None:
-        """`serve --policy`: apply the file when it differs from the last activation that came from a file
-        (never reverting a later activation made through the API); a file that cannot be applied leaves the
-        current policy in force and the server degraded, with the reason — unless there is none to keep."""
-        files = self.store.activations(source="file")
-        if files and files[-1].policy_sha256 == policy.sha256:
+        """`serve --policy`: apply the file when it differs from the last policy the data directory was given
+        unattended — by a file, or by the log it was imported from (or migrated with) — never reverting a later
+        activation made by a person (API, console, rollback); a file that cannot be applied leaves the current
+        policy in force and the server degraded, with the reason — unless there is none to keep."""
+        given = [row for row in self.store.activations() if row.source in UNATTENDED]
+        if given and given[-1].policy_sha256 == policy.sha256:
             return None
         try:
             return self.apply(policy, "file", "tiergate serve", f"{origin} ({policy.version})")
@@ -367,6 +369,12 @@ class EmbeddedRuntime:
         current = self.current_policy()
         if current is not None and current.policy_sha256 == policy.sha256:  # applying it again changes nothing
             return Applied(current.activation_id, policy, diff(self.rules_in_force(), policy), [], dry_run, True)
+        used = next((row for row in self.store.activations() if row.activation_id == activation_id), None)
+        if used is not None and used.policy_sha256 != policy.sha256:
+            raise PolicyRefused(
+                f"activation id {activation_id} is already policy {used.policy_version} ({used.policy_sha256[:12]}…): "
+                "an id resumes an interrupted apply of the same document; leave --activation-id out for a new one"
+            )
         now = self.clock.now()
         activation_id = activation_id or new_activation_id(now)
         events = policy_events(policy, Catalog.of(self.state), activation_id, actor, reason, now)

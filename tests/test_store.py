@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from tiergate.models import fold
@@ -16,9 +17,9 @@ from tiergate.models.wire import format_ts, parse_ts
 from tiergate.streams import pipeline
 from tiergate.streams.clock import ManualClock
 from tiergate.streams.codec import decode
-from tiergate.streams.embedded import DB_NAME, EmbeddedRuntime
+from tiergate.streams.embedded import DB_NAME, EmbeddedRuntime, PolicyRefused
 from tiergate.streams.http import make_app
-from tiergate.streams.policy_file import read_policy
+from tiergate.streams.policy_file import policy_from_mapping, read_policy
 from tiergate.streams.settings import ServeSettings
 from tiergate.streams.store import Store, StoreError
 
@@ -102,6 +103,35 @@ def test_a_second_data_dir_linking_to_the_same_database_is_refused(tmp_path: Pat
             EmbeddedRuntime(None, tmp_path / "b", ManualClock(NOON))
     finally:
         first.close()
+
+
+def test_serving_the_file_an_imported_log_carried_keeps_a_later_activation(tmp_path: Path) -> None:
+    """A data dir made by importing a log that carries its policy, then changed through the API, is not
+    reverted by `serve --policy` with the file the log was made with: only a file that differs from what the
+    directory was last given unattended is applied."""
+    imported = EmbeddedRuntime(None, tmp_path, ManualClock(NOON))
+    imported.ingest(LOG, "import(events.jsonl)")
+    assert [row.source for row in imported.store.activations()] == ["log"]
+    tuned = policy_from_mapping(yaml.safe_load((GOLDEN / "policy.yaml").read_text()) | {"policy_version": "tuned"})
+    imported.apply(tuned, "api", "ops", "tuned by hand")
+    imported.close()
+    restarted = EmbeddedRuntime(POLICY, tmp_path, ManualClock(NOON))
+    try:
+        in_force = restarted.current_policy()
+        assert in_force is not None and (in_force.source, in_force.policy_version) == ("api", "tuned")
+    finally:
+        restarted.close()
+
+
+def test_an_activation_id_already_used_for_another_document_is_refused(runtime: EmbeddedRuntime) -> None:
+    """An id resumes an interrupted apply of its own document; given with another document it would apply
+    nothing (its events are duplicates) while reporting success: it is refused, and nothing is written."""
+    golden = yaml.safe_load((GOLDEN / "policy.yaml").read_text())
+    runtime.apply(policy_from_mapping(golden | {"policy_version": "second"}), "api", "ops", "one", activation_id="x")
+    before = runtime.store.last_seq()
+    with pytest.raises(PolicyRefused, match="activation id x is already policy second"):
+        runtime.apply(policy_from_mapping(golden | {"policy_version": "third"}), "api", "ops", "two", activation_id="x")
+    assert runtime.store.last_seq() == before
 
 
 @pytest.mark.parametrize("failing", list(range(0, 60, 7)))
