@@ -26,7 +26,7 @@ from tiergate.models.state import KeyState, State, StateSchemaError
 from tiergate.models.ticks import due_ticks
 from tiergate.models.wire import PolicyEvent, format_ts
 
-from .activation import Catalog, Diff, diff, new_activation_id, policy_events
+from .activation import Catalog, Diff, diff, new_activation_id, policy_events, reused_id
 from .canonical import claimed_sha256s, policy_sha256
 from .clock import Clock
 from .codec import encode
@@ -369,12 +369,10 @@ class EmbeddedRuntime:
         current = self.current_policy()
         if current is not None and current.policy_sha256 == policy.sha256:  # applying it again changes nothing
             return Applied(current.activation_id, policy, diff(self.rules_in_force(), policy), [], dry_run, True)
-        used = next((row for row in self.store.activations() if row.activation_id == activation_id), None)
-        if used is not None and used.policy_sha256 != policy.sha256:
-            raise PolicyRefused(
-                f"activation id {activation_id} is already policy {used.policy_version} ({used.policy_sha256[:12]}…): "
-                "an id resumes an interrupted apply of the same document; leave --activation-id out for a new one"
-            )
+        used = {row.activation_id: (row.policy_version, row.policy_sha256) for row in self.store.activations()}
+        refused = None if activation_id is None else reused_id(activation_id, used.get(activation_id), policy.sha256)
+        if refused is not None:
+            raise PolicyRefused(refused)
         now = self.clock.now()
         activation_id = activation_id or new_activation_id(now)
         events = policy_events(policy, Catalog.of(self.state), activation_id, actor, reason, now)

@@ -86,7 +86,7 @@ def _apply(args: argparse.Namespace) -> int:
 
 def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
     """Sign the activation with the operator's key and produce it; refuse what the fold would refuse."""
-    from ..activation import new_activation_id
+    from ..activation import new_activation_id, reused_id
     from ..kafka import EVENTS, POLICIES
     from ..kafka_policy import history, plan, produce, refusals
     from ..signing import read_trusted
@@ -106,6 +106,10 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
         raise CommandError("refused before anything was written: " + "; ".join(problems))
     now = int(time.time())
     activation_id = args.activation_id or new_activation_id(now)
+    used = {a.activation_id: (a.record["policy_version"], a.record["policy_sha256"]) for a in activations}
+    refused = reused_id(activation_id, used.get(activation_id), policy.sha256)
+    if refused is not None:
+        raise CommandError(f"refused before anything was written: {refused}")
     planned = plan(activations, policy, key, settings.deployment, activation_id, args.actor, args.reason, now)
     if not args.dry_run:
         asyncio.run(produce(settings, planned))
