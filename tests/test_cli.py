@@ -337,6 +337,26 @@ def test_export_and_import_take_the_data_dir_from_the_environment(tmp_path: Path
         (["serve", "--policy", str(POLICY), "--host", "0.0.0.0"], {}, ["not loopback and no credentials are set"]),
         (["serve", "--policy", "nothere.yaml"], {}, ["invalid policy", "nothere.yaml: cannot read the policy"]),
         (
+            ["policy", "history", "--server", "localhost:18710"],  # a server URL without its scheme, anywhere
+            {},
+            ["--server: no scheme: add http:// (e.g. http://localhost:18710)"],
+        ),
+        (
+            ["explain", "x", "--server", "localhost:1"],
+            {},
+            ["--server: no scheme: add http:// (e.g. http://localhost:1)"],
+        ),
+        (
+            ["override", "demote", "x", "--actor", "a", "--reason", "r"],
+            {"TIERGATE_SERVER": "localhost:18710"},
+            ["TIERGATE_SERVER: no scheme: add http:// (e.g. http://localhost:18710)"],
+        ),
+        (
+            ["checkpoint", "x", "--through", "2026-11-02T10:00:00Z"],
+            {"TIERGATE_SERVER": "ftp://example.com"},
+            ["TIERGATE_SERVER: a tiergate server speaks http:// or https://"],
+        ),
+        (
             ["topics", "describe", "--bootstrap", "127.0.0.1:1"],  # the packaged definition, from any directory
             {},
             ["cannot reach the Kafka broker at 127.0.0.1:1", "deploy/kafka/broker.sh start"],
