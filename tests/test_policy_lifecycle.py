@@ -166,6 +166,19 @@ def test_a_stale_apply_is_refused_whole(served: tuple[str, int, Path], tmp_path:
     assert len(httpx.get(f"{server}/v1/policy/history").json()["activations"]) == 1
 
 
+def test_a_policy_posted_as_raw_yaml_is_told_the_endpoint_takes_json(served: tuple[str, int, Path]) -> None:
+    """POST /v1/policy with the YAML file as the body (not JSON) is 422 saying the body must be JSON, and how
+    to send a YAML policy (tiergate policy apply, or jq wrapping it); nothing is written."""
+    server, _, _ = served
+    refused = httpx.post(f"{server}/v1/policy", content=POLICY.read_bytes())
+    assert refused.status_code == 422
+    answer = refused.json()
+    assert answer["error"].startswith("the body is not JSON (")
+    assert "POST /v1/policy takes a JSON object whose `policy` is the YAML text" in answer["error"]
+    assert "tiergate policy apply FILE" in answer["fix"] and "jq -Rs" in answer["fix"]
+    assert len(httpx.get(f"{server}/v1/policy/history").json()["activations"]) == 1
+
+
 def test_a_window_change_is_refused_before_anything_is_written(served: tuple[str, int, Path], tmp_path: Path) -> None:
     """A changed window cannot apply to existing types: 409 with the reason, the history unchanged."""
     server, _, _ = served
