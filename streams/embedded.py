@@ -263,7 +263,7 @@ class EmbeddedRuntime:
         Such a store was decided by the v1 bar rules, so the rules its document leaves unnamed are v1."""
         migrated = self.store.activations(source="migration")
         if migrated:
-            return load_policy(migrated[0].document, digest=policy_sha256).before_activations
+            return load_policy(migrated[0].document, digest=policy_sha256, recorded=True).before_activations
         claim = self.store.legacy_claim()
         if claim is None:
             return None
