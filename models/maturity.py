@@ -16,7 +16,7 @@ from __future__ import annotations
 from . import windows
 from .rules import METRIC_INDEX, METRIC_OF_KIND
 from .state import Cell, CellKey, KeyState
-from .wire import TIER_INDEX, Outcome
+from .wire import TIER_INDEX, Outcome, format_ts
 
 CUSTOMER = METRIC_INDEX[METRIC_OF_KIND["customer"]]
 
@@ -58,7 +58,8 @@ def failure_cell(key: KeyState, event: Outcome) -> tuple[CellKey | None, str | N
         return None, None
     if event.ts >= event.action_ts + maturity:
         return None, (
-            f"after maturity: the action of {event.action_ts} was final at {event.action_ts + maturity} "
+            f"after maturity: the action of {format_ts(event.action_ts)} was final at "
+            f"{format_ts(event.action_ts + maturity)} "
             "(its maturity had passed); a failure this late no longer counts"
         )
     return cell, None

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .closes import advance
+from .state import RUN
 from .transition import KeyStep
 from .wire import TIER_INDEX, TIERS, Override
 
@@ -73,7 +74,7 @@ def refusal(step: KeyStep, event: Override) -> str | None:
     if event.op == "pin":
         assert tier is not None
         if tier > key.ceiling:
-            return f"pin {event.tier} is above the ceiling {ceiling} (max_tier or cap): uncap first"
+            return f"pin {event.tier} is above the ceiling {ceiling}, {_held_below(step, tier)}"
         if tier not in (key.tier, key.tier + 1):
             return (
                 f"pin {event.tier} is below the current tier {current}: demote to {event.tier} first, then pin"
@@ -83,6 +84,8 @@ def refusal(step: KeyStep, event: Override) -> str | None:
     elif event.op == "unpin" and key.pinned is None:
         return "the action type is not pinned"
     elif event.op == "uncap" and key.cap is None:
+        if key.rules.max_tier < RUN:
+            return f"the action type is not capped; its ceiling {ceiling} is {_max_tier_fix(step)}"
         return "the action type is not capped"
     elif event.op == "demote":
         if key.tier == 0:
@@ -90,5 +93,25 @@ def refusal(step: KeyStep, event: Override) -> str | None:
         if tier is not None and tier >= key.tier:
             return f"demote to {event.tier} is not below the current tier {current}: name a lower tier or omit it"
     elif event.op == "promote" and key.tier + 1 > key.ceiling:
-        return f"already at the ceiling {ceiling} (max_tier or cap): uncap first"
+        return f"already at the ceiling {ceiling}, {_held_below(step, key.tier + 1)}"
     return None
+
+
+def _held_below(step: KeyStep, wanted: int) -> str:
+    """What keeps the type below `wanted`, and how to lift it: an operator's cap is lifted by uncap, the
+    policy's max_tier only by a new policy (uncap would be refused: there may be no cap at all)."""
+    key, max_tier = step.key, step.key.rules.max_tier
+    capped = key.cap is not None and key.cap < wanted
+    if not capped:
+        return _max_tier_fix(step)
+    if max_tier >= wanted:
+        return "an operator's cap: uncap first"
+    return f"an operator's cap and the policy's max_tier {TIERS[max_tier]}: uncap, and {_raise_max_tier(step)}"
+
+
+def _max_tier_fix(step: KeyStep) -> str:
+    return f"the policy's max_tier (uncap does not lift it): {_raise_max_tier(step)}"
+
+
+def _raise_max_tier(step: KeyStep) -> str:
+    return f"raise action_types.{step.key.action_type}.max_tier in the policy and apply it"

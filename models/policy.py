@@ -187,11 +187,13 @@ def _check(mapping: dict[str, Any], where: Path, problems: Problems) -> RulesSpe
 Digest = Callable[[Mapping[str, Any]], str]
 
 
-def load_policy(raw: Any, digest: Digest, unnamed: Unnamed = "sound") -> Policy:
+def load_policy(raw: Any, digest: Digest, unnamed: Unnamed = "sound", recorded: bool = False) -> Policy:
     """Validate a policy mapping (as read from YAML) and resolve every action type's rules. `digest` gives
     the normalised document its identity (streams/canonical.py: sha256 of its RFC 8785 form). A bar rule
     the document does not name is the sound one; `unnamed="v1"` reads it as v1, for the policy of an old
-    log (`Policy.before_activations` holds that reading)."""
+    log (`Policy.before_activations` holds that reading). `recorded`: a document the log already holds,
+    read for its rules: checks on the operator keys added since it was accepted (one key_id per key) do not
+    make it unreadable, or its successor could not be applied."""
     if not isinstance(raw, dict):
         raise PolicyError([((), "the policy must be a mapping of fields (policy_version, window, tiers, …)")])
     try:
@@ -199,6 +201,8 @@ def load_policy(raw: Any, digest: Digest, unnamed: Unnamed = "sound") -> Policy:
     except ValidationError as error:
         raise PolicyError(_names_the_fix(pydantic_problems(error))) from None
     problems = lookback_problems(document.window, document.lookback)
+    if not recorded:
+        problems += _shared_key_ids(document.operators)
     _check(_type_mapping(raw, _ActionTypeSpec(), unnamed), (), problems)  # the globals alone, reported once
     if problems:
         raise PolicyError(problems)
@@ -211,7 +215,7 @@ def load_policy(raw: Any, digest: Digest, unnamed: Unnamed = "sound") -> Policy:
         raise PolicyError(problems)
     normalised = _normalise(document, types)
     sha256 = digest(normalised)
-    old_log = _old_log_reading(raw, digest) if unnamed == "sound" else None
+    old_log = _old_log_reading(raw, digest, recorded) if unnamed == "sound" else None
     return Policy(
         version=document.policy_version,
         sha256=sha256,
@@ -224,11 +228,30 @@ def load_policy(raw: Any, digest: Digest, unnamed: Unnamed = "sound") -> Policy:
     )
 
 
-def _old_log_reading(raw: dict[str, Any], digest: Digest) -> Policy | None:
+def _shared_key_ids(operators: list[Operator]) -> Problems:
+    """Each operator key needs a key_id of its own: a signed event names only its key_id, so two entries
+    sharing one would leave which key, and which actor, is trusted to whichever the verifier finds first."""
+    problems: Problems = []
+    first: dict[str, int] = {}
+    for index, operator in enumerate(operators):
+        earlier = first.setdefault(operator.key_id, index)
+        if earlier != index:
+            problems.append(
+                (
+                    ("operators", index, "key_id"),
+                    f"{operator.key_id!r} is already the key_id of operators.{earlier} "
+                    f"({operators[earlier].actor}): give each key its own key_id (`tiergate keys new --key-id "
+                    "NEW_ID --actor …` makes a new key) or remove the repeated entry",
+                )
+            )
+    return problems
+
+
+def _old_log_reading(raw: dict[str, Any], digest: Digest, recorded: bool) -> Policy | None:
     """The document with its unnamed rules v1; None when that reading is not valid (a document that gives
     the sound rules' parameters without naming them was never an old log's policy)."""
     try:
-        return load_policy(raw, digest, "v1")
+        return load_policy(raw, digest, "v1", recorded)
     except PolicyError:
         return None
 

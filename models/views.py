@@ -21,7 +21,7 @@ class KeyView:
     """One action type as the evaluator sees it at its last close."""
 
     action_type: str
-    tier: str
+    tier: str  # a retired type's last tier (its record shows none: agents treat it as crawl)
     version: int
     since: int | None
     read_only: bool
@@ -39,6 +39,7 @@ class KeyView:
     checkpoint: int | None = None  # how far the customer feed says its failures are complete
     unmatched: int = 0  # customer failures beyond their cell's units (no such action)
     rules: tuple[str, str, int] = ("wilson", "point", 0)  # (promotion rule, demotion rule, tripwire)
+    retired: bool = False  # left the catalog: `since` is when, its history stays in the log
 
     @property
     def hold_progress(self) -> float:
@@ -48,9 +49,11 @@ class KeyView:
         return min(1.0, (self.last_close - self.passing_since) / self.hold_required)
 
     def record(self) -> dict[str, Any]:
+        """As GET /v1/status answers it; a retired type is marked so and, as in the tier map, has no tier."""
         return {
             "action_type": self.action_type,
-            "tier": self.tier,
+            "tier": None if self.retired else self.tier,
+            "retired": self.retired,
             "version": self.version,
             "since": None if self.since is None else format_ts(self.since),
             "read_only": self.read_only,
@@ -84,8 +87,9 @@ def _keep_record(evidence: Evidence) -> dict[str, Any]:
 
 
 def key_view(key: KeyState) -> KeyView:
-    rules, tier = key.rules, key.tier
-    has_gate = bool(rules.promote_bars[tier]) and not key.read_only
+    """A retired type has no bars or hold: nothing is evaluated until a policy names it again."""
+    rules, tier, evaluated = key.rules, key.tier, not (key.read_only or key.retired)
+    has_gate = bool(rules.promote_bars[tier]) and evaluated
     return KeyView(
         action_type=key.action_type,
         tier=TIERS[tier],
@@ -97,8 +101,8 @@ def key_view(key: KeyState) -> KeyView:
         ceiling=TIERS[key.ceiling],
         watermark=key.watermark,
         last_close=None if key.next_close is None else key.next_close * rules.window,
-        promote=() if key.read_only else promote_evidence(key),
-        keep=() if key.read_only else keep_evidence(key),
+        promote=promote_evidence(key) if evaluated else (),
+        keep=keep_evidence(key) if evaluated else (),
         passing_since=key.passing_since,
         hold_required=rules.hold[tier] if has_gate else None,
         maturity=rules.maturity,
@@ -106,4 +110,5 @@ def key_view(key: KeyState) -> KeyView:
         checkpoint=key.checkpoint,
         unmatched=key.unmatched,
         rules=(rules.promotion_rule, rules.demotion_rule, rules.tripwire),
+        retired=key.retired,
     )

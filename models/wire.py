@@ -126,6 +126,10 @@ class Outcome(_Event):
         return self
 
 
+OPS_NEEDING_TIER = ("pin", "cap")  # the tier to pin at, the ceiling to set
+OPS_WITHOUT_TIER = ("unpin", "uncap", "promote")  # (demote may name the tier to go down to)
+
+
 class Override(_Event):
     """An operator's instruction: pin, unpin, cap, uncap, demote or promote one action type."""
 
@@ -137,9 +141,9 @@ class Override(_Event):
 
     @model_validator(mode="after")
     def _tier_fits_op(self) -> Override:
-        if self.op in ("pin", "cap") and self.tier is None:
+        if self.op in OPS_NEEDING_TIER and self.tier is None:
             raise ValueError(f"tier: op {self.op!r} needs a tier: add tier crawl, walk or run")
-        if self.op in ("unpin", "uncap", "promote") and self.tier is not None:
+        if self.op in OPS_WITHOUT_TIER and self.tier is not None:
             raise ValueError(f"tier: op {self.op!r} takes no tier: remove the tier field")
         return self
 

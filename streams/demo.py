@@ -58,7 +58,7 @@ def changed_policy(path: Path) -> str:
     return text
 
 
-TIER_STYLE = {"crawl": "yellow", "walk": "cyan", "run": "bold green"}
+TIER_STYLE = {"crawl": "yellow", "walk": "cyan", "run": "bold green", "retired": "dim"}
 
 
 def demo_policy_path() -> Path:
@@ -96,7 +96,7 @@ def status_table(status: dict[str, Any], now: int, posted: Counter[str]) -> Tabl
     for column in ("action type", "tier", "bars (figure, n / min samples, bar)", "hold", "since"):
         table.add_column(column, overflow="fold")  # a narrow terminal wraps a name, never cuts it
     for view in status["action_types"]:
-        tier = view["tier"]
+        tier = view["tier"] or "retired"  # a retired type has no tier (and no bars)
         bars = [_bar_line(rule, bar) for rule in ("promote", "keep") for bar in view[rule]]
         customer = view.get("customer") or {}
         if customer.get("pending"):

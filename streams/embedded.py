@@ -265,7 +265,7 @@ class EmbeddedRuntime:
         Such a store was decided by the v1 bar rules, so the rules its document leaves unnamed are v1."""
         migrated = self.store.activations(source="migration")
         if migrated:
-            return load_policy(migrated[0].document, digest=policy_sha256).before_activations
+            return load_policy(migrated[0].document, digest=policy_sha256, recorded=True).before_activations
         claim = self.store.legacy_claim()
         if claim is None:
             return None
@@ -401,14 +401,17 @@ class EmbeddedRuntime:
         live: bool = True,
         also: Callable[[Store], None] | None = None,
         principal: str | None = None,
+        positions: Iterable[int] | None = None,
     ) -> Ingested:
         """Fold a batch and commit it in one transaction (with `also`'s writes). `live`: the clock checks
         apply (`future`, `past`); an import of older history and the server's own ticks are not live.
         `principal`: the credential that posted the batch, kept beside each event and named in the
-        decisions of overrides."""
+        decisions of overrides. `positions`: where each input sits in its source (a file's line numbers,
+        so a rejected line's origin points at it across batches); by default its index in the batch."""
         if self.broken is not None:
             raise StoreError(f"{self.broken}: restart tiergate serve (the state is rebuilt from the store)")
-        inputs = [Input(source, index, raw, principal=principal) for index, raw in enumerate(raws)]
+        numbered = enumerate(raws) if positions is None else zip(positions, raws, strict=True)
+        inputs = [Input(source, place, raw, principal=principal) for place, raw in numbered]
         self.since_snapshot += len(inputs)
         sink = StoreSink(self.store, self._snapshot if self._snapshot_due() else None, also)
         try:

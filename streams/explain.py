@@ -57,23 +57,35 @@ class Explanation:
     now: dict[str, Any] | None = None  # a live server's view at the last close (GET /v1/status), if asked
 
     @property
-    def tier(self) -> str:
-        return str(self.current["to_tier"])
+    def tier(self) -> str | None:
+        """The tier the type holds; None once retired (it left the tier map: agents treat it as crawl)."""
+        tier: str | None = self.current["to_tier"]
+        return tier
+
+    @property
+    def retired(self) -> bool:
+        kind: str = self.current["kind"]
+        return kind == "retire"
 
     def why(self) -> str:
-        """One sentence: what keeps the type at its tier."""
+        """One sentence: what keeps the type at its tier (or out of the tier map)."""
+        current = self.current
+        if self.retired:
+            return (
+                f"retired by policy activation {current.get('activation_id')}{_at(current)}: it left the catalog, "
+                "so agents treat it as crawl and its actions and outcomes are rejected until a policy names it again"
+            )
         for hold in self.holds:
             if hold["op"] == "pin":
                 return f"pinned at {self.tier} by an operator: automatic moves are suspended until an unpin"
         for hold in self.holds:
             if hold["op"] == "cap" and hold.get("tier", hold["to_tier"]) == self.tier:
                 return f"held at {self.tier} by an operator's cap: no promotion above it until an uncap"
-        current = self.current
         moved = {
-            "promote": f"promoted at {current['at']}: every promote bar passed for the hold time",
-            "demote": f"demoted at {current['at']}: {_fell(current['evidence'])}",
-            "override": f"moved by an operator ({current.get('op')}) at {current['at']}",
-            "policy": f"moved by policy activation {current.get('activation_id')} at {current['at']}",
+            "promote": f"promoted{_at(current)}: every promote bar passed for the hold time",
+            "demote": f"demoted{_at(current)}: {_fell(current['evidence'])}",
+            "override": f"moved by an operator ({current.get('op')}){_at(current)}",
+            "policy": f"moved by policy activation {current.get('activation_id')}{_at(current)}",
         }
         return moved.get(current["kind"], str(current["reason"]))
 
@@ -81,6 +93,7 @@ class Explanation:
         return {
             "action_type": self.action_type,
             "tier": self.tier,
+            "retired": self.retired,
             "since": self.current["at"],
             "version": self.current["version"],
             "why": self.why(),
@@ -101,6 +114,11 @@ def explanation(decisions: list[dict[str, Any]], action_type: str, now: dict[str
     return Explanation(action_type, current, _holds(decisions), decisions, now)
 
 
+def _at(decision: dict[str, Any]) -> str:
+    """ " at <when>", or nothing for a decision made before any window of the type closed (it has no `at`)."""
+    return f" at {decision['at']}" if decision["at"] else ""
+
+
 def _fell(evidence: list[dict[str, Any]]) -> str:
     """How a keep bar fell, by the rule that judged it."""
     rules = {bar["test"]["rule"] for bar in evidence if "test" in bar and not bar["passed"]}
@@ -112,10 +130,13 @@ def _fell(evidence: list[dict[str, Any]]) -> str:
 
 
 def _holds(decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The pin and the cap in force at the end of the log: the last of each not lifted since."""
+    """The pin and the cap in force at the end of the log: the last of each not lifted since (a retirement
+    lifts both)."""
     held: dict[str, dict[str, Any] | None] = {"pin": None, "cap": None}
     lifts = {"unpin": "pin", "uncap": "cap"}
     for decision in decisions:
+        if decision["kind"] == "retire":
+            held = {"pin": None, "cap": None}
         op = decision.get("op") if decision["kind"] == "override" else None
         if op in held:
             held[op] = decision
@@ -131,9 +152,13 @@ def explain(
     when there is one, and the history."""
     told = explanation(decisions, action_type, now)
     current = told.current
-    heading = Text.assemble(
-        (action_type, "bold"), " is at ", (told.tier, "bold"), f" since {current['at'] or 'the start'}"
-    )
+    if told.tier is None:
+        since = f" since {current['at']}" if current["at"] else ""
+        heading = Text.assemble((action_type, "bold"), " is ", ("retired", "bold"), since)
+    else:
+        heading = Text.assemble(
+            (action_type, "bold"), " is at ", (told.tier, "bold"), f" since {current['at'] or 'the start'}"
+        )
     heading.append(f" (version {current['version']}, {current['decision_id']}, policy ")
     heading.append_text(plain(current["policy_version"]))
     console.print(heading.append(")"))
@@ -152,8 +177,12 @@ def explain(
 
 def _print_now(now: dict[str, Any], console: Console) -> None:
     """What the evaluator sees at the type's last close: the gate out of its tier, the keep bars, the hold
-    streak, and customer units still waiting to mature."""
-    console.print(f"now (as of the last close, {now['last_close'] or 'none yet'}; watermark {now['watermark']})")
+    streak, and customer units still waiting to mature (of a retired type: nothing, it is not evaluated)."""
+    if now.get("retired"):
+        console.print("now: retired, out of the tier map; nothing is evaluated until a policy names it again")
+        return
+    watermark = now["watermark"] or "none yet"
+    console.print(f"now (as of the last close, {now['last_close'] or 'none yet'}; watermark {watermark})")
     if now["promote"]:
         console.print(_evidence_table(now["promote"], "promote bars now"))
         hold = now["hold"]
@@ -189,7 +218,8 @@ def _set_by_line(decision: dict[str, Any]) -> Text:
 def _history(decisions: list[dict[str, Any]]) -> Table:
     history = Table("decision", "kind", "move", "at", "by", "reason", title="history", title_justify="left")
     for d in decisions:
-        move = d["to_tier"] if d["from_tier"] in (None, d["to_tier"]) else f"{d['from_tier']} → {d['to_tier']}"
+        to = d["to_tier"] or "retired"  # a retirement has no tier to move to
+        move = to if d["from_tier"] in (None, d["to_tier"]) else f"{d['from_tier']} → {to}"
         kind = f"{d['kind']} {d['op']}" if d.get("op") else d["kind"]
         by = d.get("actor") or d.get("agent") or ""
         history.add_row(d["decision_id"], kind, move, d["at"] or "-", plain(by), plain(d["reason"]))

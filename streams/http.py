@@ -455,9 +455,17 @@ async def post_policy(request: web.Request) -> web.Response:
     refuses the apply unless that is the policy in force (two operators cannot overwrite each other)."""
     try:
         body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as error:
+        return problem(
+            422,
+            f"the body is not JSON ({error}): POST /v1/policy takes a JSON object whose `policy` is the YAML text "
+            "(or its mapping), with `actor` and `reason`, not the YAML file itself",
+            POLICY_BODY,
+        )
+    try:
         policy = _policy_of(body)
         actor, reason = _required(body, "actor"), _required(body, "reason")
-    except (orjson.JSONDecodeError, TypeError, ValueError) as error:
+    except (TypeError, ValueError) as error:
         return problem(
             422, f"the policy cannot be applied: {error}", "send {policy, actor, reason}; fix each field named"
         )
@@ -481,6 +489,12 @@ async def post_policy(request: web.Request) -> web.Response:
         status = 412 if if_match is not None and "If-Match" in str(refused) else 409
         return problem(status, str(refused), "diff against GET /v1/policy, fix the change, and apply again")
     return json(applied.record())
+
+
+POLICY_BODY = (
+    "run `tiergate policy apply FILE --actor … --reason …` (it sends the file for you), or send JSON: "
+    """jq -Rs '{policy: ., actor: "you", reason: "why"}' FILE | curl -XPOST --data-binary @- …/v1/policy"""
+)
 
 
 def _policy_of(body: Any) -> Any:

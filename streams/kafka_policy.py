@@ -121,7 +121,7 @@ def plan(
     """The signed events of an activation and its document record, against the recorded history."""
     old = {}
     if activations:
-        latest = policy_from_mapping(activations[-1].document)
+        latest = policy_from_mapping(activations[-1].document, recorded=True)
         old = {name: rules.mapping for name, rules in latest.types.items()}
     events = policy_events(policy, catalog_of(activations), activation_id, actor, reason, now)
     signed = [key.sign(event, deployment) for event in events]

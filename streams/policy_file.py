@@ -57,9 +57,10 @@ def read_policy(path: str | Path) -> Policy:
     return parse_policy(text, str(path))
 
 
-def policy_from_mapping(raw: Any) -> Policy:
-    """A policy from an already-parsed mapping (its identity: sha256 of the RFC 8785 normalised form)."""
-    return load_policy(raw, digest=policy_sha256)
+def policy_from_mapping(raw: Any, recorded: bool = False) -> Policy:
+    """A policy from an already-parsed mapping (its identity: sha256 of the RFC 8785 normalised form);
+    `recorded`: one the log already holds (see `load_policy`)."""
+    return load_policy(raw, digest=policy_sha256, recorded=recorded)
 
 
 def parse_policy(text: str, name: str) -> Policy:

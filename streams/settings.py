@@ -13,6 +13,7 @@ from contextvars import ContextVar
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -190,14 +191,33 @@ class ConsoleSettings(_Layered):
         return None
 
 
+def server_url(url: str) -> str:
+    """A server's URL as the HTTP client needs it: http:// or https:// and a host. Without a scheme,
+    `localhost:8360` would be read as the scheme `localhost` and fail with the client's own jargon."""
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return url
+    if "://" not in url:
+        raise ValueError(f"no scheme: add http:// (e.g. http://{url})")
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("a tiergate server speaks http:// or https:// (e.g. http://127.0.0.1:8360)")
+    raise ValueError("no host: name the server after the scheme (e.g. http://127.0.0.1:8360)")
+
+
 class OperatorSettings(_Layered):
-    """Where `tiergate override` sends, and with which credential (never a flag: it would show in `ps`)."""
+    """Where the commands that talk to a server (`override`, `explain`, `policy`, `checkpoint`) send, and
+    with which credential (never a flag: it would show in `ps`)."""
 
     model_config = SettingsConfigDict(env_prefix="TIERGATE_", env_file=None, extra="ignore")
 
     server: str = Field("http://127.0.0.1:8360", description="the embedded server's URL")
     credential: SecretStr | None = Field(None, description="an operator credential's secret")
     credential_file: Path | None = Field(None, description="a file holding an operator credential's secret")
+
+    @field_validator("server")
+    @classmethod
+    def _a_server_url(cls, value: str) -> str:
+        return server_url(value)
 
     def secret(self) -> str | None:
         if self.credential is not None:

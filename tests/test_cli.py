@@ -337,6 +337,26 @@ def test_export_and_import_take_the_data_dir_from_the_environment(tmp_path: Path
         (["serve", "--policy", str(POLICY), "--host", "0.0.0.0"], {}, ["not loopback and no credentials are set"]),
         (["serve", "--policy", "nothere.yaml"], {}, ["invalid policy", "nothere.yaml: cannot read the policy"]),
         (
+            ["policy", "history", "--server", "localhost:18710"],  # a server URL without its scheme, anywhere
+            {},
+            ["--server: no scheme: add http:// (e.g. http://localhost:18710)"],
+        ),
+        (
+            ["explain", "x", "--server", "localhost:1"],
+            {},
+            ["--server: no scheme: add http:// (e.g. http://localhost:1)"],
+        ),
+        (
+            ["override", "demote", "x", "--actor", "a", "--reason", "r"],
+            {"TIERGATE_SERVER": "localhost:18710"},
+            ["TIERGATE_SERVER: no scheme: add http:// (e.g. http://localhost:18710)"],
+        ),
+        (
+            ["checkpoint", "x", "--through", "2026-11-02T10:00:00Z"],
+            {"TIERGATE_SERVER": "ftp://example.com"},
+            ["TIERGATE_SERVER: a tiergate server speaks http:// or https://"],
+        ),
+        (
             ["topics", "describe", "--bootstrap", "127.0.0.1:1"],  # the packaged definition, from any directory
             {},
             ["cannot reach the Kafka broker at 127.0.0.1:1", "deploy/kafka/broker.sh start"],
@@ -371,6 +391,22 @@ def test_a_busy_port_is_reported_before_the_banner(tmp_path: Path) -> None:
         done = tiergate("serve", "--policy", str(POLICY), "--data-dir", "data", "--port", str(port), cwd=tmp_path)
     refused(done, 2, f"127.0.0.1:{port} is already in use", "give another --port")
     assert "tiergate serve:" not in done.stderr
+
+
+def test_import_keeps_each_rejected_line_with_its_line_number_across_batches(tmp_path: Path) -> None:
+    """A rejected line's origin is its 1-based line number in the file, as replay says it, blank lines
+    counted and batches or not (the fourth and the seventh line here, imported two events at a time)."""
+    good = OLD_CLIMB.read_text().splitlines()
+    misnamed = [line.replace('"reply_to_ticket"', '"reply_to_tikcet"') for line in good[3:5]]
+    history = tmp_path / "small.jsonl"
+    history.write_text("\n".join([good[0], "", good[1], misnamed[0], good[2], good[5], misnamed[1]]) + "\n")
+    done = tiergate("import", str(history), "--policy", str(POLICY), "--data-dir", "data", "--batch", "2", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    listed = tiergate("rejected", "--data-dir", "data", "--json", cwd=tmp_path)
+    origins = [row["origin"] for row in json.loads(listed.stdout)["rejected"]]
+    assert origins == ["import(small.jsonl):4", "import(small.jsonl):7"]
+    replayed = tiergate("replay", str(history), "--policy", str(POLICY), cwd=tmp_path)
+    assert "small.jsonl:4: rejected" in replayed.stderr and "small.jsonl:7: rejected" in replayed.stderr
 
 
 def test_one_action_type_is_counted_in_the_singular(tmp_path: Path) -> None:

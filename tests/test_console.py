@@ -186,6 +186,17 @@ async def test_holds_and_origins_read_as_people_write_them(console: Console) -> 
     assert "support-bot from 127.0.0.1, event 1 of its request" in rejected and "http(" not in rejected
 
 
+async def test_a_promotions_hold_reads_as_the_policy_writes_it(console: Console) -> None:
+    """The promotion log's hold line quotes the hold as the decision records it (`2h required`), with no
+    unit tacked on after the duration."""
+    await console.climb()
+    async with browser() as http:
+        await signed_in(http, console.url, "grafana")
+        log = await (await http.get(f"{console.url}/console/parts/log")).text()
+    holds = re.findall(r"<p>hold: passing since [0-9TZ:-]+, ([^<]*)</p>", log)
+    assert set(holds) == {"2h required", "3h required"}, holds
+
+
 async def test_every_response_carries_a_strict_content_security_policy(open_console: Console) -> None:
     """The page, its parts, its static files and the API answer with CSP (no inline script or style) and
     nosniff; the script is served as JavaScript from the package."""

@@ -326,6 +326,31 @@ def test_pin_above_a_cap_and_promote_at_the_ceiling_are_rejected() -> None:
     assert "ceiling" in (outcomes[1][1] or "") and "ceiling" in (outcomes[2][1] or "")
 
 
+def test_a_refusal_at_the_ceiling_names_the_limit_that_holds_it_and_its_fix() -> None:
+    """At a ceiling that is the policy's max_tier, the fix is a new policy, not uncap (there is no cap to
+    lift); at an operator's cap it is uncap; under both, both."""
+    raise_it = "raise action_types.capped.max_tier in the policy and apply it"
+    max_tier = f"the policy's max_tier (uncap does not lift it): {raise_it}"
+    held = Log(action_type="capped").override(0.1, "promote").override(0.2, "promote").override(0.3, "uncap")
+    held.override(0.4, "pin", tier="run").override(0.5, "cap", tier="crawl").override(0.6, "pin", tier="run")
+    assert results(held)[1:] == [
+        ("rejected", f"override promote rejected: already at the ceiling walk, {max_tier}"),
+        ("rejected", f"override uncap rejected: the action type is not capped; its ceiling walk is {max_tier}"),
+        ("rejected", f"override pin rejected: pin run is above the ceiling walk, {max_tier}"),
+        ("applied", None),
+        (
+            "rejected",
+            "override pin rejected: pin run is above the ceiling crawl, an operator's cap and the policy's max_tier "
+            f"walk: uncap, and {raise_it}",
+        ),
+    ]
+    capped = Log().override(0.1, "cap", tier="crawl").override(0.2, "promote")
+    assert results(capped)[1] == (
+        "rejected",
+        "override promote rejected: already at the ceiling crawl, an operator's cap: uncap first",
+    )
+
+
 def test_unpin_and_uncap_need_a_pin_and_a_cap() -> None:
     """Lifting what is not there is rejected, not silently accepted."""
     assert [o for o, _ in results(Log().override(0.1, "unpin").override(0.2, "uncap"))] == ["rejected", "rejected"]

@@ -69,7 +69,8 @@ def test_units_wait_for_their_maturity_and_the_feeds_checkpoint() -> None:
 
 
 def test_a_failure_just_before_maturity_counts_and_one_at_it_is_late() -> None:
-    """A failure at action ts + maturity − 1s marks its unit failed; one at ts + maturity is late."""
+    """A failure at action ts + maturity − 1s marks its unit failed; one at ts + maturity is late, and its
+    reason gives both moments in RFC 3339, as every message does."""
     log = walking()
     acting(log, 1.5, 10)
     log.tick(3.5)
@@ -79,7 +80,11 @@ def test_a_failure_just_before_maturity_counts_and_one_at_it_is_late() -> None:
     log.outcome(4.5, "customer", "failure", tier="walk", **on_time)
     outcomes = results_of(log)
     assert outcomes[-2][0] == "applied"
-    assert outcomes[-1][0] == "late" and (outcomes[-1][1] or "").startswith("after maturity")
+    assert outcomes[-1] == (
+        "late",
+        "after maturity: the action of 2026-11-02T01:30:00Z was final at 2026-11-02T04:30:00Z (its maturity had "
+        "passed); a failure this late no longer counts",
+    )
     log.checkpoint(6, through=6).tick(6.1)
     assert customer_evidence(folded(log)[0]) == (10, 9)
 

@@ -302,11 +302,16 @@ def test_a_command_without_a_credential_names_the_clients_variables(served: str,
 
 
 def test_override_mistakes_are_caught_before_anything_is_sent(tmp_path: Path) -> None:
-    """A pin without a tier is refused locally; --kafka without an operator key says how to give one; no
-    server, a clear line."""
+    """A pin without a tier, or an unpin with one, is refused locally in the command's words (--tier, not the
+    event's field); --kafka without an operator key says how to give one; no server, a clear line."""
     url = f"http://127.0.0.1:{free_port()}"
     missing_tier = override(url, OPERATOR, "pin", "reply_to_ticket", "--reason", "r")
-    assert missing_tier.returncode == 2 and "op 'pin' needs a tier" in missing_tier.stderr
+    assert missing_tier.returncode == 2, missing_tier.stderr
+    assert "pin reply_to_ticket: pin needs a tier: add --tier crawl, walk or run" in missing_tier.stderr
+    extra_tier = override(url, OPERATOR, "unpin", "reply_to_ticket", "--tier", "walk", "--reason", "r")
+    assert extra_tier.returncode == 2, extra_tier.stderr
+    assert "unpin reply_to_ticket: unpin takes no tier: remove --tier walk" in extra_tier.stderr
+    assert "tier field" not in extra_tier.stderr
     kafka = tiergate("override", "demote", "reply_to_ticket", "--actor", "a", "--reason", "r", "--kafka")
     assert kafka.returncode == 2 and "--key FILE or TIERGATE_OPERATOR_KEY_FILE" in kafka.stderr
     down = override(url, OPERATOR, "demote", "reply_to_ticket", "--reason", "r")

@@ -216,3 +216,27 @@ def test_unreadable_and_malformed_files_say_so(tmp_path: Path) -> None:
     bad.write_text("window: 1h\ntiers: [unclosed\n")
     with pytest.raises(PolicyFileError, match=r"bad.yaml:\d+: not valid YAML"):
         read_policy(bad)
+
+
+def test_two_operator_keys_with_one_key_id_are_refused_where_the_second_is_given(tmp_path: Path) -> None:
+    """A signed event names only its key_id: two `operators` entries sharing one (different actors here) are
+    refused at the second, naming the first; a document the log already holds still reads (its successor
+    must be appliable)."""
+    key = "tr8g/v9wHmiMvSapvCsMa+Tg+AWIRhBNhxiDPBpKla4="
+    text = EXAMPLE.read_text() + (
+        "operators:\n"
+        f"  - {{key_id: ops-2026, public_key: {key}, actor: ops@example.com}}\n"
+        f"  - {{key_id: ops-2026, public_key: {key}, actor: oncall@example.com}}\n"
+    )
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    with pytest.raises(PolicyFileError) as caught:
+        read_policy(path)
+    second = len(text.splitlines())
+    assert str(caught.value) == (
+        f"{path}:{second}: operators.1.key_id: 'ops-2026' is already the key_id of operators.0 (ops@example.com): "
+        "give each key its own key_id (`tiergate keys new --key-id NEW_ID --actor …` makes a new key) or remove "
+        "the repeated entry"
+    )
+    recorded = policy_from_mapping(yaml.safe_load(text), recorded=True)
+    assert [operator["actor"] for operator in recorded.operators] == ["ops@example.com", "oncall@example.com"]

@@ -125,12 +125,57 @@ def test_apply_dry_run_apply_history_and_rollback_on_a_running_server(
     assert ("escalate", "retire") in kinds and ("refund_over_50", "policy") in kinds
 
 
+def test_a_retired_type_is_marked_retired_in_status_and_explain(served: tuple[str, int, Path], tmp_path: Path) -> None:
+    """A type the new policy leaves out is retired: /v1/status marks it so and gives it no tier, bars or hold
+    (as the tier map, which answers 404, and the console do); explain says it is retired, by which
+    activation, with no pin left in force, and its JSON has a null tier, never the string "None"."""
+    server, _, _ = served
+    pinned = tiergate(
+        "override", "pin", "refund_up_to_50", "--tier", "crawl", "--actor", "ops", "--reason", "hold", server=server
+    )
+    assert pinned.returncode == 0, pinned.stderr
+    retiring = edited(tmp_path, ("  refund_up_to_50: {}\n", ""))
+    done = tiergate("policy", "apply", str(retiring), "--actor", "ops", "--reason", "no more refunds", server=server)
+    assert done.returncode == 0, done.stderr
+
+    status = {s["action_type"]: s for s in httpx.get(f"{server}/v1/status").json()["action_types"]}
+    retired = status["refund_up_to_50"]
+    assert (retired["retired"], retired["tier"], retired["promote"], retired["keep"]) == (True, None, [], [])
+    assert retired["hold"]["required"] is None and retired["since"] is not None
+    assert status["reply_to_ticket"]["retired"] is False and status["reply_to_ticket"]["tier"] == "crawl"
+    assert httpx.get(f"{server}/v1/tiers/refund_up_to_50").status_code == 404
+
+    told = tiergate("explain", "refund_up_to_50", server=server)
+    assert told.returncode == 0, told.stderr
+    assert told.stdout.startswith(f"refund_up_to_50 is retired since {retired['since']} (version ")
+    assert "why: retired by policy activation " in told.stdout and "pinned" not in told.stdout
+    assert "now: retired, out of the tier map" in told.stdout and "crawl → retired" in told.stdout
+    assert "None" not in told.stdout
+    record = json.loads(tiergate("explain", "refund_up_to_50", "--json", server=server).stdout)
+    assert (record["tier"], record["retired"], record["since"], record["held_by"]) == (None, True, retired["since"], [])
+    activation = httpx.get(f"{server}/v1/policy").json()["activation_id"]
+    assert record["why"].startswith(f"retired by policy activation {activation} at {retired['since']}: ")
+
+
 def test_a_stale_apply_is_refused_whole(served: tuple[str, int, Path], tmp_path: Path) -> None:
     """An apply made against a policy that is no longer in force (If-Match) is refused: 412, nothing written."""
     server, _, _ = served
     body = {"policy": edited(tmp_path, ("golden-1", "golden-2")).read_text(), "actor": "ops", "reason": "r"}
     refused = httpx.post(f"{server}/v1/policy", json=body, headers={"If-Match": '"' + "0" * 64 + '"'})
     assert refused.status_code == 412 and "not the policy in force" in refused.json()["error"]
+    assert len(httpx.get(f"{server}/v1/policy/history").json()["activations"]) == 1
+
+
+def test_a_policy_posted_as_raw_yaml_is_told_the_endpoint_takes_json(served: tuple[str, int, Path]) -> None:
+    """POST /v1/policy with the YAML file as the body (not JSON) is 422 saying the body must be JSON, and how
+    to send a YAML policy (tiergate policy apply, or jq wrapping it); nothing is written."""
+    server, _, _ = served
+    refused = httpx.post(f"{server}/v1/policy", content=POLICY.read_bytes())
+    assert refused.status_code == 422
+    answer = refused.json()
+    assert answer["error"].startswith("the body is not JSON (")
+    assert "POST /v1/policy takes a JSON object whose `policy` is the YAML text" in answer["error"]
+    assert "tiergate policy apply FILE" in answer["fix"] and "jq -Rs" in answer["fix"]
     assert len(httpx.get(f"{server}/v1/policy/history").json()["activations"]) == 1
 
 

@@ -168,11 +168,12 @@ def _last_close(runtime: EmbeddedRuntime) -> int | None:
     return max(ends, default=None)
 
 
-def _batches(source: Path, size: int) -> Iterator[list[bytes]]:
+def _batches(source: Path, size: int) -> Iterator[list[tuple[int, bytes]]]:
+    """The file's event lines, `size` at a time, each with its 1-based line number (its origin)."""
     with open(source, "rb") as stream, progress_bar(source.name, source.stat().st_size, err.is_terminal, err) as step:
-        batch: list[bytes] = []
-        for _, line in file_lines(stream, step):
-            batch.append(line)
+        batch: list[tuple[int, bytes]] = []
+        for numbered in file_lines(stream, step):
+            batch.append(numbered)
             if len(batch) >= size:
                 yield batch
                 batch = []
@@ -183,7 +184,9 @@ def _batches(source: Path, size: int) -> Iterator[list[bytes]]:
 def _import_lines(runtime: EmbeddedRuntime, source: Path, size: int) -> Counter[str]:
     counts: Counter[str] = Counter()
     for batch in _batches(source, size):
-        counts.update(r.result for r in runtime.ingest(batch, f"import({source.name})", live=False).results)
+        numbers, lines = zip(*batch, strict=True)
+        ingested = runtime.ingest(lines, f"import({source.name})", live=False, positions=numbers)
+        counts.update(r.result for r in ingested.results)
     return counts
 
 

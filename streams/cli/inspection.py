@@ -35,9 +35,8 @@ def _check_policy(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     now = None
-    server = args.server or (None if args.log else os.environ.get("TIERGATE_SERVER"))
-    if server:
-        decisions, now = _from_server(server, args.action_type)
+    if args.server or (args.log is None and os.environ.get("TIERGATE_SERVER")):
+        decisions, now = _from_server(args.server, args.action_type)  # None: TIERGATE_SERVER's
     elif args.log is None:
         raise CommandError("give --log DECISIONS.jsonl or --server URL (or set TIERGATE_SERVER)")
     else:
@@ -54,7 +53,7 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _from_server(server: str, action_type: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+def _from_server(server: str | None, action_type: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """A running server's decisions about the type (every page) and its live view (GET /v1/status)."""
     settings = load(OperatorSettings, server=server)
     secret = settings.secret()

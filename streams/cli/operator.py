@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tiergate.models.wire import format_ts
+from tiergate.models.wire import OPS_NEEDING_TIER, OPS_WITHOUT_TIER, format_ts
 
 from ..clock import SystemClock
 from ..codec import EventError, decode, excerpt
@@ -85,7 +85,14 @@ def _answer(response: httpx.Response) -> dict[str, Any]:
 
 
 def override_event(args: argparse.Namespace, now: int) -> bytes:
-    """The override as wire JSON, checked by the one codec before anything is sent."""
+    """The override as wire JSON, checked by the one codec before anything is sent (whether the op takes a
+    tier first, so the message names the option, --tier, rather than the event's field)."""
+    if args.op in OPS_NEEDING_TIER and args.tier is None:
+        raise CommandError(
+            f"override {args.op} {args.action_type}: {args.op} needs a tier: add --tier crawl, walk or run"
+        )
+    if args.op in OPS_WITHOUT_TIER and args.tier is not None:
+        raise CommandError(f"override {args.op} {args.action_type}: {args.op} takes no tier: remove --tier {args.tier}")
     event: dict[str, Any] = {
         "type": "override",
         "event_id": f"cli/{uuid.uuid4()}",

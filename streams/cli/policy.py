@@ -22,9 +22,11 @@ from tiergate.models.policy import Policy
 
 from ..activation import Diff, diff
 from ..policy_file import read_policy
+from ..settings import OperatorSettings, load
 from .terminal import NO_CREDENTIAL, CommandError, err, examples, print_json
 
 TIMEOUT = 30.0
+SERVER_HELP = "the embedded server's URL (or TIERGATE_SERVER; default http://127.0.0.1:8360)"
 
 
 def _diff(args: argparse.Namespace) -> int:
@@ -49,10 +51,13 @@ def credential() -> str | None:
     return os.environ.get("TIERGATE_CREDENTIAL") or None
 
 
-def client(server: str) -> httpx.Client:
+def client(server: str | None) -> httpx.Client:
+    """A client of the server --server names (None: TIERGATE_SERVER, else the local default), its URL checked
+    first so a mistake is reported as the option or variable it came from."""
+    url = load(OperatorSettings, server=server).server
     secret = credential()
     headers = {} if secret is None else {"Authorization": f"Bearer {secret}"}
-    return httpx.Client(base_url=server, headers=headers, timeout=TIMEOUT)
+    return httpx.Client(base_url=url, headers=headers, timeout=TIMEOUT)
 
 
 def call(http: httpx.Client, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -232,7 +237,7 @@ def add_commands(commands: Any) -> None:
     def changing(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--actor", required=True, help="who is changing the policy (in the promotion log)")
         parser.add_argument("--reason", required=True, help="why (in the promotion log)")
-        parser.add_argument("--server", default=os.environ.get("TIERGATE_SERVER", "http://127.0.0.1:8360"))
+        parser.add_argument("--server", help=SERVER_HELP)
         parser.add_argument("--dry-run", action="store_true", help="show the diff and what moves; write nothing")
         parser.add_argument("--activation-id", help="resume an interrupted apply (its events become duplicates)")
         parser.add_argument("--json", action="store_true")
@@ -252,6 +257,6 @@ def add_commands(commands: Any) -> None:
     back.set_defaults(run=_rollback)
 
     listing = actions.add_parser("history", help="every activation: when, who, why, from where")
-    listing.add_argument("--server", default=os.environ.get("TIERGATE_SERVER", "http://127.0.0.1:8360"))
+    listing.add_argument("--server", help=SERVER_HELP)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(run=_history)

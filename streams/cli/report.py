@@ -9,7 +9,6 @@ a cron job, with a reporter's credential (TIERGATE_CREDENTIAL or TIERGATE_CREDEN
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ import orjson
 
 from ..sdk.errors import InvalidEvent
 from ..sdk.events import checkpoint_event, encode_event
-from .policy import call, client
+from .policy import SERVER_HELP, call, client
 from .terminal import CommandError, err, examples
 
 
@@ -47,5 +46,5 @@ def add_commands(commands: Any) -> None:
     )
     point.add_argument("action_type", metavar="ACTION_TYPE")
     point.add_argument("--through", required=True, help="RFC 3339: every customer failure up to here is reported")
-    point.add_argument("--server", default=os.environ.get("TIERGATE_SERVER", "http://127.0.0.1:8360"))
+    point.add_argument("--server", help=SERVER_HELP)
     point.set_defaults(run=_checkpoint)

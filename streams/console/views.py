@@ -53,9 +53,7 @@ def tier_rows(runtime: EmbeddedRuntime) -> list[dict[str, Any]]:
     retired type is listed as such (it has left the tier map; its history stays in the log)."""
     records = {r.action_type: r.record() for r in runtime.tier_map()}
     keys = sorted(runtime.state.keys.values(), key=lambda k: k.action_type)
-    return [
-        key_view(key).record() | {"record": records.get(key.action_type, {}), "retired": key.retired} for key in keys
-    ]
+    return [key_view(key).record() | {"record": records.get(key.action_type, {})} for key in keys]
 
 
 def log_rows(runtime: EmbeddedRuntime, filters: Filters) -> list[dict[str, Any]]:
