@@ -216,7 +216,13 @@ async def body_deadline(request: web.Request, handler: Handler) -> web.StreamRes
                 f"the request body did not arrive within {settings.body_timeout:g}s",
                 "send the whole body at once; split a large history into smaller NDJSON batches",
             )
+        except web.HTTPRequestEntityTooLarge:  # no Content-Length (chunked): found while reading
+            return too_large(f"the body is over the {settings.max_body_bytes} byte limit")
     return await handler(request)
+
+
+def too_large(error: str) -> web.Response:
+    return problem(413, error, "send smaller NDJSON batches")
 
 
 def _split(body: bytes, content_type: str) -> list[bytes]:
@@ -232,11 +238,7 @@ async def post_events(request: web.Request) -> web.Response:
     input."""
     settings, writer, caller = request.app[SETTINGS], request.app[WRITER], request[CALLER]
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        return problem(
-            413,
-            f"body of {request.content_length} bytes is over the {settings.max_body_bytes} byte limit",
-            "send smaller NDJSON batches",
-        )
+        return too_large(f"body of {request.content_length} bytes is over the {settings.max_body_bytes} byte limit")
     body = await request.read()
     if not body.strip():
         return problem(400, "empty body", "send one JSON event, or NDJSON: one event a line")

@@ -112,6 +112,30 @@ async def test_a_body_that_never_finishes_gets_408_within_the_deadline(server: R
     assert asyncio.get_running_loop().time() - started < 3
 
 
+OPERATOR = {"Authorization": "Bearer s3cret", "Content-Type": "application/x-ndjson"}
+EVENTS = b"\n".join(line for line in CLIMB.splitlines()[:40] if b'"type":"policy"' not in line)
+LIMIT = 8 * 1024**2  # max_body_bytes' default
+OVER_THE_LIMIT = b"\n".join([EVENTS.splitlines()[0]] * (LIMIT // 100))  # ~16 MB: events of over 100 bytes
+
+
+async def chunks(body: bytes, size: int = 65536) -> AsyncIterator[bytes]:
+    """`body` as the client sends a stream: chunked, without a Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+async def test_a_chunked_body_over_the_limit_gets_the_json_413(server: Running) -> None:
+    """A body without a Content-Length (chunked) that passes the limit while it is read is refused with the
+    documented JSON 413, as one with a Content-Length over the limit is; nothing of it is kept."""
+    assert len(OVER_THE_LIMIT) > LIMIT
+    response = await server.client.post("/v1/events", data=chunks(OVER_THE_LIMIT), headers=OPERATOR)
+    assert response.status == 413 and response.content_type == "application/json"
+    body = await response.json()
+    assert f"over the {LIMIT} byte limit" in body["error"] and "smaller NDJSON batches" in body["fix"]
+    rejected = await server.client.get("/v1/rejected", headers=OPERATOR)
+    assert (await rejected.json())["rejected"] == []
+
+
 async def until_ping(response: ClientResponse) -> list[bytes]:
     """The stream's lines up to and including its first ping."""
     lines: list[bytes] = []
