@@ -132,6 +132,21 @@ async def test_a_rejected_answer_echoes_the_event_id_the_input_names(server: Run
     assert results[0]["reason"].startswith("action_id: is required: add it")
 
 
+async def test_input_not_utf8_or_nested_too_deep_gets_a_reason_that_fits(server: Running) -> None:
+    """A raw 0xFF in a string is named as not UTF-8 with its offset (orjson's own words name surrogates at
+    position 0); nesting past the parser's depth says so, closed or left open, not 'strings in double
+    quotes'."""
+    not_utf8 = b'{"type":"action","event_id":"a\xff"}'
+    batch = [not_utf8, b"[" * 1100, b"[" * 1100 + b"]" * 1100]
+    results = (await post(server.client, b"\n".join(batch)))["results"]
+    assert [r["result"] for r in results] == ["rejected"] * 3
+    first = results[0]["reason"]
+    assert "the input is not valid UTF-8: byte 0xff at offset 30" in first and "surrogate" not in first
+    for deep in results[1:]:
+        assert "nested deeper than the parser takes (1024 levels" in deep["reason"], deep
+        assert "double quotes" not in deep["reason"]
+
+
 def review(event_id: str, ts: str, action_type: str = "reply_to_ticket") -> bytes:
     """A review outcome (an event any reporter may post)."""
     fields = (event_id.encode(), ts.encode(), action_type.encode(), event_id.encode())
