@@ -41,15 +41,15 @@ TOO_DEEP = ("depth limit exceeded", "failed to allocate memory")
 
 def malformed(error: orjson.JSONDecodeError, raw: bytes) -> str:
     """The reason for input (`raw`) that is not JSON, with the fix where the error shows it: a number JSON
-    cannot carry (NaN, Infinity, one beyond a double), an event cut short, bytes that are not UTF-8, nesting
-    too deep."""
+    cannot carry (NaN, Infinity, one beyond a double), an event cut short, several events in one input, bytes
+    that are not UTF-8, nesting too deep."""
     at = str(error.doc)[error.pos : error.pos + 8].lower()
     if "infinity when parsed as double" in error.msg or at.startswith(NOT_JSON_NUMBERS):
         return f"malformed JSON: {error} ({STRICT})"
     if error.msg.startswith("unexpected end of data"):
         return f"malformed JSON: {error}: the event is cut short; send the whole object"
     if error.msg.startswith("unexpected content after document"):
-        return f"malformed JSON: {error}: one event a line (NDJSON), each a single JSON object"
+        return f"malformed JSON: {error}: {_after_document(str(error.doc), error.pos)}"
     if "not valid UTF-8" in error.msg:
         return f"malformed JSON: {_not_utf8(raw)}: send the event as UTF-8 text"
     if error.msg.startswith(TOO_DEEP):
@@ -58,6 +58,20 @@ def malformed(error: orjson.JSONDecodeError, raw: bytes) -> str:
             "when left open): an event is one JSON object ({...}) whose fields nest a few levels at most"
         )
     return f"malformed JSON: {error}: send each event as one JSON object ({{...}}), strings in double quotes"
+
+
+def _after_document(text: str, pos: int) -> str:
+    """The fix for content after the first document. Another object on a later line means several events
+    one a line in one input: a body posted as application/json (NDJSON is split into lines before it is
+    decoded, and so are files)."""
+    between = text[len(text[:pos].rstrip()) : pos]
+    if "\n" in between and text[pos : pos + 1] == "{":
+        return (
+            "this input is several events, one a line (NDJSON), sent as one document: post it with "
+            "Content-Type: application/x-ndjson (application/json takes a single event); on Kafka, produce "
+            "one event a message"
+        )
+    return "one event a line (NDJSON), each a single JSON object"
 
 
 def _not_utf8(raw: bytes) -> str:
