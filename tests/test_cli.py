@@ -159,6 +159,28 @@ def test_replay_writes_through_to_a_device_path_and_leaves_it_a_device() -> None
     assert Path("/dev/null").is_char_device()
 
 
+def with_reader_gone(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`tiergate ARGV | head -1` without the race: stdout is a pipe whose reader has already left, so the
+    command's first write (or its flush) finds it closed."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        command = [sys.executable, "-m", "tiergate.streams.cli", *argv]
+        return subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+
+
+def test_a_command_whose_reader_left_stops_quietly(tmp_path: Path) -> None:
+    """`tiergate export | head -1`, `tiergate replay … | head -1`: the command stops as one killed by
+    SIGPIPE would (status 141), without a BrokenPipeError traceback or a complaint from the flush at exit."""
+    data = tmp_path / "data"
+    assert tiergate("import", str(CLIMB), "--data-dir", str(data)).returncode == 0
+    for argv in (["export", "--data-dir", str(data)], ["replay", str(CLIMB)]):
+        done = with_reader_gone(*argv)
+        assert (done.returncode, done.stderr) == (141, ""), argv
+
+
 # -- explain ---------------------------------------------------------------------------------------------
 
 
