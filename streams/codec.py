@@ -27,7 +27,7 @@ def decode(raw: bytes) -> Event:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
-        raise EventError(malformed(error)) from None
+        raise EventError(malformed(error, raw)) from None
     if not isinstance(data, dict):
         raise EventError("an event is one JSON object ({...}); send arrays as NDJSON, one object a line")
     return event_from_dict(data)
@@ -35,21 +35,52 @@ def decode(raw: bytes) -> Event:
 
 NOT_JSON_NUMBERS = ("nan", "infinity", "inf")
 STRICT = "strict JSON: no NaN, Infinity or numbers beyond a double; send null or a string"
+TOO_DEEP = ("depth limit exceeded", "failed to allocate memory")
+"""orjson's words for arrays or objects nested too deep: past 1024 levels, or (the second) fewer left open."""
 
 
-def malformed(error: orjson.JSONDecodeError) -> str:
-    """The reason for input that is not JSON, with the fix where the error shows it: a number JSON cannot
-    carry (NaN, Infinity, one beyond a double), or an event cut short."""
+def malformed(error: orjson.JSONDecodeError, raw: bytes) -> str:
+    """The reason for input (`raw`) that is not JSON, with the fix where the error shows it: a number JSON
+    cannot carry (NaN, Infinity, one beyond a double), an event cut short, several events in one input, bytes
+    that are not UTF-8, nesting too deep."""
     at = str(error.doc)[error.pos : error.pos + 8].lower()
     if "infinity when parsed as double" in error.msg or at.startswith(NOT_JSON_NUMBERS):
         return f"malformed JSON: {error} ({STRICT})"
     if error.msg.startswith("unexpected end of data"):
         return f"malformed JSON: {error}: the event is cut short; send the whole object"
     if error.msg.startswith("unexpected content after document"):
-        return f"malformed JSON: {error}: one event a line (NDJSON), each a single JSON object"
+        return f"malformed JSON: {error}: {_after_document(str(error.doc), error.pos)}"
     if "not valid UTF-8" in error.msg:
-        return f"malformed JSON: {error.msg}: send the event as UTF-8 text"
+        return f"malformed JSON: {_not_utf8(raw)}: send the event as UTF-8 text"
+    if error.msg.startswith(TOO_DEEP):
+        return (
+            f"malformed JSON: {error}: arrays or objects nested deeper than the parser takes (1024 levels; fewer "
+            "when left open): an event is one JSON object ({...}) whose fields nest a few levels at most"
+        )
     return f"malformed JSON: {error}: send each event as one JSON object ({{...}}), strings in double quotes"
+
+
+def _after_document(text: str, pos: int) -> str:
+    """The fix for content after the first document. Another object on a later line means several events
+    one a line in one input: a body posted as application/json (NDJSON is split into lines before it is
+    decoded, and so are files)."""
+    between = text[len(text[:pos].rstrip()) : pos]
+    if "\n" in between and text[pos : pos + 1] == "{":
+        return (
+            "this input is several events, one a line (NDJSON), sent as one document: post it with "
+            "Content-Type: application/x-ndjson (application/json takes a single event); on Kafka, produce "
+            "one event a message"
+        )
+    return "one event a line (NDJSON), each a single JSON object"
+
+
+def _not_utf8(raw: bytes) -> str:
+    """Where input stops being UTF-8 (orjson does not say: its message names surrogates and position 0)."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return f"the input is not valid UTF-8: byte 0x{raw[error.start]:02x} at offset {error.start} ({error.reason})"
+    return "the input is not valid UTF-8"
 
 
 def encode(event: Event) -> bytes:

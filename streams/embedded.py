@@ -9,6 +9,7 @@ the stored log. One thread at a time may call it (the HTTP server runs it on a s
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,6 +178,22 @@ class DataDirLock:
         self.lock.release()
 
 
+def check_writable(store: Path) -> None:
+    """Refuse a store whose files this process cannot write (chmod 444, chattr +i, a read-only mount) in a
+    data directory it can: SQLite would open it read-only without a word, the server would start and say
+    ok, and the first write would fail."""
+    for path in (store, store.with_name(store.name + "-wal"), store.with_name(store.name + "-shm")):
+        try:
+            os.close(os.open(path, os.O_RDWR))
+        except FileNotFoundError:
+            continue
+        except OSError as error:
+            raise StoreError(
+                f"{path}: cannot write it ({error.strerror}); make it writable by this user (chmod u+w, or "
+                "chattr -i if it is immutable), or give another --data-dir (or TIERGATE_DATA_DIR)"
+            ) from None
+
+
 class PolicyRefused(StoreError):
     """An activation that cannot be applied (invalid, a refused change, a stale parent): nothing was written."""
 
@@ -230,6 +247,7 @@ class EmbeddedRuntime:
         self.lock = DataDirLock(data_dir)
         self.lock.acquire()
         try:
+            check_writable(data_dir / DB_NAME)
             self.store = Store(data_dir / DB_NAME)
             self.fallback = self._fallback(policy)
             self.state = self._restore()

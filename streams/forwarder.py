@@ -67,7 +67,7 @@ def admit(ingress: str, raw: bytes, now: int | None = None, max_skew: int = 300)
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as error:
-        return Refused(malformed(error))
+        return Refused(malformed(error, raw))
     if not isinstance(event, dict):
         return Refused("an event is one JSON object ({...}): produce one event a message")
     kind = event.get("type")

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -204,19 +205,88 @@ def _unauthorised(gate: Gate) -> web.Response:
 @web.middleware
 async def body_deadline(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Read a request's body within `body_timeout` seconds, before its handler runs: a client that trickles
-    its body (or never finishes it) gets 408 instead of holding a connection and a buffer open forever."""
+    its body (or never finishes it) gets 408 instead of holding a connection and a buffer open forever. The
+    body is then decoded (its Content-Encoding undone), so the handler's read() returns what was compressed."""
     settings = request.app[SETTINGS]
     if request.can_read_body and (request.content_length or 0) <= settings.max_body_bytes:
         try:
             async with asyncio.timeout(settings.body_timeout):
-                await request.read()  # kept by aiohttp: the handler's read() returns it
+                body = await request.read()
+            request._read_bytes = decoded(body, request.headers.get("Content-Encoding", ""), settings.max_body_bytes)
         except TimeoutError:
             return problem(
                 408,
                 f"the request body did not arrive within {settings.body_timeout:g}s",
                 "send the whole body at once; split a large history into smaller NDJSON batches",
             )
+        except web.HTTPRequestEntityTooLarge:  # no Content-Length (chunked): found while reading
+            return too_large(f"the body is over the {settings.max_body_bytes} byte limit")
+        except Unreadable as refused:
+            return refused.answer
     return await handler(request)
+
+
+ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+"""The Content-Encodings the server undoes itself (zlib's window bits for each; identity needs nothing).
+aiohttp's own decoding is off (make_app): it answers an encoding it cannot decode in plain text, before
+the app runs."""
+ACCEPT_ENCODING = "gzip, deflate"  # the header a 415 carries (RFC 7694)
+
+
+class Unreadable(Exception):
+    """A body the server cannot take as it was sent; `answer` says why and what to send instead."""
+
+    def __init__(self, answer: web.Response) -> None:
+        super().__init__(answer.text)
+        self.answer = answer
+
+
+def too_large(error: str) -> web.Response:
+    return problem(413, error, "send smaller NDJSON batches")
+
+
+def decoded(body: bytes, content_encoding: str, limit: int) -> bytes:
+    """`body` with its Content-Encoding undone (codings are listed in the order they were applied), or
+    Unreadable: 415 for an encoding the server does not decode, 400 for data that is not what the header
+    says, 413 once the decoded body passes `limit` bytes."""
+    codings = [c for c in (part.strip().lower() for part in content_encoding.split(",")) if c not in ("", "identity")]
+    unknown = next((coding for coding in codings if coding not in ENCODINGS), None)
+    if unknown is not None:
+        answer = problem(
+            415,
+            f"Content-Encoding {unknown!r} is not supported",
+            "send the body uncompressed (no Content-Encoding, or identity), or compressed with gzip or deflate",
+        )
+        answer.headers["Accept-Encoding"] = ACCEPT_ENCODING
+        raise Unreadable(answer)
+    for coding in reversed(codings):
+        body = _inflated(body, coding, limit)
+    return body
+
+
+def _inflated(body: bytes, coding: str, limit: int) -> bytes:
+    """One coding undone, stopping as soon as the output passes `limit` (a few kilobytes can inflate to
+    gigabytes). Several gzip members one after another are one body, as gzip itself reads them."""
+    out, rest = bytearray(), body
+    try:
+        while rest:
+            raw_deflate = coding == "deflate" and rest[0] & 0x0F != 8  # no zlib header, as some clients send
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS if raw_deflate else ENCODINGS[coding])
+            out += inflater.decompress(rest, limit + 1 - len(out))
+            if len(out) > limit:
+                raise Unreadable(too_large(f"the body, decompressed ({coding}), is over the {limit} byte limit"))
+            if not inflater.eof:
+                raise zlib.error("the data ends before the compressed stream does")
+            rest = inflater.unused_data
+    except zlib.error as error:
+        raise Unreadable(
+            problem(
+                400,
+                f"the body is not valid {coding} data ({error}), as its Content-Encoding says it is",
+                f"compress the body with {coding}, or send it uncompressed without Content-Encoding",
+            )
+        ) from None
+    return bytes(out)
 
 
 def _split(body: bytes, content_type: str) -> list[bytes]:
@@ -232,11 +302,7 @@ async def post_events(request: web.Request) -> web.Response:
     input."""
     settings, writer, caller = request.app[SETTINGS], request.app[WRITER], request[CALLER]
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
-        return problem(
-            413,
-            f"body of {request.content_length} bytes is over the {settings.max_body_bytes} byte limit",
-            "send smaller NDJSON batches",
-        )
+        return too_large(f"body of {request.content_length} bytes is over the {settings.max_body_bytes} byte limit")
     body = await request.read()
     if not body.strip():
         return problem(400, "empty body", "send one JSON event, or NDJSON: one event a line")
@@ -561,7 +627,11 @@ def make_app(
     credentials: Credentials | None = None,
 ) -> web.Application:
     """The server's app. `credentials` (else those the settings name) decide who may call what."""
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[json_errors, guard, body_deadline])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[json_errors, guard, body_deadline],
+        handler_args={"auto_decompress": False},  # the body deadline decodes bodies: its errors are JSON
+    )
     app[GATE] = Gate(credentials if credentials is not None else settings.load_credentials(), settings.token)
     writer = Writer(evaluator)
     registry = registry_with(

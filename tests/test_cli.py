@@ -159,6 +159,28 @@ def test_replay_writes_through_to_a_device_path_and_leaves_it_a_device() -> None
     assert Path("/dev/null").is_char_device()
 
 
+def with_reader_gone(*argv: str) -> subprocess.CompletedProcess[str]:
+    """`tiergate ARGV | head -1` without the race: stdout is a pipe whose reader has already left, so the
+    command's first write (or its flush) finds it closed."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        command = [sys.executable, "-m", "tiergate.streams.cli", *argv]
+        return subprocess.run(command, stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+
+
+def test_a_command_whose_reader_left_stops_quietly(tmp_path: Path) -> None:
+    """`tiergate export | head -1`, `tiergate replay … | head -1`: the command stops as one killed by
+    SIGPIPE would (status 141), without a BrokenPipeError traceback or a complaint from the flush at exit."""
+    data = tmp_path / "data"
+    assert tiergate("import", str(CLIMB), "--data-dir", str(data)).returncode == 0
+    for argv in (["export", "--data-dir", str(data)], ["replay", str(CLIMB)]):
+        done = with_reader_gone(*argv)
+        assert (done.returncode, done.stderr) == (141, ""), argv
+
+
 # -- explain ---------------------------------------------------------------------------------------------
 
 
@@ -434,7 +456,7 @@ def test_one_action_type_is_counted_in_the_singular(tmp_path: Path) -> None:
 
 
 def run_read_only(directory: Path, argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    """`tiergate ARGV` with `directory` read-only: a read-only bind mount in a private mount namespace when
+    """`tiergate ARGV` with `directory` (or a file) read-only: a read-only bind mount in a private mount namespace when
     root (whom permissions do not stop), else the directory's write bits removed."""
     command = [sys.executable, "-m", "tiergate.streams.cli", *argv]
     if os.geteuid() == 0:
@@ -459,6 +481,21 @@ def test_a_read_only_data_dir_is_an_error_not_a_traceback(tmp_path: Path) -> Non
         refused(done, 2, "cannot use this data directory", "give a writable --data-dir")
     done = run_read_only(data, ["export", "--data-dir", str(data)])
     refused(done, 2, "tiergate.db: cannot open the store", "export from a writable copy of the data dir")
+
+
+def test_a_read_only_store_in_a_writable_data_dir_is_refused_at_start(tmp_path: Path) -> None:
+    """serve and import refuse a tiergate.db they cannot write, naming it, though they can write its
+    directory (serve used to start, say ok on /healthz, and answer the first POST 503)."""
+    data = tmp_path / "data"
+    EmbeddedRuntime(read_policy(POLICY), data, ManualClock(0)).close()
+    store = data / "tiergate.db"
+    for argv in (
+        ["serve", "--policy", str(POLICY), "--data-dir", str(data), "--port", "0"],
+        ["import", str(CLIMB), "--data-dir", str(data)],
+    ):
+        done = run_read_only(store, argv)
+        refused(done, 2, f"{store}: cannot write it", "make it writable by this user")
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_a_real_bug_still_shows_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

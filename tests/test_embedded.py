@@ -132,6 +132,38 @@ async def test_a_rejected_answer_echoes_the_event_id_the_input_names(server: Run
     assert results[0]["reason"].startswith("action_id: is required: add it")
 
 
+async def test_ndjson_sent_as_application_json_is_kept_with_the_content_type_to_send(server: Running) -> None:
+    """Two events one a line posted as application/json are one input, kept rejected as before; its reason
+    says to post them as application/x-ndjson. Two objects on one NDJSON line keep the NDJSON fix."""
+    body = review("j1", "2026-11-02T01:00:00Z") + b"\n" + review("j2", "2026-11-02T01:00:00Z") + b"\n"
+    response = await server.client.post("/v1/events", data=body, headers={"Content-Type": "application/json"})
+    assert response.status == 200
+    (result,) = (await response.json())["results"]
+    assert result["result"] == "rejected" and "unexpected content after document: line 2" in result["reason"]
+    assert "several events, one a line" in result["reason"]
+    assert "Content-Type: application/x-ndjson" in result["reason"]
+    (kept,) = server.evaluator.store.rejected()
+    assert (kept["event"], kept["reason"]) == (body.decode(), result["reason"])
+    one_line = review("j3", "2026-11-02T01:00:00Z") + review("j4", "2026-11-02T01:00:00Z")
+    (result,) = (await post(server.client, one_line))["results"]
+    assert result["reason"].endswith("one event a line (NDJSON), each a single JSON object")
+
+
+async def test_input_not_utf8_or_nested_too_deep_gets_a_reason_that_fits(server: Running) -> None:
+    """A raw 0xFF in a string is named as not UTF-8 with its offset (orjson's own words name surrogates at
+    position 0); nesting past the parser's depth says so, closed or left open, not 'strings in double
+    quotes'."""
+    not_utf8 = b'{"type":"action","event_id":"a\xff"}'
+    batch = [not_utf8, b"[" * 1100, b"[" * 1100 + b"]" * 1100]
+    results = (await post(server.client, b"\n".join(batch)))["results"]
+    assert [r["result"] for r in results] == ["rejected"] * 3
+    first = results[0]["reason"]
+    assert "the input is not valid UTF-8: byte 0xff at offset 30" in first and "surrogate" not in first
+    for deep in results[1:]:
+        assert "nested deeper than the parser takes (1024 levels" in deep["reason"], deep
+        assert "double quotes" not in deep["reason"]
+
+
 def review(event_id: str, ts: str, action_type: str = "reply_to_ticket") -> bytes:
     """A review outcome (an event any reporter may post)."""
     fields = (event_id.encode(), ts.encode(), action_type.encode(), event_id.encode())

@@ -5,7 +5,9 @@ series. A real aiohttp server on loopback, real clients (raw sockets where a pol
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +112,75 @@ async def test_a_body_that_never_finishes_gets_408_within_the_deadline(server: R
     answer = await exchange(server.port, head + b"x" * 1000, pause_after=len(head) + 10)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert asyncio.get_running_loop().time() - started < 3
+
+
+OPERATOR = {"Authorization": "Bearer s3cret", "Content-Type": "application/x-ndjson"}
+EVENTS = b"\n".join(line for line in CLIMB.splitlines()[:40] if b'"type":"policy"' not in line)
+LIMIT = 8 * 1024**2  # max_body_bytes' default
+OVER_THE_LIMIT = b"\n".join([EVENTS.splitlines()[0]] * (LIMIT // 100))  # ~16 MB: events of over 100 bytes
+
+
+async def chunks(body: bytes, size: int = 65536) -> AsyncIterator[bytes]:
+    """`body` as the client sends a stream: chunked, without a Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+@pytest.mark.parametrize("sent", ["chunked", "gzip"])
+async def test_a_body_found_over_the_limit_while_reading_gets_the_json_413(server: Running, sent: str) -> None:
+    """A body without a Content-Length (chunked) or one that inflates past the limit (gzip) is refused
+    with the documented JSON 413, as one with a Content-Length over the limit is; nothing of it is kept."""
+    assert len(OVER_THE_LIMIT) > LIMIT
+    if sent == "chunked":
+        response = await server.client.post("/v1/events", data=chunks(OVER_THE_LIMIT), headers=OPERATOR)
+    else:
+        headers = OPERATOR | {"Content-Encoding": "gzip"}
+        response = await server.client.post("/v1/events", data=gzip.compress(OVER_THE_LIMIT), headers=headers)
+    assert response.status == 413 and response.content_type == "application/json"
+    body = await response.json()
+    assert f"over the {LIMIT} byte limit" in body["error"] and "smaller NDJSON batches" in body["fix"]
+    rejected = await server.client.get("/v1/rejected", headers=OPERATOR)
+    assert (await rejected.json())["rejected"] == []
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "x-gzip", "deflate", "identity", "gzip, identity"])
+async def test_a_compressed_body_is_decoded_before_it_is_folded(server: Running, encoding: str) -> None:
+    """The server undoes gzip and deflate itself (aiohttp's decoding is off, so that its refusals can be
+    JSON): the events arrive as sent."""
+    body = (
+        zlib.compress(EVENTS) if encoding == "deflate" else EVENTS if encoding == "identity" else gzip.compress(EVENTS)
+    )
+    response = await server.client.post("/v1/events", data=body, headers=OPERATOR | {"Content-Encoding": encoding})
+    assert response.status == 200, await response.text()
+    assert (await response.json())["counts"] == {"applied": len(EVENTS.splitlines())}
+
+
+@pytest.mark.parametrize(
+    ("encoding", "body", "status", "error"),
+    [
+        ("gzip", b"not gzip\n", 400, "the body is not valid gzip data"),
+        ("gzip", gzip.compress(EVENTS)[:100], 400, "ends before the compressed stream does"),
+        ("deflate", b"not deflate\n", 400, "the body is not valid deflate data"),
+        ("br", b"x\n", 415, "Content-Encoding 'br' is not supported"),
+        ("zstd", b"x\n", 415, "Content-Encoding 'zstd' is not supported"),
+        ("compress", b"x\n", 415, "Content-Encoding 'compress' is not supported"),
+    ],
+)
+async def test_a_body_the_server_cannot_decode_gets_a_json_4xx_naming_the_encoding(
+    server: Running, encoding: str, body: bytes, status: int, error: str
+) -> None:
+    """Undecodable data is a 400 (it was a 500 with a traceback in the log), an encoding the server does not
+    decode a 415 with Accept-Encoding (it was a text 400 asking to install Brotli on the server); each
+    says what to send instead. Nothing of such a body is kept."""
+    response = await server.client.post("/v1/events", data=body, headers=OPERATOR | {"Content-Encoding": encoding})
+    assert response.status == status and response.content_type == "application/json"
+    answer = await response.json()
+    assert error in answer["error"]
+    assert "uncompressed" in answer["fix"] and (status == 400 or "gzip or deflate" in answer["fix"])
+    if status == 415:
+        assert response.headers["Accept-Encoding"] == "gzip, deflate"
+    rejected = await server.client.get("/v1/rejected", headers=OPERATOR)
+    assert (await rejected.json())["rejected"] == []
 
 
 async def until_ping(response: ClientResponse) -> list[bytes]:

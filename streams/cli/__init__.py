@@ -8,6 +8,7 @@ unreachable broker, a busy port) is one line saying what to do, exit 2 — a tra
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,7 +48,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # a reader that left shows here, not in the flush at exit
+        return code
+    except BrokenPipeError:
+        return reader_left()
     except PolicyFileError as error:
         err.print(f"[red]error: invalid policy[/]\n{escape(str(error))}")
     except (SettingsError, StoreError) as error:
@@ -64,6 +69,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return EXIT_USAGE
+
+
+EXIT_READER_LEFT = 141
+"""128 + SIGPIPE: the status a shell reports for a command whose reader left (`tiergate export | head -1`)."""
+
+
+def reader_left() -> int:
+    """Stop quietly when stdout's reader is gone, as a command killed by SIGPIPE would. Python flushes stdout
+    at exit, which would fail again: point it at /dev/null first (Python's docs, the note on SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_READER_LEFT
 
 
 EXTRAS = {"aiokafka": "kafka", "cryptography": "kafka", "matplotlib": "plot", "openfeature": "openfeature"}
