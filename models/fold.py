@@ -40,9 +40,9 @@ class Stepped(NamedTuple):
     reason: str | None
 
 
-COUNTED = Stepped((), APPLIED, None)
-"""The common step: applied, no decision (one shared record: the fold makes one per event of every history)."""
-REPEATED = Stepped((), DUPLICATE, DUPLICATE_REASON)
+APPLIED_STEP = Stepped((), APPLIED, None)
+"""Applied, and no decision: the common step (one shared record, as the fold makes one per event)."""
+DUPLICATE_STEP = Stepped((), DUPLICATE, DUPLICATE_REASON)
 
 
 def starting_tier(read_only: bool) -> int:
@@ -122,16 +122,16 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
         reason = f"unknown action_type {event.action_type!r}: add it to the policy's action_types or fix the producer"
         return Stepped((), REJECTED, reason)
     if key.retired or key.halted is not None:
-        return _stopped(state, key, event, violations)
+        return _stopped(key, event, violations)
     if kind is Override:
-        return _override(state, key, event)  # type: ignore[arg-type]
+        return _override(key, event)  # type: ignore[arg-type]
     if kind is Checkpoint:
-        return _checkpoint(state, key, event)  # type: ignore[arg-type]
+        return _checkpoint(key, event)  # type: ignore[arg-type]
     event_id = event.event_id
     first = key.seen.get(event_id)
     horizon = key.lookback.horizon
     if (first is not None and (horizon is None or first >= horizon)) or event_id in key.failure_ids:
-        return REPEATED
+        return DUPLICATE_STEP
     out: list[Decision] = []
     rules = key.rules
     ts, size = event.ts, rules.window
@@ -148,15 +148,15 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
             key.seen[event_id] = index
         if index < key.next_close:  # type: ignore[operator]
             return Stepped(tuple(out), LATE, closes.late_reason(KeyStep(key, out), index))
-        return Stepped(tuple(out), APPLIED, None)  # read-only: never evaluated, only time moves
+        return Stepped(tuple(out), APPLIED, None) if out else APPLIED_STEP  # read-only: only time moves
     units = rules.maturity is not None or bool(key.cells)  # customer units are counted (models/maturity.py)
     if kind is Outcome:
-        return _outcome(state, key, event, index, remember, out, units)  # type: ignore[arg-type]
+        return _outcome(key, event, index, remember, out, units)  # type: ignore[arg-type]
     if remember:
         key.seen[event_id] = index
     if kind is Action:
         _action(key, event, index, units, violations, out)  # type: ignore[arg-type]
-    return Stepped(tuple(out), APPLIED, None) if out else COUNTED
+    return Stepped(tuple(out), APPLIED, None) if out else APPLIED_STEP
 
 
 def _action(key: KeyState, event: Action, index: int, units: bool, violations: bool, out: list[Decision]) -> None:
@@ -168,9 +168,7 @@ def _action(key: KeyState, event: Action, index: int, units: bool, violations: b
         _violation(KeyStep(key, out), event)
 
 
-def _outcome(
-    state: State, key: KeyState, event: Outcome, index: int, remember: bool, out: list[Decision], units: bool
-) -> Stepped:
+def _outcome(key: KeyState, event: Outcome, index: int, remember: bool, out: list[Decision], units: bool) -> Stepped:
     """An outcome in an open window: counted in its window's counters, or, for a customer outcome under a
     maturity, in its action's cell (a success there leaves no id: the absence of a failure is the success)."""
     rules = key.rules
@@ -193,14 +191,14 @@ def _outcome(
     counters[at + 1] += success
     if rules.tripwire and event.kind in rules.tripwire_bars[key.tier]:  # a keep bar of this tier watches it
         tripwire.after_outcome(key, event, success, out)
-    return Stepped(tuple(out), APPLIED, None) if out else COUNTED
+    return Stepped(tuple(out), APPLIED, None) if out else APPLIED_STEP
 
 
-def _checkpoint(state: State, key: KeyState, event: Checkpoint) -> Stepped:
+def _checkpoint(key: KeyState, event: Checkpoint) -> Stepped:
     """How far the customer feed is complete: never late, moves no event time; a re-sent one is a duplicate.
     A feed can only vouch for what has already happened, so `through` may not be after its own `ts`."""
     if key.remembers(event.event_id):
-        return REPEATED
+        return DUPLICATE_STEP
     if event.through > event.ts:
         reason = (
             "through: a checkpoint cannot vouch for the future (through is after its own ts): send it once the "
@@ -210,7 +208,7 @@ def _checkpoint(state: State, key: KeyState, event: Checkpoint) -> Stepped:
     key.remember(event.event_id, event.ts // key.rules.window)
     if key.checkpoint is None or event.through > key.checkpoint:
         key.checkpoint = event.through
-    return COUNTED
+    return APPLIED_STEP
 
 
 def _customer_under_maturity(step: KeyStep, event: Outcome) -> tuple[Result, str | None] | None:
@@ -234,9 +232,9 @@ def _customer_under_maturity(step: KeyStep, event: Outcome) -> tuple[Result, str
     return APPLIED, None
 
 
-def _override(state: State, key: KeyState, event: Override) -> Stepped:
+def _override(key: KeyState, event: Override) -> Stepped:
     if event.event_id in key.kept_ids:
-        return REPEATED
+        return DUPLICATE_STEP
     if key.read_only:
         name = key.action_type
         reason = (
@@ -249,7 +247,7 @@ def _override(state: State, key: KeyState, event: Override) -> Stepped:
     return Stepped(tuple(out), APPLIED if refused is None else REJECTED, refused)
 
 
-def _stopped(state: State, key: KeyState, event: Event, violations: bool) -> Stepped:
+def _stopped(key: KeyState, event: Event, violations: bool) -> Stepped:
     """A retired or halted key folds nothing and moves no time; an action a retired type still took above
     Crawl is a violation (the tier map answers Crawl for it)."""
     if key.halted is not None:

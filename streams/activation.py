@@ -23,16 +23,16 @@ def new_activation_id(now: int) -> str:
     return f"{format_ts(now).replace('-', '').replace(':', '')}-{secrets.token_hex(4)}"
 
 
-def reused_id(activation_id: str, used: tuple[str, str] | None, policy_sha256: str) -> str | None:
-    """Why `activation_id` cannot activate the policy of `policy_sha256` when an activation already has it
-    (`used`: its version and sha): an id resumes an interrupted apply of its own document, and given with
-    another one it would apply nothing (its events are duplicates) while seeming to succeed."""
-    if used is None or used[1] == policy_sha256:
+def reused_id(activation_id: str, used: tuple[str, str] | None) -> str | None:
+    """Why `activation_id` cannot be used again, when an activation already has it (`used`: its version and
+    sha). An id only resumes an apply that was cut short before its activation was recorded; given again
+    after that, its events are duplicates: it would apply nothing while seeming to succeed."""
+    if used is None:
         return None
     version, sha = used
     return (
-        f"activation id {activation_id} is already policy {version} ({sha[:12]}…): an id resumes an interrupted "
-        "apply of the same document; leave --activation-id out for a new one"
+        f"activation id {activation_id} is already recorded, for policy {version} ({sha[:12]}…): an id only resumes "
+        "an apply cut short; leave --activation-id out for a new activation"
     )
 
 

@@ -158,7 +158,8 @@ class DataDirLock:
             data_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise StoreError(f"{data_dir}: cannot use this data directory ({error.strerror}); {WRITABLE}") from None
-        self.path = (data_dir / DB_NAME).resolve().parent / "lock"
+        self.database = (data_dir / DB_NAME).resolve()  # SQLite writes its -wal and -shm beside the real file
+        self.path = self.database.parent / "lock"
         self.lock = FileLock(self.path)
 
     def acquire(self) -> None:
@@ -247,8 +248,8 @@ class EmbeddedRuntime:
         self.lock = DataDirLock(data_dir)
         self.lock.acquire()
         try:
-            check_writable(data_dir / DB_NAME)
-            self.store = Store(data_dir / DB_NAME)
+            check_writable(self.lock.database)
+            self.store = Store(self.lock.database)
             self.fallback = self._fallback(policy)
             self.state = self._restore()
         except BaseException:
@@ -309,6 +310,9 @@ class EmbeddedRuntime:
         state = initial_state(self.fallback) if position == 0 else State(restored)
         tail = (Input("log", seq, raw) for seq, raw in self.store.events(after=position))
         Pipeline().run(tail, state, _Discard())
+        if position == 0 and self.store.has_snapshot():  # one it could not use: replace it, or every start refolds
+            with self.store.transaction():
+                self.store.save_snapshot(state.keys.values())
         return state
 
     def _count_history(self) -> None:
@@ -388,7 +392,7 @@ class EmbeddedRuntime:
         if current is not None and current.policy_sha256 == policy.sha256:  # applying it again changes nothing
             return Applied(current.activation_id, policy, diff(self.rules_in_force(), policy), [], dry_run, True)
         used = {row.activation_id: (row.policy_version, row.policy_sha256) for row in self.store.activations()}
-        refused = None if activation_id is None else reused_id(activation_id, used.get(activation_id), policy.sha256)
+        refused = None if activation_id is None else reused_id(activation_id, used.get(activation_id))
         if refused is not None:
             raise PolicyRefused(refused)
         now = self.clock.now()

@@ -212,7 +212,8 @@ async def body_deadline(request: web.Request, handler: Handler) -> web.StreamRes
         try:
             async with asyncio.timeout(settings.body_timeout):
                 body = await request.read()
-            request._read_bytes = decoded(body, request.headers.get("Content-Encoding", ""), settings.max_body_bytes)
+            coding = ", ".join(request.headers.getall("Content-Encoding", []))  # several header lines are one list
+            request._read_bytes = decoded(body, coding, settings.max_body_bytes)
         except TimeoutError:
             return problem(
                 408,
@@ -251,25 +252,36 @@ def decoded(body: bytes, content_encoding: str, limit: int) -> bytes:
     says, 413 once the decoded body passes `limit` bytes."""
     codings = [c for c in (part.strip().lower() for part in content_encoding.split(",")) if c not in ("", "identity")]
     unknown = next((coding for coding in codings if coding not in ENCODINGS), None)
-    if unknown is not None:
+    if unknown is not None or len(codings) > 1:
+        error = (
+            f"Content-Encoding {unknown!r} is not supported"
+            if unknown is not None
+            else f"Content-Encoding {content_encoding!r} applies {len(codings)} codings; the server undoes one"
+        )
         answer = problem(
             415,
-            f"Content-Encoding {unknown!r} is not supported",
-            "send the body uncompressed (no Content-Encoding, or identity), or compressed with gzip or deflate",
+            error,
+            "send the body uncompressed (no Content-Encoding, or identity), or compressed once with gzip or deflate",
         )
         answer.headers["Accept-Encoding"] = ACCEPT_ENCODING
         raise Unreadable(answer)
-    for coding in reversed(codings):
-        body = _inflated(body, coding, limit)
-    return body
+    return _inflated(body, codings[0], limit) if codings else body
+
+
+MAX_GZIP_MEMBERS = 16
+"""gzip members one after another read as one body (as `cat a.gz b.gz` makes); a few are plenty, and each
+costs a copy of what follows it, so a body of thousands of empty members cannot stall the server."""
 
 
 def _inflated(body: bytes, coding: str, limit: int) -> bytes:
     """One coding undone, stopping as soon as the output passes `limit` (a few kilobytes can inflate to
     gigabytes). Several gzip members one after another are one body, as gzip itself reads them."""
-    out, rest = bytearray(), body
+    out, rest, streams = bytearray(), body, 0
     try:
         while rest:
+            streams += 1
+            if streams > (1 if coding == "deflate" else MAX_GZIP_MEMBERS):
+                raise zlib.error(f"more than {streams - 1} compressed stream(s) one after another")
             raw_deflate = coding == "deflate" and rest[0] & 0x0F != 8  # no zlib header, as some clients send
             inflater = zlib.decompressobj(-zlib.MAX_WBITS if raw_deflate else ENCODINGS[coding])
             out += inflater.decompress(rest, limit + 1 - len(out))

@@ -55,6 +55,16 @@ async def history(settings: KafkaSettings) -> list[Activation]:
     return list(seen.values())
 
 
+async def recorded_activations(settings: KafkaSettings) -> dict[str, tuple[str, str]]:
+    """Every activation id on the policies topic, applied by the workers yet or not: (version, sha) each."""
+    recorded = {}
+    for message in await read_topic(settings, POLICIES):
+        if message.value is not None:
+            record = orjson.loads(message.value)
+            recorded[str(record["activation_id"])] = (str(record["policy_version"]), str(record["policy_sha256"]))
+    return recorded
+
+
 async def applied_activations(settings: KafkaSettings) -> set[str]:
     """The activation ids the workers' decisions name."""
     applied = set()

@@ -194,9 +194,12 @@ class ConsoleSettings(_Layered):
 def server_url(url: str) -> str:
     """A server's URL as the HTTP client needs it: http:// or https:// and a host. Without a scheme,
     `localhost:8360` would be read as the scheme `localhost` and fail with the client's own jargon."""
+    url = url.strip()
     parts = urlsplit(url)
     if parts.scheme in ("http", "https") and parts.netloc:
         return url
+    if "://" not in url and url.lower().startswith(("http:", "https:", "http/", "https/")):
+        raise ValueError("a mistyped scheme: write it http:// or https:// (e.g. http://127.0.0.1:8360)")
     if "://" not in url:
         raise ValueError(f"no scheme: add http:// (e.g. http://{url})")
     if parts.scheme not in ("http", "https"):

@@ -332,6 +332,11 @@ class Store:
             return {}, 0
         return {name: orjson.loads(text) for name, text in rows}, int(position)
 
+    def has_snapshot(self) -> bool:
+        """Was a snapshot ever saved here (usable or not)?"""
+        saved = self.db.execute("SELECT 1 FROM meta WHERE key = 'snapshot_seq' UNION SELECT 1 FROM state LIMIT 1")
+        return saved.fetchone() is not None
+
     def last_seq(self) -> int:
         return int(self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 

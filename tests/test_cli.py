@@ -374,6 +374,11 @@ def test_export_and_import_take_the_data_dir_from_the_environment(tmp_path: Path
             ["TIERGATE_SERVER: no scheme: add http:// (e.g. http://localhost:18710)"],
         ),
         (
+            ["explain", "x", "--server", "http:/localhost:1"],
+            {},
+            ["--server: a mistyped scheme: write it http:// or https://"],
+        ),
+        (
             ["checkpoint", "x", "--through", "2026-11-02T10:00:00Z"],
             {"TIERGATE_SERVER": "ftp://example.com"},
             ["TIERGATE_SERVER: a tiergate server speaks http:// or https://"],

@@ -164,6 +164,9 @@ async def test_a_compressed_body_is_decoded_before_it_is_folded(server: Running,
         ("br", b"x\n", 415, "Content-Encoding 'br' is not supported"),
         ("zstd", b"x\n", 415, "Content-Encoding 'zstd' is not supported"),
         ("compress", b"x\n", 415, "Content-Encoding 'compress' is not supported"),
+        ("gzip, gzip", gzip.compress(gzip.compress(EVENTS)), 415, "applies 2 codings; the server undoes one"),
+        ("deflate", b"\x03\x00" * 200_000, 400, "more than 1 compressed stream(s)"),  # empty streams: no stall
+        ("gzip", gzip.compress(b"") * 17, 400, "more than 16 compressed stream(s)"),
     ],
 )
 async def test_a_body_the_server_cannot_decode_gets_a_json_4xx_naming_the_encoding(
@@ -181,6 +184,22 @@ async def test_a_body_the_server_cannot_decode_gets_a_json_4xx_naming_the_encodi
         assert response.headers["Accept-Encoding"] == "gzip, deflate"
     rejected = await server.client.get("/v1/rejected", headers=OPERATOR)
     assert (await rejected.json())["rejected"] == []
+
+
+async def test_content_encoding_on_two_header_lines_is_one_list(server: Running) -> None:
+    """Two Content-Encoding lines are one list (RFC 9110): a body compressed twice is refused as such, not
+    decoded once and kept as undecodable input with a 200."""
+    headers = [*OPERATOR.items(), ("Content-Encoding", "gzip"), ("Content-Encoding", "gzip")]
+    response = await server.client.post("/v1/events", data=gzip.compress(gzip.compress(EVENTS)), headers=headers)
+    assert response.status == 415 and "applies 2 codings" in (await response.json())["error"]
+
+
+async def test_gzip_members_one_after_another_are_one_body(server: Running) -> None:
+    """`cat a.gz b.gz` is one gzip body, as gzip itself reads it."""
+    first, second = EVENTS.splitlines(keepends=True)[:1], EVENTS.splitlines(keepends=True)[1:]
+    body = gzip.compress(b"".join(first)) + gzip.compress(b"".join(second))
+    response = await server.client.post("/v1/events", data=body, headers=OPERATOR | {"Content-Encoding": "gzip"})
+    assert (await response.json())["counts"] == {"applied": len(EVENTS.splitlines())}
 
 
 async def until_ping(response: ClientResponse) -> list[bytes]:

@@ -89,6 +89,7 @@ def test_a_saved_state_that_is_not_what_was_saved_is_refolded_not_trusted(tmp_pa
     try:
         assert again.state.to_dict() == stored_fold(again)
         assert "reply_to_ticket" in again.state.keys
+        assert again.store.snapshot()[1] == again.store.last_seq()  # saved again: the next start folds nothing
     finally:
         again.close()
 
@@ -123,14 +124,17 @@ def test_serving_the_file_an_imported_log_carried_keeps_a_later_activation(tmp_p
         restarted.close()
 
 
-def test_an_activation_id_already_used_for_another_document_is_refused(runtime: EmbeddedRuntime) -> None:
-    """An id resumes an interrupted apply of its own document; given with another document it would apply
-    nothing (its events are duplicates) while reporting success: it is refused, and nothing is written."""
+@pytest.mark.parametrize("again", ["third", "second"])
+def test_an_activation_id_already_recorded_is_refused(runtime: EmbeddedRuntime, again: str) -> None:
+    """An id only resumes an apply cut short; given again — with another document, or with its own after a
+    later activation replaced it — its events are duplicates: it would apply nothing while reporting
+    success. It is refused, and nothing is written."""
     golden = yaml.safe_load((GOLDEN / "policy.yaml").read_text())
     runtime.apply(policy_from_mapping(golden | {"policy_version": "second"}), "api", "ops", "one", activation_id="x")
+    runtime.apply(policy_from_mapping(golden | {"policy_version": "later"}), "api", "ops", "two")
     before = runtime.store.last_seq()
-    with pytest.raises(PolicyRefused, match="activation id x is already policy second"):
-        runtime.apply(policy_from_mapping(golden | {"policy_version": "third"}), "api", "ops", "two", activation_id="x")
+    with pytest.raises(PolicyRefused, match="activation id x is already recorded, for policy second"):
+        runtime.apply(policy_from_mapping(golden | {"policy_version": again}), "api", "ops", "3", activation_id="x")
     assert runtime.store.last_seq() == before
 
 

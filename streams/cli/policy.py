@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,22 +39,11 @@ def _diff(args: argparse.Namespace) -> int:
     return 0
 
 
-def credential() -> str | None:
-    """The operator's credential: TIERGATE_CREDENTIAL, or the file TIERGATE_CREDENTIAL_FILE names (never argv)."""
-    path = os.environ.get("TIERGATE_CREDENTIAL_FILE")
-    if path:
-        try:
-            return Path(path).read_text(encoding="utf-8").strip()
-        except OSError as error:
-            raise CommandError(f"{path}: cannot read the credential file ({error.strerror})") from None
-    return os.environ.get("TIERGATE_CREDENTIAL") or None
-
-
 def client(server: str | None) -> httpx.Client:
     """A client of the server --server names (None: TIERGATE_SERVER, else the local default), its URL checked
     first so a mistake is reported as the option or variable it came from."""
-    url = load(OperatorSettings, server=server).server
-    secret = credential()
+    settings = load(OperatorSettings, server=server)
+    url, secret = settings.server, settings.secret() or None  # an empty TIERGATE_CREDENTIAL is none
     headers = {} if secret is None else {"Authorization": f"Bearer {secret}"}
     return httpx.Client(base_url=url, headers=headers, timeout=TIMEOUT)
 
@@ -93,7 +81,7 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
     """Sign the activation with the operator's key and produce it; refuse what the fold would refuse."""
     from ..activation import new_activation_id, reused_id
     from ..kafka import EVENTS, POLICIES
-    from ..kafka_policy import history, plan, produce, refusals
+    from ..kafka_policy import history, plan, produce, recorded_activations, refusals
     from ..signing import read_trusted
     from .kafka import kafka_settings, preflight
     from .keys import operator_key
@@ -111,8 +99,7 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
         raise CommandError("refused before anything was written: " + "; ".join(problems))
     now = int(time.time())
     activation_id = args.activation_id or new_activation_id(now)
-    used = {a.activation_id: (a.record["policy_version"], a.record["policy_sha256"]) for a in activations}
-    refused = reused_id(activation_id, used.get(activation_id), policy.sha256)
+    refused = reused_id(activation_id, asyncio.run(recorded_activations(settings)).get(activation_id))
     if refused is not None:
         raise CommandError(f"refused before anything was written: {refused}")
     planned = plan(activations, policy, key, settings.deployment, activation_id, args.actor, args.reason, now)
