@@ -21,7 +21,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from tiergate.models.decisions import Decision
 from tiergate.models.fold import initial_decisions, initial_state, tier_records
 from tiergate.models.policy import Policy
-from tiergate.models.results import SET_ASIDE
+from tiergate.models.results import RESULTS, SET_ASIDE
 from tiergate.models.state import State
 
 from .codec import iter_lines
@@ -43,16 +43,21 @@ class Replay:
     state: State
     on_decision: DecisionSink
     on_rejected: RejectedSink
-    results: Counter[str] = field(default_factory=Counter)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RESULTS, 0))
     decisions: int = 0
     rejected: int = 0
     first_types: dict[str, str] | None = None  # each key's first event type, when a fallback policy is given
 
+    @property
+    def results(self) -> Counter[str]:
+        """How many inputs had each result (those that none had left out)."""
+        return Counter({result: n for result, n in self.counts.items() if n})
+
     def handled(self, item: Handled) -> None:
-        result, event = item.result, item.event
-        self.results[result] += 1
-        if self.first_types is not None and event is not None:
-            self.first_types.setdefault(event.action_type, event.type)
+        result, event, first = item.result, item.event, self.first_types
+        self.counts[result] += 1  # a plain dict, every result in it: a Counter costs three times as much here
+        if first is not None and event is not None and event.action_type not in first:
+            first[event.action_type] = event.type
         if item.decisions:
             for decision in item.decisions:
                 self.decisions += 1
