@@ -391,10 +391,11 @@ class EmbeddedRuntime:
         current = self.current_policy()
         if current is not None and current.policy_sha256 == policy.sha256:  # applying it again changes nothing
             return Applied(current.activation_id, policy, diff(self.rules_in_force(), policy), [], dry_run, True)
-        used = {row.activation_id: (row.policy_version, row.policy_sha256) for row in self.store.activations()}
-        refused = None if activation_id is None else reused_id(activation_id, used.get(activation_id))
-        if refused is not None:
-            raise PolicyRefused(refused)
+        if activation_id is not None:  # given to resume an apply: refused if it is recorded already
+            used = next((row for row in self.store.activations() if row.activation_id == activation_id), None)
+            refused = reused_id(activation_id, None if used is None else (used.policy_version, used.policy_sha256))
+            if refused is not None:
+                raise PolicyRefused(refused)
         now = self.clock.now()
         activation_id = activation_id or new_activation_id(now)
         events = policy_events(policy, Catalog.of(self.state), activation_id, actor, reason, now)
