@@ -7,10 +7,13 @@ RUN useradd --create-home --uid 10001 tiergate \
     && mkdir -p /app /var/lib/tiergate/data \
     && chown -R tiergate:tiergate /app /var/lib/tiergate
 WORKDIR /app
-COPY --chown=tiergate:tiergate pyproject.toml README.md ./
+COPY --chown=tiergate:tiergate pyproject.toml setup.py README.md ./
 COPY --chown=tiergate:tiergate models ./models
 COPY --chown=tiergate:tiergate streams ./streams
-RUN pip install --no-cache-dir '.[kafka]'
+# setup.py compiles the fold with mypyc: a C compiler for the build, removed in the same layer
+RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && pip install --no-cache-dir '.[kafka]' \
+    && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
 # the example policy the compose file points at (the topic definition ships with the package)
 COPY --chown=tiergate:tiergate examples/policy.yaml ./examples/policy.yaml
 ENV TIERGATE_DATA_DIR=/var/lib/tiergate/data

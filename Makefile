@@ -7,19 +7,28 @@ STAMP := $(VENV)/.installed
 .PHONY: setup system-deps demo test lint typecheck unit package bench clean
 
 # The package's files, as the strict editable install links them (one a line, in a stable order).
-PACKAGE_FILES = find models streams -type f ! -path '*/__pycache__/*' ! -name '*.pyc' | LC_ALL=C sort
+PACKAGE_FILES = find models streams -type f ! -path '*/__pycache__/*' ! -name '*.pyc' ! -name '*.so' | LC_ALL=C sort
 LINKED := $(VENV)/.linked
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip 'setuptools>=77'
-	$(BIN)/pip install -q -e '.[dev,kafka]' --config-settings editable_mode=strict
-	$(PACKAGE_FILES) > $(LINKED)
+	TIERGATE_PURE_PYTHON=1 $(BIN)/pip install -q -e '.[dev,kafka]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
-# The strict editable install links each file: re-link when files were added or removed since the last link
-# (the list in $(LINKED)), so that they are seen; when nothing changed, `make setup` does nothing and says nothing.
-setup: $(STAMP)
+# The strict editable install links each file and compiles the fold (setup.py: mypyc builds models/ and
+# replay's loop as C extensions). Re-install when files were added or removed since the last link (the list in
+# $(LINKED)), or when a compiled module's source changed since it was compiled: a stale extension would run in
+# place of the edited source. When nothing changed, `make setup` does nothing and says nothing.
+COMPILED := $(VENV)/.compiled
+
+$(COMPILED): $(STAMP) setup.py $(wildcard models/*.py) streams/pipeline.py streams/replay.py
+	@echo "compiling the fold (mypyc) into $(VENV)"
+	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+	@$(PACKAGE_FILES) > $(LINKED)
+	@touch $(COMPILED)
+
+setup: $(COMPILED)
 	@$(PACKAGE_FILES) | cmp -s - $(LINKED) || { \
 		echo "linking the package's new files into $(VENV)"; \
 		$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict \

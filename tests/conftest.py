@@ -3,10 +3,34 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from .kafka_harness import broker, broker_running
+
+
+def stale_extensions() -> list[str]:
+    """Sources changed after they were compiled (setup.py): the extension, not the edit, would run."""
+    import tiergate.models
+    import tiergate.streams
+
+    stale = []
+    for package in (tiergate.models, tiergate.streams):
+        for folder in map(Path, package.__path__):
+            for built in folder.glob("*.so"):
+                source = folder / (built.name.split(".", 1)[0] + ".py")
+                if source.exists() and source.stat().st_mtime > built.stat().st_mtime:
+                    stale.append(str(source.resolve()))
+    return sorted(stale)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test a stale build: the fold is compiled (setup.py), and an edited source runs only once
+    `make setup` has compiled it again."""
+    stale = stale_extensions()
+    if stale:
+        pytest.exit(f"{', '.join(stale)} changed after it was compiled: run `make setup` first", returncode=2)
 
 
 @pytest.fixture(scope="session")

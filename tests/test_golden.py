@@ -7,6 +7,10 @@ plot is asserted here in a reader's terms, so a regenerated golden file cannot s
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +98,47 @@ def test_a_golden_scenario_replays_to_its_reviewed_decision_log(name: str, tmp_p
     assert [orjson.loads(k)["reason"] for k in rejected.splitlines()] == [
         orjson.loads(k)["reason"] for k in expected_rejected.splitlines()
     ]
+
+
+PURE_REPLAY = """
+import sys
+from pathlib import Path
+from tiergate.streams.cli import main
+
+print(sys.modules["tiergate.models.fold"].__file__)
+golden, out, old_logs = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
+for folder in sorted(p for p in golden.iterdir() if (p / "events.jsonl").exists()):
+    policy = ["--policy", str(golden / "policy.yaml")] if folder.name in old_logs else []
+    target = out / folder.name
+    code = main(["replay", str(folder / "events.jsonl"), *policy, "-o", str(target), "--rejects", str(target) + ".rej"])
+    assert code == 0, folder
+"""
+
+
+def test_the_pure_python_fold_decides_every_golden_scenario_as_the_compiled_one(tmp_path: Path) -> None:
+    """setup.py compiles the fold with mypyc, and the suite tests the compiled modules; the same source run as
+    plain Python (an install with TIERGATE_PURE_PYTHON=1) must write the same decision logs, byte for byte."""
+    if not (sys.modules["tiergate.models.fold"].__file__ or "").endswith(".so"):
+        pytest.skip("installed with TIERGATE_PURE_PYTHON=1: nothing compiled to compare with")
+    source = Path(__file__).parent.parent
+    pure = tmp_path / "pure"
+    for package in ("models", "streams"):
+        shutil.copytree(
+            source / package, pure / "tiergate" / package, ignore=shutil.ignore_patterns("__pycache__", "*.so")
+        )
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", PURE_REPLAY, str(GOLDEN), str(out), *OLD_LOGS],
+        env={**os.environ, "PYTHONPATH": str(pure)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[0] == str(pure / "tiergate" / "models" / "fold.py")
+    for name in SCENARIOS:
+        assert (out / name).read_bytes() == (GOLDEN / name / "expected.jsonl").read_bytes(), name
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

@@ -41,6 +41,9 @@ def test_the_wheel_installs_outside_the_repo_and_runs_the_demo(tmp_path: Path) -
     console = {"templates/page.html", "templates/_rejected.html", "static/console.js", "static/console.css"}
     assert {f"tiergate/streams/console/{name}" for name in console} <= names
     assert not any(name.startswith(("tests/", "models/", "streams/")) for name in names)
+    compiled = {name.split(".", 1)[0] for name in names if name.endswith(".so")}  # setup.py: mypyc builds the fold
+    assert {"tiergate/models/fold", "tiergate/streams/pipeline"} <= compiled
+    assert "tiergate/models/fold.py" in names  # the source ships beside its extension
     with tarfile.open(sdist) as archive:
         assert any(name.endswith("/streams/cli/__main__.py") for name in archive.getnames())
 

@@ -13,12 +13,13 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 
 from tiergate.models import fold
+from tiergate.models.fold import step
 from tiergate.models.wire import format_ts, parse_ts
-from tiergate.streams import pipeline
 from tiergate.streams.clock import ManualClock
 from tiergate.streams.codec import decode
 from tiergate.streams.embedded import DB_NAME, EmbeddedRuntime, PolicyRefused
 from tiergate.streams.http import make_app
+from tiergate.streams.pipeline import Pipeline
 from tiergate.streams.policy_file import policy_from_mapping, read_policy
 from tiergate.streams.settings import ServeSettings
 from tiergate.streams.store import Store, StoreError
@@ -146,7 +147,7 @@ def test_a_batch_failing_anywhere_leaves_the_state_equal_to_the_stored_log(
     memory: the state is a fold of the stored log, and the same batch sent again applies as if first sent."""
     runtime.ingest(STORY[:40], "http(test)")
     batch = STORY[40:100]
-    real, calls = pipeline.step, 0
+    real, calls, live_pipeline = step, 0, runtime._pipeline
 
     def failing_step(state: object, event: object) -> object:
         nonlocal calls
@@ -155,13 +156,18 @@ def test_a_batch_failing_anywhere_leaves_the_state_equal_to_the_stored_log(
             raise RuntimeError("injected")
         return real(state, event)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(pipeline, "step", failing_step)
+    def failing_pipeline(live: bool) -> Pipeline:
+        pipeline = live_pipeline(live)
+        pipeline.step = failing_step  # type: ignore[assignment]
+        return pipeline
+
+    monkeypatch.setattr(runtime, "_pipeline", failing_pipeline)
     before = runtime.store.last_seq()
     with pytest.raises(RuntimeError, match="injected"):
         runtime.ingest(batch, "http(test)")
     assert runtime.store.last_seq() == before
     assert runtime.state.to_dict() == stored_fold(runtime)
-    monkeypatch.setattr(pipeline, "step", real)
+    monkeypatch.setattr(runtime, "_pipeline", live_pipeline)
     again = runtime.ingest(batch, "http(test)")
     assert [r.result for r in again.results].count("duplicate") == 0
     assert runtime.state.to_dict() == stored_fold(runtime)

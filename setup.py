@@ -1,0 +1,83 @@
+"""The fold compiled: the pure core's modules (and replay's loop) built as C extensions by mypyc.
+
+Everything else about the package is in pyproject.toml. The fold is plain, type-checked Python; mypyc turns
+the same source into a C extension module each, about a third faster per event (docs/benchmarks.md), with
+the same behaviour: the whole test suite runs against the compiled modules. The wheel carries the `.py`
+sources too.
+
+`TIERGATE_PURE_PYTHON=1` builds without compiling (no C compiler needed; everything runs, slower).
+
+mypyc names a module after its path, and the repository keeps `tiergate.models` in `models/` (the package
+directories of pyproject.toml): the modules are compiled from a copy laid out as `tiergate/...`, so each
+extension has its real name.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from setuptools import Extension, setup
+
+ROOT = Path(__file__).parent
+COMPILED = [
+    "models/activations.py",
+    "models/closes.py",
+    "models/decisions.py",
+    "models/durations.py",
+    "models/evidence.py",
+    "models/fold.py",
+    "models/maturity.py",
+    "models/overrides.py",
+    "models/results.py",
+    "models/sequential.py",
+    "models/state.py",
+    "models/stats.py",
+    "models/ticks.py",
+    "models/transition.py",
+    "models/tripwire.py",
+    "models/views.py",
+    "models/windows.py",
+    "streams/pipeline.py",
+    "streams/replay.py",
+]
+"""The fold and replay's loop. Not compiled: the pydantic models (the policy, the rules, the wire format),
+whose classes pydantic builds at import, and the runtimes' I/O, where compiling gains nothing."""
+
+
+MYPY_CONFIG = """[mypy]
+python_version = 3.11
+ignore_missing_imports = True
+follow_imports = silent
+"""
+"""mypyc's own type check: the types it compiles with, not a review (`make typecheck` is strict, with pydantic's
+plugin, over the whole project). A build environment has pydantic (pyproject.toml's build requirements) but
+not the runtimes' other libraries, whose values the fold only passes on."""
+
+
+def compiled_modules() -> list[Extension]:
+    if os.environ.get("TIERGATE_PURE_PYTHON", "") not in ("", "0"):
+        return []
+    from mypyc.build import mypycify
+
+    staging = ROOT / "build" / "mypyc-src"
+    shutil.rmtree(staging, ignore_errors=True)
+    for package in ("models", "streams"):
+        shutil.copytree(ROOT / package, staging / "tiergate" / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (staging / "mypy.ini").write_text(MYPY_CONFIG)
+    paths = [str(staging / "tiergate" / path) for path in COMPILED]
+    cwd = Path.cwd()
+    os.chdir(staging)  # module names are paths relative to it: tiergate/models/fold.py is tiergate.models.fold
+    try:
+        return mypycify(
+            ["--config-file", "mypy.ini", "--explicit-package-bases", *(os.path.relpath(p, staging) for p in paths)],
+            opt_level="3",
+            group_name="tiergate_fold",  # the runtime the compiled modules share: tiergate_fold__mypyc
+            target_dir=str(ROOT / "build" / "mypyc"),
+        )
+    finally:
+        os.chdir(cwd)
+
+
+setup(ext_modules=compiled_modules())
