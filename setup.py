@@ -30,6 +30,7 @@ COMPILED = [
     "models/fold.py",
     "models/maturity.py",
     "models/overrides.py",
+    "models/resolved.py",
     "models/results.py",
     "models/sequential.py",
     "models/state.py",

@@ -6,7 +6,8 @@ Imports only the standard library and pydantic; reads no clock, no randomness, d
 from .decisions import Decision, TierRecord
 from .fold import Event, Result, Stepped, fold, initial_decisions, initial_state, step, tier_records
 from .policy import Policy, PolicyError, load_policy
-from .rules import Rules, RulesError, rules_from_mapping
+from .resolved import Rules
+from .rules import RulesError, rules_from_mapping
 from .state import KeyState, State, StateSchemaError
 from .ticks import due_ticks
 from .wire import Action, EventError, Outcome, Override, Tick, event_from_dict

@@ -14,8 +14,9 @@ from typing import Any
 
 from . import windows
 from .decisions import Decision
+from .resolved import BarRule, Rules
 from .results import DUPLICATE_REASON, Result
-from .rules import BarRule, Rules, RulesError
+from .rules import RulesError
 from .sequential import SequentialState
 from .state import RUN, KeyState, State, fresh, rules_of
 from .transition import KeyStep

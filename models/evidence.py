@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import windows
-from .rules import METRIC_INDEX, METRIC_OF_KIND, BarRule
+from .resolved import METRIC_INDEX, METRIC_OF_KIND, BarRule
 from .sequential import Figures, KeepState, KeepTest, PromoteState, PromoteTest
 from .state import KeyState
 from .stats import Evidence, Verdict, judge_keep, judge_promote, judged_by_test

@@ -14,7 +14,7 @@ units − failures. A feed that stops leaves cells pending: nothing is presumed 
 from __future__ import annotations
 
 from . import windows
-from .rules import METRIC_INDEX, METRIC_OF_KIND
+from .resolved import METRIC_INDEX, METRIC_OF_KIND
 from .state import Cell, CellKey, KeyState
 from .wire import TIER_INDEX, Outcome, format_ts
 

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, ValidationError
 
 from .durations import format_duration
+from .resolved import Rules
 from .rules import (
     SOUND_DEMOTION,
     SOUND_PROMOTION,
@@ -32,7 +33,6 @@ from .rules import (
     Path,
     PositiveDuration,
     Problems,
-    Rules,
     RulesError,
     RulesSpec,
     Strict,

@@ -11,7 +11,6 @@ anything that changes a meaning.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from fractions import Fraction
 from statistics import NormalDist
 from typing import Annotated, Any, Literal
@@ -19,21 +18,21 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from .durations import format_duration, parse_duration
+from .resolved import (
+    METRIC_INDEX,
+    METRIC_OF_KIND,
+    METRICS,
+    BarRule,
+    DemotionRule,
+    Metric,
+    PromotionRule,
+    Rules,
+    slot,
+)
 from .sequential import KeepTest, PromoteTest
 from .wire import TIER_INDEX, TIERS, Tier
 
 RULES_SCHEMA = 1
-
-Metric = Literal["acceptance_rate", "completion_rate", "customer_success_rate"]
-METRICS: tuple[Metric, ...] = ("acceptance_rate", "completion_rate", "customer_success_rate")
-METRIC_OF_KIND = {"review": "acceptance_rate", "internal": "completion_rate", "customer": "customer_success_rate"}
-METRIC_INDEX: dict[str, int] = {name: i for i, name in enumerate(METRICS)}
-
-
-def slot(tier: int, metric: int) -> int:
-    """Where the (n, successes) pair of one tier and metric starts in a window's counters (models/windows.py)."""
-    return (tier * len(METRICS) + metric) * 2
-
 
 CUSTOMER_METRICS: frozenset[str] = frozenset({"customer_success_rate"})
 
@@ -103,8 +102,6 @@ class Tiers(Strict):
 # The rules a bar is judged by. In a rules mapping an absent `rule` is the v1 rule: rules written
 # before the rule fields existed were decided by it. A policy file that names no rule gets the sound rule
 # instead (models/policy.py), except where it stands for an old log's policy.
-PromotionRule = Literal["mixture", "wilson"]
-DemotionRule = Literal["sprt", "point"]
 SOUND_PROMOTION: PromotionRule = "mixture"
 SOUND_DEMOTION: DemotionRule = "sprt"
 V1_PROMOTION: PromotionRule = "wilson"
@@ -173,52 +170,6 @@ class RulesSpec(Strict):
     outcomes: Outcomes = Field(default_factory=Outcomes)
     max_tier: Tier = "run"
     read_only: bool = False
-
-
-# -- resolved for the fold -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class BarRule:
-    """A bar resolved for the fold: indices instead of names, thresholds as exact fractions."""
-
-    metric: str
-    metric_index: int
-    target: float
-    min_samples: int
-    keep_below: Fraction  # demote when successes/n < keep_below (target − margin), exactly
-
-
-@dataclass(frozen=True, slots=True)
-class Rules:
-    """Everything the fold needs to judge one action type, merged and validated."""
-
-    window: int
-    allowed_lateness: int
-    lookback: int
-    confidence: float
-    z: float
-    minor_edits_accepted: bool
-    read_only: bool
-    max_tier: int
-    promote_bars: tuple[tuple[BarRule, ...], ...]  # per tier; empty = no way up from that tier
-    hold: tuple[int, ...]  # per tier
-    keep_bars: tuple[tuple[BarRule, ...], ...]  # per tier
-    cooldown: int
-    maturity: int | None  # customer outcomes known only this long after their action (None: as they come)
-    mapping: Mapping[str, Any]  # the same rules in the policy's vocabulary, normalised (what the log keeps)
-    promotion_rule: PromotionRule
-    demotion_rule: DemotionRule
-    tripwire: int  # failures in a row on a kept metric that demote at once (0: no tripwire)
-    promote_tests: tuple[tuple[PromoteTest, ...], ...]  # per tier, under `mixture` (else empty)
-    keep_tests: tuple[tuple[KeepTest, ...], ...]  # per tier, under `sprt` (else empty)
-    # derived once here, read at every event or close of the fold:
-    sequential_promotion: bool  # promotion.rule is mixture
-    sequential_demotion: bool  # demotion.rule is sprt
-    lookback_windows: int
-    tripwire_bars: tuple[Mapping[str, tuple[int, ...]], ...]  # per tier: outcome kind -> keep bars on its metric
-    keep_slots: tuple[tuple[int, ...], ...]  # per tier: where each keep bar's (n, successes) is in a window's counters
-    promote_slots: tuple[tuple[int, ...], ...]  # per tier: the same for each promote bar
 
 
 def problems_of(spec: RulesSpec) -> Problems:

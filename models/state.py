@@ -13,7 +13,8 @@ from functools import lru_cache
 from typing import Any
 
 from . import windows
-from .rules import Rules, rules_from_mapping
+from .resolved import Rules
+from .rules import rules_from_mapping
 from .sequential import SequentialState
 from .wire import TIER_INDEX
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from .rules import BarRule
+from .resolved import BarRule
 from .sequential import Figures
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from . import windows
 from .decisions import Decision
 from .evidence import tripwire_evidence
-from .rules import METRIC_INDEX, METRIC_OF_KIND
+from .resolved import METRIC_INDEX, METRIC_OF_KIND
 from .sequential import KeepState, tripped
 from .state import CellKey, KeyState
 from .transition import KeyStep

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import deque
 from operator import add, sub
 
-from .rules import METRICS
-from .rules import slot as slot  # the counters' layout, defined beside the metrics (the rules resolve it too)
+from .resolved import METRICS
+from .resolved import slot as slot  # the counters' layout, defined beside the metrics
 from .wire import TIERS
 
 Counters = list[int]
