@@ -96,6 +96,20 @@ def test_the_first_activation_needs_a_genesis_key_and_names_who_signs_the_next(t
     assert [d.kind for d in out.decisions] == ["policy"]  # the second copy, signed right, was not a duplicate
 
 
+def test_before_the_first_activation_the_genesis_keys_decide_and_the_reason_says_so(tmp_path: Path) -> None:
+    """A type's first activation signed by a key that is not a genesis key: no policy is in force yet, so the
+    reason names the genesis keys and their variable, and says when none are set."""
+    stranger = activation(policy(), "a1", SECOND)
+    _, out = fold_key(KeyedFold(None, kafka_admission("prod", genesis_file(tmp_path))), "t", [stranger])
+    assert [r.reason for r in out.rejected] == [
+        "key 'second' is not among the genesis keys (TIERGATE_KAFKA_GENESIS_KEYS), the only keys trusted before an "
+        "action type's first activation: sign with one of them"
+    ]
+    _, out = fold_key(KeyedFold(None, kafka_admission("prod", None)), "t", [stranger])
+    (reason,) = [r.reason for r in out.rejected]
+    assert "none are set: set TIERGATE_KAFKA_GENESIS_KEYS" in reason and "its policy" not in reason
+
+
 def test_an_unsigned_override_is_rejected_before_dedup_and_squats_no_id(tmp_path: Path) -> None:
     """An agent producing an unsigned promote with the id of the operator's real one: rejected, and the
     operator's signed override with that id still applies."""
@@ -132,6 +146,14 @@ def test_key_files_say_what_is_wrong(tmp_path: Path) -> None:
     shape.write_text("- just a string\n")
     with pytest.raises(OperatorKeyError, match="key_id, public_key, actor"):
         read_trusted(shape)
+    shape.write_text("- key_id: ops\n  public_key: [unclosed\n")
+    with pytest.raises(OperatorKeyError, match=r"genesis.yaml: the genesis keys are not YAML at line \d+; write"):
+        read_trusted(shape)
+    shape.write_text(yaml.safe_dump([{"key_id": "ops", "public_key": "not-a-key", "actor": "ops"}]))
+    with pytest.raises(OperatorKeyError, match=r"entry 0 \('ops'\): public_key is not an Ed25519 public key"):
+        read_trusted(shape)
+    with pytest.raises(OperatorKeyError, match=r"nothere.yaml: cannot read the genesis keys \(No such file"):
+        read_trusted(tmp_path / "nothere.yaml")
 
 
 def test_a_kafka_apply_is_refused_before_writing_when_its_key_is_not_trusted() -> None:
