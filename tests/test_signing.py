@@ -167,10 +167,31 @@ def test_a_kafka_apply_is_refused_before_writing_when_its_key_is_not_trusted() -
         "key 'evil' is not among the deployment's genesis keys (TIERGATE_KAFKA_GENESIS_KEYS): sign with a key it lists"
     ]
     assert refusals([], golden, "ops", ["ops"]) == []
-    assert refusals([], golden, "anyone", None) == []  # no genesis keys here: the workers judge
     document = golden.normalised | {"operators": [{"key_id": "ops", "public_key": "…", "actor": "ops@example.com"}]}
     record = {"policy_version": golden.version, "policy_sha256": golden.sha256}
     applied = [Activation("a1", document, record)]
     later = refusals(applied, golden, "evil", ["ops"])
     assert later == [f"key 'evil' is not among the policy in force ({golden.version}): sign with a key it lists"]
     assert refusals(applied, golden, "ops", ["someone-else"]) == []
+    assert refusals(applied, golden, "ops", None) == []  # no type's first activation: the genesis keys are not asked
+
+
+def test_a_kafka_apply_of_a_first_activation_needs_the_genesis_keys_to_check_it_against() -> None:
+    """Without TIERGATE_KAFKA_GENESIS_KEYS in the operator's shell, a first activation (of the deployment, or
+    of a type a later policy adds) is refused naming the variable, rather than produced unchecked; a type
+    added later must be signed by a genesis key too, as the workers check it."""
+    from tiergate.streams.kafka_policy import Activation, refusals
+
+    golden = policy()
+    (first,) = refusals([], golden, "ops", None)
+    assert first.startswith("TIERGATE_KAFKA_GENESIS_KEYS is not set here, and the workers check a type's first")
+    document = golden.normalised | {"operators": [{"key_id": "ops", "public_key": "…", "actor": "ops@example.com"}]}
+    applied = [Activation("a1", document, {"policy_version": golden.version, "policy_sha256": golden.sha256})]
+    wider = policy(action_types={"new_type": {}})
+    (added,) = refusals(applied, wider, "ops", None)
+    assert "the workers check the first activation of new_type against the genesis keys" in added
+    assert refusals(applied, wider, "ops", ["genesis"]) == [
+        "key 'ops' is not among the deployment's genesis keys (TIERGATE_KAFKA_GENESIS_KEYS), which the workers "
+        "check the first activation of new_type against: sign with a key it lists"
+    ]
+    assert refusals(applied, wider, "ops", ["ops"]) == []
