@@ -435,11 +435,14 @@ def test_import_of_a_missing_file_leaves_no_empty_store_behind(tmp_path: Path) -
     assert not (tmp_path / "data").exists()
 
 
-def test_backfill_refuses_unsigned_operator_events_and_signs_them_with_a_key(tmp_path: Path) -> None:
+def test_backfill_refuses_unsigned_operator_events_and_signs_them_with_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A history that carries its policy and overrides unsigned (as an embedded export does) would have them
-    rejected on Kafka, and every later event of their types with them: backfill refuses it before the broker
-    is asked anything and says how to sign. With --key each unsigned policy and override event is signed for
-    the deployment and verifies against the genesis keys; every other line is produced as it is."""
+    rejected on Kafka, and every later event of their types with the policy events: backfill refuses it
+    before the broker is asked anything and says how to sign (unsigned overrides alone: a warning). With
+    --key each unsigned policy and override event is signed for the deployment and verifies against the
+    genesis keys; every other line is produced as it is."""
     from tiergate.streams.cli.kafka import _signed_operator_events
     from tiergate.streams.codec import decode
     from tiergate.streams.signing import read_trusted, verify
@@ -448,9 +451,12 @@ def test_backfill_refuses_unsigned_operator_events_and_signs_them_with_a_key(tmp
     done = tiergate(
         "backfill", str(history), env={"TIERGATE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "TIERGATE_OPERATOR_KEY_FILE": ""}
     )
-    refused(done, 2, "events.jsonl: 8 policy or override events are unsigned", "--key OPERATOR.key")
+    refused(done, 2, "events.jsonl: 4 policy events (and 4 overrides) are unsigned", "--key OPERATOR.key")
     lines = [line for line in history.read_bytes().splitlines() if line.strip()]
     events = [(decode(line).action_type, line) for line in lines]
+    monkeypatch.delenv("TIERGATE_OPERATOR_KEY_FILE", raising=False)
+    overrides_only = [(name, line) for name, line in events if b'"type":"policy"' not in line]
+    assert _signed_operator_events(overrides_only, history, None, "prod") == overrides_only
     signed = _signed_operator_events(events, history, str(GOLDEN / "operator.key"), "prod")
     genesis = read_trusted(GOLDEN / "genesis.yaml")
     changed = [(before, after) for (_, before), (_, after) in zip(events, signed, strict=True) if before != after]

@@ -200,7 +200,8 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _backfill(args: argparse.Namespace) -> int:
     """Produce a JSONL history to the events topic, all or nothing: every line must decode first, and its
-    operator events (policy, override) must be signed — by --key, or already — or the workers reject them."""
+    policy events must be signed — by --key, or already — or the workers reject them (and with them their
+    types' later events)."""
     from ..codec import EventError, decode
     from ..kafka import EVENTS, produce_history
     from ..replay import file_lines
@@ -228,44 +229,56 @@ def _backfill(args: argparse.Namespace) -> int:
     return 0
 
 
-OPERATOR_EVENTS = frozenset({"policy", "override"})  # what the workers count only when an operator key signed it
+SIGN_WITH = (
+    "sign them as they are produced with --key OPERATOR.key (or TIERGATE_OPERATOR_KEY_FILE), a key the genesis "
+    "keys trust for first activations and each activation's operators for what follows"
+)
 
 
 def _signed_operator_events(
     events: list[tuple[str, bytes]], source: Path, key_file: str | None, deployment: str
 ) -> list[tuple[str, bytes]]:
-    """The history with each unsigned operator event signed by the operator's key (--key, else
-    TIERGATE_OPERATOR_KEY_FILE); without a key, a CommandError that counts them and says how to sign."""
+    """The history with each unsigned operator event (policy, override) signed by the operator's key (--key,
+    else TIERGATE_OPERATOR_KEY_FILE). Without a key, unsigned policy events are a CommandError (the workers
+    would reject them, and then every later event of their types); unsigned overrides only a warning (the
+    workers reject them alone)."""
     import orjson
 
     from .keys import operator_key
 
-    unsigned = [i for i, (_, raw) in enumerate(events) if _unsigned_operator_event(raw)]
+    unsigned = {i: kind for i, (_, raw) in enumerate(events) if (kind := _unsigned_operator_event(raw))}
     if not unsigned:
         return events
+    policies, overrides = sum(k == "policy" for k in unsigned.values()), sum(k == "override" for k in unsigned.values())
     if key_file is None and not os.environ.get("TIERGATE_OPERATOR_KEY_FILE"):
-        raise CommandError(
-            f"{source}: {len(unsigned)} policy or override events are unsigned, and on Kafka the workers reject "
-            "them (to the DLQ), and with an activation every later event of its types; nothing was produced: "
-            "sign them as they are produced with --key OPERATOR.key (or TIERGATE_OPERATOR_KEY_FILE), a key the "
-            "genesis keys trust for first activations and each activation's operators for what follows"
+        if policies:
+            raise CommandError(
+                f"{source}: {policies} policy events (and {overrides} overrides) are unsigned: on Kafka the workers "
+                f"reject them, and then every later event of their types; nothing was produced: {SIGN_WITH}"
+            )
+        err.print(
+            f"[yellow]warning:[/] {escape(str(source))}: {overrides} overrides are unsigned: the workers reject them "
+            f"(to the DLQ) and fold the rest; to count them, {SIGN_WITH}"
         )
+        return events
     key = operator_key(key_file)
     signed = list(events)
     for i in unsigned:
         action_type, raw = events[i]
         signed[i] = (action_type, orjson.dumps(key.sign(orjson.loads(raw), deployment)))
-    err.print(f"signed {len(unsigned)} policy and override events with key {key.key_id} for deployment {deployment}")
+    err.print(f"signed {policies} policy events and {overrides} overrides with key {key.key_id} for {deployment}")
     return signed
 
 
-def _unsigned_operator_event(raw: bytes) -> bool:
+def _unsigned_operator_event(raw: bytes) -> str | None:
+    """ "policy" or "override" for an operator event without a signature, else None."""
     import orjson
 
     if b'"sig"' in raw or not (b'"policy"' in raw or b'"override"' in raw):
-        return False
+        return None
     event = orjson.loads(raw)
-    return event.get("type") in OPERATOR_EVENTS and not isinstance(event.get("sig"), str)
+    kind = event.get("type")
+    return kind if kind in ("policy", "override") and not isinstance(event.get("sig"), str) else None
 
 
 def add_commands(commands: Any) -> None:
@@ -311,7 +324,7 @@ def add_commands(commands: Any) -> None:
         "--key",
         metavar="FILE",
         help="operator key that signs the history's unsigned policy and override events (or "
-        "TIERGATE_OPERATOR_KEY_FILE); without one such events are refused, as the workers would",
+        "TIERGATE_OPERATOR_KEY_FILE); without one, unsigned policy events are refused, as the workers would",
     )
     backfill.set_defaults(run=_backfill)
 
