@@ -26,7 +26,8 @@ POLICIES = "tiergate.policies.v1"
 TIER_MAP = "tiergate.tier-map.v1"
 DECISIONS = "tiergate.decisions.v1"
 DLQ = "tiergate.events.v1.dlq"
-STATE_CHANGELOG = "tiergate-worker-state-changelog"  # the workers' snapshots of each key's state (streams/changelog.py)
+WORKER_GROUP = "tiergate-worker"  # the workers' consumer group unless TIERGATE_WORKER_APP_ID names another
+STATE_CHANGELOG = f"{WORKER_GROUP}-state-changelog"  # their snapshots of each key's state (streams/changelog.py)
 DEFAULT_TOPICS_FILE = Path(__file__).with_name("topics.yaml")  # shipped with the package
 SINGLE_BROKER = {"min.insync.replicas": "1"}  # what a one-broker development cluster overrides of the definition
 
@@ -169,6 +170,12 @@ def state_changelog(app_id: str) -> str:
     return f"{app_id}-state-changelog"
 
 
+def for_workers(topics: Mapping[str, TopicSpec], app_id: str) -> dict[str, TopicSpec]:
+    """The definition with the state changelog named for the workers' group `app_id`
+    (`<app_id>-state-changelog`; the definition names tiergate-worker's)."""
+    return {state_changelog(app_id) if name == STATE_CHANGELOG else name: spec for name, spec in topics.items()}
+
+
 def home_partition(key: bytes, partitions: int) -> int:
     """The partition the default partitioner (every Kafka client's, murmur2) gives a message key: where an
     action type's input, and the worker's changelog record of its state, live."""
@@ -211,15 +218,20 @@ class TopicCheck:
 
     topic: str
     problem: str
+    warning: bool = False  # worth saying, not a difference: the exit status stays 0
 
 
 async def create_topics(
-    settings: KafkaSettings, replication: int = 3, overrides: Mapping[str, str] | None = None
+    settings: KafkaSettings,
+    replication: int = 3,
+    overrides: Mapping[str, str] | None = None,
+    app_id: str = WORKER_GROUP,
 ) -> list[str]:
-    """Create every defined topic that does not exist yet; return the names created."""
+    """Create every defined topic that does not exist yet (the state changelog of the workers' group
+    `app_id`); return the names created."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    wanted = read_topics(settings.topics_file, overrides)
+    wanted = for_workers(read_topics(settings.topics_file, overrides), app_id)
     check_replication(wanted, replication)
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
     try:
@@ -261,13 +273,16 @@ def _refusals(response: Any) -> list[str]:
 
 
 async def describe_topics(
-    settings: KafkaSettings, overrides: Mapping[str, str] | None = None
+    settings: KafkaSettings, overrides: Mapping[str, str] | None = None, app_id: str = WORKER_GROUP
 ) -> tuple[dict[str, dict[str, Any]], list[TopicCheck]]:
-    """Each defined topic as the cluster has it (partitions, the defined configs) and every difference."""
+    """Each defined topic as the cluster has it (partitions, replication factor, the defined configs) and
+    every difference. A topic's `min.insync.replicas` is expected at most at its replication factor (what
+    `create` requires of a single broker's topics), so a cluster made the documented single-broker way
+    describes clean, with a warning that its writes are on one broker."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-    defined = read_topics(settings.topics_file, overrides)
+    defined = for_workers(read_topics(settings.topics_file, overrides), app_id)
     wanted = {settings.topic(name): spec for name, spec in defined.items()}
     admin = AIOKafkaAdminClient(**settings.client_kwargs())
     try:
@@ -289,15 +304,36 @@ async def describe_topics(
         if name not in existing:
             problems.append(TopicCheck(name, "missing: run `tiergate topics create`"))
             continue
-        partitions = len(described[name]["partitions"])
+        partitions = described[name]["partitions"]
+        replication = min((len(p["replicas"]) for p in partitions), default=0)
         actual = {key: configs.get(name, {}).get(key) for key in spec.config}
-        report[name] = {"partitions": partitions, "config": actual}
-        if partitions != spec.partitions:
-            problems.append(TopicCheck(name, f"{partitions} partitions, defined {spec.partitions}"))
-        for key, value in spec.config.items():
+        report[name] = {"partitions": len(partitions), "replication_factor": replication, "config": actual}
+        if len(partitions) != spec.partitions:
+            problems.append(TopicCheck(name, f"{len(partitions)} partitions, defined {spec.partitions}"))
+        for key, value in _expected(spec.config, replication).items():
             if actual[key] != value:
                 problems.append(TopicCheck(name, f"{key}={actual[key]}, defined {value}"))
+        defined_isr = int(spec.config.get("min.insync.replicas", "1"))
+        if replication < defined_isr:
+            problems.append(
+                TopicCheck(
+                    name,
+                    f"replication factor {replication}, below the definition's min.insync.replicas {defined_isr}: "
+                    "each write is on fewer brokers than defined (a development broker; on a production cluster, "
+                    "create the topics with --replication-factor 3)",
+                    warning=True,
+                )
+            )
     return report, problems
+
+
+def _expected(config: Mapping[str, str], replication: int) -> dict[str, str]:
+    """A topic's defined configs as its replication factor allows them: `min.insync.replicas` at most the
+    replication factor (a single broker's topics cannot have more)."""
+    expected = dict(config)
+    if "min.insync.replicas" in expected and replication > 0:
+        expected["min.insync.replicas"] = str(min(int(expected["min.insync.replicas"]), replication))
+    return expected
 
 
 async def produce_history(settings: KafkaSettings, events: list[tuple[str, bytes]]) -> int:

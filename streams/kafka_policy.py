@@ -88,18 +88,27 @@ def catalog_of(activations: list[Activation]) -> Catalog:
 
 
 def refusals(activations: list[Activation], policy: Policy, key_id: str, genesis: Sequence[str] | None) -> list[str]:
-    """What the fold would refuse: an existing type's window or lateness redrawn, or a signing key that the
-    policy in force (the genesis keys, before any; None: not configured here, so not checked) does not trust."""
-    if not activations:
-        trusted = set(genesis or ())
-        whose = "the deployment's genesis keys (TIERGATE_KAFKA_GENESIS_KEYS)"
-    else:
-        trusted = {operator["key_id"] for operator in activations[-1].document.get("operators", [])}
-        whose = f"the policy in force ({activations[-1].record['policy_version']})"
+    """What the fold would refuse: an existing type's window or lateness redrawn, or a signing key that is not
+    trusted — by the policy in force for the types it has, by the genesis keys for a type's first activation
+    (`genesis`: their key ids; None when TIERGATE_KAFKA_GENESIS_KEYS is not set here, which a first
+    activation then needs: the workers would refuse it unchecked)."""
     problems = []
-    if key_id not in trusted and (activations or genesis is not None):
-        problems.append(f"key {key_id!r} is not among {whose}: sign with a key it lists")
+    first = sorted(set(policy.types) - set(catalog_of(activations).parents))
+    which = "a type's first activation" if not activations else f"the first activation of {', '.join(first)}"
+    if first and genesis is None:
+        problems.append(
+            f"TIERGATE_KAFKA_GENESIS_KEYS is not set here, and the workers check {which} against the genesis keys: "
+            "set it to the deployment's genesis keys file (the workers') so the signing key is checked first"
+        )
+    elif first and genesis is not None and key_id not in genesis:
+        whose = "the deployment's genesis keys (TIERGATE_KAFKA_GENESIS_KEYS)"
+        checked = "" if not activations else f", which the workers check {which} against"
+        problems.append(f"key {key_id!r} is not among {whose}{checked}: sign with a key it lists")
     if activations:
+        trusted = {operator["key_id"] for operator in activations[-1].document.get("operators", [])}
+        if key_id not in trusted:
+            whose = f"the policy in force ({activations[-1].record['policy_version']})"
+            problems.append(f"key {key_id!r} is not among {whose}: sign with a key it lists")
         current = activations[-1].document
         problems += [
             f"{field} cannot change for existing action types ({current[field]} → {policy.normalised[field]}): "

@@ -25,17 +25,30 @@ from tiergate.models.decisions import Decision
 from tiergate.models.policy import Policy
 from tiergate.models.state import KeyState
 
-from .kafka import DECISIONS, EVENTS, STATE_CHANGELOG, TIER_MAP, KafkaSettings, home_partition, read_topics
+from .kafka import (
+    DECISIONS,
+    EVENTS,
+    STATE_CHANGELOG,
+    TIER_MAP,
+    WORKER_GROUP,
+    KafkaSettings,
+    home_partition,
+    read_topics,
+    state_changelog,
+)
 from .keyed import KeyedFold, Outputs
 from .pipeline import Input, Rejected, named_action_type
 from .replay import Replay, replay_inputs
 from .signing import kafka_admission, signing_key
 
 
-async def read_topic(settings: KafkaSettings, name: str) -> list[ConsumerRecord[bytes, bytes]]:
+async def read_topic(
+    settings: KafkaSettings, name: str, named: str | None = None
+) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record of a defined topic from offset 0 to the end offsets read at the start, partition by
-    partition (the partition count comes from the topic definition)."""
-    topic = settings.topic(name)
+    partition (the partition count comes from the topic definition; `named`: the topic under another name,
+    such as the state changelog of a group of its own)."""
+    topic = settings.topic(named or name)
     count = read_topics(settings.topics_file)[name].partitions
     consumer = AIOKafkaConsumer(
         **settings.client_kwargs(),
@@ -169,10 +182,11 @@ async def verify(settings: KafkaSettings, reference: KafkaReplay) -> list[Differ
     return problems
 
 
-async def saved_state(settings: KafkaSettings) -> dict[bytes, dict[str, Any]]:
-    """The latest record per key of the workers' state changelog (JSON, streams/changelog.py)."""
+async def saved_state(settings: KafkaSettings, app_id: str = WORKER_GROUP) -> dict[bytes, dict[str, Any]]:
+    """The latest record per key of the state changelog of the workers' group `app_id` (JSON,
+    streams/changelog.py)."""
     latest: dict[bytes, dict[str, Any]] = {}
-    for record in await read_topic(settings, STATE_CHANGELOG):
+    for record in await read_topic(settings, STATE_CHANGELOG, state_changelog(app_id)):
         if record.key is None:
             continue
         if record.value is None:
@@ -251,8 +265,9 @@ def _first_field_differing(refolded: KeyState | None, saved: dict[str, Any] | No
     return "fields " + ", ".join(fields) if fields else "state present on one side only"
 
 
-async def verify_state(settings: KafkaSettings, reference: KafkaReplay) -> list[Difference]:
-    """Every key whose state in the workers' changelog is not the fold of its input (see `check_state`)."""
+async def verify_state(settings: KafkaSettings, reference: KafkaReplay, app_id: str = WORKER_GROUP) -> list[Difference]:
+    """Every key whose state in the changelog of the workers' group `app_id` is not the fold of its input
+    (see `check_state`)."""
     partitions = read_topics(settings.topics_file)[EVENTS].partitions
     fold = KeyedFold(reference.replay.policy, kafka_admission(settings.deployment, settings.genesis_keys), signing_key)
-    return check_state(reference, await saved_state(settings), fold, partitions)
+    return check_state(reference, await saved_state(settings, app_id), fold, partitions)

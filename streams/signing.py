@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,23 +91,63 @@ class OperatorKey:
 
 def read_trusted(path: Path) -> tuple[dict[str, str], ...]:
     """Genesis keys: a YAML or JSON list of {key_id, public_key, actor} (the policy's `operators` form)."""
+    shape = "a list of {key_id, public_key, actor}, as `tiergate keys new` prints"
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise OperatorKeyError(f"{path}: cannot read the genesis keys ({error})") from None
+    except OSError as error:
+        raise OperatorKeyError(f"{path}: cannot read the genesis keys ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise OperatorKeyError(f"{path}: the genesis keys are not YAML{line}; write {shape}") from None
     if isinstance(loaded, dict):
         loaded = loaded.get("operators", loaded.get("keys"))
     if not isinstance(loaded, list) or not all(
         isinstance(k, dict) and {"key_id", "public_key"} <= set(k) for k in loaded
     ):
-        raise OperatorKeyError(
-            f"{path}: genesis keys are a list of {{key_id, public_key, actor}}, as `tiergate keys new` prints"
-        )
+        raise OperatorKeyError(f"{path}: genesis keys are {shape}")
+    for number, key in enumerate(loaded):
+        try:
+            Ed25519PublicKey.from_public_bytes(base64.b64decode(str(key["public_key"]), validate=True))
+        except (ValueError, binascii.Error):
+            raise OperatorKeyError(
+                f"{path}: entry {number} ({key['key_id']!r}): public_key is not an Ed25519 public key in base64; "
+                "copy the entry `tiergate keys new` printed"
+            ) from None
     return tuple(loaded)
 
 
-def verify(raw: bytes, trusted: Iterable[Mapping[str, str]], deployment: str) -> str | None:
-    """Why the signed event `raw` does not count, or None when a trusted key signed it for `deployment`."""
+def untrusted_by_policy(key_id: str) -> str:
+    return f"key {key_id!r} is not trusted by this action type's policy: sign with a key its policy lists"
+
+
+def untrusted_by_genesis(genesis: tuple[dict[str, str], ...]) -> Callable[[str], str]:
+    """The reason for an untrusted key before a type's first activation: no policy trusts anyone yet, the
+    genesis keys decide (and there may be none, when TIERGATE_KAFKA_GENESIS_KEYS is not set)."""
+
+    def reason(key_id: str) -> str:
+        if not genesis:
+            return (
+                f"key {key_id!r} is not a genesis key: before an action type's first activation only the genesis "
+                "keys are trusted, and none are set: set TIERGATE_KAFKA_GENESIS_KEYS (a file of {key_id, "
+                "public_key, actor}) for the workers and replay"
+            )
+        return (
+            f"key {key_id!r} is not among the genesis keys (TIERGATE_KAFKA_GENESIS_KEYS), the only keys trusted "
+            "before an action type's first activation: sign with one of them"
+        )
+
+    return reason
+
+
+def verify(
+    raw: bytes,
+    trusted: Iterable[Mapping[str, str]],
+    deployment: str,
+    untrusted: Callable[[str], str] = untrusted_by_policy,
+) -> str | None:
+    """Why the signed event `raw` does not count, or None when a trusted key signed it for `deployment`
+    (`untrusted`: the reason for a key that `trusted` does not hold)."""
     data = orjson.loads(raw)
     if not isinstance(data.get("sig"), str) or not isinstance(data.get("key_id"), str):
         return (
@@ -119,7 +159,7 @@ def verify(raw: bytes, trusted: Iterable[Mapping[str, str]], deployment: str) ->
         return f"signed for deployment {meant!r}, not {deployment!r}: it counts only where it was meant to"
     key = next((k for k in trusted if k.get("key_id") == data["key_id"]), None)
     if key is None:
-        return f"key {data['key_id']!r} is not trusted by this action type's policy: sign with a key its policy lists"
+        return untrusted(data["key_id"])
     try:
         public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key["public_key"]))
         public.verify(base64.b64decode(data["sig"]), canonical_bytes({k: v for k, v in data.items() if k != "sig"}))
@@ -134,12 +174,15 @@ def signed_by_operators(deployment: str, genesis: tuple[dict[str, str], ...]) ->
     """The worker's admission of operator events: a policy event must be signed by a key the key's previous
     activation trusts (genesis keys for its first); an override by a key its current activation trusts."""
 
+    before_activation = untrusted_by_genesis(genesis)
+
     def admit(item: Input, event: Event, state: State) -> str | None:
         if not isinstance(event, SIGNED):
             return None
         key = state.keys.get(event.action_type)
-        trusted = key.operators if key is not None and key.activation_id is not None else genesis
-        return verify(item.raw, trusted, deployment)
+        if key is not None and key.activation_id is not None:
+            return verify(item.raw, key.operators, deployment)
+        return verify(item.raw, genesis, deployment, before_activation)
 
     return admit
 

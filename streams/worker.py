@@ -68,7 +68,7 @@ from .changelog import Changelog, Restored
 from .clock import Clock, SystemClock
 from .codec import encode
 from .forwarder import Forwarder
-from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, BrokerLog, KafkaSettings, home_partition, read_topics
+from .kafka import DECISIONS, DLQ, EVENTS, TIER_MAP, WORKER_GROUP, BrokerLog, KafkaSettings, home_partition, read_topics
 from .keyed import KeyedFold, Outputs, Saved
 from .metrics import TiergateCollector, WorkerCollector, registry_with
 from .pipeline import Counting, Input, Rejected, Tallies
@@ -86,7 +86,7 @@ class WorkerSettings(BaseSettings):
 
     policy: Path | None = Field(None, description="only for a log whose events begin before its first activation")
     app_id: str = Field(
-        "tiergate-worker", description="the consumer group (after the topic prefix) and its <app_id>-state-changelog"
+        WORKER_GROUP, description="the consumer group (after the topic prefix) and its <app_id>-state-changelog"
     )
     web_host: str = Field("127.0.0.1", description="/metrics and /healthz bind here (loopback by default)")
     web_port: int = 6066
@@ -127,6 +127,26 @@ def continuing(records: Sequence[Record], start: int) -> tuple[list[Record], int
             run.append(record)
             expected = record.offset + 1
     return run, expected - start - len(run)
+
+
+def policy_in_force(state: State, fallback: Policy | None) -> tuple[str, str]:
+    """(version, sha256) of the policy in force among the keys `state` holds: the newest activation's (ids
+    sort by time), else the `--policy` a log from before its first activation folds under, else none."""
+    activated = [key for key in state.keys.values() if key.activation_id is not None]
+    if activated:
+        newest = max(activated, key=lambda key: key.activation_id or "")
+        return newest.policy_version, newest.policy_sha256
+    return ("", "") if fallback is None else (fallback.version, fallback.sha256)
+
+
+def warn_without_genesis_keys(kafka: KafkaSettings) -> None:
+    """A worker without genesis keys refuses every type's first activation (and so everything after it): say
+    so at start, rather than only in the DLQ's reasons."""
+    if kafka.genesis_keys is None:
+        log.warning(
+            "TIERGATE_KAFKA_GENESIS_KEYS is not set: policy events will be refused (to the DLQ) until it names the "
+            "deployment's genesis keys file, which a type's first activation must be signed by"
+        )
 
 
 @dataclass(slots=True)
@@ -625,7 +645,7 @@ class Worker:
 
         registry = registry_with(
             TiergateCollector(
-                lambda: ("", "") if self.policy is None else (self.policy.version, self.policy.sha256),
+                lambda: policy_in_force(self.local_state(), self.policy),
                 self.local_state,
                 lambda: self.tallies,
                 self.clock.now,
@@ -672,6 +692,7 @@ def run_worker(policy: Policy | None, settings: WorkerSettings, kafka: KafkaSett
         worker = Worker(policy, settings, kafka)  # aiokafka's clients belong to the running loop
         _collect_less()
         _log_to_stderr(loglevel, worker.broker_log)
+        warn_without_genesis_keys(kafka)
         loop = asyncio.get_running_loop()
         for stop in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(stop, _stop_by, worker, stop)

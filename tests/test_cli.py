@@ -393,6 +393,32 @@ def test_export_and_import_take_the_data_dir_from_the_environment(tmp_path: Path
             {"TIERGATE_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
             ["cannot reach the Kafka broker at 127.0.0.1:1"],
         ),
+        (  # genesis keys that cannot be used: named before the broker is asked anything
+            ["worker"],
+            {"TIERGATE_KAFKA_GENESIS_KEYS": "nothere.yaml", "TIERGATE_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
+            ["TIERGATE_KAFKA_GENESIS_KEYS: nothere.yaml: cannot read the genesis keys (No such file or directory)"],
+        ),
+        (
+            ["replay", "--from-kafka"],
+            {"TIERGATE_KAFKA_GENESIS_KEYS": str(GOLDEN / "operator.key"), "TIERGATE_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
+            ["TIERGATE_KAFKA_GENESIS_KEYS: ", "operator.key: genesis keys are a list of {key_id, public_key, actor}"],
+        ),
+        (
+            [
+                "policy",
+                "apply",
+                str(POLICY),
+                "--kafka",
+                "--key",
+                str(GOLDEN / "operator.key"),
+                "--actor",
+                "a",
+                "--reason",
+                "r",
+            ],
+            {"TIERGATE_KAFKA_GENESIS_KEYS": "nothere.yaml", "TIERGATE_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
+            ["TIERGATE_KAFKA_GENESIS_KEYS: nothere.yaml: cannot read the genesis keys"],
+        ),
     ],
 )
 def test_a_user_error_is_one_line_and_exit_2(
@@ -407,6 +433,54 @@ def test_import_of_a_missing_file_leaves_no_empty_store_behind(tmp_path: Path) -
     done = tiergate("import", "nothere.jsonl", "--policy", str(POLICY), "--data-dir", "data", cwd=tmp_path)
     refused(done, 2, "nothere.jsonl: no such file")
     assert not (tmp_path / "data").exists()
+
+
+def test_backfill_refuses_unsigned_operator_events_and_signs_them_with_a_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A history that carries its policy and overrides unsigned (as an embedded export does) would have them
+    rejected on Kafka, and every later event of their types with the policy events: backfill refuses it
+    before the broker is asked anything and says how to sign (unsigned overrides alone: a warning). With
+    --key each unsigned policy and override event is signed for the deployment and verifies against the
+    genesis keys; every other line is produced as it is."""
+    from tiergate.streams.cli.kafka import _signed_operator_events
+    from tiergate.streams.codec import decode
+    from tiergate.streams.signing import read_trusted, verify
+
+    history = GOLDEN / "cap_and_pin" / "events.jsonl"
+    done = tiergate(
+        "backfill", str(history), env={"TIERGATE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "TIERGATE_OPERATOR_KEY_FILE": ""}
+    )
+    refused(done, 2, "events.jsonl: 4 policy events (and 4 overrides) are unsigned", "--key OPERATOR.key")
+    lines = [line for line in history.read_bytes().splitlines() if line.strip()]
+    events = [(decode(line).action_type, line) for line in lines]
+    monkeypatch.delenv("TIERGATE_OPERATOR_KEY_FILE", raising=False)
+    overrides_only = [(name, line) for name, line in events if b'"type":"policy"' not in line]
+    assert _signed_operator_events(overrides_only, history, None, "prod") == overrides_only
+    signed = _signed_operator_events(events, history, str(GOLDEN / "operator.key"), "prod")
+    genesis = read_trusted(GOLDEN / "genesis.yaml")
+    changed = [(before, after) for (_, before), (_, after) in zip(events, signed, strict=True) if before != after]
+    assert len(changed) == 8
+    assert all(verify(after, genesis, "prod") is None for _, after in changed)
+    assert all(
+        orjson.loads(after) | {"sig": 0, "key_id": 0, "deployment": 0}
+        == orjson.loads(before) | {"sig": 0, "key_id": 0, "deployment": 0}
+        for before, after in changed
+    )
+
+
+def test_a_workers_busy_web_port_names_its_option_and_variable(tmp_path: Path) -> None:
+    """A worker's port is `--web-port` (or TIERGATE_WORKER_WEB_PORT), not serve's `--port`; it is checked before
+    the broker is asked anything."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = tiergate(
+            "worker", "--web-port", str(port), env={"TIERGATE_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, cwd=tmp_path
+        )
+    refused(done, 2, f"127.0.0.1:{port} is already in use (another tiergate worker?)")
+    assert "give another --web-port (or TIERGATE_WORKER_WEB_PORT)" in done.stderr and " --port" not in done.stderr
 
 
 def test_a_busy_port_is_reported_before_the_banner(tmp_path: Path) -> None:

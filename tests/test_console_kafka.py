@@ -229,9 +229,12 @@ def deployment(kafka_broker: None, tmp_path: Path) -> Iterator[Any]:
 
 
 def kafka_env(deployment: Any) -> dict[str, str]:
+    """An operator's shell for the deployment: its broker, its topics, its genesis keys (a first `policy
+    apply --kafka` is checked against them)."""
     from .kafka_harness import BOOTSTRAP
 
-    return dict(os.environ) | {"TIERGATE_KAFKA_BOOTSTRAP": BOOTSTRAP, "TIERGATE_KAFKA_TOPIC_PREFIX": deployment.prefix}
+    given = {"TIERGATE_KAFKA_BOOTSTRAP": BOOTSTRAP, "TIERGATE_KAFKA_TOPIC_PREFIX": deployment.prefix}
+    return dict(os.environ) | given | {"TIERGATE_KAFKA_GENESIS_KEYS": str(GOLDEN / "genesis.yaml")}
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from tiergate.streams.kafka_replay import read_topic, refold_key, replay_topic, 
 from tiergate.streams.keyed import KeyedFold, Saved
 from tiergate.streams.pipeline import Input, Sink
 from tiergate.streams.policy_file import read_policy
-from tiergate.streams.signing import kafka_admission
+from tiergate.streams.signing import OperatorKey, kafka_admission
 from tiergate.streams.simulate import history, story_fleet
 from tiergate.streams.worker import Worker, WorkerSettings
 
@@ -41,6 +42,7 @@ from .kafka_harness import (
 )
 
 pytestmark = pytest.mark.kafka
+GOLDEN = ROOT / "tests" / "golden"
 NO_TICKS = {"TIERGATE_WORKER_TICK_INTERVAL": "1000000"}
 
 
@@ -72,15 +74,112 @@ def decisions_so_far(deployment: Deployment) -> int:
 
 def test_topics_are_created_from_the_one_definition(deployment: Deployment) -> None:
     """`tiergate topics create` makes every topic of the topic definition with its partitions and configs (as
-    the tests override them), and `describe` holds the cluster to the production definition itself."""
+    the tests override them), and `describe` holds the cluster to the production definition itself — with
+    `min.insync.replicas` at most each topic's replication factor, so a single broker's topics differ only
+    in what the tests override beyond that, with a warning that their writes are on one broker."""
     report, problems = asyncio.run(describe_topics(deployment.settings, TEST_TOPICS))
-    assert problems == []
+    assert [p for p in problems if not p.warning] == []
     _, production = asyncio.run(describe_topics(deployment.settings))
-    assert all("min.insync.replicas=1, defined 2" in p.problem for p in production if "min.insync" in p.problem)
-    assert {p.topic for p in production if "min.insync" in p.problem} == set(report)
+    differences = {(p.topic, p.problem) for p in production if not p.warning}
+    changelog = deployment.settings.topic(STATE_CHANGELOG)
+    assert differences == {(changelog, "segment.ms=10000, defined 3600000")}  # a test override
+    assert {p.topic for p in production if p.warning and "replication factor 1" in p.problem} == set(report)
     tier_map = report[deployment.settings.topic(TIER_MAP)]
     assert tier_map["config"]["cleanup.policy"] == "compact" and tier_map["partitions"] == 6
+    assert tier_map["replication_factor"] == 1
     assert report[deployment.settings.topic("tiergate.events.v1")]["config"]["retention.ms"] == "-1"
+
+
+def tiergate(deployment: Deployment, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`tiergate ARGV` against the deployment's topics, as an operator's shell runs it (without genesis keys
+    unless `env` gives them)."""
+    given = {"TIERGATE_KAFKA_BOOTSTRAP": BOOTSTRAP, "TIERGATE_KAFKA_TOPIC_PREFIX": deployment.prefix}
+    shell = {name: value for name, value in os.environ.items() if name != "TIERGATE_KAFKA_GENESIS_KEYS"}
+    return subprocess.run(
+        [sys.executable, "-m", "tiergate.streams.cli", *argv],
+        cwd=ROOT,
+        env=shell | given | (env or {}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_worker_group_of_its_own_gets_its_changelog_from_topics_create(kafka_broker: None, tmp_path: Path) -> None:
+    """The documented single-broker setup with TIERGATE_WORKER_APP_ID: `topics create --app-id` (or the
+    variable) makes the group's changelog, `describe` checks it without the overrides given again, the
+    worker starts, and `replay --from-kafka --verify` checks the state it saved there; a worker whose
+    changelog is missing is told the command with its --app-id."""
+    deployment = Deployment(tmp_path)
+    try:
+        single = ("--replication-factor", "1", "--config", "min.insync.replicas=1")
+        created = tiergate(deployment, "topics", "create", *single, env={"TIERGATE_WORKER_APP_ID": "ours"})
+        assert created.returncode == 0, created.stderr
+        assert deployment.settings.topic("ours-state-changelog") in created.stderr
+        assert deployment.settings.topic(STATE_CHANGELOG) not in created.stderr
+        described = tiergate(deployment, "topics", "describe", "--app-id", "ours")
+        assert described.returncode == 0, described.stderr
+        assert "warning: 8 topics: replication factor 1, below" in described.stderr
+        assert deployment.settings.topic("ours-state-changelog") in orjson.loads(described.stdout)
+        missing = tiergate(deployment, "worker", env={"TIERGATE_WORKER_APP_ID": "theirs"})
+        assert missing.returncode == 2 and "run `tiergate topics create --app-id theirs`" in missing.stderr
+        deployment.start_worker(env={"TIERGATE_WORKER_APP_ID": "ours"})
+        log = (tmp_path / "worker-0.log").read_text()
+        assert "TIERGATE_KAFKA_GENESIS_KEYS is not set: policy events will be refused" in log
+        deployment.produce(story()[:500])
+        verify = ("replay", "--from-kafka", "--verify", "--policy", str(POLICY), "-o", "/dev/null")
+        ours = {"TIERGATE_WORKER_APP_ID": "ours"}
+        wait_for(lambda: tiergate(deployment, *verify, env=ours).returncode == 0, 90, "--verify of the group's state")
+    finally:
+        deployment.stop_all()
+
+
+def test_replay_from_kafka_keeps_and_shows_the_set_aside_input_as_file_replay_does(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A log carrying its signed policy, and two events of a type no policy has: `replay --from-kafka`
+    without the genesis keys refuses up front naming TIERGATE_KAFKA_GENESIS_KEYS (every activation would be
+    refused); with them it writes --rejects, prints the first --show-rejects, and decides and counts what
+    file replay of the same events does."""
+    key = OperatorKey.read(GOLDEN / "operator.key")
+    climb = [line for line in (GOLDEN / "clean_climb" / "events.jsonl").read_bytes().splitlines() if line.strip()]
+    signed = [
+        orjson.dumps(key.sign(event, "tiergate")) if event["type"] == "policy" else orjson.dumps(event)
+        for event in map(orjson.loads, climb)
+    ]
+    stray = orjson.loads(next(line for line in signed if b'"type":"outcome"' in line))
+    strays = [orjson.dumps(stray | {"action_type": "no_such_type", "event_id": f"stray-{n}"}) for n in (1, 2)]
+    events = signed[:10] + strays + signed[10:]
+    deployment.produce(events)
+    history = tmp_path / "history.jsonl"
+    history.write_bytes(b"\n".join(events) + b"\n")
+
+    refused = tiergate(deployment, "replay", "--from-kafka")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "holds policy activations" in refused.stderr and "set TIERGATE_KAFKA_GENESIS_KEYS to" in refused.stderr
+
+    rejects, out = tmp_path / "rejects.jsonl", tmp_path / "decisions.jsonl"
+    genesis = {"TIERGATE_KAFKA_GENESIS_KEYS": str(GOLDEN / "genesis.yaml")}
+    kept = ("--rejects", str(rejects), "--show-rejects", "1")
+    done = tiergate(deployment, "replay", "--from-kafka", "-o", str(out), *kept, env=genesis)
+    assert done.returncode == 0, done.stderr
+    assert [orjson.loads(line)["event"] for line in rejects.read_text().splitlines()] == [s.decode() for s in strays]
+    assert done.stderr.count("unknown action_type 'no_such_type'") == 1  # the first one shown, the other kept
+    assert f"2 events did not count (rejected or late), 1 more not shown; kept in {rejects}" in done.stderr
+
+    file_out = tmp_path / "file-decisions.jsonl"
+    from_file = tiergate(deployment, "replay", str(history), "-o", str(file_out), "--show-rejects", "1")
+    assert from_file.returncode == 0, from_file.stderr
+
+    def per_type(path: Path) -> dict[str, list[str]]:
+        decided: dict[str, list[str]] = {}
+        for line in path.read_text().splitlines():
+            decided.setdefault(orjson.loads(line)["action_type"], []).append(line)
+        return decided
+
+    assert per_type(out) == per_type(file_out) and per_type(out)
+    summary = [line.partition(":")[2] for line in done.stderr.splitlines() if line.startswith("replayed ")]
+    assert summary == [line.partition(":")[2] for line in from_file.stderr.splitlines() if line.startswith("replayed ")]
 
 
 def test_the_worker_decides_exactly_what_the_fold_of_the_topic_decides(deployment: Deployment) -> None:

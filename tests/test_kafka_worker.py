@@ -1,16 +1,17 @@
-"""The Kafka worker's consumption rules that need no broker: gap-free runs of a partition, the late-input
-warning, and the broker-outage log."""
+"""The Kafka worker's rules that need no broker: gap-free runs of a partition, the late-input warning, the
+broker-outage log, the policy its build info names and its warning without genesis keys."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tiergate.streams.kafka import BrokerLog
-from tiergate.streams.worker import LateShare, continuing
+from tiergate.streams.kafka import BrokerLog, KafkaSettings
+from tiergate.streams.worker import LateShare, continuing, policy_in_force, warn_without_genesis_keys
 
 
 @dataclass
@@ -86,3 +87,30 @@ def test_a_broker_outage_is_logged_as_changes_of_state_not_per_retry() -> None:
         "Kafka broker reachable again: no connection error for 10 s (unreachable for 80 s, 800 connection errors)"
     )
     assert broker_log.check() is None
+
+
+def test_the_build_info_names_the_policy_the_log_put_in_force() -> None:
+    """The policy a worker's `tiergate_build_info` names is the newest activation among the keys it holds,
+    not only a --policy file; a log from before its first activation shows the --policy it folds under."""
+    from tiergate.models import fold
+
+    from .builders import Log, policy
+
+    first, second = policy(), policy(policy_version="test-2")
+    log = Log().activate(0, first, "20261101T000000Z-aaaa").apply(1, second, "20261102T000000Z-bbbb")
+    state, _ = fold(log.models())
+    assert policy_in_force(state, None) == ("test-2", second.sha256)
+    assert policy_in_force(state, first) == ("test-2", second.sha256)
+    before, _ = fold([], first)
+    assert policy_in_force(before, first) == ("test-1", first.sha256)
+    assert policy_in_force(before, None) == ("", "")
+
+
+def test_a_worker_without_genesis_keys_warns_that_policy_events_will_be_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="tiergate.streams.worker"):
+        warn_without_genesis_keys(KafkaSettings(genesis_keys=None))
+        warn_without_genesis_keys(KafkaSettings(genesis_keys=Path("genesis.yaml")))
+    (line,) = [record.getMessage() for record in caplog.records]
+    assert line.startswith("TIERGATE_KAFKA_GENESIS_KEYS is not set: policy events will be refused")

@@ -96,6 +96,20 @@ def test_the_first_activation_needs_a_genesis_key_and_names_who_signs_the_next(t
     assert [d.kind for d in out.decisions] == ["policy"]  # the second copy, signed right, was not a duplicate
 
 
+def test_before_the_first_activation_the_genesis_keys_decide_and_the_reason_says_so(tmp_path: Path) -> None:
+    """A type's first activation signed by a key that is not a genesis key: no policy is in force yet, so the
+    reason names the genesis keys and their variable, and says when none are set."""
+    stranger = activation(policy(), "a1", SECOND)
+    _, out = fold_key(KeyedFold(None, kafka_admission("prod", genesis_file(tmp_path))), "t", [stranger])
+    assert [r.reason for r in out.rejected] == [
+        "key 'second' is not among the genesis keys (TIERGATE_KAFKA_GENESIS_KEYS), the only keys trusted before an "
+        "action type's first activation: sign with one of them"
+    ]
+    _, out = fold_key(KeyedFold(None, kafka_admission("prod", None)), "t", [stranger])
+    (reason,) = [r.reason for r in out.rejected]
+    assert "none are set: set TIERGATE_KAFKA_GENESIS_KEYS" in reason and "its policy" not in reason
+
+
 def test_an_unsigned_override_is_rejected_before_dedup_and_squats_no_id(tmp_path: Path) -> None:
     """An agent producing an unsigned promote with the id of the operator's real one: rejected, and the
     operator's signed override with that id still applies."""
@@ -132,6 +146,14 @@ def test_key_files_say_what_is_wrong(tmp_path: Path) -> None:
     shape.write_text("- just a string\n")
     with pytest.raises(OperatorKeyError, match="key_id, public_key, actor"):
         read_trusted(shape)
+    shape.write_text("- key_id: ops\n  public_key: [unclosed\n")
+    with pytest.raises(OperatorKeyError, match=r"genesis.yaml: the genesis keys are not YAML at line \d+; write"):
+        read_trusted(shape)
+    shape.write_text(yaml.safe_dump([{"key_id": "ops", "public_key": "not-a-key", "actor": "ops"}]))
+    with pytest.raises(OperatorKeyError, match=r"entry 0 \('ops'\): public_key is not an Ed25519 public key"):
+        read_trusted(shape)
+    with pytest.raises(OperatorKeyError, match=r"nothere.yaml: cannot read the genesis keys \(No such file"):
+        read_trusted(tmp_path / "nothere.yaml")
 
 
 def test_a_kafka_apply_is_refused_before_writing_when_its_key_is_not_trusted() -> None:
@@ -145,10 +167,31 @@ def test_a_kafka_apply_is_refused_before_writing_when_its_key_is_not_trusted() -
         "key 'evil' is not among the deployment's genesis keys (TIERGATE_KAFKA_GENESIS_KEYS): sign with a key it lists"
     ]
     assert refusals([], golden, "ops", ["ops"]) == []
-    assert refusals([], golden, "anyone", None) == []  # no genesis keys here: the workers judge
     document = golden.normalised | {"operators": [{"key_id": "ops", "public_key": "…", "actor": "ops@example.com"}]}
     record = {"policy_version": golden.version, "policy_sha256": golden.sha256}
     applied = [Activation("a1", document, record)]
     later = refusals(applied, golden, "evil", ["ops"])
     assert later == [f"key 'evil' is not among the policy in force ({golden.version}): sign with a key it lists"]
     assert refusals(applied, golden, "ops", ["someone-else"]) == []
+    assert refusals(applied, golden, "ops", None) == []  # no type's first activation: the genesis keys are not asked
+
+
+def test_a_kafka_apply_of_a_first_activation_needs_the_genesis_keys_to_check_it_against() -> None:
+    """Without TIERGATE_KAFKA_GENESIS_KEYS in the operator's shell, a first activation (of the deployment, or
+    of a type a later policy adds) is refused naming the variable, rather than produced unchecked; a type
+    added later must be signed by a genesis key too, as the workers check it."""
+    from tiergate.streams.kafka_policy import Activation, refusals
+
+    golden = policy()
+    (first,) = refusals([], golden, "ops", None)
+    assert first.startswith("TIERGATE_KAFKA_GENESIS_KEYS is not set here, and the workers check a type's first")
+    document = golden.normalised | {"operators": [{"key_id": "ops", "public_key": "…", "actor": "ops@example.com"}]}
+    applied = [Activation("a1", document, {"policy_version": golden.version, "policy_sha256": golden.sha256})]
+    wider = policy(action_types={"new_type": {}})
+    (added,) = refusals(applied, wider, "ops", None)
+    assert "the workers check the first activation of new_type against the genesis keys" in added
+    assert refusals(applied, wider, "ops", ["genesis"]) == [
+        "key 'ops' is not among the deployment's genesis keys (TIERGATE_KAFKA_GENESIS_KEYS), which the workers "
+        "check the first activation of new_type against: sign with a key it lists"
+    ]
+    assert refusals(applied, wider, "ops", ["ops"]) == []

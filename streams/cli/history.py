@@ -68,7 +68,7 @@ def _replay(args: argparse.Namespace) -> int:
         nonlocal shown
         shown += 1
         if shown <= args.show_rejects:
-            err.print(f"  {escape(rejected.origin)}: {rejected.result}: {escape(rejected.reason)}")
+            err.print(shown_rejected(rejected))
         write_rejected(rejected.to_json().decode())
 
     rejects = Path(args.rejects) if args.rejects else None
@@ -91,7 +91,7 @@ def _replay(args: argparse.Namespace) -> int:
         with line_writer(Path(args.tiers)) as write_tier:
             for line in result.tier_lines():
                 write_tier(line)
-    _replay_summary(result, name, rejects, args.show_rejects)
+    replay_summary(result, name, rejects, args.show_rejects)
     return 0
 
 
@@ -102,7 +102,13 @@ def _fold_input(args: argparse.Namespace, policy: Policy | None, decide: Any, ke
     return replay_file(events, policy, decide, keep, progress=args.progress, console=err), str(events)
 
 
-def _replay_summary(result: Replay, name: str, rejects: Path | None, show: int) -> None:
+def shown_rejected(rejected: Rejected) -> str:
+    """One set-aside event as replay prints it (the first --show-rejects of them)."""
+    return f"  {escape(rejected.origin)}: {rejected.result}: {escape(rejected.reason)}"
+
+
+def replay_summary(result: Replay, name: str, rejects: Path | None, show: int) -> None:
+    """The counts of a replay, and where its set-aside events went (file and Kafka replay alike)."""
     counts = ", ".join(f"{n} {kind}" for kind, n in sorted(result.results.items())) or "no events"
     err.print(f"replayed {escape(name)}: {counts}; {result.decisions} decisions")
     if not result.rejected:
@@ -150,16 +156,19 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _has_activations(source: Path) -> bool:
-    """Does the history hold any policy event? (A text scan first; a candidate line is parsed to be sure.)"""
+    """Does the history hold any policy event?"""
     with open(source, "rb") as stream:
-        for _, line in file_lines(stream):
-            if b'"policy"' in line:
-                try:
-                    if orjson.loads(line).get("type") == "policy":
-                        return True
-                except (orjson.JSONDecodeError, AttributeError):
-                    continue
-    return False
+        return any(is_policy_event(line) for _, line in file_lines(stream))
+
+
+def is_policy_event(line: bytes) -> bool:
+    """Is this raw event a policy event? (A text scan first; a candidate line is parsed to be sure.)"""
+    if b'"policy"' not in line:
+        return False
+    try:
+        return bool(orjson.loads(line).get("type") == "policy")
+    except (orjson.JSONDecodeError, AttributeError):
+        return False
 
 
 def _last_close(runtime: EmbeddedRuntime) -> int | None:

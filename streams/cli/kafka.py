@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,25 @@ def kafka_settings(args: argparse.Namespace, **extra: Any) -> KafkaSettings:
     from ..kafka import KafkaSettings
 
     return load(KafkaSettings, bootstrap=args.bootstrap, topic_prefix=args.topic_prefix, **extra)
+
+
+GENESIS_KEYS_FIX = (
+    "set TIERGATE_KAFKA_GENESIS_KEYS to the deployment's genesis keys file (a YAML list of {key_id, public_key, "
+    "actor}, as `tiergate keys new` prints), the one the workers are given"
+)
+
+
+def genesis_keys(settings: KafkaSettings) -> tuple[dict[str, str], ...] | None:
+    """The genesis keys TIERGATE_KAFKA_GENESIS_KEYS names (None when it is not set), or a CommandError that
+    names the file and what is wrong with it."""
+    if settings.genesis_keys is None:
+        return None
+    from ..signing import OperatorKeyError, read_trusted
+
+    try:
+        return read_trusted(settings.genesis_keys)
+    except OperatorKeyError as error:
+        raise CommandError(f"TIERGATE_KAFKA_GENESIS_KEYS: {error}") from None
 
 
 async def _existing_topics(settings: KafkaSettings) -> set[str]:
@@ -59,8 +79,9 @@ async def _existing_topics(settings: KafkaSettings) -> set[str]:
         client_log.setLevel(level)
 
 
-def preflight(settings: KafkaSettings, needed: tuple[str, ...] = ()) -> None:
-    """The topic definition reads, the broker answers, and the `needed` topics exist — or a CommandError."""
+def preflight(settings: KafkaSettings, needed: tuple[str, ...] = (), create: str = "tiergate topics create") -> None:
+    """The topic definition reads, the broker answers, and the `needed` topics exist — or a CommandError
+    (`create`: the command that would create them)."""
     from ..kafka import read_topics
 
     try:
@@ -70,19 +91,29 @@ def preflight(settings: KafkaSettings, needed: tuple[str, ...] = ()) -> None:
     existing = asyncio.run(_existing_topics(settings))
     missing = [settings.topic(name) for name in needed if settings.topic(name) not in existing]
     if missing:
-        raise CommandError(
-            f"topic {', '.join(missing)} does not exist on {settings.bootstrap}: run `tiergate topics create`"
-        )
+        raise CommandError(f"topic {', '.join(missing)} does not exist on {settings.bootstrap}: run `{create}`")
 
 
 def replay_from_kafka(args: argparse.Namespace, policy: Policy | None) -> int:
-    from ..kafka import DECISIONS, EVENTS, TIER_MAP
-    from ..kafka_replay import replay_topic, verify, verify_state
+    """Fold the events topic from offset 0 as the workers do (their admission, the genesis keys included),
+    with file replay's outputs: decisions, --tiers, --rejects and the first --show-rejects, the summary."""
+    from ..kafka import DECISIONS, EVENTS, TIER_MAP, state_changelog
+    from ..kafka_replay import read_topic, replay_records, verify, verify_state
     from ..replay import line_writer
+    from ..worker import WorkerSettings
+    from .history import is_policy_event, replay_summary, shown_rejected
 
     kafka = kafka_settings(args)
-    preflight(kafka, (EVENTS, DECISIONS, TIER_MAP) if args.verify else (EVENTS,))
-    reference = asyncio.run(replay_topic(kafka, policy))
+    genesis = genesis_keys(kafka)
+    app_id = load(WorkerSettings).app_id  # whose saved state --verify checks: TIERGATE_WORKER_APP_ID's
+    preflight(kafka, (EVENTS, DECISIONS, TIER_MAP, state_changelog(app_id)) if args.verify else (EVENTS,))
+    records = asyncio.run(read_topic(kafka, EVENTS))
+    if genesis is None and any(is_policy_event(record.value or b"") for record in records):
+        raise CommandError(
+            f"{kafka.topic(EVENTS)} holds policy activations, which are checked against the genesis keys, and "
+            f"TIERGATE_KAFKA_GENESIS_KEYS is not set (every activation would be refused): {GENESIS_KEYS_FIX}"
+        )
+    reference = replay_records(kafka, policy, records)
     with line_writer(Path(args.output) if args.output else sys.stdout) as write:
         for line in reference.lines():
             write(line)
@@ -90,11 +121,16 @@ def replay_from_kafka(args: argparse.Namespace, policy: Policy | None) -> int:
         with line_writer(Path(args.tiers)) as write:
             for line in reference.replay.tier_lines():
                 write(line)
-    counts = ", ".join(f"{n} {name}" for name, n in sorted(reference.replay.results.items())) or "no events"
-    err.print(f"replayed {kafka.topic(EVENTS)} from offset 0: {counts}; {reference.replay.decisions} decisions")
+    rejects = Path(args.rejects) if args.rejects else None
+    with line_writer(rejects, lazy=True) as write:
+        for number, rejected in enumerate(reference.rejected):
+            if number < args.show_rejects:
+                err.print(shown_rejected(rejected))
+            write(rejected.to_json().decode())
+    replay_summary(reference.replay, f"{kafka.topic(EVENTS)} from offset 0", rejects, args.show_rejects)
     if not args.verify:
         return 0
-    found = asyncio.run(verify(kafka, reference)) + asyncio.run(verify_state(kafka, reference))
+    found = asyncio.run(verify(kafka, reference)) + asyncio.run(verify_state(kafka, reference, app_id))
     differences = [d for d in found if not d.pending]
     for difference in found:
         colour = "yellow" if difference.pending else "red"
@@ -110,20 +146,29 @@ def replay_from_kafka(args: argparse.Namespace, policy: Policy | None) -> int:
 
 def _topics(args: argparse.Namespace) -> int:
     from ..kafka import create_topics, describe_topics
+    from ..worker import WorkerSettings
 
     settings = kafka_settings(args, **({"topics_file": args.definition} if args.definition else {}))
+    app_id = load(WorkerSettings, app_id=args.app_id).app_id
     preflight(settings)
     overrides = dict(_config_override(item) for item in args.config)
     if args.action == "create":
         try:
-            created = asyncio.run(create_topics(settings, args.replication_factor, overrides))
+            created = asyncio.run(create_topics(settings, args.replication_factor, overrides, app_id))
         except ValueError as error:  # the cluster refused: its message says why
             raise CommandError(str(error)) from None
         err.print(f"created {', '.join(created)}" if created else "every defined topic exists already")
-    report, problems = asyncio.run(describe_topics(settings, overrides))
+    report, found = asyncio.run(describe_topics(settings, overrides, app_id))
     print_json(report)
+    problems = [check for check in found if not check.warning]
     for problem in problems:
         err.print(f"[red]{escape(problem.topic)}[/]: {escape(problem.problem)}")
+    warnings: dict[str, list[str]] = {}
+    for check in found:
+        if check.warning:
+            warnings.setdefault(check.problem, []).append(check.topic)
+    for warning, topics in warnings.items():
+        err.print(f"[yellow]warning:[/] {len(topics)} topics: {escape(warning)}")
     return 1 if problems else 0
 
 
@@ -135,23 +180,28 @@ def _config_override(item: str) -> tuple[str, str]:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from ..kafka import ACTIONS, EVENTS, OUTCOMES, state_changelog
+    from ..kafka import ACTIONS, EVENTS, OUTCOMES, WORKER_GROUP, state_changelog
     from ..worker import WorkerSettings, run_worker
-    from .serve import listening_socket
+    from .serve import Listener, listening_socket
 
     kafka = kafka_settings(args)
     flags = {"policy": args.policy, "web_port": args.web_port, "ticks": args.ticks}
     settings = load(WorkerSettings, **flags)
     policy = None if settings.policy is None else read_policy(settings.policy)
+    genesis_keys(kafka)  # a file that cannot be used: one line now, not a traceback from the running worker
+    web = Listener("tiergate worker", "--web-port (or TIERGATE_WORKER_WEB_PORT)", "TIERGATE_WORKER_WEB_HOST")
+    listening_socket(settings.web_host, settings.web_port, web).close()  # a busy port: one line, before joining
     ingress = (ACTIONS, OUTCOMES) if settings.forward else ()
-    preflight(kafka, (EVENTS, state_changelog(settings.app_id), *ingress))
-    listening_socket(settings.web_host, settings.web_port).close()  # a busy port: one line, before joining the group
+    create = "tiergate topics create" + ("" if settings.app_id == WORKER_GROUP else f" --app-id {settings.app_id}")
+    preflight(kafka, (EVENTS, state_changelog(settings.app_id), *ingress), create)
     run_worker(policy, settings, kafka, args.loglevel)
     return 0
 
 
 def _backfill(args: argparse.Namespace) -> int:
-    """Produce a JSONL history to the events topic, all or nothing: every line must decode first."""
+    """Produce a JSONL history to the events topic, all or nothing: every line must decode first, and its
+    policy events must be signed — by --key, or already — or the workers reject them (and with them their
+    types' later events)."""
     from ..codec import EventError, decode
     from ..kafka import EVENTS, produce_history
     from ..replay import file_lines
@@ -169,6 +219,7 @@ def _backfill(args: argparse.Namespace) -> int:
             err.print(f"[red]{escape(problem)}[/]")
         raise CommandError(f"{len(problems)} lines do not decode; nothing was produced: fix or remove them")
     kafka = kafka_settings(args)
+    events = _signed_operator_events(events, source, args.key, kafka.deployment)
     preflight(kafka, (EVENTS,))
     produced = asyncio.run(produce_history(kafka, events))
     err.print(
@@ -176,6 +227,58 @@ def _backfill(args: argparse.Namespace) -> int:
         "with ticks (without --no-ticks)"
     )
     return 0
+
+
+SIGN_WITH = (
+    "sign them as they are produced with --key OPERATOR.key (or TIERGATE_OPERATOR_KEY_FILE), a key the genesis "
+    "keys trust for first activations and each activation's operators for what follows"
+)
+
+
+def _signed_operator_events(
+    events: list[tuple[str, bytes]], source: Path, key_file: str | None, deployment: str
+) -> list[tuple[str, bytes]]:
+    """The history with each unsigned operator event (policy, override) signed by the operator's key (--key,
+    else TIERGATE_OPERATOR_KEY_FILE). Without a key, unsigned policy events are a CommandError (the workers
+    would reject them, and then every later event of their types); unsigned overrides only a warning (the
+    workers reject them alone)."""
+    import orjson
+
+    from .keys import operator_key
+
+    unsigned = {i: kind for i, (_, raw) in enumerate(events) if (kind := _unsigned_operator_event(raw))}
+    if not unsigned:
+        return events
+    policies, overrides = sum(k == "policy" for k in unsigned.values()), sum(k == "override" for k in unsigned.values())
+    if key_file is None and not os.environ.get("TIERGATE_OPERATOR_KEY_FILE"):
+        if policies:
+            raise CommandError(
+                f"{source}: {policies} policy events (and {overrides} overrides) are unsigned: on Kafka the workers "
+                f"reject them, and then every later event of their types; nothing was produced: {SIGN_WITH}"
+            )
+        err.print(
+            f"[yellow]warning:[/] {escape(str(source))}: {overrides} overrides are unsigned: the workers reject them "
+            f"(to the DLQ) and fold the rest; to count them, {SIGN_WITH}"
+        )
+        return events
+    key = operator_key(key_file)
+    signed = list(events)
+    for i in unsigned:
+        action_type, raw = events[i]
+        signed[i] = (action_type, orjson.dumps(key.sign(orjson.loads(raw), deployment)))
+    err.print(f"signed {policies} policy events and {overrides} overrides with key {key.key_id} for {deployment}")
+    return signed
+
+
+def _unsigned_operator_event(raw: bytes) -> str | None:
+    """ "policy" or "override" for an operator event without a signature, else None."""
+    import orjson
+
+    if b'"sig"' in raw or not (b'"policy"' in raw or b'"override"' in raw):
+        return None
+    event = orjson.loads(raw)
+    kind = event.get("type")
+    return kind if kind in ("policy", "override") and not isinstance(event.get("sig"), str) else None
 
 
 def add_commands(commands: Any) -> None:
@@ -211,11 +314,18 @@ def add_commands(commands: Any) -> None:
         **examples(
             "tiergate worker --no-ticks &   # no clock ticks while the history goes in",
             "tiergate backfill history.jsonl",
+            "tiergate backfill exported.jsonl --key ops-2026.key   # signs its policy and override events",
         ),
     )
     backfill.add_argument("events", metavar="EVENTS.jsonl")
     backfill.add_argument("--bootstrap", help="host:port (or TIERGATE_KAFKA_BOOTSTRAP; default 127.0.0.1:19092)")
     backfill.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
+    backfill.add_argument(
+        "--key",
+        metavar="FILE",
+        help="operator key that signs the history's unsigned policy and override events (or "
+        "TIERGATE_OPERATOR_KEY_FILE); without one, unsigned policy events are refused, as the workers would",
+    )
     backfill.set_defaults(run=_backfill)
 
     topics = commands.add_parser(
@@ -227,6 +337,7 @@ def add_commands(commands: Any) -> None:
             "tiergate topics create --bootstrap broker1:9092   # 3 replicas, min.insync.replicas 2",
             "tiergate topics create --replication-factor 1 --config min.insync.replicas=1   # one broker",
             "tiergate topics describe | jq .",
+            "tiergate topics create --app-id tiergate-worker-2   # for TIERGATE_WORKER_APP_ID=tiergate-worker-2",
         ),
     )
     topics.add_argument("action", choices=("create", "describe"))
@@ -243,4 +354,9 @@ def add_commands(commands: Any) -> None:
         help="override a config of every defined topic (repeatable), e.g. min.insync.replicas=1 on a single broker",
     )
     topics.add_argument("--topic-prefix", help="(or TIERGATE_KAFKA_TOPIC_PREFIX)")
+    topics.add_argument(
+        "--app-id",
+        help="the workers' group, whose <app-id>-state-changelog is created and checked (or TIERGATE_WORKER_APP_ID; "
+        "default tiergate-worker)",
+    )
     topics.set_defaults(run=_topics)

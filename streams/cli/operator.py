@@ -283,7 +283,7 @@ def _console(args: argparse.Namespace) -> int:
     from ..kafka import DECISIONS, DLQ, TIER_MAP
     from ..settings import ConsoleSettings
     from .kafka import kafka_settings, preflight
-    from .serve import listening_socket
+    from .serve import Listener, listening_socket
 
     if not args.kafka:
         raise CommandError(
@@ -295,7 +295,7 @@ def _console(args: argparse.Namespace) -> int:
     credentials = settings.load_credentials()
     kafka = kafka_settings(args)
     preflight(kafka, (TIER_MAP, DECISIONS, DLQ))
-    sock = listening_socket(settings.host, settings.port)
+    sock = listening_socket(settings.host, settings.port, Listener("tiergate console"))
     port = sock.getsockname()[1]
     err.print(
         f"tiergate console: reading {escape(kafka.topic(TIER_MAP))}, {escape(kafka.topic(DECISIONS))} and "

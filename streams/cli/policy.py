@@ -82,19 +82,18 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
     from ..activation import new_activation_id, reused_id
     from ..kafka import EVENTS, POLICIES
     from ..kafka_policy import history, plan, produce, recorded_activations, refusals
-    from ..signing import read_trusted
-    from .kafka import kafka_settings, preflight
+    from .kafka import genesis_keys, kafka_settings, preflight
     from .keys import operator_key
 
     settings = kafka_settings(args)
     key = operator_key(args.key)
+    genesis = genesis_keys(settings)
     preflight(settings, (EVENTS, POLICIES))
     activations = asyncio.run(history(settings))
     if activations and activations[-1].record["policy_sha256"] == policy.sha256:
         err.print(f"{escape(policy.version)} is already in force as activation {activations[-1].activation_id}")
         return 0
-    genesis = None if settings.genesis_keys is None else [k["key_id"] for k in read_trusted(settings.genesis_keys)]
-    problems = refusals(activations, policy, key.key_id, genesis)
+    problems = refusals(activations, policy, key.key_id, None if genesis is None else [k["key_id"] for k in genesis])
     if problems:
         raise CommandError("refused before anything was written: " + "; ".join(problems))
     now = int(time.time())

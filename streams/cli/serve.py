@@ -7,6 +7,7 @@ import errno
 import os
 import socket
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,24 @@ from .history import open_runtime
 from .terminal import CommandError, counted, err, examples, print_json, table_width
 
 
-def listening_socket(host: str, port: int) -> socket.socket:
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """Who listens, and the settings that choose where, as a busy or refused port's message names them."""
+
+    command: str = "tiergate serve"
+    port: str = "--port"
+    host: str = "--host"
+
+
+SERVE = Listener()
+
+
+def listening_socket(host: str, port: int, named: Listener = SERVE) -> socket.socket:
     """Bind and listen before anything is printed, so a busy port is an error, not a banner then a traceback."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as error:
-        problem = f"--host {host}: cannot resolve it ({error.strerror}); give an address such as 127.0.0.1"
+        problem = f"{named.host} {host}: cannot resolve it ({error.strerror}); give an address such as 127.0.0.1"
         raise CommandError(problem) from None
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart may reuse a port in TIME_WAIT
@@ -35,16 +48,16 @@ def listening_socket(host: str, port: int) -> socket.socket:
         sock.listen(128)
     except OSError as error:
         sock.close()
-        raise CommandError(_bind_problem(host, port, error)) from None
+        raise CommandError(_bind_problem(host, port, error, named)) from None
     return sock
 
 
-def _bind_problem(host: str, port: int, error: OSError) -> str:
+def _bind_problem(host: str, port: int, error: OSError, named: Listener) -> str:
     if error.errno == errno.EADDRINUSE:
-        return f"{host}:{port} is already in use (another tiergate serve?): stop it, or give another --port"
+        return f"{host}:{port} is already in use (another {named.command}?): stop it, or give another {named.port}"
     if error.errno == errno.EACCES:
-        return f"{host}:{port}: permission denied (ports below 1024 need privileges): give a --port above 1023"
-    return f"cannot listen on {host}:{port} ({error.strerror}): give another --host or --port"
+        return f"{host}:{port}: permission denied (ports below 1024 need privileges): give a {named.port} above 1023"
+    return f"cannot listen on {host}:{port} ({error.strerror}): give another {named.host} or {named.port}"
 
 
 def _serve(args: argparse.Namespace) -> int:
