@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from tiergate.streams.kafka import ACTIONS, DECISIONS, DLQ, EVENTS, OUTCOMES
 from tiergate.streams.kafka_replay import read_topic
 from tiergate.streams.policy_file import read_policy
 
-from .kafka_harness import BOOTSTRAP, ROOT, Deployment, wait_for
+from .kafka_harness import BOOTSTRAP, ROOT, Deployment, free_port, wait_for
 
 pytestmark = pytest.mark.kafka
 AGENT_POLICY = ROOT / "examples" / "agent-policy.yaml"  # windows of 2 s, 1 s allowed lateness
@@ -141,10 +142,10 @@ def test_a_backlog_waiting_through_a_restart_is_folded_on_time(agents: Deploymen
     wait_for(lambda: _folded_types(agents) == {TYPE}, 60, "the first action folded (its initial decision)")
     agents.kill(first, signal.SIGTERM)  # a snapshot of the key's state, then it leaves
 
-    backlog = [action(f"b{i}", int(time.time())) for i in range(200)]
-    agents.produce(backlog, topic=ACTIONS)
+    backlog = asyncio.run(_send_actions(agents, 200))
     earliest = min(orjson.loads(raw)["ts"] for raw in backlog)
-    agents.start_worker(env={"TIERGATE_WORKER_FORWARD": "false"})
+    port = free_port()
+    agents.start_worker(web_port=port, env={"TIERGATE_WORKER_FORWARD": "false"})
     log = agents.tmp / "worker-1.log"
     wait_for(
         lambda: "ticks held" in log.read_text() or _closed_past(agents, earliest),
@@ -152,6 +153,8 @@ def test_a_backlog_waiting_through_a_restart_is_folded_on_time(agents: Deploymen
         "the new worker's ticks to be held, or to close the backlog's windows",
         lambda: log.read_text()[-3000:],
     )
+    if "ticks held" in log.read_text():  # held until the test forwards: the gauge shows it meanwhile
+        wait_for(lambda: _ticks_held(port) > 0, 30, "tiergate_worker_ticks_held_seconds above 0")
 
     asyncio.run(_forward_all(agents))
     agents.wait_drained()
@@ -159,6 +162,27 @@ def test_a_backlog_waiting_through_a_restart_is_folded_on_time(agents: Deploymen
     assert late == [], f"{len(late)} of the backlog's {len(backlog)} actions were judged late"
     assert _results(agents, backlog) == {APPLIED: len(backlog)}
     wait_for(lambda: "ticks resumed" in log.read_text(), 30, "the ticks to resume", lambda: log.read_text()[-3000:])
+
+
+async def _send_actions(agents: Deployment, count: int) -> list[bytes]:
+    """Actions as an agent sends them, each dated when it is sent (Kafka stamps the send time too)."""
+    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", enable_idempotence=True)
+    await producer.start()
+    sent = []
+    try:
+        for i in range(count):
+            sent.append(action(f"b{i}", int(time.time())))
+            await producer.send(agents.settings.topic(ACTIONS), sent[-1], key=TYPE.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+def _ticks_held(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.split()[1]) for line in lines if line.startswith("tiergate_worker_ticks_held_seconds "))
 
 
 def _folded_types(agents: Deployment) -> set[str]:
