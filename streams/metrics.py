@@ -259,8 +259,8 @@ class WorkerCollector(Collector):
         if self.ticks_held is not None:
             yield GaugeMetricFamily(
                 "tiergate_worker_ticks_held_seconds",
-                "How long the worker's due clock ticks have waited for the forwarding of ingress input sent "
-                "before the watermark they would set (0: not waiting)",
+                "How long the worker's due clock ticks have waited for the forwarding of the ingress input "
+                "sent before them (0: not waiting)",
                 value=self.ticks_held(),
             )
         if self.late_share is not None:

@@ -96,8 +96,8 @@ class WorkerSettings(BaseSettings):
     tick_hold: float = Field(
         300.0,
         ge=0,
-        description="seconds due ticks wait at most for the forwarding to catch up with the watermark they would "
-        "set (0: they never wait)",
+        description="seconds due ticks wait at most for the forwarding of ingress input sent before them "
+        "(0: they never wait)",
     )
     late_warning: float = Field(0.2, ge=0, le=1, description="warn when this share of recent input is late")
     stop_timeout: float = Field(20.0, gt=0, description="seconds a stop may take before the worker exits anyway")
@@ -332,7 +332,8 @@ class Worker:
         """Snapshot what was folded, commit, leave the group and close the clients; each step bounded (the
         broker may be unreachable: then the next owner folds again from the last snapshot)."""
         timeout = self.settings.stop_timeout / 3
-        steps = (self.give_up, self.producer.stop, self.consumer.stop, self.backlog.stop)  # state before leaving
+        # the state lands before the group is left; the backlog check's clients close last
+        steps = (self.give_up, self.producer.stop, self.consumer.stop, self.backlog.stop)
         for step in steps:
             try:
                 await asyncio.wait_for(step(), timeout)
