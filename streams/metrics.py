@@ -205,7 +205,8 @@ class TiergateCollector(Collector):
 class WorkerCollector(Collector):
     """The Kafka worker's own internals: consumer lag per input partition, rebalances, batches, input offsets
     stepped over (transaction markers), failures that sent partitions back to their last snapshot, the
-    share of recent input that was late, and ingress records forwarded and refused."""
+    share of recent input that was late, ingress records forwarded and refused, and how long due ticks have
+    waited for the forwarding."""
 
     def __init__(
         self,
@@ -216,9 +217,11 @@ class WorkerCollector(Collector):
         late_share: Callable[[], float] | None = None,
         failures: Callable[[], int] | None = None,
         forwarded: Callable[[], tuple[int, int]] | None = None,
+        ticks_held: Callable[[], float] | None = None,
     ) -> None:
         self.lag, self.rebalances, self.batches = lag, rebalances, batches
         self.gaps, self.late_share, self.failures, self.forwarded = gaps, late_share, failures, forwarded
+        self.ticks_held = ticks_held
 
     def collect(self) -> Iterator[Metric]:
         lag = GaugeMetricFamily(
@@ -252,6 +255,13 @@ class WorkerCollector(Collector):
                 "tiergate_worker_forward_refused",
                 "Ingress records of a type their topic does not take, set aside in the rejected-input topic",
                 value=refused,
+            )
+        if self.ticks_held is not None:
+            yield GaugeMetricFamily(
+                "tiergate_worker_ticks_held_seconds",
+                "How long the worker's due clock ticks have waited for the forwarding of the ingress input "
+                "sent before them (0: not waiting)",
+                value=self.ticks_held(),
             )
         if self.late_share is not None:
             yield GaugeMetricFamily(

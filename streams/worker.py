@@ -64,6 +64,7 @@ from tiergate.models.state import State
 from tiergate.models.ticks import due_ticks
 from tiergate.models.wire import ACTION_TYPE_PATTERN
 
+from .backlog import Backlog, TickHold
 from .changelog import Changelog, Restored
 from .clock import Clock, SystemClock
 from .codec import encode
@@ -92,6 +93,12 @@ class WorkerSettings(BaseSettings):
     web_port: int = 6066
     tick_interval: float = Field(1.0, gt=0, description="seconds between clock checks")
     ticks: bool = Field(True, description="tick on the clock; off while a history is backfilled")
+    tick_hold: float = Field(
+        300.0,
+        ge=0,
+        description="seconds due ticks wait at most for the forwarding of ingress input sent before them "
+        "(0: they never wait)",
+    )
     late_warning: float = Field(0.2, ge=0, le=1, description="warn when this share of recent input is late")
     stop_timeout: float = Field(20.0, gt=0, description="seconds a stop may take before the worker exits anyway")
     batch: int = Field(5000, gt=0, description="input records fetched and folded per batch at most")
@@ -272,6 +279,8 @@ class Worker:
         )
         self.changelog = Changelog(kafka, self.producer, settings.app_id)
         self.forwarder = Forwarder(kafka, settings.app_id, self.clock, settings.max_skew) if settings.forward else None
+        self.backlog = Backlog(kafka, settings.app_id)  # the ingress input not forwarded yet, whoever forwards it
+        self.hold = TickHold(self.backlog, settings.tick_hold) if settings.tick_hold > 0 else None
 
     def _consumer_settings(self) -> dict[str, Any]:
         session = int(self.settings.session_timeout * 1000)
@@ -343,7 +352,9 @@ class Worker:
         """Snapshot what was folded, commit, leave the group and close the clients; each step bounded (the
         broker may be unreachable: then the next owner folds again from the last snapshot)."""
         timeout = self.settings.stop_timeout / 3
-        for step in (self.give_up, self.producer.stop, self.consumer.stop):  # state lands before the group is left
+        # the state lands before the group is left; the backlog check's clients close last
+        steps = (self.give_up, self.producer.stop, self.consumer.stop, self.backlog.stop)
+        for step in steps:
             try:
                 await asyncio.wait_for(step(), timeout)
             except (TimeoutError, KafkaError) as error:
@@ -593,15 +604,21 @@ class Worker:
 
     async def _tick(self) -> None:
         """The one tick rule (models.ticks.due_ticks) over the keys of the partitions this worker owns:
-        each owner ticks its own keys, so a key's ticks come from the worker that holds its state."""
+        each owner ticks its own keys, so a key's ticks come from the worker that holds its state. Due ticks
+        wait while ingress input sent before the clock reading they carry is not forwarded yet (after a
+        restart or a handover of the forwarding): landing behind them, it could be late (streams/backlog.py)."""
         keys = {
             saved.state.action_type: saved.state
             for part in list(self.owned.values())
             for saved in part.keys.values()
             if saved.state is not None
         }
+        clock = self.clock.now()
+        ticks = due_ticks(State(keys), clock)
+        if ticks and self.hold is not None and await self.hold.holds(clock):
+            return
         now = time.monotonic()
-        for tick in due_ticks(State(keys), self.clock.now()):
+        for tick in ticks:
             sent = self.ticked.get(tick.action_type)
             if sent is None or sent[0] != tick.event_id or now - sent[1] > self.RESEND_TICK:
                 self.ticked[tick.action_type] = (tick.event_id, now)
@@ -659,9 +676,14 @@ class Worker:
                 late_share=lambda: self.late.share,
                 failures=lambda: self.failures,
                 forwarded=None if self.forwarder is None else self._forwarded,
+                ticks_held=None if self.hold is None else self._ticks_held,
             ),
         )
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _ticks_held(self) -> float:
+        assert self.hold is not None
+        return self.hold.held_seconds
 
     def _forwarded(self) -> tuple[int, int]:
         assert self.forwarder is not None

@@ -1,5 +1,6 @@
 """The Kafka worker's rules that need no broker: gap-free runs of a partition, the late-input warning, the
-broker-outage log, the policy its build info names and its warning without genesis keys."""
+broker-outage log, due ticks waiting for the forwarding, the policy its build info names and its warning
+without genesis keys."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
+from tiergate.streams.backlog import TickHold, Waiting
 from tiergate.streams.kafka import BrokerLog, KafkaSettings
 from tiergate.streams.worker import LateShare, continuing, policy_in_force, warn_without_genesis_keys
 
@@ -114,3 +118,62 @@ def test_a_worker_without_genesis_keys_warns_that_policy_events_will_be_refused(
         warn_without_genesis_keys(KafkaSettings(genesis_keys=Path("genesis.yaml")))
     (line,) = [record.getMessage() for record in caplog.records]
     assert line.startswith("TIERGATE_KAFKA_GENESIS_KEYS is not set: policy events will be refused")
+
+
+class Ingress:
+    """A stand-in for the broker's answer: the ingress partitions waiting, or an error."""
+
+    def __init__(self) -> None:
+        self.answer: list[Waiting] | Exception = []
+        self.asked: list[int] = []
+
+    async def waiting(self, moment: int) -> list[Waiting]:
+        self.asked.append(moment)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+async def test_due_ticks_wait_for_the_forwarding_within_a_limit_and_say_so_once_per_change(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ticks wait while ingress input sent before their moment is not forwarded, said once when they start
+    and once when they resume; a check that fails holds them too; past the limit they go anyway, with one
+    warning, and the next catch-up is said once more."""
+    now = [1000.0]
+    ingress = Ingress()
+    hold = TickHold(ingress, limit=300, clock=lambda: now[0])
+    behind = [Waiting(TopicPartition("tiergate.actions.v1", 1), 200)]
+    with caplog.at_level(logging.INFO, logger="tiergate.streams.backlog"):
+        assert not await hold.holds(1_800_000_000) and hold.held_seconds == 0
+        ingress.answer = behind
+        assert await hold.holds(1_800_000_001)
+        now[0] += 5
+        assert await hold.holds(1_800_000_006) and hold.held_seconds == 5
+        ingress.answer = KafkaConnectionError()
+        assert await hold.holds(1_800_000_007)
+        ingress.answer = []
+        assert not await hold.holds(1_800_000_008) and hold.held_seconds == 0
+        ingress.answer = behind
+        assert await hold.holds(1_800_000_009)
+        now[0] += 300
+        assert not await hold.holds(1_800_000_309) and hold.held_seconds == 0  # past the limit: ticking anyway
+        assert not await hold.holds(1_800_000_310)
+        ingress.answer = []
+        assert not await hold.holds(1_800_000_311)
+    assert ingress.asked == [
+        1_800_000_000,
+        1_800_000_001,
+        *range(1_800_000_006, 1_800_000_010),
+        *range(1_800_000_309, 1_800_000_312),
+    ]
+    lines = [(record.levelname, record.getMessage()) for record in caplog.records]
+    assert [level for level, _ in lines] == ["INFO", "INFO", "INFO", "WARNING", "INFO"]
+    assert lines[0][1] == (
+        "ticks held: ingress input sent before 2027-01-15T08:00:01Z may not be forwarded yet, and a tick now would "
+        "make it late (waiting per ingress partition: tiergate.actions.v1/1: 200); holding them for 300 s at most"
+    )
+    assert lines[1][1] == "ticks resumed: the forwarding has caught up (behind for 5 s)"
+    assert lines[3][1].startswith("ticks resume although the forwarding is still behind after 300 s")
+    assert "Is any worker forwarding (TIERGATE_WORKER_FORWARD)?" in lines[3][1]
+    assert lines[4][1] == "ticks resumed: the forwarding has caught up (behind for 300 s)"
