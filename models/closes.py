@@ -84,16 +84,20 @@ def next_event(step: KeyStep) -> int:
 
 def observe(step: KeyStep, counters: windows.Counters) -> None:
     """A closed window's outcomes of the current tier enter the bars' sequential figures (under a maturity,
-    customer units enter when they mature: `counters` holds them by then)."""
+    customer units enter when they mature: `counters` holds them by then). The tests, their slots and their
+    states are parallel, one per bar (indexed, not zipped: this runs at every close)."""
     key, rules = step.key, step.rules
     tier = key.tier
     if rules.sequential_demotion:
-        for at, test, state in zip(rules.keep_slots[tier], rules.keep_tests[tier], key.sequential.keep, strict=True):
-            test.observe(state, counters[at], counters[at + 1])
+        keep, slots = key.sequential.keep, rules.keep_slots[tier]
+        for i, test in enumerate(rules.keep_tests[tier]):
+            at = slots[i]
+            test.observe(keep[i], counters[at], counters[at + 1])
     if rules.sequential_promotion:
-        slots, tests = rules.promote_slots[tier], rules.promote_tests[tier]
-        for at, ptest, pstate in zip(slots, tests, key.sequential.promote, strict=True):
-            ptest.observe(pstate, counters[at], counters[at + 1])
+        promote, slots = key.sequential.promote, rules.promote_slots[tier]
+        for i, ptest in enumerate(rules.promote_tests[tier]):
+            at = slots[i]
+            ptest.observe(promote[i], counters[at], counters[at + 1])
 
 
 def verdicts(step: KeyStep) -> tuple[bool, bool]:
@@ -116,8 +120,9 @@ def keep_falls(step: KeyStep) -> bool:
     key, rules = step.key, step.rules
     tier = key.tier
     if rules.sequential_demotion:
-        for test, state in zip(rules.keep_tests[tier], key.sequential.keep, strict=True):  # noqa: SIM110 - no generator at every close
-            if test.falls(state):
+        keep = key.sequential.keep
+        for i, test in enumerate(rules.keep_tests[tier]):  # noqa: SIM110 - no generator at every close
+            if test.falls(keep[i]):
                 return True
         return False
     totals = key.lookback.totals

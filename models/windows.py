@@ -9,7 +9,6 @@ No raw event is kept.
 from __future__ import annotations
 
 from collections import deque
-from operator import add, sub
 
 from .resolved import METRICS
 from .resolved import slot as slot  # the counters' layout, defined beside the metrics
@@ -29,7 +28,11 @@ def empty() -> Counters:
 
 
 def merge(a: Counters, b: Counters) -> Counters:
-    return list(map(add, a, b))
+    return [n + b[i] for i, n in enumerate(a)]
+
+
+def subtract(a: Counters, b: Counters) -> Counters:
+    return [n - b[i] for i, n in enumerate(a)]
 
 
 class Lookback:
@@ -67,7 +70,7 @@ class Lookback:
         windows = self.windows
         while windows and windows[0][0] < horizon:
             _, dropped = windows.popleft()
-            self.totals = list(map(sub, self.totals, dropped))
+            self.totals = subtract(self.totals, dropped)
             self.revision += 1
 
     def clear(self) -> None:
