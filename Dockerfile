@@ -12,7 +12,7 @@ COPY --chown=tiergate:tiergate models ./models
 COPY --chown=tiergate:tiergate streams ./streams
 # setup.py compiles the fold with mypyc: a C compiler for the build, removed in the same layer
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install --no-cache-dir '.[kafka]' \
+    && pip install --no-cache-dir '.[kafka]' && rm -rf build \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/*
 # the example policy the compose file points at (the topic definition ships with the package)
 COPY --chown=tiergate:tiergate examples/policy.yaml ./examples/policy.yaml

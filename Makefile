@@ -22,7 +22,9 @@ $(STAMP): pyproject.toml
 # place of the edited source. When nothing changed, `make setup` does nothing and says nothing.
 COMPILED := $(VENV)/.compiled
 
-$(COMPILED): $(STAMP) setup.py $(wildcard models/*.py) streams/pipeline.py streams/replay.py
+COMPILED_SOURCES := $(shell sed -n 's/^    "\(.*\.py\)",$$/\1/p' setup.py)  # setup.py's COMPILED, the one list
+
+$(COMPILED): $(STAMP) setup.py $(wildcard models/*.py) $(COMPILED_SOURCES)
 	@echo "compiling the fold (mypyc) into $(VENV)"
 	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 	@$(PACKAGE_FILES) > $(LINKED)
@@ -66,4 +68,4 @@ bench: setup
 	$(BIN)/python bench/replay.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info tiergate-demo tiergate-data tiergate-worker-data bench/.data
+	rm -rf $(VENV) build dist *.egg-info *.so models/*.so streams/*.so tiergate-demo tiergate-data tiergate-worker-data bench/.data

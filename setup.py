@@ -1,9 +1,9 @@
 """The fold compiled: the pure core's modules (and replay's loop) built as C extensions by mypyc.
 
 Everything else about the package is in pyproject.toml. The fold is plain, type-checked Python; mypyc turns
-the same source into a C extension module each, about a third faster per event (docs/benchmarks.md), with
-the same behaviour: the whole test suite runs against the compiled modules. The wheel carries the `.py`
-sources too.
+the same source into one C extension module each, in which the fold and replay's loop take about half the
+time per event (docs/benchmarks.md), with the same behaviour: the whole test suite runs against the compiled
+modules, and tests/pure_python.py runs the plain source beside them. The wheel carries the `.py` sources too.
 
 `TIERGATE_PURE_PYTHON=1` builds without compiling (no C compiler needed; everything runs, slower).
 
@@ -65,7 +65,9 @@ def compiled_modules() -> list[Extension]:
     staging = ROOT / "build" / "mypyc-src"
     shutil.rmtree(staging, ignore_errors=True)
     for package in ("models", "streams"):
-        shutil.copytree(ROOT / package, staging / "tiergate" / package, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            ROOT / package, staging / "tiergate" / package, ignore=shutil.ignore_patterns("__pycache__", "*.so")
+        )
     (staging / "mypy.ini").write_text(MYPY_CONFIG)
     paths = [str(staging / "tiergate" / path) for path in COMPILED]
     cwd = Path.cwd()

@@ -26,7 +26,6 @@ from typing import Protocol
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
 from tiergate.models.wire import format_ts
 
@@ -136,12 +135,19 @@ class TickHold:
         """How long due ticks have waited so far (0 when they do not wait)."""
         return 0.0 if self.since is None or self.gave_up else self.clock() - self.since
 
+    def nothing_due(self) -> None:
+        """No tick is due: whatever held them is over (the forwarded input has moved the keys' time on itself,
+        the usual end of a restart's backlog), so the hold ends here rather than at the next due tick."""
+        if self.since is not None and not self.gave_up:
+            log.info("ticks resumed: none is due any more (behind for %.0f s)", self.clock() - self.since)
+        self.since, self.gave_up = None, False
+
     async def holds(self, moment: int) -> bool:
         """Do ticks dated `moment` (the clock reading, Unix seconds) wait for the forwarding?"""
         try:
             waiting = await self.backlog.waiting(moment)
             behind = f"waiting per ingress partition: {'; '.join(map(str, waiting))}" if waiting else ""
-        except (KafkaError, TimeoutError) as error:
+        except Exception as error:  # any failure to read it holds, within the limit: never a clock stopped for good
             behind = f"the forwarding's progress could not be read: {error!r}"
         now = self.clock()
         if not behind:

@@ -615,8 +615,11 @@ class Worker:
         }
         clock = self.clock.now()
         ticks = due_ticks(State(keys), clock)
-        if ticks and self.hold is not None and await self.hold.holds(clock):
-            return
+        if self.hold is not None:
+            if not ticks:
+                self.hold.nothing_due()
+            elif await self.hold.holds(clock):
+                return
         now = time.monotonic()
         for tick in ticks:
             sent = self.ticked.get(tick.action_type)

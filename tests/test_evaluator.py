@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+from pathlib import Path
 
-from tiergate.models import closes, fold, tier_records
-from tiergate.models.transition import KeyStep
+from tiergate.models import fold, tier_records
 from tiergate.models.wire import TIERS
 
 from .builders import HOUR, T0, Log, at, climb_to_walk, end_of_hour, moves, policy, results, run
+from .pure_python import run_pure
 
 # -- 1. windows, watermark, lateness -----------------------------------------------------------------
 
@@ -52,21 +53,28 @@ def test_empty_windows_close_in_order_and_hold_time_runs_on_ticks() -> None:
     assert moves(decisions) == [("promote", "crawl", "walk", end_of_hour(2))]
 
 
-def test_a_long_idle_run_of_empty_windows_is_passed_over_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+IDLE_FOR_FIFTY_YEARS = """
+import json, sys
+from tiergate.models import closes
+from tests.builders import Log, moves, run
+
+print(sys.modules["tiergate.models.fold"].__file__)
+closed, original = [], closes.close
+closes.close = lambda step, index: closed.append(index) or original(step, index)
+_, decisions = run(Log().reviews(0.5, accepted=10).tick(1.1).tick(50 * 365 * 24))
+print(json.dumps({"closes": len(closed), "moves": moves(decisions)}))
+"""
+
+
+def test_a_long_idle_run_of_empty_windows_is_passed_over_at_once(tmp_path: Path) -> None:
     """Fifty years of silence close in a handful of steps, not one per hour (the run holds no evidence, no
-    expiry and no hold that ends), with the same decisions as a close per window would give."""
-    closed: list[int] = []
-    original = closes.close
-
-    def counted(step: KeyStep, index: int) -> None:
-        closed.append(index)
-        original(step, index)
-
-    monkeypatch.setattr(closes, "close", counted)
-    log = Log().reviews(0.5, accepted=10).tick(1.1).tick(50 * 365 * 24)
-    _, decisions = run(log)
-    assert moves(decisions) == [("promote", "crawl", "walk", end_of_hour(2))]
-    assert len(closed) < 10
+    expiry and no hold that ends), with the same decisions as a close per window would give. The closes are
+    counted in the plain-Python fold (the compiled one calls `close` directly)."""
+    watched = json.loads(run_pure(tmp_path, IDLE_FOR_FIFTY_YEARS))
+    assert [tuple(move) for move in watched["moves"]] == [("promote", "crawl", "walk", end_of_hour(2))]
+    assert 0 < watched["closes"] < 10
+    _, decisions = run(Log().reviews(0.5, accepted=10).tick(1.1).tick(50 * 365 * 24))
+    assert moves(decisions) == [("promote", "crawl", "walk", end_of_hour(2))]  # compiled, the same
 
 
 def test_evidence_leaving_the_lookback_in_an_idle_spell_is_judged_at_the_close_where_it_leaves() -> None:

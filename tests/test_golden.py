@@ -7,10 +7,6 @@ plot is asserted here in a reader's terms, so a regenerated golden file cannot s
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +19,7 @@ from tiergate.streams.cli import main
 
 from .builders import Log
 from .golden.scenarios import OLD_LOGS, SCENARIOS, events_jsonl, golden_policy, healthy_low_volume
+from .pure_python import compiled, run_pure
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -118,25 +115,11 @@ for folder in sorted(p for p in golden.iterdir() if (p / "events.jsonl").exists(
 def test_the_pure_python_fold_decides_every_golden_scenario_as_the_compiled_one(tmp_path: Path) -> None:
     """setup.py compiles the fold with mypyc, and the suite tests the compiled modules; the same source run as
     plain Python (an install with TIERGATE_PURE_PYTHON=1) must write the same decision logs, byte for byte."""
-    if not (sys.modules["tiergate.models.fold"].__file__ or "").endswith(".so"):
+    if not compiled():
         pytest.skip("installed with TIERGATE_PURE_PYTHON=1: nothing compiled to compare with")
-    source = Path(__file__).parent.parent
-    pure = tmp_path / "pure"
-    for package in ("models", "streams"):
-        shutil.copytree(
-            source / package, pure / "tiergate" / package, ignore=shutil.ignore_patterns("__pycache__", "*.so")
-        )
     out = tmp_path / "out"
     out.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-c", PURE_REPLAY, str(GOLDEN), str(out), *OLD_LOGS],
-        env={**os.environ, "PYTHONPATH": str(pure)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.splitlines()[0] == str(pure / "tiergate" / "models" / "fold.py")
+    run_pure(tmp_path, PURE_REPLAY, str(GOLDEN), str(out), *OLD_LOGS)
     for name in SCENARIOS:
         assert (out / name).read_bytes() == (GOLDEN / name / "expected.jsonl").read_bytes(), name
 

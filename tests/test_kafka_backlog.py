@@ -1,5 +1,5 @@
 """Input waiting in the ingress topics after a restart or a handover is judged on time: a worker's clock
-ticks wait until the forwarding has caught up with the watermark they would set (streams/backlog.py)."""
+ticks wait until the input sent before the moment they carry has been forwarded (streams/backlog.py)."""
 
 from __future__ import annotations
 

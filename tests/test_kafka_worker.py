@@ -177,3 +177,29 @@ async def test_due_ticks_wait_for_the_forwarding_within_a_limit_and_say_so_once_
     assert lines[3][1].startswith("ticks resume although the forwarding is still behind after 300 s")
     assert "Is any worker forwarding (TIERGATE_WORKER_FORWARD)?" in lines[3][1]
     assert lines[4][1] == "ticks resumed: the forwarding has caught up (behind for 300 s)"
+
+
+async def test_a_hold_ends_when_no_tick_is_due_any_more_and_a_failing_check_of_any_kind_holds(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restart's backlog, once forwarded, moves the keys' time itself and no tick is due: the hold ends
+    there (its gauge back at 0, said once), not an hour later at the next due tick, where ordinary forwarding
+    lag would look like a forwarding stuck past the limit. Any error reading the progress holds, within it."""
+    now = [1000.0]
+    ingress = Ingress()
+    hold = TickHold(ingress, limit=300, clock=lambda: now[0])
+    ingress.answer = [Waiting(TopicPartition("tiergate.actions.v1", 0), 3)]
+    with caplog.at_level(logging.INFO, logger="tiergate.streams.backlog"):
+        assert await hold.holds(1_800_000_000)
+        now[0] += 4
+        hold.nothing_due()
+        assert hold.held_seconds == 0
+        now[0] += 3600
+        hold.nothing_due()
+        assert await hold.holds(1_800_003_604) and hold.held_seconds == 0  # a fresh hold, not one 3604 s old
+        ingress.answer = RuntimeError("no coordinator")
+        now[0] += 10
+        assert await hold.holds(1_800_003_614) and hold.held_seconds == 10
+    lines = [record.getMessage() for record in caplog.records]
+    assert lines[1] == "ticks resumed: none is due any more (behind for 4 s)" and len(lines) == 3
+    assert not any(record.levelname == "WARNING" for record in caplog.records)

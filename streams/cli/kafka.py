@@ -274,9 +274,14 @@ def _unsigned_operator_event(raw: bytes) -> str | None:
     """ "policy" or "override" for an operator event without a signature, else None."""
     import orjson
 
-    if b'"sig"' in raw or not (b'"policy"' in raw or b'"override"' in raw):
+    if not (b'"policy"' in raw or b'"override"' in raw):
+        return None  # the common case, decided without decoding
+    try:
+        event = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None  # not an event: the workers set it aside with its reason
+    if not isinstance(event, dict):
         return None
-    event = orjson.loads(raw)
     kind = event.get("type")
     return kind if kind in ("policy", "override") and not isinstance(event.get("sig"), str) else None
 
