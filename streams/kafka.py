@@ -35,7 +35,8 @@ SINGLE_BROKER = {"min.insync.replicas": "1"}  # what a one-broker development cl
 class KafkaSettings(BaseSettings):
     """How to reach the cluster: TIERGATE_KAFKA_* variables (or flags)."""
 
-    model_config = SettingsConfigDict(env_prefix="TIERGATE_KAFKA_", extra="ignore")
+    # an empty variable is unset (TIERGATE_KAFKA_GENESIS_KEYS= named the current directory)
+    model_config = SettingsConfigDict(env_prefix="TIERGATE_KAFKA_", extra="ignore", env_ignore_empty=True)
 
     bootstrap: str = Field("127.0.0.1:19092", description="host:port[,host:port…]")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

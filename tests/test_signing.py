@@ -195,3 +195,13 @@ def test_a_kafka_apply_of_a_first_activation_needs_the_genesis_keys_to_check_it_
         "check the first activation of new_type against: sign with a key it lists"
     ]
     assert refusals(applied, wider, "ops", ["ops"]) == []
+
+
+def test_an_empty_genesis_keys_variable_is_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`TIERGATE_KAFKA_GENESIS_KEYS=` (say, blanked in a compose file) means none, not the current directory."""
+    from tiergate.streams.kafka import KafkaSettings
+
+    monkeypatch.setenv("TIERGATE_KAFKA_GENESIS_KEYS", "")
+    assert KafkaSettings().genesis_keys is None
+    monkeypatch.setenv("TIERGATE_KAFKA_GENESIS_KEYS", "genesis.yaml")
+    assert KafkaSettings().genesis_keys == Path("genesis.yaml")
