@@ -16,14 +16,19 @@ a later ts: §6.6's re-reports) and operator overrides. With `--maturity`, the p
 `outcomes.customer.maturity` is set for every type, customer outcomes are failures only (success is
 their absence), each carrying its action's ts, and a customer feed posts an hourly checkpoint per type,
 two hours behind. Generated histories are cached under bench/.data/.
+
+The fold is compiled with mypyc when installed (setup.py); `--pure` runs the same benchmark on a copy of the
+sources without their extensions (plain Python), to compare. The report says which it measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -130,6 +135,23 @@ def extend(path: Path, times: int, days: int) -> Path:
     return longer
 
 
+def fold_build() -> str:
+    """What the fold runs as: the compiled extensions, or plain Python."""
+    compiled = (importlib.import_module("tiergate.models.fold").__file__ or "").endswith(".so")
+    return "compiled (mypyc)" if compiled else "plain Python"
+
+
+def rerun_as_plain_python() -> None:
+    """Run this benchmark again, without `--pure`, on the sources with no extensions: its report is this one."""
+    pure = DATA / "pure"
+    shutil.rmtree(pure, ignore_errors=True)
+    for package in ("models", "streams"):
+        ignore = shutil.ignore_patterns("__pycache__", "*.so")
+        shutil.copytree(ROOT / package, pure / "tiergate" / package, ignore=ignore)
+    argv = [arg for arg in sys.argv if arg != "--pure"]
+    raise SystemExit(subprocess.run([sys.executable, *argv], env={**os.environ, "PYTHONPATH": str(pure)}).returncode)
+
+
 def parse_rate(path: Path) -> tuple[float, int]:
     """Events/s of replay's parse path alone: read the lines, decode each into its model."""
     started, count = time.perf_counter(), 0
@@ -219,7 +241,10 @@ def main() -> None:
     args.add_argument("--scale", type=int, default=10, help="memory run at this many times the history")
     args.add_argument("--volume", type=int, default=10, help="memory run at this many times the events an hour")
     args.add_argument("--rounds", type=int, default=3, help="alternating parse/replay rounds; the best of each counts")
+    args.add_argument("--pure", action="store_true", help="measure the fold as plain Python (not compiled)")
     options = args.parse_args()
+    if options.pure:
+        rerun_as_plain_python()
     path, policy_path = generate(options.events, options.types, options.days, options.maturity)
     parses, replays, counts = [], [], {}
     for _ in range(options.rounds):
@@ -229,6 +254,7 @@ def main() -> None:
     held = {k: counts.pop(k) for k in ("remembered_ids", "pending_cells", "pending_units", "pending_failure_ids")}
     total = sum(v for k, v in counts.items() if k != "decisions")
     results = {
+        "fold": fold_build(),
         "events": total,
         "action_types": options.types,
         "days": options.days,
