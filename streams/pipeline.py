@@ -33,14 +33,24 @@ from tiergate.models.wire import Override
 from .codec import EventError, decode
 
 
-class Input(NamedTuple):
-    """One input as a runtime received it: its bytes, and where it came from."""
+class Input:
+    """One input as a runtime received it: its bytes, and where it came from. (A plain class, compiled with
+    the pipeline: built and read once per input, it costs a fraction of a tuple's or a dataclass's
+    Python-level constructor.)"""
 
-    source: str  # a file name, `http(<remote>)`, `<topic>/<partition>`, `clock`
-    position: int  # line number, index in the request, offset
-    raw: bytes
-    key: bytes | None = None  # the message key, where the transport has one
-    principal: str | None = None  # who sent it, authenticated (a credential's name), where the runtime knows
+    __slots__ = ("key", "position", "principal", "raw", "source")
+
+    def __init__(
+        self, source: str, position: int, raw: bytes, key: bytes | None = None, principal: str | None = None
+    ) -> None:
+        self.source = source  # a file name, `http(<remote>)`, `<topic>/<partition>`, `clock`
+        self.position = position  # line number, index in the request, offset
+        self.raw = raw
+        self.key = key  # the message key, where the transport has one
+        self.principal = principal  # who sent it, authenticated (a credential's name), where the runtime knows
+
+    def __repr__(self) -> str:
+        return f"Input({self.source!r}, {self.position}, {self.raw!r})"
 
     @property
     def origin(self) -> str:
@@ -88,20 +98,29 @@ class Rejected(NamedTuple):
         return orjson.dumps(self.record(), option=orjson.OPT_SORT_KEYS)
 
 
-new_record = tuple.__new__
-"""`new_record(Handled, (...))` builds a record the way its class does, without the Python-level `__new__`
-a NamedTuple has: it costs a third as much, and the pipeline builds records once per input."""
-
-
-class Handled(NamedTuple):
+class Handled:
     """What became of one input."""
 
-    input: Input
-    event: Event | None  # None: it could not be decoded
-    result: Result
-    reason: str | None
-    decisions: tuple[Decision, ...]
-    logged: bool  # decoded and admitted: it is part of the log, whatever the fold made of it
+    __slots__ = ("decisions", "event", "input", "logged", "reason", "result")
+
+    def __init__(
+        self,
+        item: Input,
+        event: Event | None,
+        result: Result,
+        reason: str | None,
+        decisions: tuple[Decision, ...],
+        logged: bool,
+    ) -> None:
+        self.input = item
+        self.event = event  # None: it could not be decoded
+        self.result = result
+        self.reason = reason
+        self.decisions = decisions
+        self.logged = logged  # decoded and admitted: it is part of the log, whatever the fold made of it
+
+    def __repr__(self) -> str:
+        return f"Handled({self.input!r}, {self.result!r}, {self.reason!r}, {len(self.decisions)} decisions)"
 
     @property
     def rejection(self) -> Rejected | None:
@@ -194,7 +213,7 @@ class Pipeline:
         decisions, result, reason = self.step(state, event)
         if decisions and type(event) is Override:  # only an override's decision records who sent it
             decisions = with_principal(self.principal(item, event), decisions)
-        return new_record(Handled, (item, event, result, reason, decisions, True))
+        return Handled(item, event, result, reason, decisions, True)
 
     def run(self, inputs: Iterable[Input], state: State, sink: Sink) -> None:
         """Fold a batch of inputs into `state`, in order, and commit it to `sink`."""

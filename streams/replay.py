@@ -25,7 +25,7 @@ from tiergate.models.results import RESULTS, SET_ASIDE
 from tiergate.models.state import State
 
 from .codec import iter_lines
-from .pipeline import Admit, Handled, Input, Pipeline, Principal, Rejected, carried, new_record
+from .pipeline import Admit, Handled, Input, Pipeline, Principal, Rejected, carried
 
 PROGRESS_MIN_BYTES = 8 * 1024 * 1024
 PROGRESS_EVERY = 4096  # lines between progress bar updates
@@ -114,9 +114,9 @@ def fold_lines(
 
 
 def numbered_inputs(source: str, lines: Iterable[tuple[int, bytes]]) -> Iterator[Input]:
-    """Each line as an input from `source` (the pipeline's records, built as `new_record` does)."""
+    """Each line as an input from `source`."""
     for number, line in lines:
-        yield new_record(Input, (source, number, line, None, None))
+        yield Input(source, number, line)
 
 
 def file_lines(stream: BinaryIO, advance: Callable[[int], object] | None = None) -> Iterator[tuple[int, bytes]]:

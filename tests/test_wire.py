@@ -9,9 +9,8 @@ import pytest
 from tiergate.models.fold import initial_state
 from tiergate.models.wire import MAX_EVENT_BYTES, EventError, Outcome, format_ts, parse_ts
 from tiergate.streams.codec import decode
-from tiergate.streams.pipeline import Handled, Input, Pipeline
+from tiergate.streams.pipeline import Input, Pipeline
 from tiergate.streams.policy_file import read_policy
-from tiergate.streams.replay import numbered_inputs
 
 ROOT = Path(__file__).parent.parent
 
@@ -174,13 +173,3 @@ def test_the_size_limit_counts_utf8_bytes_not_characters() -> None:
     text = TICK.format(ts='"2026-11-02T10:00:00Z"', extra=',"pad":"' + "é" * 40_000 + '"')
     assert len(text) < MAX_EVENT_BYTES < len(text.encode())
     assert "byte limit" in reason(text)
-
-
-def test_the_pipeline_builds_every_field_of_its_records() -> None:
-    """The pipeline builds its records with `new_record`, which skips NamedTuple's constructor and so its
-    defaults too: a field added to Input or Handled must be added where they are built, or reading it fails."""
-    line = b'{"type":"tick","event_id":"e","ts":"2026-11-02T10:00:00Z","action_type":"reply_to_ticket"}'
-    (item,) = numbered_inputs("doc", [(1, line)])
-    assert len(item) == len(Input._fields) and item == Input("doc", 1, line)
-    handled = Pipeline().handle(initial_state(read_policy(ROOT / "examples" / "policy.yaml")), item)
-    assert len(handled) == len(Handled._fields) and handled.logged
