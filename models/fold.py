@@ -151,7 +151,7 @@ def step(state: State, event: Event, violations: bool = True) -> Stepped:
         return Stepped(tuple(out), APPLIED, None) if out else APPLIED_STEP  # read-only: only time moves
     units = rules.maturity is not None or bool(key.cells)  # customer units are counted (models/maturity.py)
     if kind is Outcome:
-        return _outcome(key, event, index, remember, out, units)  # type: ignore[arg-type]
+        return _outcome(key, event, event_id, index, remember, out, units)  # type: ignore[arg-type]
     if remember:
         key.seen[event_id] = index
     if kind is Action:
@@ -168,28 +168,31 @@ def _action(key: KeyState, event: Action, index: int, units: bool, violations: b
         _violation(KeyStep(key, out), event)
 
 
-def _outcome(key: KeyState, event: Outcome, index: int, remember: bool, out: list[Decision], units: bool) -> Stepped:
+def _outcome(
+    key: KeyState, event: Outcome, event_id: str, index: int, remember: bool, out: list[Decision], units: bool
+) -> Stepped:
     """An outcome in an open window: counted in its window's counters, or, for a customer outcome under a
-    maturity, in its action's cell (a success there leaves no id: the absence of a failure is the success)."""
-    rules = key.rules
+    maturity, in its action's cell (a success there leaves no id: the absence of a failure is the success).
+    (The event's fields are read once each: a pydantic model's attribute costs a few hundred instructions.)"""
+    rules, kind = key.rules, event.kind
     if units:
-        if event.kind == "customer":
+        if kind == "customer":
             matured = _customer_under_maturity(KeyStep(key, out), event)
             if matured is not None:
                 return Stepped(tuple(out), *matured)
-        elif event.kind == "review":
+        elif kind == "review":
             cell = maturity.unit_of_review(event, rules.window)
             if cell is not None:
                 maturity.add_unit(key, cell)
     if remember:
-        key.seen[event.event_id] = index
-    at, success = SCORES[rules.minor_edits_accepted][event.kind, event.result, event.edit, event.tier]
+        key.seen[event_id] = index
+    at, success = SCORES[rules.minor_edits_accepted][kind, event.result, event.edit, event.tier]
     counters = key.open.get(index)
     if counters is None:
         counters = key.open[index] = windows.empty()
     counters[at] += 1
     counters[at + 1] += success
-    if rules.tripwire and event.kind in rules.tripwire_bars[key.tier]:  # a keep bar of this tier watches it
+    if rules.tripwire and kind in rules.tripwire_bars[key.tier]:  # a keep bar of this tier watches it
         tripwire.after_outcome(key, event, success, out)
     return Stepped(tuple(out), APPLIED, None) if out else APPLIED_STEP
 

@@ -72,8 +72,9 @@ def parse_ts(value: object) -> int:
 
 
 def format_ts(seconds: int) -> str:
-    """Unix seconds -> RFC 3339 in UTC with a Z, the one form tiergate writes."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """Unix seconds -> RFC 3339 in UTC with a Z, the one form tiergate writes. (isoformat, not strftime: the
+    same text for every year in TS_RANGE, in two thirds of the time; late reasons format two per event.)"""
+    return datetime.fromtimestamp(seconds, UTC).isoformat()[:19] + "Z"
 
 
 Timestamp = Annotated[int, PlainValidator(parse_ts), PlainSerializer(format_ts, return_type=str)]

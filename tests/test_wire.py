@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tiergate.models.fold import initial_state
-from tiergate.models.wire import MAX_EVENT_BYTES, EventError, Outcome, format_ts, parse_ts
+from tiergate.models.wire import MAX_EVENT_BYTES, TS_MAX, TS_MIN, EventError, Outcome, format_ts, parse_ts
 from tiergate.streams.codec import decode
 from tiergate.streams.pipeline import Input, Pipeline
 from tiergate.streams.policy_file import read_policy
@@ -173,3 +176,10 @@ def test_the_size_limit_counts_utf8_bytes_not_characters() -> None:
     text = TICK.format(ts='"2026-11-02T10:00:00Z"', extra=',"pad":"' + "é" * 40_000 + '"')
     assert len(text) < MAX_EVENT_BYTES < len(text.encode())
     assert "byte limit" in reason(text)
+
+
+@given(st.integers(TS_MIN, TS_MAX))
+def test_a_timestamp_is_written_as_strftime_writes_it_everywhere_in_range(seconds: int) -> None:
+    """format_ts builds the text from isoformat (faster); it must be strftime's, byte for byte, in TS_RANGE."""
+    assert format_ts(seconds) == datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert parse_ts(format_ts(seconds)) == seconds
