@@ -137,8 +137,9 @@ def continuing(records: Sequence[Record], start: int) -> tuple[list[Record], int
 
 
 def policy_in_force(state: State, fallback: Policy | None) -> tuple[str, str]:
-    """(version, sha256) of the policy in force among the keys `state` holds: the newest activation's (ids
-    sort by time), else the `--policy` a log from before its first activation folds under, else none."""
+    """(version, sha256) of the policy in force among the keys `state` holds: the newest activation's (the ids
+    tiergate makes begin with their time, so they sort by it; an id an operator chose sorts where it sorts),
+    else the `--policy` a log from before its first activation folds under, else none."""
     activated = [key for key in state.keys.values() if key.activation_id is not None]
     if activated:
         newest = max(activated, key=lambda key: key.activation_id or "")
