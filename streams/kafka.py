@@ -273,6 +273,11 @@ def _refusals(response: Any) -> list[str]:
     ]
 
 
+def create_command(app_id: str) -> str:
+    """The command that creates the topics of a worker group's deployment."""
+    return "tiergate topics create" + ("" if app_id == WORKER_GROUP else f" --app-id {app_id}")
+
+
 async def describe_topics(
     settings: KafkaSettings, overrides: Mapping[str, str] | None = None, app_id: str = WORKER_GROUP
 ) -> tuple[dict[str, dict[str, Any]], list[TopicCheck]]:
@@ -303,7 +308,7 @@ async def describe_topics(
     problems: list[TopicCheck] = []
     for name, spec in wanted.items():
         if name not in existing:
-            problems.append(TopicCheck(name, "missing: run `tiergate topics create`"))
+            problems.append(TopicCheck(name, f"missing: run `{create_command(app_id)}`"))
             continue
         partitions = described[name]["partitions"]
         replication = min((len(p["replicas"]) for p in partitions), default=0)

@@ -180,7 +180,7 @@ def _config_override(item: str) -> tuple[str, str]:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from ..kafka import ACTIONS, EVENTS, OUTCOMES, WORKER_GROUP, state_changelog
+    from ..kafka import ACTIONS, EVENTS, OUTCOMES, create_command, state_changelog
     from ..worker import WorkerSettings, run_worker
     from .serve import Listener, listening_socket
 
@@ -192,7 +192,7 @@ def _worker(args: argparse.Namespace) -> int:
     web = Listener("tiergate worker", "--web-port (or TIERGATE_WORKER_WEB_PORT)", "TIERGATE_WORKER_WEB_HOST")
     listening_socket(settings.web_host, settings.web_port, web).close()  # a busy port: one line, before joining
     ingress = (ACTIONS, OUTCOMES) if settings.forward else ()
-    create = "tiergate topics create" + ("" if settings.app_id == WORKER_GROUP else f" --app-id {settings.app_id}")
+    create = create_command(settings.app_id)
     preflight(kafka, (EVENTS, state_changelog(settings.app_id), *ingress), create)
     run_worker(policy, settings, kafka, args.loglevel)
     return 0
