@@ -19,6 +19,9 @@ import shutil
 from pathlib import Path
 
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+WITHOUT_COMPILING = "or install without compiling: TIERGATE_PURE_PYTHON=1 pip install ... (the same, slower)"
 
 ROOT = Path(__file__).parent
 COMPILED = [
@@ -79,8 +82,27 @@ def compiled_modules() -> list[Extension]:
             group_name="tiergate_fold",  # the runtime the compiled modules share: tiergate_fold__mypyc
             target_dir=str(ROOT / "build" / "mypyc"),
         )
+    except SystemExit as refused:  # mypy's errors are printed above it, naming the staged copy
+        raise SystemExit(
+            f"mypyc could not compile the fold ({refused}): the errors above name tiergate/<package>/<module>.py, "
+            f"which is <package>/<module>.py in this repository; fix them, {WITHOUT_COMPILING}"
+        ) from None
     finally:
         os.chdir(cwd)
 
 
-setup(ext_modules=compiled_modules())
+class CompileOrExplain(build_ext):
+    """Building the extensions needs a C compiler and Python's headers: without them, say so and what to do,
+    rather than end on the compiler's own error."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as failed:
+            raise SystemExit(
+                f"compiling the fold failed ({failed}): it needs a C compiler and Python's headers (on Debian: "
+                f"apt-get install gcc python3-dev); {WITHOUT_COMPILING}"
+            ) from failed
+
+
+setup(ext_modules=compiled_modules(), cmdclass={"build_ext": CompileOrExplain})

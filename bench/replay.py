@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
 import json
 import os
 import shutil
@@ -41,6 +40,7 @@ import yaml
 from tiergate.models.durations import parse_duration
 from tiergate.models.wire import format_ts, parse_ts
 from tiergate.streams.codec import decode, iter_lines
+from tiergate.streams.compiled import fold_build
 from tiergate.streams.policy_file import policy_from_mapping
 from tiergate.streams.replay import replay_file
 from tiergate.streams.simulate import HOUR, Delivery, Fleet, Profile, Quality, history, override
@@ -133,12 +133,6 @@ def extend(path: Path, times: int, days: int) -> Path:
                     out.write(orjson.dumps(shifted(orjson.loads(line), copy, copy * days * DAY)) + b"\n")
     os.replace(longer.with_suffix(".tmp"), longer)
     return longer
-
-
-def fold_build() -> str:
-    """What the fold runs as: the compiled extensions, or plain Python."""
-    compiled = (importlib.import_module("tiergate.models.fold").__file__ or "").endswith(".so")
-    return "compiled (mypyc)" if compiled else "plain Python"
 
 
 def rerun_as_plain_python() -> None:

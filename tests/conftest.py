@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from tiergate.streams.compiled import stale_extensions
+
 from .kafka_harness import broker, broker_running
-
-
-def stale_extensions() -> list[str]:
-    """Sources changed after they were compiled (setup.py): the extension, not the edit, would run."""
-    import tiergate.models
-    import tiergate.streams
-
-    stale = []
-    for package in (tiergate.models, tiergate.streams):
-        for folder in map(Path, package.__path__):
-            for built in folder.glob("*.so"):
-                source = folder / (built.name.split(".", 1)[0] + ".py")
-                if source.exists() and source.stat().st_mtime > built.stat().st_mtime:
-                    stale.append(str(source.resolve()))
-    return sorted(stale)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -10,12 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tiergate.streams.compiled import fold_build
+
 ROOT = Path(__file__).parent.parent
 
 
 def compiled() -> bool:
     """Is the fold installed compiled (not with TIERGATE_PURE_PYTHON=1)?"""
-    return (sys.modules["tiergate.models.fold"].__file__ or "").endswith(".so")
+    return fold_build() != "plain Python"
 
 
 def run_pure(tmp_path: Path, script: str, *args: str) -> str:

@@ -5,6 +5,7 @@ directory far from the checkout, and `tiergate demo` runs there with nothing but
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -59,3 +60,25 @@ def test_the_wheel_installs_outside_the_repo_and_runs_the_demo(tmp_path: Path) -
     assert figures["replay_matches"] is True and figures["events"].get("rejected", 0) == 0
     assert (elsewhere / "demo" / "policy.yaml").is_file()
     assert run(tiergate, "check-policy", elsewhere / "demo" / "policy.yaml", cwd=elsewhere).stdout
+
+
+def test_an_edited_source_of_an_editable_install_is_found_stale(tmp_path: Path) -> None:
+    """The link tree of `make setup` links each source beside its extension: a source changed after its
+    extension was built is stale (its extension runs, not the edit), and the CLI and the tests say so. A
+    copied source (an installed wheel, whose files carry install times) is never judged by its time."""
+    from tiergate.streams.compiled import stale_extensions
+
+    repo, tree = tmp_path / "repo", tmp_path / "tree"
+    repo.mkdir()
+    tree.mkdir()
+    for name in ("fold", "closes"):
+        (tree / f"{name}.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+        (repo / f"{name}.py").write_text("")
+        (tree / f"{name}.py").symlink_to(repo / f"{name}.py")
+    (tree / "copied.cpython-311-x86_64-linux-gnu.so").write_bytes(b"")
+    (tree / "copied.py").write_text("")
+    old = (tree / "fold.cpython-311-x86_64-linux-gnu.so").stat().st_mtime - 60
+    for built in tree.glob("*.so"):
+        os.utime(built, (old, old))
+    os.utime(repo / "closes.py", (old - 60, old - 60))  # compiled after its last edit
+    assert stale_extensions([tree]) == [str(repo / "fold.py")]

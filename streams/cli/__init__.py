@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from rich.markup import escape
 
 from .. import __version__
+from ..compiled import stale_extensions
 from ..policy_file import PolicyFileError
 from ..settings import SettingsError
 from ..store import StoreError
@@ -47,6 +48,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    for source in stale_extensions():
+        err.print(
+            f"[yellow]warning:[/] {escape(source)} changed after it was compiled: run `make setup` to run the edit"
+        )
     try:
         code = int(args.run(args))
         sys.stdout.flush()  # a reader that left shows here, not in the flush at exit
