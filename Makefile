@@ -26,14 +26,14 @@ COMPILED_SOURCES := $(shell sed -n 's/^    "\(.*\.py\)",$$/\1/p' setup.py)  # se
 
 $(COMPILED): $(STAMP) setup.py $(wildcard models/*.py) $(COMPILED_SOURCES)
 	@echo "compiling the fold (mypyc) into $(VENV)"
-	@$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
+	@PYTHONWARNINGS=ignore $(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict
 	@$(PACKAGE_FILES) > $(LINKED)
 	@touch $(COMPILED)
 
 setup: $(COMPILED)
 	@$(PACKAGE_FILES) | cmp -s - $(LINKED) || { \
 		echo "linking the package's new files into $(VENV)"; \
-		$(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict \
+		PYTHONWARNINGS=ignore $(BIN)/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=strict \
 			&& $(PACKAGE_FILES) > $(LINKED); }
 
 # Debian's Prometheus (prometheus, promtool) for the observability tests and Debian's chromium for the console's
