@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.markup import escape
 
 from tiergate.models.policy import Policy
@@ -19,7 +18,7 @@ from tiergate.models.wire import format_ts
 
 from ..clock import Clock, SystemClock
 from ..embedded import DB_NAME, EmbeddedRuntime
-from ..pipeline import Rejected
+from ..pipeline import Rejected, named
 from ..policy_file import read_policy
 from ..replay import Replay, file_lines, fold_lines, line_writer, progress_bar, replay_file
 from ..settings import StoreSettings, load
@@ -163,12 +162,7 @@ def _has_activations(source: Path) -> bool:
 
 def is_policy_event(line: bytes) -> bool:
     """Is this raw event a policy event? (A text scan first; a candidate line is parsed to be sure.)"""
-    if b'"policy"' not in line:
-        return False
-    try:
-        return bool(orjson.loads(line).get("type") == "policy")
-    except (orjson.JSONDecodeError, AttributeError):
-        return False
+    return b'"policy"' in line and named(line, "type") == "policy"
 
 
 def _last_close(runtime: EmbeddedRuntime) -> int | None:

@@ -272,18 +272,12 @@ def _signed_operator_events(
 
 def _unsigned_operator_event(raw: bytes) -> str | None:
     """ "policy" or "override" for an operator event without a signature, else None."""
-    import orjson
+    from ..pipeline import named
 
     if not (b'"policy"' in raw or b'"override"' in raw):
         return None  # the common case, decided without decoding
-    try:
-        event = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None  # not an event: the workers set it aside with its reason
-    if not isinstance(event, dict):
-        return None
-    kind = event.get("type")
-    return kind if kind in ("policy", "override") and not isinstance(event.get("sig"), str) else None
+    kind = named(raw, "type")  # None for input that is no JSON object: the workers set it aside with its reason
+    return kind if kind in ("policy", "override") and named(raw, "sig") is None else None
 
 
 def add_commands(commands: Any) -> None:
