@@ -46,23 +46,25 @@ async def history(settings: KafkaSettings) -> list[Activation]:
     counts once) and named by at least one of their decisions."""
     applied = await applied_activations(settings)
     seen: dict[str, Activation] = {}
-    for message in await read_topic(settings, POLICIES):
-        if message.value is None:
-            continue
-        record = orjson.loads(message.value)
+    for record in await policy_records(settings):
         if record["activation_id"] in applied:
             seen.setdefault(record["activation_id"], Activation(record["activation_id"], record["policy"], record))
     return list(seen.values())
 
 
+async def policy_records(settings: KafkaSettings) -> list[dict[str, Any]]:
+    """Every record on the policies topic, oldest first (a resumed activation's more than once)."""
+    return [
+        orjson.loads(message.value) for message in await read_topic(settings, POLICIES) if message.value is not None
+    ]
+
+
 async def recorded_activations(settings: KafkaSettings) -> dict[str, tuple[str, str]]:
     """Every activation id on the policies topic, applied by the workers yet or not: (version, sha) each."""
-    recorded = {}
-    for message in await read_topic(settings, POLICIES):
-        if message.value is not None:
-            record = orjson.loads(message.value)
-            recorded[str(record["activation_id"])] = (str(record["policy_version"]), str(record["policy_sha256"]))
-    return recorded
+    return {
+        str(record["activation_id"]): (str(record["policy_version"]), str(record["policy_sha256"]))
+        for record in await policy_records(settings)
+    }
 
 
 async def applied_activations(settings: KafkaSettings) -> set[str]:

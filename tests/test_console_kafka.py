@@ -297,6 +297,21 @@ def half_climbed(deployment: Any) -> Any:
     return deployment
 
 
+@pytest.mark.kafka
+def test_a_kafka_apply_given_an_activation_id_already_recorded_is_refused(deployment: Any) -> None:
+    """An id resumes an apply cut short; given again once its activation is on the policies topic, the apply
+    would produce duplicates that apply nothing: refused before anything is written (no worker has applied
+    it yet, so only the policies topic knows the id)."""
+    apply = [sys.executable, "-m", "tiergate.streams.cli", "policy", "apply", str(POLICY), "--kafka"]
+    who = ["--key", str(GOLDEN / "operator.key"), "--actor", "ops@example.com", "--reason", "the first policy"]
+    again = [*apply, *who, "--activation-id", "20261101T000000Z-0001"]
+    first = subprocess.run(again, cwd=ROOT, env=kafka_env(deployment), capture_output=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    second = subprocess.run(again, cwd=ROOT, env=kafka_env(deployment), capture_output=True, text=True, timeout=60)
+    assert second.returncode != 0
+    assert "activation id 20261101T000000Z-0001 is already recorded" in second.stderr
+
+
 def _walk_shown(url: str) -> bool:
     """Does the console's tier map show reply_to_ticket at walk (the worker got through the first half)?"""
     _, tiers = _get(f"{url}/console/parts/tiers")

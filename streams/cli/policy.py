@@ -96,11 +96,13 @@ def _activate_on_kafka(args: argparse.Namespace, policy: Policy) -> int:
     problems = refusals(activations, policy, key.key_id, None if genesis is None else [k["key_id"] for k in genesis])
     if problems:
         raise CommandError("refused before anything was written: " + "; ".join(problems))
+    if args.activation_id:  # given to resume an apply: refused if it is recorded already (as the server does)
+        used = asyncio.run(recorded_activations(settings)).get(args.activation_id)
+        refused = reused_id(args.activation_id, used)
+        if refused is not None:
+            raise CommandError(f"refused before anything was written: {refused}")
     now = int(time.time())
     activation_id = args.activation_id or new_activation_id(now)
-    refused = reused_id(activation_id, asyncio.run(recorded_activations(settings)).get(activation_id))
-    if refused is not None:
-        raise CommandError(f"refused before anything was written: {refused}")
     planned = plan(activations, policy, key, settings.deployment, activation_id, args.actor, args.reason, now)
     if not args.dry_run:
         asyncio.run(produce(settings, planned))
